@@ -1,0 +1,46 @@
+//! Drive a plugin natively the way the host does, for `cargo test`.
+
+use crate::batch;
+use crate::connector::{Connector, Output};
+use crate::transform::Transform;
+use crate::types::{Event, Frame, HttpResponse, PluginError};
+
+/// Open a connector with a JSON config, panicking with the plugin's message if it refuses.
+pub fn open<C: Connector>(config: &str) -> C {
+    match C::open(config, None) {
+        Ok(connector) => connector,
+        Err(error) => panic!("open({config}) failed: {error}"),
+    }
+}
+
+/// Feed text frames to a connector as one batch.
+pub fn frames<C: Connector>(connector: &mut C, texts: &[&str]) -> Output {
+    let frames: Vec<Frame> = texts.iter().map(|t| Frame::text(t)).collect();
+    batch::frames(connector, &frames)
+}
+
+/// Feed HTTP responses to a connector as one batch.
+pub fn responses<C: Connector>(connector: &mut C, responses: &[HttpResponse]) -> Output {
+    batch::responses(connector, responses)
+}
+
+/// Run one batch through a transform.
+pub fn process<T: Transform>(
+    transform: &mut T,
+    events: Vec<Event>,
+) -> Result<Vec<Event>, PluginError> {
+    batch::process(transform, events)
+}
+
+/// Give a transform a tick at `now_us`.
+pub fn tick<T: Transform>(transform: &mut T, now_us: i64) -> Result<Vec<Event>, PluginError> {
+    batch::tick(transform, now_us)
+}
+
+/// Parse every event's payload, for assertions.
+pub fn payloads(events: &[Event]) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .map(|e| serde_json::from_slice(&e.payload).expect("payload is JSON"))
+        .collect()
+}
