@@ -19,6 +19,11 @@ pub fn frames<C: Connector>(connector: &mut C, texts: &[&str]) -> Output {
     batch::frames(connector, &frames)
 }
 
+/// Feed frames to a connector as one batch, exactly as the component glue does.
+pub fn frame_batch<C: Connector>(connector: &mut C, frames: &[Frame]) -> Output {
+    batch::frames(connector, frames)
+}
+
 /// Feed HTTP responses to a connector as one batch.
 pub fn responses<C: Connector>(connector: &mut C, responses: &[HttpResponse]) -> Output {
     batch::responses(connector, responses)

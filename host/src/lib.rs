@@ -1,0 +1,21 @@
+//! aNode: a decentralised data-ingestion mesh whose connectors and transforms are sandboxed
+//! WebAssembly components.
+//!
+//! The parts, in the order data meets them:
+//!
+//! - [`plugin`]: the WIT contract's host side. [`plugin::PluginStore`] keeps `.wasm`
+//!   components by sha256; [`plugin::PluginRuntime`] verifies, compiles (with an on-disk
+//!   cache), and runs them in a sandbox (epoch deadline, memory cap, no I/O);
+//!   [`plugin::ConnectorInstance`] decodes a source's frames or HTTP responses into events and
+//!   [`plugin::TransformInstance`] runs a chain step over batches of events.
+//! - [`config`]: one TOML file plus `ANODE_*` overrides; every bound has a named default.
+//! - [`cli`]: the `anode` command.
+
+mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+}
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod plugin;

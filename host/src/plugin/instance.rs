@@ -1,0 +1,511 @@
+//! Live plugin instances. One instance (one wasmtime `Store`) serves many sessions — one per
+//! source for a connector, one per chain position for a transform — so thousands of sources
+//! cost thousands of small guest objects, not thousands of instances.
+//!
+//! Every call runs under an epoch deadline and a memory cap. A crash (trap, timeout, memory)
+//! poisons only this instance: it is dropped, and the next call re-creates it after a backoff
+//! and re-opens each session with its last cursor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, Trap};
+
+use super::error::CallError;
+use super::manifest::Kind;
+use super::metrics::PluginMetrics;
+use super::runtime::{Plugin, Pre, RuntimeInner};
+use super::sandbox::Sandbox;
+use super::wit::{self, Decoded, Event, Frame, HttpResponse, Plan, PluginError, WitManifest};
+
+/// Identifies a session on an instance; stable across instance restarts.
+pub type SessionId = u64;
+
+/// The calls common to both plugin worlds.
+pub(crate) trait World: Sized {
+    const KIND: Kind;
+    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>>;
+    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest>;
+    fn open(
+        &self,
+        store: &mut Store<Sandbox>,
+        config: &str,
+        cursor: Option<&str>,
+    ) -> wasmtime::Result<Result<ResourceAny, PluginError>>;
+}
+
+impl World for wit::connector::Connector {
+    const KIND: Kind = Kind::Connector;
+    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>> {
+        match pre {
+            Pre::Connector(pre) => Some(pre.instantiate(store)),
+            Pre::Transform(_) => None,
+        }
+    }
+
+    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest> {
+        self.anode_plugin_source().call_describe(store)
+    }
+
+    fn open(
+        &self,
+        store: &mut Store<Sandbox>,
+        config: &str,
+        cursor: Option<&str>,
+    ) -> wasmtime::Result<Result<ResourceAny, PluginError>> {
+        self.anode_plugin_source().call_open(store, config, cursor)
+    }
+}
+
+impl World for wit::transform::Transform {
+    const KIND: Kind = Kind::Transform;
+    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>> {
+        match pre {
+            Pre::Transform(pre) => Some(pre.instantiate(store)),
+            Pre::Connector(_) => None,
+        }
+    }
+
+    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest> {
+        self.anode_plugin_transformer().call_describe(store)
+    }
+
+    fn open(
+        &self,
+        store: &mut Store<Sandbox>,
+        config: &str,
+        _cursor: Option<&str>,
+    ) -> wasmtime::Result<Result<ResourceAny, PluginError>> {
+        self.anode_plugin_transformer()
+            .call_configure(store, config)
+    }
+}
+
+/// Call `describe()` on a throwaway instance (used when a plugin is loaded).
+pub(crate) fn describe(
+    runtime: &Arc<RuntimeInner>,
+    pre: &Pre,
+    metrics: &Arc<PluginMetrics>,
+) -> Result<WitManifest, CallError> {
+    let name: Arc<str> = "(loading)".into();
+    let mut store = new_store(runtime, &name);
+    let ctx = CallCtx {
+        runtime,
+        name: &name,
+        metrics,
+    };
+    match pre {
+        Pre::Connector(_) => {
+            let w = ctx.guard(&mut store, 0, |s| {
+                wit::connector::Connector::start(pre, s).expect("matching world")
+            })?;
+            ctx.guard(&mut store, 0, |s| w.describe(s))
+        }
+        Pre::Transform(_) => {
+            let w = ctx.guard(&mut store, 0, |s| {
+                wit::transform::Transform::start(pre, s).expect("matching world")
+            })?;
+            ctx.guard(&mut store, 0, |s| w.describe(s))
+        }
+    }
+}
+
+fn new_store(runtime: &RuntimeInner, name: &Arc<str>) -> Store<Sandbox> {
+    let mut store = Store::new(
+        &runtime.engine,
+        Sandbox::new(name.clone(), runtime.sandbox_limits()),
+    );
+    store.limiter(|s| &mut s.memory);
+    store
+}
+
+/// What a guarded call needs to know to time, limit and classify itself.
+struct CallCtx<'a> {
+    runtime: &'a RuntimeInner,
+    name: &'a Arc<str>,
+    metrics: &'a PluginMetrics,
+}
+
+impl CallCtx<'_> {
+    /// Run `f` under the deadline; time it; turn a wasmtime error into a [`CallError`].
+    fn guard<R>(
+        &self,
+        store: &mut Store<Sandbox>,
+        items_in: usize,
+        f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        store.set_epoch_deadline(self.runtime.deadline_ticks);
+        store.data_mut().log_budget = self.runtime.limits.log_lines_per_call;
+        let started = Instant::now();
+        let result = f(store);
+        self.metrics.call(items_in, started.elapsed());
+        result.map_err(|e| self.classify(e, store))
+    }
+
+    fn classify(&self, error: wasmtime::Error, store: &mut Store<Sandbox>) -> CallError {
+        let plugin = self.name.to_string();
+        let trap = error.downcast_ref::<Trap>().copied();
+        if trap == Some(Trap::Interrupt) {
+            self.metrics.timeout();
+            return CallError::Timeout {
+                plugin,
+                limit: self.runtime.limits.call_timeout(),
+            };
+        }
+        if store.data().memory.hit {
+            self.metrics.out_of_memory();
+            return CallError::OutOfMemory {
+                plugin,
+                limit_mib: self.runtime.limits.memory_limit_mib,
+            };
+        }
+        self.metrics.trap();
+        CallError::Trap {
+            plugin,
+            trap: trap.map_or_else(|| error.root_cause().to_string(), |t| t.to_string()),
+            stderr: store.data().stderr.take(),
+        }
+    }
+}
+
+struct Session {
+    config: String,
+    cursor: Option<String>,
+    /// The guest object; `None` until (re-)opened on the current instance.
+    handle: Option<ResourceAny>,
+}
+
+struct Live<W> {
+    store: Store<Sandbox>,
+    bindings: W,
+}
+
+/// Restart delays after crashes: doubling from `min` to `max`, reset by a successful call.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn failed(&mut self) {
+        self.retry_at = Some(Instant::now() + self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    fn succeeded(&mut self) {
+        self.next = self.min;
+        self.retry_at = None;
+    }
+
+    fn wait(&self) -> Option<Duration> {
+        let left = self.retry_at?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+/// One instance of one plugin and the sessions open on it.
+pub(crate) struct Instance<W> {
+    plugin: Plugin,
+    live: Option<Live<W>>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_session: SessionId,
+    backoff: Backoff,
+}
+
+impl<W: World> Instance<W> {
+    fn new(plugin: Plugin) -> Option<Self> {
+        let runtime = &plugin.inner.runtime;
+        let matches = plugin.inner.manifest.kind == W::KIND;
+        let backoff = Backoff {
+            min: runtime.limits.restart_backoff_min(),
+            max: runtime.limits.restart_backoff_max(),
+            next: runtime.limits.restart_backoff_min(),
+            retry_at: None,
+        };
+        matches.then_some(Instance {
+            plugin,
+            live: None,
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            backoff,
+        })
+    }
+
+    fn ctx(&self) -> CallCtx<'_> {
+        CallCtx {
+            runtime: &self.plugin.inner.runtime,
+            name: &self.plugin.inner.name,
+            metrics: &self.plugin.inner.metrics,
+        }
+    }
+
+    /// Make sure an instance exists, creating one unless a restart backoff is running.
+    fn ensure_live(&mut self) -> Result<(), CallError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        if let Some(wait) = self.backoff.wait() {
+            return Err(CallError::BackingOff {
+                plugin: self.plugin.inner.name.to_string(),
+                wait,
+            });
+        }
+        let inner = &self.plugin.inner;
+        let mut store = new_store(&inner.runtime, &inner.name);
+        let result = self.ctx().guard(&mut store, 0, |s| {
+            W::start(&inner.pre, s).expect("instance world checked at creation")
+        });
+        inner.metrics.instantiated();
+        match result {
+            Ok(bindings) => {
+                for session in self.sessions.values_mut() {
+                    session.handle = None;
+                }
+                self.live = Some(Live { store, bindings });
+                Ok(())
+            }
+            Err(error) => {
+                self.backoff.failed();
+                Err(CallError::Instantiate {
+                    plugin: inner.name.to_string(),
+                    message: error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Drop a crashed instance; the next call re-creates it after the backoff.
+    fn poison(&mut self) {
+        self.live = None;
+        self.backoff.failed();
+        tracing::warn!(plugin = %self.plugin.inner.name, "plugin instance discarded after a crash");
+    }
+
+    /// Run a call on the live instance, poisoning it on a crash.
+    fn run<R>(
+        &mut self,
+        items_in: usize,
+        f: impl FnOnce(&W, &mut Store<Sandbox>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        self.ensure_live()?;
+        let live = self.live.as_mut().expect("ensured above");
+        let ctx = CallCtx {
+            runtime: &self.plugin.inner.runtime,
+            name: &self.plugin.inner.name,
+            metrics: &self.plugin.inner.metrics,
+        };
+        let bindings = &live.bindings;
+        match ctx.guard(&mut live.store, items_in, |s| f(bindings, s)) {
+            Ok(value) => {
+                self.backoff.succeeded();
+                Ok(value)
+            }
+            Err(error) => {
+                if error.is_crash() {
+                    self.poison();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn plugin_error(&self, error: PluginError) -> CallError {
+        self.plugin.inner.metrics.output(0, 1);
+        CallError::Plugin {
+            plugin: self.plugin.inner.name.to_string(),
+            error,
+        }
+    }
+
+    /// Open a session now, so a bad config is reported at once.
+    fn open(&mut self, config: &str, cursor: Option<&str>) -> Result<SessionId, CallError> {
+        let handle = self
+            .run(0, |w, s| w.open(s, config, cursor))?
+            .map_err(|e| self.plugin_error(e))?;
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                config: config.to_owned(),
+                cursor: cursor.map(str::to_owned),
+                handle: Some(handle),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The session's guest object on the live instance, re-opening it after a restart.
+    fn handle(&mut self, id: SessionId) -> Result<ResourceAny, CallError> {
+        self.ensure_live()?;
+        let session = self.sessions.get(&id).ok_or(CallError::NoSession(id))?;
+        if let Some(handle) = session.handle {
+            return Ok(handle);
+        }
+        let (config, cursor) = (session.config.clone(), session.cursor.clone());
+        let handle = self
+            .run(0, |w, s| w.open(s, &config, cursor.as_deref()))?
+            .map_err(|e| self.plugin_error(e))?;
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.handle = Some(handle);
+        }
+        Ok(handle)
+    }
+
+    /// Call a method of a session's guest object.
+    fn call_session<R>(
+        &mut self,
+        id: SessionId,
+        items_in: usize,
+        f: impl FnOnce(&W, &mut Store<Sandbox>, ResourceAny) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let handle = self.handle(id)?;
+        self.run(items_in, |w, s| f(w, s, handle))
+    }
+
+    fn close(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        if let (Some(handle), Some(live)) = (session.handle, self.live.as_mut()) {
+            // Runs the guest's destructor; a failure here only leaks guest memory until the
+            // next restart, so it is logged, not raised.
+            live.store
+                .set_epoch_deadline(self.plugin.inner.runtime.deadline_ticks);
+            if let Err(e) = handle.resource_drop(&mut live.store) {
+                tracing::debug!(plugin = %self.plugin.inner.name, "closing a session failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// An instance of a connector plugin; one session per source.
+pub struct ConnectorInstance(Instance<wit::connector::Connector>);
+
+impl ConnectorInstance {
+    pub(crate) fn new(plugin: Plugin) -> Option<Self> {
+        Instance::new(plugin).map(ConnectorInstance)
+    }
+
+    /// Open a session for a source with its config and last cursor.
+    pub fn open(&mut self, config: &str, cursor: Option<&str>) -> Result<SessionId, CallError> {
+        self.0.open(config, cursor)
+    }
+
+    /// How the host should reach the source.
+    pub fn plan(&mut self, id: SessionId) -> Result<Plan, CallError> {
+        self.0.call_session(id, 0, |w, s, h| {
+            w.anode_plugin_source().session().call_plan(s, h)
+        })
+    }
+
+    /// Decode a batch of WebSocket frames.
+    pub fn on_frames(&mut self, id: SessionId, frames: &[Frame]) -> Result<Decoded, CallError> {
+        let result = self.0.call_session(id, frames.len(), |w, s, h| {
+            w.anode_plugin_source()
+                .session()
+                .call_on_frames(s, h, frames)
+        })?;
+        self.decoded(id, result)
+    }
+
+    /// Decode a batch of HTTP responses.
+    pub fn on_responses(
+        &mut self,
+        id: SessionId,
+        responses: &[HttpResponse],
+    ) -> Result<Decoded, CallError> {
+        let result = self.0.call_session(id, responses.len(), |w, s, h| {
+            w.anode_plugin_source()
+                .session()
+                .call_on_responses(s, h, responses)
+        })?;
+        self.decoded(id, result)
+    }
+
+    fn decoded(
+        &mut self,
+        id: SessionId,
+        result: Result<Decoded, PluginError>,
+    ) -> Result<Decoded, CallError> {
+        let decoded = result.map_err(|e| self.0.plugin_error(e))?;
+        self.0
+            .plugin
+            .inner
+            .metrics
+            .output(decoded.events.len(), decoded.errors.len());
+        if let (Some(cursor), Some(session)) = (&decoded.cursor, self.0.sessions.get_mut(&id)) {
+            session.cursor = Some(cursor.clone());
+        }
+        Ok(decoded)
+    }
+
+    /// The last cursor the session reported.
+    pub fn cursor(&self, id: SessionId) -> Option<&str> {
+        self.0.sessions.get(&id)?.cursor.as_deref()
+    }
+
+    /// Close a session and free its guest object.
+    pub fn close(&mut self, id: SessionId) {
+        self.0.close(id)
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Plugin {
+        &self.0.plugin
+    }
+}
+
+/// An instance of a transform plugin; one session per place in a chain.
+pub struct TransformInstance(Instance<wit::transform::Transform>);
+
+impl TransformInstance {
+    pub(crate) fn new(plugin: Plugin) -> Option<Self> {
+        Instance::new(plugin).map(TransformInstance)
+    }
+
+    /// Configure one step of a chain.
+    pub fn configure(&mut self, config: &str) -> Result<SessionId, CallError> {
+        self.0.open(config, None)
+    }
+
+    /// Run a batch through a configured step.
+    pub fn process(&mut self, id: SessionId, events: &[Event]) -> Result<Vec<Event>, CallError> {
+        let result = self.0.call_session(id, events.len(), |w, s, h| {
+            w.anode_plugin_transformer()
+                .chain_step()
+                .call_process(s, h, events)
+        })?;
+        self.output(result)
+    }
+
+    /// Let a step close windows when no event came for a while.
+    pub fn tick(&mut self, id: SessionId, now_us: i64) -> Result<Vec<Event>, CallError> {
+        let result = self.0.call_session(id, 0, |w, s, h| {
+            w.anode_plugin_transformer()
+                .chain_step()
+                .call_tick(s, h, now_us)
+        })?;
+        self.output(result)
+    }
+
+    fn output(&mut self, result: Result<Vec<Event>, PluginError>) -> Result<Vec<Event>, CallError> {
+        let events = result.map_err(|e| self.0.plugin_error(e))?;
+        self.0.plugin.inner.metrics.output(events.len(), 0);
+        Ok(events)
+    }
+
+    /// Remove a step and free its guest object.
+    pub fn close(&mut self, id: SessionId) {
+        self.0.close(id)
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Plugin {
+        &self.0.plugin
+    }
+}

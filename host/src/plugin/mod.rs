@@ -1,0 +1,30 @@
+//! The plugin platform: WIT bindings, the sandboxed runtime, live instances and the
+//! content-addressed plugin store.
+//!
+//! Bytes come in through [`PluginStore::install`] (or a peer, later), are verified against
+//! their [`Digest`], compiled once by the [`PluginRuntime`] (cached on disk), described, and
+//! stored. A source then gets a session on a [`ConnectorInstance`]; transforms get sessions
+//! on a [`TransformInstance`].
+
+mod digest;
+mod error;
+mod instance;
+mod manifest;
+mod metrics;
+mod runtime;
+mod sandbox;
+pub mod scaffold;
+mod store;
+mod wit;
+
+pub use digest::{BadDigestError, Digest};
+pub use error::{CallError, PluginLoadError};
+pub use instance::{ConnectorInstance, SessionId, TransformInstance};
+pub use manifest::{Kind, ManifestError, PluginManifest, WIT_PACKAGE};
+pub use metrics::{PluginMetrics, PluginMetricsSnapshot};
+pub use runtime::{CompileSource, Plugin, PluginRuntime};
+pub use store::{Installed, PluginStore, StoreError};
+pub use wit::{
+    CONNECTOR_EXPORT, Decoded, Event, Frame, Heartbeat, HttpPlan, HttpRequest, HttpResponse, Plan,
+    PluginError, TRANSFORM_EXPORT, WebsocketPlan,
+};

@@ -1,0 +1,241 @@
+//! The content-addressed plugin store in the node's data dir:
+//!
+//! ```text
+//! <data_dir>/plugins/<sha256>.wasm   the component, exactly as installed
+//! <data_dir>/plugins/<sha256>.json   its manifest
+//! <data_dir>/cache/<sha256>-<engine>.cwasm   compiled form (see PluginRuntime)
+//! ```
+//!
+//! A plugin is stored only after its bytes verified, compiled and described, so everything in
+//! the store can run.
+
+use std::path::{Path, PathBuf};
+
+use super::digest::Digest;
+use super::error::PluginLoadError;
+use super::manifest::PluginManifest;
+use super::runtime::{CompileSource, Plugin, PluginRuntime};
+
+/// A store operation failed; the store is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {source}")]
+    Load {
+        origin: String,
+        source: PluginLoadError,
+    },
+    #[error("no plugin `{0}` is installed (see `anode plugin list`)")]
+    NotFound(String),
+    #[error("`{query}` matches several plugins: {matches}; give the full digest")]
+    Ambiguous { query: String, matches: String },
+    #[error("stored manifest {path} is unreadable: {message}")]
+    BadManifest { path: PathBuf, message: String },
+}
+
+/// The result of an install.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub manifest: PluginManifest,
+    /// The same bytes were already installed.
+    pub already_present: bool,
+    pub compiled_from: CompileSource,
+}
+
+/// Plugins on disk, by digest.
+#[derive(Debug, Clone)]
+pub struct PluginStore {
+    dir: PathBuf,
+}
+
+impl PluginStore {
+    /// The store under `<data_dir>/plugins`, created if missing.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let dir = data_dir.join("plugins");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(PluginStore { dir })
+    }
+
+    /// Where compiled artefacts go for a store in `data_dir`.
+    pub fn cache_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("cache")
+    }
+
+    /// Verify, compile, describe and store `bytes`. `origin` names the bytes in errors (a
+    /// file path, a peer). With `expected`, bytes hashing to anything else are refused before
+    /// compiling.
+    pub fn install(
+        &self,
+        runtime: &PluginRuntime,
+        bytes: &[u8],
+        expected: Option<&Digest>,
+        origin: &str,
+    ) -> Result<(Installed, Plugin), StoreError> {
+        let (plugin, compiled_from) =
+            runtime
+                .load(bytes, expected)
+                .map_err(|source| StoreError::Load {
+                    origin: origin.to_owned(),
+                    source,
+                })?;
+        let manifest = plugin.manifest().clone();
+        let wasm = self.wasm_path(&manifest.digest);
+        let already_present = wasm.exists() && self.manifest_path(&manifest.digest).exists();
+        if !already_present {
+            write_atomically(&wasm, bytes)?;
+            let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+            write_atomically(&self.manifest_path(&manifest.digest), &json)?;
+        }
+        Ok((
+            Installed {
+                manifest,
+                already_present,
+                compiled_from,
+            },
+            plugin,
+        ))
+    }
+
+    /// Every installed plugin's manifest, by name then version.
+    pub fn list(&self) -> Result<Vec<PluginManifest>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut manifests = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                manifests.push(read_manifest(&path)?);
+            }
+        }
+        manifests.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(manifests)
+    }
+
+    /// Find a plugin by name, full digest or a digest prefix of at least 6 characters.
+    pub fn find(&self, query: &str) -> Result<PluginManifest, StoreError> {
+        let all = self.list()?;
+        let query_lower = query.trim_start_matches("sha256:").to_ascii_lowercase();
+        let mut matches: Vec<PluginManifest> =
+            all.iter().filter(|m| m.name == query).cloned().collect();
+        if matches.is_empty() && query_lower.len() >= 6 {
+            matches = all
+                .into_iter()
+                .filter(|m| m.digest.to_hex().starts_with(&query_lower))
+                .collect();
+        }
+        match matches.len() {
+            0 => Err(StoreError::NotFound(query.to_owned())),
+            1 => Ok(matches.remove(0)),
+            _ => Err(StoreError::Ambiguous {
+                query: query.to_owned(),
+                matches: matches
+                    .iter()
+                    .map(|m| format!("{} {} ({})", m.name, m.version, m.digest.short()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The stored bytes of `digest`, verified.
+    pub fn bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.wasm_path(digest);
+        let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if Digest::of(&bytes) != *digest {
+            return Err(StoreError::Load {
+                origin: path.display().to_string(),
+                source: PluginLoadError::DigestMismatch {
+                    expected: digest.to_hex(),
+                    actual: Digest::of(&bytes).to_hex(),
+                },
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Load a stored plugin into the runtime (from the compiled cache when it is there).
+    pub fn load(&self, runtime: &PluginRuntime, digest: &Digest) -> Result<Plugin, StoreError> {
+        let bytes = self.bytes(digest)?;
+        runtime
+            .load(&bytes, Some(digest))
+            .map(|(plugin, _)| plugin)
+            .map_err(|source| StoreError::Load {
+                origin: self.wasm_path(digest).display().to_string(),
+                source,
+            })
+    }
+
+    /// Remove a plugin (by name or digest); returns what was removed.
+    pub fn remove(
+        &self,
+        runtime: Option<&PluginRuntime>,
+        query: &str,
+    ) -> Result<PluginManifest, StoreError> {
+        let manifest = self.find(query)?;
+        for path in [
+            self.manifest_path(&manifest.digest),
+            self.wasm_path(&manifest.digest),
+        ] {
+            std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+        }
+        if let Some(cached) = runtime.and_then(|r| r.cache_path(&manifest.digest)) {
+            let _ = std::fs::remove_file(cached);
+        }
+        Ok(manifest)
+    }
+
+    /// Install the plugins built into this binary that are not in the store yet.
+    pub fn install_bundled(&self, runtime: &PluginRuntime) -> Result<Vec<Installed>, StoreError> {
+        let mut installed = Vec::new();
+        for (name, bytes) in crate::bundled::BUNDLED {
+            let digest = Digest::of(bytes);
+            if self.manifest_path(&digest).exists() {
+                continue;
+            }
+            let origin = format!("built-in plugin {name}");
+            installed.push(self.install(runtime, bytes, Some(&digest), &origin)?.0);
+        }
+        Ok(installed)
+    }
+
+    fn wasm_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{digest}.wasm"))
+    }
+
+    fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{digest}.json"))
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<PluginManifest, StoreError> {
+    let text = std::fs::read(path).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| StoreError::BadManifest {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })
+}
