@@ -8,6 +8,8 @@
 //!   cache), and runs them in a sandbox (epoch deadline, memory cap, no I/O);
 //!   [`plugin::ConnectorInstance`] decodes a source's frames or HTTP responses into events and
 //!   [`plugin::TransformInstance`] runs a chain step over batches of events.
+//! - [`record`]: events stamped with source, node, ingest time and a deterministic id, the
+//!   idempotency key of every sink.
 //! - [`config`]: one TOML file plus `ANODE_*` overrides; every bound has a named default.
 //! - [`cli`]: the `anode` command.
 
@@ -19,3 +21,4 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod plugin;
+pub mod record;
