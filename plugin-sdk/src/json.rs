@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::types::PluginError;
+use crate::types::{HttpResponse, PluginError};
 
 /// Parse bytes as JSON; a parse failure is bad input.
 pub fn parse(bytes: &[u8]) -> Result<Value, PluginError> {
@@ -88,6 +88,57 @@ pub fn hex_u64(s: &str) -> Result<u64, PluginError> {
         .map_err(|_| PluginError::bad_input(format!("`{s}` is not a hex quantity")))
 }
 
+/// A hex quantity of any size (`0x2540be400`, a 256-bit balance) as a decimal string, so
+/// quantities beyond `u64` reach the record exactly.
+pub fn hex_decimal(s: &str) -> Result<String, PluginError> {
+    let bad = || PluginError::bad_input(format!("`{s}` is not a hex quantity"));
+    let digits = s.strip_prefix("0x").ok_or_else(bad)?;
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    // Little-endian base-10^9 limbs: each hex digit multiplies by 16 and adds.
+    let mut limbs: Vec<u32> = vec![0];
+    for c in digits.chars() {
+        let mut carry = u64::from(c.to_digit(16).ok_or_else(bad)?);
+        for limb in &mut limbs {
+            let v = u64::from(*limb) * 16 + carry;
+            *limb = (v % 1_000_000_000) as u32;
+            carry = v / 1_000_000_000;
+        }
+        if carry > 0 {
+            limbs.push(carry as u32);
+        }
+    }
+    let mut text = limbs.last().map(u32::to_string).unwrap_or_default();
+    for limb in limbs.iter().rev().skip(1) {
+        text.push_str(&format!("{limb:09}"));
+    }
+    Ok(text)
+}
+
+/// The maximum number of body bytes quoted in an HTTP error message.
+const QUOTED_BODY_BYTES: usize = 200;
+
+/// The JSON body of an HTTP response. A `429` or `5xx` status is retryable, any other status
+/// outside `2xx` is bad input (both name the status and quote the start of the body), and a
+/// body that is not JSON is bad input.
+pub fn response(response: &HttpResponse) -> Result<Value, PluginError> {
+    let status = response.status;
+    if !(200..300).contains(&status) {
+        let quoted = &response.body[..response.body.len().min(QUOTED_BODY_BYTES)];
+        let message = format!(
+            "HTTP {status} from upstream: {}",
+            String::from_utf8_lossy(quoted).trim()
+        );
+        return Err(if status == 429 || status >= 500 {
+            PluginError::retryable(message)
+        } else {
+            PluginError::bad_input(message)
+        });
+    }
+    parse(&response.body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +160,54 @@ mod tests {
         assert!(matches!(config::<Value>("{"), Err(PluginError::Fatal(_))));
         assert_eq!(hex_u64("0x12a05f2").unwrap(), 0x12a05f2);
         assert!(hex_u64("12").is_err());
+    }
+
+    #[test]
+    fn hex_quantities_of_any_size_become_decimal_text() {
+        assert_eq!(hex_decimal("0x0").unwrap(), "0");
+        assert_eq!(hex_decimal("0x3b9aca00").unwrap(), "1000000000");
+        assert_eq!(hex_decimal("0x12a05f2").unwrap(), "19531250");
+        assert_eq!(
+            hex_decimal("0xffffffffffffffffffffffffffffffff").unwrap(),
+            u128::MAX.to_string()
+        );
+        assert_eq!(
+            hex_decimal("0x1000000000000000000000000000000000000000000000000000000000000000")
+                .unwrap(),
+            "7237005577332262213973186563042994240829374041602535252466099000494570602496"
+        );
+        for bad in ["12", "0x", "0xzz", ""] {
+            assert!(matches!(hex_decimal(bad), Err(PluginError::BadInput(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_statuses_map_to_what_the_host_should_do() {
+        let with = |status: u16, body: &str| HttpResponse {
+            status,
+            ..HttpResponse::ok("t", body)
+        };
+        assert_eq!(response(&with(200, "[1]")).unwrap(), json!([1]));
+        assert_eq!(response(&with(204, "{}")).unwrap(), json!({}));
+        for status in [429, 500, 503] {
+            match response(&with(status, "slow down")) {
+                Err(PluginError::Retryable(m)) => {
+                    assert!(m.contains(&status.to_string()) && m.contains("slow down"), "{m}");
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        for status in [301, 400, 404] {
+            match response(&with(status, "")) {
+                Err(PluginError::BadInput(m)) => assert!(m.contains(&status.to_string()), "{m}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            response(&with(200, "<html>")),
+            Err(PluginError::BadInput(_))
+        ));
+        let long = "x".repeat(10_000);
+        assert!(response(&with(500, &long)).unwrap_err().message().len() < 300);
     }
 }
