@@ -177,7 +177,10 @@ mod tests {
             "7237005577332262213973186563042994240829374041602535252466099000494570602496"
         );
         for bad in ["12", "0x", "0xzz", ""] {
-            assert!(matches!(hex_decimal(bad), Err(PluginError::BadInput(_))), "{bad}");
+            assert!(
+                matches!(hex_decimal(bad), Err(PluginError::BadInput(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -192,7 +195,10 @@ mod tests {
         for status in [429, 500, 503] {
             match response(&with(status, "slow down")) {
                 Err(PluginError::Retryable(m)) => {
-                    assert!(m.contains(&status.to_string()) && m.contains("slow down"), "{m}");
+                    assert!(
+                        m.contains(&status.to_string()) && m.contains("slow down"),
+                        "{m}"
+                    );
                 }
                 other => panic!("{status}: {other:?}"),
             }
