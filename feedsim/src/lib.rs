@@ -1,0 +1,118 @@
+//! `anode-feedsim`: a deterministic feed simulator serving many simulated venues at once on
+//! one loopback port, in the venues' own message formats, and reporting exactly what it sent.
+//!
+//! Every test, demo and benchmark of aNode runs against it. The parts:
+//!
+//! - [`config`]: [`SimConfig`] and [`Faults`], every knob with a named default.
+//! - `clock`: simulated time that excludes paused periods; a stream's head (the highest event
+//!   number that has happened) is `floor(sim_elapsed_s * rate_per_stream)`.
+//! - `content`: event content as a pure function of (seed, stream, n), generated lazily.
+//! - `streams` and `ranges`: streams are map entries created on first use (no task per
+//!   stream), each with a merged range set of the ids sent successfully to a client.
+//! - `ws`: one task per WebSocket connection with one send timer; venues plug in as
+//!   protocols: `binance` (raw, combined, SUBSCRIBE), `coinbase` (matches, ticker,
+//!   heartbeat) and `kraken` (v2 ticker).
+//! - `rest` (Binance REST) and `evm` (JSON-RPC 2.0) over plain HTTP.
+//! - `faults`: deterministic "every Nth" drops, malformed and truncated frames, 429s and
+//!   slow responses.
+//! - [`report`]: [`Report`], the same data as `GET /report`.
+//! - `server`: the router; [`cli`]: the `anode-feedsim` command line.
+//!
+//! Data flow: a client subscribes → the connection remembers (stream, next n) → every tick
+//! it renders events `next..=head`, sends each, and records the id once the send succeeded.
+
+mod binance;
+pub mod cli;
+mod clock;
+mod coinbase;
+pub mod config;
+mod content;
+mod evm;
+mod faults;
+mod kraken;
+mod ranges;
+pub mod report;
+mod rest;
+mod server;
+mod sim;
+mod streams;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+pub use config::{Faults, SimConfig};
+pub use report::{FaultCounts, Report, StreamReport};
+
+use sim::Sim;
+
+/// A running simulator; [`FeedSim::shutdown`] stops it.
+#[derive(Debug)]
+pub struct FeedSim {
+    addr: SocketAddr,
+    sim: Arc<Sim>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `config.bind` and starts serving every venue.
+pub async fn start(config: SimConfig) -> std::io::Result<FeedSim> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    let sim = Arc::new(Sim::new(config));
+    let app = server::router(sim.clone());
+    let shutdown = sim.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    tracing::debug!(%addr, "feed simulator listening");
+    Ok(FeedSim { addr, sim, server })
+}
+
+impl FeedSim {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, the base of REST, EVM, control and report URLs.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://<addr>`, the base of WebSocket URLs.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// What was emitted so far (the same data as `GET /report`).
+    pub fn report(&self) -> Report {
+        self.sim.report()
+    }
+
+    /// Freezes every stream head; connections stay open.
+    pub fn pause(&self) {
+        self.sim.pause();
+    }
+
+    /// Unfreezes the heads; paused time does not count.
+    pub fn resume(&self) {
+        self.sim.resume();
+    }
+
+    /// Stops the listener and every connection task, and waits for them.
+    pub async fn shutdown(self) {
+        self.sim.shutdown.cancel();
+        if let Ok(Err(e)) = self.server.await {
+            tracing::warn!(error = %e, "feed simulator server ended with an error");
+        }
+        self.sim.tasks.close();
+        self.sim.tasks.wait().await;
+    }
+}

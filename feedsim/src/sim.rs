@@ -1,0 +1,107 @@
+//! The shared state of one running simulator: config, clock, streams, counters, shutdown.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{SimClock, head_at};
+use crate::config::SimConfig;
+use crate::faults::FaultCounters;
+use crate::report::Report;
+use crate::streams::StreamRegistry;
+
+/// Most symbols listed by `GET /binance/api/v3/ticker/price` without a symbol.
+pub(crate) const MAX_LISTED_SYMBOLS: usize = 1_000;
+
+/// State shared by the HTTP handlers and every connection task.
+#[derive(Debug)]
+pub(crate) struct Sim {
+    pub(crate) config: SimConfig,
+    pub(crate) clock: SimClock,
+    pub(crate) streams: StreamRegistry,
+    pub(crate) faults: FaultCounters,
+    /// Binance symbols seen so far (WebSocket or REST), for the symbol-less ticker price list.
+    binance_symbols: Mutex<BTreeSet<String>>,
+    /// Cancelled once, at shutdown; every task watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Sim {
+    pub(crate) fn new(config: SimConfig) -> Self {
+        Self {
+            streams: StreamRegistry::new(config.max_streams),
+            clock: SimClock::new(),
+            faults: FaultCounters::default(),
+            binance_symbols: Mutex::new(BTreeSet::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            config,
+        }
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.config.seed
+    }
+
+    /// Highest event number that has happened in every trade/ticker stream.
+    pub(crate) fn head(&self) -> u64 {
+        head_at(self.clock.elapsed(), self.config.rate_per_stream)
+    }
+
+    /// Current block number of every simulated EVM chain.
+    pub(crate) fn evm_head(&self) -> u64 {
+        let elapsed_ms = self.clock.elapsed().as_millis() as u64;
+        self.config.evm_start_block + elapsed_ms / self.config.block_interval_ms
+    }
+
+    /// Wall-clock time (µs) at which event `n` became due, ignoring pauses: stable per run.
+    pub(crate) fn event_wall_us(&self, n: u64) -> u64 {
+        self.clock.start_wall_us() + (n as f64 * 1e6 / self.config.rate_per_stream) as u64
+    }
+
+    /// Wall-clock time (s) of EVM block `n`, stable per run.
+    pub(crate) fn block_wall_s(&self, n: u64) -> u64 {
+        let since_start = n.saturating_sub(self.config.evm_start_block);
+        (self.clock.start_wall_us() / 1_000 + since_start * self.config.block_interval_ms) / 1_000
+    }
+
+    pub(crate) fn pause(&self) {
+        self.clock.pause_at(Instant::now());
+    }
+
+    pub(crate) fn resume(&self) {
+        self.clock.resume_at(Instant::now());
+    }
+
+    /// Remembers a Binance symbol (uppercase) for the ticker price list, up to a bound.
+    pub(crate) fn note_binance_symbol(&self, symbol: &str) {
+        let mut symbols = self.binance_symbols.lock().expect("symbols lock");
+        if symbols.len() < MAX_LISTED_SYMBOLS && !symbols.contains(symbol) {
+            symbols.insert(symbol.to_string());
+        }
+    }
+
+    pub(crate) fn binance_symbols(&self) -> Vec<String> {
+        self.binance_symbols
+            .lock()
+            .expect("symbols lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn report(&self) -> Report {
+        Report {
+            seed: self.config.seed,
+            rate_per_stream: self.config.rate_per_stream,
+            paused: self.clock.is_paused(),
+            streams: self.streams.report(),
+            faults: self.faults.snapshot(),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! One WebSocket connection: a single task with one send timer that emits every due event of
+//! every subscribed stream, in order per stream, and records what was sent.
+//!
+//! Venues plug in through [`Protocol`]: they parse client messages, decide subscriptions and
+//! render events; this module owns the socket, the timers, fault injection and the record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+
+use crate::faults::{ConnectionFaults, FaultCounters, truncate};
+use crate::sim::Sim;
+use crate::streams::Stream;
+
+/// Largest client message accepted (subscribe requests are small).
+const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// How long a closing connection waits for the client's Close reply, so that data already
+/// sent is not reset away by an early socket close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Close code of a connection dropped on purpose (`drop_every`): "going away".
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that broke the protocol.
+pub(crate) const CLOSE_POLICY: u16 = 1008;
+
+/// A venue's WebSocket dialect.
+pub(crate) trait Protocol: Send + Sync + 'static {
+    /// What one subscribed stream renders from (symbol, instrument, message shape).
+    type Output: Send + Sync;
+
+    /// Called once after the upgrade.
+    fn on_open(&mut self, _sim: &Sim) -> Reply<Self::Output> {
+        Reply::default()
+    }
+
+    /// A text message from the client.
+    fn on_text(&mut self, text: &str, sim: &Sim) -> Reply<Self::Output>;
+
+    /// Called on every send tick, after due events were sent (heartbeats, timeouts).
+    fn on_tick(&mut self, _now: Instant, _sim: &Sim) -> Reply<Self::Output> {
+        Reply::default()
+    }
+
+    /// The message carrying event `n` of one output.
+    fn render(&self, output: &Self::Output, n: u64, sim: &Sim) -> String;
+}
+
+/// What a protocol wants done after a client message or a tick, in this order.
+pub(crate) struct Reply<O> {
+    /// Control messages to send (acks, errors, heartbeats); not data, never recorded.
+    pub(crate) messages: Vec<String>,
+    /// Subscriptions to add; a subscription whose key exists gains its new outputs.
+    pub(crate) subscribe: Vec<Subscription<O>>,
+    /// Stream names to stop sending.
+    pub(crate) unsubscribe: Vec<String>,
+    /// Close the connection with this code and reason.
+    pub(crate) close: Option<(u16, String)>,
+}
+
+impl<O> Default for Reply<O> {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            subscribe: Vec::new(),
+            unsubscribe: Vec::new(),
+            close: None,
+        }
+    }
+}
+
+impl<O> Reply<O> {
+    pub(crate) fn message(message: String) -> Self {
+        Self {
+            messages: vec![message],
+            ..Self::default()
+        }
+    }
+}
+
+/// One instrument's events on this connection, possibly rendered into several streams
+/// (a Coinbase product's matches and tickers); every output is sent for event n before n + 1.
+pub(crate) struct Subscription<O> {
+    /// Identifies the subscription on this connection (stream or product name).
+    pub(crate) key: String,
+    /// Next event number to send.
+    pub(crate) next: u64,
+    pub(crate) outputs: Vec<(Arc<Stream>, O)>,
+}
+
+/// Upgrades the request and runs `protocol` on the socket as a tracked task.
+pub(crate) fn upgrade<P: Protocol>(ws: WebSocketUpgrade, sim: Arc<Sim>, protocol: P) -> Response {
+    ws.max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let tasks = sim.tasks.clone();
+            tasks.track_future(async move {
+                FaultCounters::bump(&sim.faults.connections);
+                let shutdown = sim.shutdown.clone();
+                let conn = Connection {
+                    socket,
+                    sim,
+                    faults: ConnectionFaults::default(),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = conn.run(protocol) => {}
+                }
+            })
+        })
+}
+
+/// Why a connection ends.
+enum End {
+    /// The socket failed or the client went away.
+    Gone,
+    /// We close: send a Close frame, then wait briefly for the client's.
+    Close(u16, String),
+}
+
+struct Connection {
+    socket: WebSocket,
+    sim: Arc<Sim>,
+    faults: ConnectionFaults,
+}
+
+enum Wake {
+    Client(Option<Result<Message, axum::Error>>),
+    Tick,
+    Ping,
+}
+
+impl Connection {
+    async fn run<P: Protocol>(mut self, mut protocol: P) {
+        let mut subs: Vec<Subscription<P::Output>> = Vec::new();
+        let end = match self.serve(&mut protocol, &mut subs).await {
+            Ok(()) => return,
+            Err(end) => end,
+        };
+        if let End::Close(code, reason) = end {
+            self.close(code, reason).await;
+        }
+    }
+
+    async fn serve<P: Protocol>(
+        &mut self,
+        protocol: &mut P,
+        subs: &mut Vec<Subscription<P::Output>>,
+    ) -> Result<(), End> {
+        let reply = protocol.on_open(&self.sim);
+        self.apply(protocol, subs, reply).await?;
+        let config = &self.sim.config;
+        let mut tick = interval(Duration::from_millis(config.tick_ms));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ping_every = Duration::from_millis(config.ping_interval_ms);
+        let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                msg = self.socket.recv() => Wake::Client(msg),
+                _ = tick.tick() => Wake::Tick,
+                _ = ping.tick() => Wake::Ping,
+            };
+            match wake {
+                Wake::Client(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+                    return Err(End::Gone);
+                }
+                Wake::Client(Some(Ok(Message::Text(text)))) => {
+                    let reply = protocol.on_text(text.as_str(), &self.sim);
+                    self.apply(protocol, subs, reply).await?;
+                }
+                Wake::Client(Some(Ok(Message::Binary(bytes)))) => {
+                    let reply = protocol.on_text(&String::from_utf8_lossy(&bytes), &self.sim);
+                    self.apply(protocol, subs, reply).await?;
+                }
+                Wake::Client(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Wake::Tick => {
+                    self.send_due(protocol, subs).await?;
+                    let reply = protocol.on_tick(Instant::now(), &self.sim);
+                    self.apply(protocol, subs, reply).await?;
+                }
+                Wake::Ping => self.send(Message::Ping(Default::default())).await?,
+            }
+        }
+    }
+
+    /// Carries out a protocol reply, then sends whatever became due (e.g. a snapshot).
+    async fn apply<P: Protocol>(
+        &mut self,
+        protocol: &P,
+        subs: &mut Vec<Subscription<P::Output>>,
+        reply: Reply<P::Output>,
+    ) -> Result<(), End> {
+        for message in reply.messages {
+            self.send(Message::Text(message.into())).await?;
+        }
+        if let Some((code, reason)) = reply.close {
+            return Err(End::Close(code, reason));
+        }
+        for name in &reply.unsubscribe {
+            for sub in subs.iter_mut() {
+                sub.outputs.retain(|(stream, _)| stream.name() != name);
+            }
+        }
+        subs.retain(|sub| !sub.outputs.is_empty());
+        for new in reply.subscribe {
+            match subs.iter_mut().find(|s| s.key == new.key) {
+                Some(existing) => {
+                    for (stream, output) in new.outputs {
+                        if !existing
+                            .outputs
+                            .iter()
+                            .any(|(s, _)| s.name() == stream.name())
+                        {
+                            existing.outputs.push((stream, output));
+                        }
+                    }
+                }
+                None => subs.push(new),
+            }
+        }
+        self.send_due(protocol, subs).await
+    }
+
+    /// Sends every event up to the head, per subscription in order, recording each on success.
+    async fn send_due<P: Protocol>(
+        &mut self,
+        protocol: &P,
+        subs: &mut [Subscription<P::Output>],
+    ) -> Result<(), End> {
+        let head = self.sim.head();
+        for sub in subs.iter_mut() {
+            while sub.next <= head {
+                let n = sub.next;
+                for (stream, output) in &sub.outputs {
+                    let message = protocol.render(output, n, &self.sim);
+                    self.send_data(message, stream, n).await?;
+                }
+                sub.next += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one data message, records it, then injects the faults due after it.
+    async fn send_data(&mut self, message: String, stream: &Stream, n: u64) -> Result<(), End> {
+        let copy_for_truncation = self
+            .sim
+            .config
+            .faults
+            .truncated_every
+            .map(|_| message.clone());
+        self.send(Message::Text(message.into())).await?;
+        stream.record(n);
+        let after = self.faults.after_data_message(&self.sim.config.faults);
+        if let Some(frame) = after.malformed {
+            self.send(Message::Text(frame.into())).await?;
+            FaultCounters::bump(&self.sim.faults.malformed_frames);
+        }
+        if after.truncated
+            && let Some(message) = copy_for_truncation
+        {
+            self.send(Message::Text(truncate(&message).into())).await?;
+            FaultCounters::bump(&self.sim.faults.truncated_frames);
+        }
+        if after.drop {
+            FaultCounters::bump(&self.sim.faults.dropped_connections);
+            return Err(End::Close(CLOSE_GOING_AWAY, "simulated drop".into()));
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        self.socket.send(message).await.map_err(|_| End::Gone)
+    }
+
+    /// Sends a Close frame and waits (bounded) for the client's, so buffered data is delivered.
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if self.socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
