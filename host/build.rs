@@ -12,7 +12,15 @@ use std::process::Command;
 const WASM_TARGET: &str = "wasm32-wasip2";
 const WASM_PROFILE: &str = "plugin";
 /// The plugins every node carries (crates under `plugins/`).
-const FIRST_PARTY: &[&str] = &["binance-trades"];
+const FIRST_PARTY: &[&str] = &[
+    "binance-trades",
+    "coinbase",
+    "kraken-ticker",
+    "http-json",
+    "evm-blocks",
+    "filter",
+    "candles",
+];
 
 fn main() {
     let host_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

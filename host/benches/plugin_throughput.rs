@@ -26,7 +26,9 @@ fn main() {
     let wasm_path = Path::new(env!("ANODE_WASM_DIR")).join("binance_trades.wasm");
     let bytes = std::fs::read(&wasm_path).expect("binance_trades.wasm is built by build.rs");
     let frames = trade_frames(frames_per_round);
-    println!("plugin_throughput: {frames_per_round} Binance trade frames per round, batches of {BATCH}, {ROUNDS} rounds (median)");
+    println!(
+        "plugin_throughput: {frames_per_round} Binance trade frames per round, batches of {BATCH}, {ROUNDS} rounds (median)"
+    );
 
     // --- compile: cold vs cache ---
     let cache = tempfile::tempdir().expect("temp dir");
@@ -67,7 +69,9 @@ fn main() {
         for batch in sdk_frames.chunks(BATCH) {
             // Copy the batch, as the host copies frames into the guest.
             let batch = batch.to_vec();
-            events += anode_plugin_sdk::testing::frame_batch(&mut native, &batch).events.len();
+            events += anode_plugin_sdk::testing::frame_batch(&mut native, &batch)
+                .events
+                .len();
         }
         native_rates.push(events as f64 / started.elapsed().as_secs_f64());
         assert_eq!(events, frames.len());
@@ -75,7 +79,11 @@ fn main() {
         let started = Instant::now();
         let mut events = 0usize;
         for batch in frames.chunks(BATCH) {
-            events += instance.on_frames(session, batch).expect("decodes").events.len();
+            events += instance
+                .on_frames(session, batch)
+                .expect("decodes")
+                .events
+                .len();
         }
         wasm_rates.push(events as f64 / started.elapsed().as_secs_f64());
         assert_eq!(events, frames.len());
@@ -115,7 +123,10 @@ fn main() {
     let wasm_ack = started.elapsed().as_secs_f64() / acks.len() as f64;
     let sdk_acks: Vec<anode_plugin_sdk::Frame> = acks
         .iter()
-        .map(|f| anode_plugin_sdk::Frame { data: f.data.clone(), received_at: 0 })
+        .map(|f| anode_plugin_sdk::Frame {
+            data: f.data.clone(),
+            received_at: 0,
+        })
         .collect();
     let mut native_plugin = binance_trades::BinanceTrades::open(CONFIG, None).expect("opens");
     let started = Instant::now();
@@ -144,7 +155,9 @@ fn main() {
     }
     let instantiate = started.elapsed() / INSTANCES as u32;
     for (instance, session) in &mut live {
-        instance.on_frames(*session, &frames[..BATCH]).expect("decodes");
+        instance
+            .on_frames(*session, &frames[..BATCH])
+            .expect("decodes");
     }
     let rss_after = rss_kib();
     println!(

@@ -127,19 +127,80 @@ impl Record {
     }
 }
 
+/// The ids a source produced most recently, to drop repeats before they are published or
+/// stored: a poller that sees the same items again, a venue that replays after a reconnect.
+/// Bounded: the oldest id is forgotten when `capacity` are held (the store's `ON CONFLICT`
+/// still stores a late repeat once).
+#[derive(Debug)]
+pub struct RecentIds {
+    capacity: usize,
+    order: std::collections::VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl RecentIds {
+    pub fn new(capacity: usize) -> Self {
+        RecentIds {
+            capacity,
+            order: std::collections::VecDeque::new(),
+            set: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Remember `id`; false when it was already among the recent ones.
+    pub fn insert(&mut self, id: &RecordId) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        // Eight bytes of a sha256 are plenty to tell a source's recent records apart.
+        let short = u64::from_le_bytes(id.0[..8].try_into().expect("16-byte id"));
+        if !self.set.insert(short) {
+            return false;
+        }
+        self.order.push_back(short);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn recent_ids_drop_repeats_within_the_window() {
+        let id = |n: u32| RecordId::derive("s", "t", Some(&n.to_string()), b"");
+        let mut recent = RecentIds::new(3);
+        assert!(recent.insert(&id(1)) && recent.insert(&id(2)) && recent.insert(&id(3)));
+        assert!(!recent.insert(&id(2)));
+        assert!(recent.insert(&id(4)));
+        // 1 left the window.
+        assert!(recent.insert(&id(1)));
+        assert!(!recent.insert(&id(4)));
+    }
+
+    #[test]
     fn ids_are_deterministic_and_scoped() {
         let a = RecordId::derive("s1", "trades", Some("42"), b"{}");
-        assert_eq!(a, RecordId::derive("s1", "trades", Some("42"), b"{\"other\":1}"));
+        assert_eq!(
+            a,
+            RecordId::derive("s1", "trades", Some("42"), b"{\"other\":1}")
+        );
         assert_ne!(a, RecordId::derive("s2", "trades", Some("42"), b"{}"));
         assert_ne!(a, RecordId::derive("s1", "ticker", Some("42"), b"{}"));
         let by_payload = RecordId::derive("s1", "trades", None, b"{\"p\":1}");
-        assert_eq!(by_payload, RecordId::derive("s1", "trades", None, b"{\"p\":1}"));
-        assert_ne!(by_payload, RecordId::derive("s1", "trades", None, b"{\"p\":2}"));
+        assert_eq!(
+            by_payload,
+            RecordId::derive("s1", "trades", None, b"{\"p\":1}")
+        );
+        assert_ne!(
+            by_payload,
+            RecordId::derive("s1", "trades", None, b"{\"p\":2}")
+        );
     }
 
     #[test]

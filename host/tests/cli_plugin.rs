@@ -23,7 +23,10 @@ fn text(output: &Output) -> (String, String) {
 fn ok(data_dir: &Path, args: &[&str]) -> String {
     let output = anode(data_dir, args);
     let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "anode {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "anode {args:?} failed:\n{stdout}\n{stderr}"
+    );
     stdout
 }
 
@@ -39,14 +42,26 @@ fn install_list_inspect_remove() {
 
     let out = ok(dir, &["plugin", "install", "--builtin"]);
     assert!(out.contains("installed binance-trades"), "{out}");
-    let out = ok(dir, &["plugin", "install", wasm("hostile-plugin").to_str().unwrap()]);
+    let out = ok(
+        dir,
+        &[
+            "plugin",
+            "install",
+            wasm("hostile-plugin").to_str().unwrap(),
+        ],
+    );
     assert!(out.contains("installed hostile 0.1.0 (connector)"), "{out}");
 
     let list = ok(dir, &["plugin", "list"]);
     assert!(list.starts_with("NAME"), "{list}");
-    assert!(list.contains("binance-trades") && list.contains("hostile"), "{list}");
-    let json: serde_json::Value = serde_json::from_str(&ok(dir, &["plugin", "list", "--json"])).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert!(
+        list.contains("binance-trades") && list.contains("hostile"),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["plugin", "list", "--json"])).unwrap();
+    // The seven first-party plugins and the fixture.
+    assert_eq!(json.as_array().unwrap().len(), 8);
 
     let inspected: serde_json::Value =
         serde_json::from_str(&ok(dir, &["plugin", "inspect", "binance-trades"])).unwrap();
@@ -67,11 +82,18 @@ fn install_errors_name_the_file_and_the_cause() {
     std::fs::write(&junk, b"definitely not wasm").unwrap();
     let cases: Vec<(PathBuf, Vec<&str>, &str)> = vec![
         (junk.clone(), vec![], "not a WebAssembly file"),
-        (wasm("other-world-plugin"), vec![], "does not implement an aNode plugin world"),
+        (
+            wasm("other-world-plugin"),
+            vec![],
+            "does not implement an aNode plugin world",
+        ),
         (dir.join("missing.wasm"), vec![], "cannot read"),
         (
             wasm("binance-trades"),
-            vec!["--digest", "0000000000000000000000000000000000000000000000000000000000000000"],
+            vec![
+                "--digest",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ],
             "digest mismatch",
         ),
     ];
@@ -82,7 +104,10 @@ fn install_errors_name_the_file_and_the_cause() {
         let (_, stderr) = text(&output);
         assert!(!output.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(stderr.contains(file.file_name().unwrap().to_str().unwrap()), "{stderr}");
+        assert!(
+            stderr.contains(file.file_name().unwrap().to_str().unwrap()),
+            "{stderr}"
+        );
     }
     assert!(ok(dir, &["plugin", "list"]).contains("no plugins installed"));
 }
@@ -97,9 +122,20 @@ fn scaffolded_plugins_build_and_install() {
     for (name, kind) in [("my-feed", "connector"), ("my-filter", "transform")] {
         let out = ok(
             data.path(),
-            &["plugin", "new", name, "--kind", kind, "--dir", work.path().to_str().unwrap()],
+            &[
+                "plugin",
+                "new",
+                name,
+                "--kind",
+                kind,
+                "--dir",
+                work.path().to_str().unwrap(),
+            ],
         );
-        assert!(out.contains(&format!("created {kind} plugin `{name}`")), "{out}");
+        assert!(
+            out.contains(&format!("created {kind} plugin `{name}`")),
+            "{out}"
+        );
         let crate_dir = work.path().join(name);
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&crate_dir)
@@ -114,11 +150,32 @@ fn scaffolded_plugins_build_and_install() {
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", name.replace('-', "_")));
         let out = ok(data.path(), &["plugin", "install", built.to_str().unwrap()]);
-        assert!(out.contains(&format!("installed {name} 0.1.0 ({kind})")), "{out}");
+        assert!(
+            out.contains(&format!("installed {name} 0.1.0 ({kind})")),
+            "{out}"
+        );
     }
-    let again = anode(data.path(), &["plugin", "new", "my-feed", "--dir", work.path().to_str().unwrap()]);
+    let again = anode(
+        data.path(),
+        &[
+            "plugin",
+            "new",
+            "my-feed",
+            "--dir",
+            work.path().to_str().unwrap(),
+        ],
+    );
     assert!(!again.status.success());
     assert!(text(&again).1.contains("already exists"));
-    let bad = anode(data.path(), &["plugin", "new", "My Feed", "--dir", work.path().to_str().unwrap()]);
+    let bad = anode(
+        data.path(),
+        &[
+            "plugin",
+            "new",
+            "My Feed",
+            "--dir",
+            work.path().to_str().unwrap(),
+        ],
+    );
     assert!(text(&bad).1.contains("not a valid plugin name"));
 }

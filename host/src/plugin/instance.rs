@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, Trap};
@@ -19,6 +19,7 @@ use super::metrics::PluginMetrics;
 use super::runtime::{Plugin, Pre, RuntimeInner};
 use super::sandbox::Sandbox;
 use super::wit::{self, Decoded, Event, Frame, HttpResponse, Plan, PluginError, WitManifest};
+use crate::backoff::Backoff;
 
 /// Identifies a session on an instance; stable across instance restarts.
 pub type SessionId = u64;
@@ -182,31 +183,6 @@ struct Live<W> {
     bindings: W,
 }
 
-/// Restart delays after crashes: doubling from `min` to `max`, reset by a successful call.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    retry_at: Option<Instant>,
-}
-
-impl Backoff {
-    fn failed(&mut self) {
-        self.retry_at = Some(Instant::now() + self.next);
-        self.next = (self.next * 2).min(self.max);
-    }
-
-    fn succeeded(&mut self) {
-        self.next = self.min;
-        self.retry_at = None;
-    }
-
-    fn wait(&self) -> Option<Duration> {
-        let left = self.retry_at?.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
-    }
-}
-
 /// One instance of one plugin and the sessions open on it.
 pub(crate) struct Instance<W> {
     plugin: Plugin,
@@ -220,12 +196,10 @@ impl<W: World> Instance<W> {
     fn new(plugin: Plugin) -> Option<Self> {
         let runtime = &plugin.inner.runtime;
         let matches = plugin.inner.manifest.kind == W::KIND;
-        let backoff = Backoff {
-            min: runtime.limits.restart_backoff_min(),
-            max: runtime.limits.restart_backoff_max(),
-            next: runtime.limits.restart_backoff_min(),
-            retry_at: None,
-        };
+        let backoff = Backoff::new(
+            runtime.limits.restart_backoff_min(),
+            runtime.limits.restart_backoff_max(),
+        );
         matches.then_some(Instance {
             plugin,
             live: None,
@@ -248,7 +222,7 @@ impl<W: World> Instance<W> {
         if self.live.is_some() {
             return Ok(());
         }
-        if let Some(wait) = self.backoff.wait() {
+        if let Some(wait) = self.backoff.remaining() {
             return Err(CallError::BackingOff {
                 plugin: self.plugin.inner.name.to_string(),
                 wait,
@@ -269,7 +243,7 @@ impl<W: World> Instance<W> {
                 Ok(())
             }
             Err(error) => {
-                self.backoff.failed();
+                self.backoff.fail();
                 Err(CallError::Instantiate {
                     plugin: inner.name.to_string(),
                     message: error.to_string(),
@@ -281,7 +255,7 @@ impl<W: World> Instance<W> {
     /// Drop a crashed instance; the next call re-creates it after the backoff.
     fn poison(&mut self) {
         self.live = None;
-        self.backoff.failed();
+        self.backoff.fail();
         tracing::warn!(plugin = %self.plugin.inner.name, "plugin instance discarded after a crash");
     }
 
@@ -301,7 +275,7 @@ impl<W: World> Instance<W> {
         let bindings = &live.bindings;
         match ctx.guard(&mut live.store, items_in, |s| f(bindings, s)) {
             Ok(value) => {
-                self.backoff.succeeded();
+                self.backoff.reset();
                 Ok(value)
             }
             Err(error) => {

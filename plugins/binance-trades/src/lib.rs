@@ -184,7 +184,8 @@ impl Connector for BinanceTrades {
             atom_timestamp: frame.received_at,
         };
         let event = Event::new("trades", &payload)
-            .upstream_id(trade_id.to_string())
+            // Trade ids are per symbol, and a combined source carries several symbols.
+            .upstream_id(format!("{symbol}:{trade_id}"))
             .at(time::ms_to_us(trade_time))
             .key(symbol);
         out.emit(event);
@@ -209,7 +210,7 @@ mod tests {
         let event = &out.events[0];
         assert_eq!(event.stream, "trades");
         assert_eq!(event.key.as_deref(), Some("BNB.BTC"));
-        assert_eq!(event.upstream_id.as_deref(), Some("12345"));
+        assert_eq!(event.upstream_id.as_deref(), Some("BNB.BTC:12345"));
         assert_eq!(event.event_time, Some(1_672_515_782_136_000));
         let p = &testing::payloads(&out.events)[0];
         assert_eq!(p["exchange"], "binance");
