@@ -28,9 +28,85 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node: the configured sources, the store, the API, `/ws` and `/metrics`.
+    Up {
+        /// Listen address of the API (overrides `api.bind`).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// PostgreSQL URL (overrides `store.postgres_url`; without one the embedded store is used).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Run the feed simulator and a node reading 100+ of its streams (WebSocket and REST).
+    Demo {
+        /// Sources to run, spread over every simulated venue.
+        #[arg(long, default_value_t = 120)]
+        sources: usize,
+        /// Trades (or ticks, blocks) per second per simulated stream.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Listen address of the node's API (overrides `api.bind`).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// PostgreSQL URL; without one the embedded store is used.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Run the feed simulator alone (simulated venues on loopback).
+    Feedsim(anode_feedsim::cli::Args),
     /// Write, install, list, inspect and remove plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Add, list and remove sources of a running node.
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The node's API.
+    #[arg(long, env = "ANODE_URL", default_value = "http://127.0.0.1:7400")]
+    url: String,
+    /// Bearer token for changes (when the node has `api.token`).
+    #[arg(long, env = "ANODE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceCommand {
+    /// Start a source on the node.
+    Add {
+        /// Source id: letters, digits, `-`, `_`, `.`.
+        id: String,
+        /// Connector plugin (name or digest).
+        #[arg(long)]
+        plugin: String,
+        /// Connector config: JSON, or @file.json (`anode plugin inspect <plugin>` shows an example).
+        #[arg(long, default_value = "{}")]
+        plugin_config: String,
+        /// A transform step `plugin` or `plugin=JSON`, in order; repeatable.
+        #[arg(long = "transform")]
+        transforms: Vec<String>,
+        /// Replace a source with the same id.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the node's sources with their state.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop and remove a source.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +197,221 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
+        Command::Up { bind, postgres } => {
+            if let Some(bind) = bind {
+                config.api.bind = bind;
+            }
+            if let Some(url) = postgres {
+                config.store.postgres_url = Some(url);
+            }
+            up(config)
+        }
+        Command::Demo {
+            sources,
+            rate,
+            bind,
+            postgres,
+        } => {
+            if let Some(bind) = bind {
+                config.api.bind = bind;
+            }
+            if let Some(url) = postgres {
+                config.store.postgres_url = Some(url);
+            }
+            demo(config, sources, rate)
+        }
+        Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugin_command(&config, command),
+        Command::Source(command) => source_command(command),
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn up(config: Config) -> anyhow::Result<()> {
+    tokio_runtime()?.block_on(async move {
+        let node = crate::node::start(config).await?;
+        let url = node.url();
+        println!(
+            "aNode {} is up as {}",
+            env!("CARGO_PKG_VERSION"),
+            node.state.node_id()
+        );
+        println!("  API        {url}/api/v1/status");
+        println!("  records    ws://{}/ws", node.addr);
+        println!("  metrics    {url}/metrics");
+        println!("Ctrl-C stops it.");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        eprintln!("stopping: draining sources and the store …");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+fn demo(config: Config, sources: usize, rate: f64) -> anyhow::Result<()> {
+    tokio_runtime()?.block_on(async move {
+        let sim = anode_feedsim::start(anode_feedsim::SimConfig {
+            rate_per_stream: rate,
+            ..anode_feedsim::SimConfig::default()
+        })
+        .await
+        .context("cannot start the feed simulator")?;
+        let mut config = config;
+        config.source_specs.extend(
+            crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources)
+                .into_iter()
+                .map(|m| m.spec),
+        );
+        let node = crate::node::start(config).await?;
+        let url = node.url();
+        println!(
+            "aNode demo: {sources} sources on the feed simulator at {} ({rate} events/s per stream)",
+            sim.http_url()
+        );
+        println!("  node       {} ({})", node.state.node_id(), node.state.store_kind());
+        println!("  status     {url}/api/v1/status");
+        println!("  records    ws://{}/ws   (filter: ?source=…&stream=trades&key=…)", node.addr);
+        println!("  metrics    {url}/metrics");
+        println!("  simulator  {}/report", sim.http_url());
+        println!("Ctrl-C stops it.");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!("stopping: draining sources and the store …");
+        node.shutdown().await;
+        sim.shutdown().await;
+        Ok(())
+    })
+}
+
+fn source_command(command: SourceCommand) -> anyhow::Result<()> {
+    tokio_runtime()?.block_on(async move {
+        let client = reqwest::Client::new();
+        match command {
+            SourceCommand::Add { id, plugin, plugin_config, transforms, replace, remote } => {
+                let config = json_arg(&plugin_config).context("--plugin-config")?;
+                let transforms = transforms
+                    .iter()
+                    .map(|t| {
+                        let (plugin, config) = t.split_once('=').unwrap_or((t, "{}"));
+                        Ok(serde_json::json!({ "plugin": plugin, "config": json_arg(config)? }))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .context("--transform")?;
+                let spec = serde_json::json!({ "id": id, "plugin": plugin, "config": config, "transforms": transforms });
+                let request = if replace {
+                    client.put(format!("{}/api/v1/sources/{id}", remote.url))
+                } else {
+                    client.post(format!("{}/api/v1/sources", remote.url))
+                };
+                call(authorised(request, &remote).json(&spec), &remote.url).await?;
+                println!("source `{id}` {}", if replace { "replaced" } else { "added" });
+            }
+            SourceCommand::List { json, remote } => {
+                let sources = call(client.get(format!("{}/api/v1/sources", remote.url)), &remote.url).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&sources)?);
+                } else {
+                    print_sources(&sources);
+                }
+            }
+            SourceCommand::Remove { id, remote } => {
+                let request = client.delete(format!("{}/api/v1/sources/{id}", remote.url));
+                call(authorised(request, &remote), &remote.url).await?;
+                println!("source `{id}` removed");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// JSON given inline or as `@file`.
+fn json_arg(text: &str) -> anyhow::Result<serde_json::Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
+        }
+        None => text.to_owned(),
+    };
+    serde_json::from_str(&text).with_context(|| format!("not valid JSON: {text}"))
+}
+
+fn authorised(request: reqwest::RequestBuilder, remote: &Remote) -> reqwest::RequestBuilder {
+    match &remote.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Send a request to the node; an error response becomes an error with the node's message.
+async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<serde_json::Value> {
+    let response = request.send().await.with_context(|| {
+        format!("cannot reach the node at {url} (is `anode up` running? set --url or ANODE_URL)")
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no details");
+        bail!("the node answered {status}: {message}");
+    }
+    Ok(body)
+}
+
+fn print_sources(sources: &serde_json::Value) {
+    let rows: Vec<[String; 8]> = sources
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let text = |k: &str| {
+                s.get(k)
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            [
+                text("id"),
+                text("plugin"),
+                text("state"),
+                text("events"),
+                format!(
+                    "{:.1}",
+                    s.get("events_per_sec")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(0.0)
+                ),
+                text("errors"),
+                text("reconnects"),
+                s.get("last_error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| text("target")),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "PLUGIN",
+        "STATE",
+        "EVENTS",
+        "EV/S",
+        "ERRORS",
+        "RECONNECTS",
+        "TARGET / LAST ERROR",
+    ]
+    .map(String::from);
+    print_rows(&header, &rows);
 }
 
 fn open_store(config: &Config) -> anyhow::Result<(PluginStore, PluginRuntime)> {

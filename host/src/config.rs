@@ -15,15 +15,120 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Where the node keeps its plugins, compiled cache and state.
     pub data_dir: PathBuf,
+    /// This node.
+    pub node: NodeSettings,
+    /// The HTTP API, `/ws` and `/metrics`.
+    pub api: ApiSettings,
     /// Sandbox limits for every plugin.
     pub plugins: PluginLimits,
+    /// Source drivers.
+    pub sources: SourceSettings,
+    /// Where records are stored.
+    pub store: crate::sink::StoreSettings,
+    /// WebSocket subscribers.
+    pub fanout: crate::fanout::FanoutSettings,
+    /// Sources to run at start (`[[source]]` tables).
+    #[serde(rename = "source")]
+    pub source_specs: Vec<crate::source::SourceSpec>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            node: NodeSettings::default(),
+            api: ApiSettings::default(),
             plugins: PluginLimits::default(),
+            sources: SourceSettings::default(),
+            store: crate::sink::StoreSettings::default(),
+            fanout: crate::fanout::FanoutSettings::default(),
+            source_specs: Vec::new(),
+        }
+    }
+}
+
+/// Identity of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Stable node id; generated once and kept in the data dir when not set.
+    pub id: Option<String>,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address of the API, dashboard, `/ws` and `/metrics`.
+    pub bind: std::net::SocketAddr,
+    /// Bearer token for mutating routes; required when `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            token: None,
+        }
+    }
+}
+
+/// Default port of the HTTP API.
+pub const DEFAULT_API_PORT: u16 = 7400;
+
+/// Bounds of the source drivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceSettings {
+    /// First wait before reconnecting a failed source; doubles (with jitter) per failure.
+    pub reconnect_min_ms: u64,
+    /// Longest wait before reconnecting.
+    pub reconnect_max_ms: u64,
+    /// A WebSocket connect (TCP, TLS, upgrade) that takes longer fails.
+    pub connect_timeout_ms: u64,
+    /// A WebSocket with no message for this long is reconnected.
+    pub idle_timeout_ms: u64,
+    /// Most WebSocket frames handed to the connector in one call.
+    pub frame_batch_max: usize,
+    /// An HTTP request that takes longer fails.
+    pub http_timeout_ms: u64,
+    /// Shortest polling interval, whatever a plugin asks for.
+    pub http_min_interval_ms: u64,
+    /// Tries per HTTP request (429 and 5xx are retried after `Retry-After` or a backoff).
+    pub http_attempts: u32,
+    /// HTTP requests of one source in flight at once.
+    pub http_concurrency: usize,
+    /// Follow-up rounds per poll (pages, blocks) before the poll is cut short.
+    pub http_max_rounds: usize,
+    /// Requests per round; more are dropped with an error.
+    pub http_max_requests_per_round: usize,
+    /// Largest HTTP response body accepted.
+    pub http_max_body_bytes: usize,
+    /// Connector instances per plugin (sources are spread over them).
+    pub instances_per_plugin: usize,
+    /// Record ids remembered per source to drop repeats (a poll returning the same items)
+    /// before they are published; at least the largest number of items one poll returns.
+    pub dedupe_window: usize,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        SourceSettings {
+            reconnect_min_ms: 250,
+            reconnect_max_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            frame_batch_max: 512,
+            http_timeout_ms: 10_000,
+            http_min_interval_ms: 50,
+            http_attempts: 5,
+            http_concurrency: 8,
+            http_max_rounds: 50,
+            http_max_requests_per_round: 200,
+            http_max_body_bytes: 16 * 1024 * 1024,
+            instances_per_plugin: 2,
+            dedupe_window: 2048,
         }
     }
 }

@@ -17,8 +17,16 @@ mod bundled {
     include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 }
 
+pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod fanout;
+pub mod node;
+pub(crate) mod pipeline;
 pub mod plugin;
 pub mod record;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,518 @@
+//! The HTTP surface of a node: `/api/v1` (JSON), `/ws` (records), `/metrics` (Prometheus),
+//! `/healthz`, `/readyz`. Mutating routes need `Authorization: Bearer <api.token>` when a
+//! token is configured (it must be when the API listens beyond loopback).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::fanout::{Delivery, Filter};
+use crate::node::{NodeError, NodeState};
+use crate::source::SourceSpec;
+
+type AppState = Arc<NodeState>;
+
+/// Largest plugin upload.
+const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
+/// How long a send to a subscriber may take before it counts as stuck.
+const SUBSCRIBER_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve the API on `listener` until the node shuts down.
+pub(crate) fn serve(listener: TcpListener, state: AppState) -> JoinHandle<()> {
+    let shutdown = state.shutdown.clone();
+    let app = router(state);
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("the HTTP API stopped: {e}");
+        }
+    })
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/sources", get(list_sources).post(add_source))
+        .route(
+            "/api/v1/sources/{id}",
+            put(replace_source).delete(remove_source).get(get_source),
+        )
+        .route("/api/v1/plugins", get(list_plugins).post(install_plugin))
+        .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// An API error: a status and a message that says what to do.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match e {
+            NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::Startup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if let (true, Some(token)) = (mutating, &state.config.api.token) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this route changes the node: send `Authorization: Bearer <api.token>` \
+                 (the CLI reads ANODE_TOKEN)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.ingest.store.stats();
+    let ready = store.connected;
+    let body = Json(
+        json!({ "ready": ready, "store_connected": store.connected, "store_error": store.last_error }),
+    );
+    if ready {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "node": {
+            "id": state.node_id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": state.started.elapsed().as_secs(),
+            "api": state.config.api.bind.to_string(),
+        },
+        "sources": state.sources().await,
+        "plugins": plugins_json(&state),
+        "store": state.ingest.store.stats(),
+        "fanout": state.ingest.hub.stats(),
+    }))
+}
+
+async fn list_sources(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.sources().await))
+}
+
+async fn get_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (spec, report) = state
+        .source(&id)
+        .await
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no source `{id}`")))?;
+    Ok(Json(json!({ "status": report, "spec": spec })))
+}
+
+fn parse_spec(body: &Bytes) -> Result<SourceSpec, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a source spec ({e}); expected {{\"id\", \"plugin\", \"config\", \"transforms\"}}"),
+        )
+    })
+}
+
+async fn add_source(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let spec = parse_spec(&body)?;
+    let id = spec.id.clone();
+    state.add_source(spec, false).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "added": id }))).into_response())
+}
+
+async fn replace_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let spec = parse_spec(&body)?;
+    if spec.id != id {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body's id `{}` is not the path's `{id}`", spec.id),
+        ));
+    }
+    state.add_source(spec, true).await?;
+    Ok(Json(json!({ "replaced": id })))
+}
+
+async fn remove_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.remove_source(&id).await?;
+    Ok(Json(json!({ "removed": id })))
+}
+
+fn plugins_json(state: &NodeState) -> Value {
+    let loaded: HashMap<String, Value> = state
+        .loaded_plugins()
+        .into_iter()
+        .map(|p| (p.manifest().digest.to_hex(), json!(p.metrics().snapshot())))
+        .collect();
+    let installed = state.plugin_store.list().unwrap_or_default();
+    Value::Array(
+        installed
+            .into_iter()
+            .map(|m| {
+                let metrics = loaded.get(&m.digest.to_hex()).cloned();
+                json!({ "manifest": m, "loaded": metrics.is_some(), "metrics": metrics })
+            })
+            .collect(),
+    )
+}
+
+async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
+    Json(plugins_json(&state))
+}
+
+async fn install_plugin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let (store, runtime) = (state.plugin_store.clone(), state.runtime.clone());
+    let installed =
+        tokio::task::spawn_blocking(move || store.install(&runtime, &body, None, "upload"))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(json!(installed.0.manifest))).into_response())
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let filter = Filter::from_query(&query);
+    upgrade.on_upgrade(move |socket| serve_subscriber(socket, state, filter))
+}
+
+/// Stream records to one subscriber until it leaves, the node stops, or it falls behind.
+async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
+    let (mut tx, mut rx) = socket.split();
+    let mut subscription = match state.ingest.hub.subscribe(filter.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1013,
+                    reason: e.to_string().into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    let hello = json!({ "type": "subscribed", "node": state.node_id(), "filter": filter });
+    if tx.send(Message::text(hello.to_string())).await.is_err() {
+        return;
+    }
+    let mut notified_drops = 0u64;
+    loop {
+        let outgoing: Vec<String> = tokio::select! {
+            () = state.shutdown.cancelled() => {
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
+                return;
+            }
+            delivery = subscription.next() => match delivery {
+                Delivery::Record { json, dropped_total } => {
+                    let mut out = Vec::with_capacity(2);
+                    if dropped_total > notified_drops {
+                        out.push(json!({
+                            "type": "lag",
+                            "dropped": dropped_total - notified_drops,
+                            "dropped_total": dropped_total,
+                            "message": "you are reading slower than records arrive; records were dropped for you"
+                        }).to_string());
+                        notified_drops = dropped_total;
+                    }
+                    out.push(json.to_string());
+                    out
+                }
+                Delivery::Disconnect(reason) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(CloseFrame { code: 4008, reason: reason.into() })))).await;
+                    return;
+                }
+            },
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                        (v.get("type")?.as_str()? == "subscribe").then(|| serde_json::from_value::<Filter>(v.get("filter").cloned().unwrap_or(json!({}))))
+                    }) {
+                        Some(Ok(filter)) => {
+                            subscription.set_filter(filter.clone());
+                            vec![json!({ "type": "subscribed", "node": state.node_id(), "filter": filter }).to_string()]
+                        }
+                        _ => vec![json!({ "type": "error", "message": "send {\"type\":\"subscribe\",\"filter\":{\"sources\":[..],\"streams\":[..],\"keys\":[..]}}" }).to_string()],
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        for text in outgoing {
+            // A subscriber that stops reading blocks this send; the hub then drops records
+            // for it and finally disconnects it, which ends the wait here.
+            tokio::select! {
+                sent = tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, tx.send(Message::text(text))) => {
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                reason = subscription.kicked() => {
+                    tracing::info!("disconnected a subscriber: {reason}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let sources = state.sources().await;
+    let per_source = |f: &dyn Fn(&crate::source::SourceReport) -> f64| {
+        sources
+            .iter()
+            .map(|s| (format!("{{source=\"{}\"}}", s.id), f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "anode_source_events_total",
+        "counter",
+        "Records produced by a source.",
+        per_source(&|s| s.events as f64),
+    );
+    family(
+        "anode_source_inputs_total",
+        "counter",
+        "Frames or responses received by a source.",
+        per_source(&|s| s.inputs as f64),
+    );
+    family(
+        "anode_source_errors_total",
+        "counter",
+        "Errors of a source (bad input, failed requests).",
+        per_source(&|s| s.errors as f64),
+    );
+    family(
+        "anode_source_reconnects_total",
+        "counter",
+        "Reconnections of a source.",
+        per_source(&|s| s.reconnects as f64),
+    );
+    family(
+        "anode_source_live",
+        "gauge",
+        "1 when the source is live.",
+        per_source(&|s| f64::from(u8::from(s.state == crate::source::SourceState::Live))),
+    );
+    let plugins = state.loaded_plugins();
+    let per_plugin = |f: &dyn Fn(&crate::plugin::PluginMetricsSnapshot) -> f64| {
+        plugins
+            .iter()
+            .map(|p| {
+                (
+                    format!("{{plugin=\"{}\"}}", p.manifest().name),
+                    f(&p.metrics().snapshot()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "anode_plugin_calls_total",
+        "counter",
+        "Calls into a plugin.",
+        per_plugin(&|m| m.calls as f64),
+    );
+    family(
+        "anode_plugin_events_total",
+        "counter",
+        "Events a plugin produced.",
+        per_plugin(&|m| m.events_out as f64),
+    );
+    family(
+        "anode_plugin_errors_total",
+        "counter",
+        "Error values a plugin returned.",
+        per_plugin(&|m| m.errors as f64),
+    );
+    family(
+        "anode_plugin_traps_total",
+        "counter",
+        "Plugin crashes (traps).",
+        per_plugin(&|m| m.traps as f64),
+    );
+    family(
+        "anode_plugin_timeouts_total",
+        "counter",
+        "Plugin calls stopped at the deadline.",
+        per_plugin(&|m| m.timeouts as f64),
+    );
+    family(
+        "anode_plugin_busy_seconds_total",
+        "counter",
+        "Time spent inside a plugin.",
+        per_plugin(&|m| m.busy_ns as f64 / 1e9),
+    );
+    let store = state.ingest.store.stats();
+    let kind = format!("{{store=\"{}\"}}", store.kind);
+    family(
+        "anode_store_rows_written_total",
+        "counter",
+        "Records newly stored.",
+        vec![(kind.clone(), store.rows_written as f64)],
+    );
+    family(
+        "anode_store_duplicates_total",
+        "counter",
+        "Records skipped as already stored.",
+        vec![(kind.clone(), store.duplicates_skipped as f64)],
+    );
+    family(
+        "anode_store_backlog",
+        "gauge",
+        "Records waiting for the store.",
+        vec![(kind.clone(), store.backlog as f64)],
+    );
+    family(
+        "anode_store_write_errors_total",
+        "counter",
+        "Failed store writes (retried).",
+        vec![(kind.clone(), store.write_errors as f64)],
+    );
+    family(
+        "anode_store_connected",
+        "gauge",
+        "1 when the store is reachable.",
+        vec![(kind, f64::from(u8::from(store.connected)))],
+    );
+    let fanout = state.ingest.hub.stats();
+    family(
+        "anode_fanout_subscribers",
+        "gauge",
+        "WebSocket subscribers.",
+        vec![(String::new(), fanout.subscribers as f64)],
+    );
+    family(
+        "anode_fanout_delivered_total",
+        "counter",
+        "Records queued to subscribers.",
+        vec![(String::new(), fanout.delivered as f64)],
+    );
+    family(
+        "anode_fanout_dropped_total",
+        "counter",
+        "Records dropped for slow subscribers.",
+        vec![(String::new(), fanout.dropped as f64)],
+    );
+    family(
+        "anode_fanout_lag_disconnects_total",
+        "counter",
+        "Subscribers disconnected for lag.",
+        vec![(String::new(), fanout.disconnected_for_lag as f64)],
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/plain; version=0.0.4".parse().expect("static"),
+    );
+    (headers, out).into_response()
+}
+
+async fn openapi() -> Json<Value> {
+    let source = json!({"type": "object", "required": ["id", "plugin"], "properties": {
+        "id": {"type": "string"}, "plugin": {"type": "string"},
+        "config": {"type": "object"}, "transforms": {"type": "array", "items": {"type": "object",
+            "properties": {"plugin": {"type": "string"}, "config": {"type": "object"}}}}}});
+    let ok = |d: &str| json!({"description": d});
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "aNode API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "schemas": {"SourceSpec": source},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok("alive")}}},
+            "/readyz": {"get": {"summary": "Readiness (store reachable)", "responses": {"200": ok("ready"), "503": ok("not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": ok("text exposition")}}},
+            "/ws": {"get": {"summary": "Record stream (WebSocket); filter with ?source=&stream=&key= (comma-separated)", "responses": {"101": ok("upgraded")}}},
+            "/api/v1/status": {"get": {"summary": "Node, sources, plugins, store and fan-out", "responses": {"200": ok("status")}}},
+            "/api/v1/sources": {
+                "get": {"summary": "Sources with their state", "responses": {"200": ok("list")}},
+                "post": {"summary": "Add a source", "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/SourceSpec"}}}},
+                    "responses": {"201": ok("added"), "400": ok("invalid"), "409": ok("exists")}}
+            },
+            "/api/v1/sources/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "One source", "responses": {"200": ok("source"), "404": ok("unknown")}},
+                "put": {"summary": "Replace a source", "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/SourceSpec"}}}},
+                    "responses": {"200": ok("replaced"), "400": ok("invalid")}},
+                "delete": {"summary": "Remove a source", "security": [{"bearer": []}], "responses": {"200": ok("removed"), "404": ok("unknown")}}
+            },
+            "/api/v1/plugins": {
+                "get": {"summary": "Installed plugins, with metrics where loaded", "responses": {"200": ok("list")}},
+                "post": {"summary": "Install a plugin (body: the .wasm bytes)", "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {"201": ok("installed"), "400": ok("rejected")}}
+            }
+        }
+    }))
+}

@@ -1,0 +1,398 @@
+//! WebSocket fan-out: every record, to every subscriber whose filter matches, without letting
+//! a slow subscriber slow ingestion or the others.
+//!
+//! Each subscriber has a bounded queue. Publishing never waits: when a queue is full the
+//! record is dropped *for that subscriber*, counted, and the subscriber is told (a `lag`
+//! notice before its next record). A subscriber that stays behind for longer than
+//! `lag_disconnect_ms` is disconnected with the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use crate::record::Record;
+
+/// Fan-out bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutSettings {
+    /// Records queued per subscriber before drops start.
+    pub queue_len: usize,
+    /// A subscriber dropping records for this long is disconnected.
+    pub lag_disconnect_ms: u64,
+    /// Most subscribers per node.
+    pub max_subscribers: usize,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        FanoutSettings {
+            queue_len: 4096,
+            lag_disconnect_ms: 5000,
+            max_subscribers: 10_000,
+        }
+    }
+}
+
+/// Which records a subscriber wants; an empty set means "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    pub sources: HashSet<String>,
+    pub streams: HashSet<String>,
+    pub keys: HashSet<String>,
+}
+
+impl Filter {
+    /// Whether `record` passes.
+    pub fn matches(&self, record: &Record) -> bool {
+        (self.sources.is_empty() || self.sources.contains(&record.source))
+            && (self.streams.is_empty() || self.streams.contains(&record.stream))
+            && (self.keys.is_empty() || record.key.as_ref().is_some_and(|k| self.keys.contains(k)))
+    }
+
+    /// From comma-separated query values (`source=a,b&stream=trades&key=BTC.USDT`).
+    pub fn from_query(query: &HashMap<String, String>) -> Self {
+        let set = |name: &str| -> HashSet<String> {
+            query
+                .get(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Filter {
+            sources: set("source"),
+            streams: set("stream"),
+            keys: set("key"),
+        }
+    }
+}
+
+/// Counters of the fan-out, for the API and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FanoutStats {
+    pub subscribers: usize,
+    /// Subscribers currently dropping records.
+    pub lagging: usize,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub disconnected_for_lag: u64,
+}
+
+/// The fan-out hub of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    settings: FanoutSettings,
+    subscribers: RwLock<HashMap<u64, Arc<Subscriber>>>,
+    next_id: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    disconnected_for_lag: AtomicU64,
+}
+
+struct Subscriber {
+    filter: RwLock<Filter>,
+    queue: mpsc::Sender<Arc<str>>,
+    dropped: AtomicU64,
+    lagging_since: Mutex<Option<Instant>>,
+    kicked: Notify,
+    kick_reason: Mutex<Option<String>>,
+}
+
+/// A subscriber's end: records arrive on [`Subscription::next`]. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    hub: Hub,
+    shared: Arc<Subscriber>,
+    records: mpsc::Receiver<Arc<str>>,
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("this node already serves {0} subscribers (fanout.max_subscribers); try another node")]
+pub struct TooManySubscribersError(usize);
+
+/// What a subscriber should do next.
+pub enum Delivery {
+    /// A record (JSON), preceded by a lag notice when records were dropped since the last one.
+    Record { json: Arc<str>, dropped_total: u64 },
+    /// The hub disconnected this subscriber; the reason is for the close frame.
+    Disconnect(String),
+}
+
+impl Hub {
+    pub fn new(settings: FanoutSettings) -> Self {
+        Hub {
+            inner: Arc::new(HubInner {
+                settings,
+                subscribers: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                delivered: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                disconnected_for_lag: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Register a subscriber.
+    pub fn subscribe(&self, filter: Filter) -> Result<Subscription, TooManySubscribersError> {
+        let (queue, records) = mpsc::channel(self.inner.settings.queue_len.max(1));
+        let shared = Arc::new(Subscriber {
+            filter: RwLock::new(filter),
+            queue,
+            dropped: AtomicU64::new(0),
+            lagging_since: Mutex::new(None),
+            kicked: Notify::new(),
+            kick_reason: Mutex::new(None),
+        });
+        let id = self.inner.next_id.fetch_add(1, Relaxed);
+        let mut subscribers = self
+            .inner
+            .subscribers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if subscribers.len() >= self.inner.settings.max_subscribers {
+            return Err(TooManySubscribersError(subscribers.len()));
+        }
+        subscribers.insert(id, shared.clone());
+        Ok(Subscription {
+            id,
+            hub: self.clone(),
+            shared,
+            records,
+        })
+    }
+
+    /// Whether anyone is listening (lets publishers skip work).
+    pub fn has_subscribers(&self) -> bool {
+        // Asked once per batch: read the count, copy nothing.
+        !self
+            .inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Subscriber>> {
+        let subscribers = self
+            .inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        subscribers.values().cloned().collect()
+    }
+
+    /// Offer records to every matching subscriber. Never waits.
+    pub fn publish(&self, records: &[Record]) {
+        let subscribers = self.snapshot();
+        if subscribers.is_empty() {
+            return;
+        }
+        let lag_limit = Duration::from_millis(self.inner.settings.lag_disconnect_ms);
+        let now = Instant::now();
+        for record in records {
+            let mut json: Option<Arc<str>> = None;
+            for sub in &subscribers {
+                let wanted = sub
+                    .filter
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .matches(record);
+                if !wanted {
+                    continue;
+                }
+                let json = json.get_or_insert_with(|| record.to_json().into()).clone();
+                match sub.queue.try_send(json) {
+                    Ok(()) => {
+                        self.inner.delivered.fetch_add(1, Relaxed);
+                        let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
+                        *since = None;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.dropped.fetch_add(1, Relaxed);
+                        self.inner.dropped.fetch_add(1, Relaxed);
+                        let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
+                        let started = *since.get_or_insert(now);
+                        if now.duration_since(started) >= lag_limit {
+                            self.kick(
+                                sub,
+                                format!(
+                                    "too slow: {} records dropped while behind for more than {} ms",
+                                    sub.dropped.load(Relaxed),
+                                    lag_limit.as_millis()
+                                ),
+                            );
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+    }
+
+    fn kick(&self, sub: &Subscriber, reason: String) {
+        let mut slot = sub.kick_reason.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+            self.inner.disconnected_for_lag.fetch_add(1, Relaxed);
+            sub.kicked.notify_one();
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FanoutStats {
+        let subscribers = self.snapshot();
+        FanoutStats {
+            subscribers: subscribers.len(),
+            lagging: subscribers
+                .iter()
+                .filter(|s| s.lagging_since.lock().is_ok_and(|l| l.is_some()))
+                .count(),
+            delivered: self.inner.delivered.load(Relaxed),
+            dropped: self.inner.dropped.load(Relaxed),
+            disconnected_for_lag: self.inner.disconnected_for_lag.load(Relaxed),
+        }
+    }
+}
+
+impl Subscription {
+    /// The next record, or the order to disconnect.
+    pub async fn next(&mut self) -> Delivery {
+        if let Some(reason) = self.kick_reason() {
+            return Delivery::Disconnect(reason);
+        }
+        tokio::select! {
+            biased;
+            () = self.shared.kicked.notified() => {
+                Delivery::Disconnect(self.kick_reason().unwrap_or_else(|| "disconnected".into()))
+            }
+            json = self.records.recv() => match json {
+                Some(json) => Delivery::Record {
+                    json,
+                    dropped_total: self.shared.dropped.load(Relaxed),
+                },
+                None => Delivery::Disconnect("the node is shutting down".into()),
+            },
+        }
+    }
+
+    /// Resolves when the hub disconnects this subscriber (for use while a send is pending).
+    pub async fn kicked(&self) -> String {
+        loop {
+            if let Some(reason) = self.kick_reason() {
+                return reason;
+            }
+            self.shared.kicked.notified().await;
+        }
+    }
+
+    fn kick_reason(&self) -> Option<String> {
+        self.shared
+            .kick_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the filter.
+    pub fn set_filter(&self, filter: Filter) {
+        *self
+            .shared
+            .filter
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self
+            .hub
+            .inner
+            .subscribers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        subscribers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordId;
+
+    fn record(source: &str, n: u64) -> Record {
+        Record {
+            id: RecordId::derive(source, "trades", Some(&n.to_string()), b"{}"),
+            source: source.into(),
+            stream: "trades".into(),
+            key: Some("BTC.USDT".into()),
+            upstream_id: Some(n.to_string()),
+            event_time_us: None,
+            ingest_time_us: 0,
+            node: "n".into(),
+            payload: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn filters_and_isolates_a_slow_subscriber() {
+        let hub = Hub::new(FanoutSettings {
+            queue_len: 4,
+            lag_disconnect_ms: 0,
+            max_subscribers: 10,
+        });
+        let mut fast = hub.subscribe(Filter::default()).unwrap();
+        let mut slow = hub.subscribe(Filter::default()).unwrap();
+        let mut other = hub
+            .subscribe(Filter {
+                sources: ["b".to_owned()].into(),
+                ..Filter::default()
+            })
+            .unwrap();
+        let mut received = 0;
+        for n in 0..20 {
+            hub.publish(&[record("a", n)]);
+            // The fast subscriber keeps up; the slow one never reads.
+            match fast.next().await {
+                Delivery::Record { dropped_total, .. } => assert_eq!(dropped_total, 0),
+                Delivery::Disconnect(r) => panic!("fast subscriber disconnected: {r}"),
+            }
+            received += 1;
+        }
+        assert_eq!(received, 20);
+        let stats = hub.stats();
+        assert_eq!(stats.dropped, 16);
+        assert_eq!(stats.disconnected_for_lag, 1);
+        // The slow one still gets what fit, then the disconnect with its reason.
+        let mut queued = 0;
+        loop {
+            match slow.next().await {
+                Delivery::Record { .. } => queued += 1,
+                Delivery::Disconnect(reason) => {
+                    assert!(reason.contains("too slow"), "{reason}");
+                    break;
+                }
+            }
+            assert!(queued <= 4);
+        }
+        hub.publish(&[record("b", 1)]);
+        assert!(matches!(other.next().await, Delivery::Record { .. }));
+        drop(slow);
+        assert_eq!(hub.stats().subscribers, 2);
+    }
+}

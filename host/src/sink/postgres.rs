@@ -1,0 +1,326 @@
+//! The PostgreSQL store (`tokio-postgres`): schema created at connect, batched idempotent
+//! writes, connection errors told apart from rows the server refuses.
+//!
+//! Two write methods, chosen by `store.postgres_method` and measured against each other by
+//! `cargo bench -p anode --bench ingest`:
+//! - `unnest`: one prepared `INSERT … SELECT FROM UNNEST($1::bytea[], …) ON CONFLICT DO
+//!   NOTHING` per batch: one round trip, no staging table.
+//! - `copy`: binary `COPY` into a per-connection temporary table, then one
+//!   `INSERT … SELECT … ON CONFLICT DO NOTHING` from it, in one transaction.
+
+use std::time::Duration;
+
+use futures_util::pin_mut;
+use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Backend, PostgresMethod, SinkError, TABLE, WriteError, Written};
+use crate::record::Record;
+
+/// Connecting takes at most this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that takes longer is abandoned and retried on a new connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Arbitrary but fixed: serialises schema creation among nodes starting together.
+const SCHEMA_LOCK: i64 = 0x616e_6f64_6530;
+
+/// The schema, version 1. Times are µs since the epoch; the payload is `jsonb`.
+pub(crate) fn schema_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (
+            id bytea PRIMARY KEY,
+            source text NOT NULL,
+            stream text NOT NULL,
+            key text,
+            upstream_id text,
+            event_time_us bigint,
+            ingest_time_us bigint NOT NULL,
+            node text NOT NULL,
+            payload jsonb NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
+        CREATE TABLE IF NOT EXISTS anode_schema (version integer NOT NULL);
+        INSERT INTO anode_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM anode_schema);"
+    )
+}
+
+const COLUMNS: &str =
+    "id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload";
+
+pub(crate) struct Postgres {
+    config: tokio_postgres::Config,
+    display: String,
+    method: PostgresMethod,
+    live: Option<Live>,
+}
+
+struct Live {
+    client: Client,
+    insert: Statement,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Postgres {
+    pub(crate) fn new(url: &str, method: PostgresMethod) -> Result<Self, SinkError> {
+        let mut config: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| SinkError::BadUrl {
+                    url: redact(url),
+                    message: e.to_string(),
+                })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.application_name("anode");
+        let display = describe(&config);
+        Ok(Postgres {
+            config,
+            display,
+            method,
+            live: None,
+        })
+    }
+}
+
+/// `user@host:port/db`, never the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Data the server refused (bad values, constraint other than the id) is `Rejected`; anything
+/// else — a closed connection, a server shutting down, a missing table — is a connection
+/// problem that a reconnect (which re-creates the schema) can cure.
+fn classify(error: tokio_postgres::Error) -> WriteError {
+    let rejected = error.as_db_error().is_some_and(|db| {
+        let code = db.code().code();
+        code.starts_with("22") || code.starts_with("23")
+    });
+    let message = match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    };
+    if rejected {
+        WriteError::Rejected(message)
+    } else {
+        WriteError::Connection(message)
+    }
+}
+
+impl Backend for Postgres {
+    async fn connect(&mut self) -> Result<(), WriteError> {
+        self.live = None;
+        let (mut client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+            WriteError::Connection(format!(
+                "cannot connect to {}: {}",
+                self.display,
+                classify(e)
+            ))
+        })?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("PostgreSQL connection ended: {e}");
+            }
+        });
+        let tx = client.transaction().await.map_err(classify)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(classify)?;
+        tx.batch_execute(&schema_sql()).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        let insert = match self.method {
+            PostgresMethod::Unnest => client
+                .prepare(&format!(
+                    "INSERT INTO {TABLE} ({COLUMNS})
+                     SELECT id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload::jsonb
+                     FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::int8[], $7::int8[], $8::text[], $9::text[])
+                          AS t(id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload)
+                     ON CONFLICT (id) DO NOTHING"
+                ))
+                .await
+                .map_err(classify)?,
+            PostgresMethod::Copy => {
+                client
+                    .batch_execute(
+                        "CREATE TEMP TABLE IF NOT EXISTS anode_stage (
+                            id bytea, source text, stream text, key text, upstream_id text,
+                            event_time_us bigint, ingest_time_us bigint, node text, payload text
+                        ) ON COMMIT DELETE ROWS",
+                    )
+                    .await
+                    .map_err(classify)?;
+                client
+                    .prepare(&format!(
+                        "INSERT INTO {TABLE} ({COLUMNS})
+                         SELECT id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload::jsonb
+                         FROM anode_stage ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .await
+                    .map_err(classify)?
+            }
+        };
+        self.live = Some(Live {
+            client,
+            insert,
+            connection,
+        });
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Written, WriteError> {
+        let method = self.method;
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| WriteError::Connection("not connected".into()))?;
+        let write = async {
+            match method {
+                PostgresMethod::Unnest => write_unnest(live, batch).await,
+                PostgresMethod::Copy => write_copy(live, batch).await,
+            }
+        };
+        let inserted = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                self.live = None;
+                return Err(WriteError::Connection(format!(
+                    "a write of {} rows took over {} s",
+                    batch.len(),
+                    WRITE_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        Ok(Written {
+            inserted,
+            duplicates: batch.len() as u64 - inserted,
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.display.clone()
+    }
+}
+
+/// Payloads are JSON text; the pipeline only lets valid UTF-8 JSON through.
+fn payload_text(record: &Record) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&record.payload)
+}
+
+async fn write_unnest(live: &mut Live, batch: &[Record]) -> Result<u64, WriteError> {
+    let ids: Vec<&[u8]> = batch.iter().map(|r| &r.id.0[..]).collect();
+    let sources: Vec<&str> = batch.iter().map(|r| r.source.as_str()).collect();
+    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
+    let keys: Vec<Option<&str>> = batch.iter().map(|r| r.key.as_deref()).collect();
+    let upstream: Vec<Option<&str>> = batch.iter().map(|r| r.upstream_id.as_deref()).collect();
+    let event_times: Vec<Option<i64>> = batch.iter().map(|r| r.event_time_us).collect();
+    let ingest_times: Vec<i64> = batch.iter().map(|r| r.ingest_time_us).collect();
+    let nodes: Vec<&str> = batch.iter().map(|r| r.node.as_str()).collect();
+    let payloads: Vec<std::borrow::Cow<'_, str>> = batch.iter().map(payload_text).collect();
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &ids,
+        &sources,
+        &streams,
+        &keys,
+        &upstream,
+        &event_times,
+        &ingest_times,
+        &nodes,
+        &payloads,
+    ];
+    live.client
+        .execute(&live.insert, &params)
+        .await
+        .map_err(classify)
+}
+
+async fn write_copy(live: &mut Live, batch: &[Record]) -> Result<u64, WriteError> {
+    let tx = live.client.transaction().await.map_err(classify)?;
+    let sink = tx
+        .copy_in("COPY anode_stage FROM STDIN BINARY")
+        .await
+        .map_err(classify)?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::BYTEA,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    pin_mut!(writer);
+    for r in batch {
+        let id = &r.id.0[..];
+        let payload = payload_text(r);
+        let row: [&(dyn ToSql + Sync); 9] = [
+            &id,
+            &r.source,
+            &r.stream,
+            &r.key,
+            &r.upstream_id,
+            &r.event_time_us,
+            &r.ingest_time_us,
+            &r.node,
+            &payload,
+        ];
+        writer.as_mut().write(&row).await.map_err(classify)?;
+    }
+    writer.finish().await.map_err(classify)?;
+    let inserted = tx.execute(&live.insert, &[]).await.map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact("postgres://anode:secret@db:5432/x"),
+            "postgres://anode:***@db:5432/x"
+        );
+        let pg =
+            Postgres::new("postgres://anode:secret@db:5433/x", PostgresMethod::Unnest).unwrap();
+        assert_eq!(pg.describe(), "postgres://anode@db:5433/x");
+        let err = Postgres::new("postgres://a:b@h:notaport/x", PostgresMethod::Unnest)
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains(":b@"), "{err}");
+    }
+}

@@ -1,0 +1,129 @@
+//! The embedded store (SQLite, bundled into the binary): the default when no PostgreSQL URL
+//! is set, so a node runs with no set-up. Same columns and the same idempotency as PostgreSQL;
+//! the payload is JSON text. SQLite calls are blocking and run on tokio's blocking pool.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+
+use super::{Backend, TABLE, WriteError, Written};
+use crate::record::Record;
+
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    connection: Option<Arc<Mutex<Connection>>>,
+}
+
+impl Sqlite {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Sqlite {
+            path,
+            connection: None,
+        }
+    }
+}
+
+fn schema_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (
+            id BLOB PRIMARY KEY,
+            source TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            key TEXT,
+            upstream_id TEXT,
+            event_time_us INTEGER,
+            ingest_time_us INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            payload TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);"
+    )
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> WriteError {
+    WriteError::Connection(format!("{what}: {e}"))
+}
+
+/// A constraint the row breaks is the row's fault; anything else (disk full, I/O) is not.
+fn classify(error: rusqlite::Error) -> WriteError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => WriteError::Rejected(error.to_string()),
+        _ => failed("insert", error),
+    }
+}
+
+impl Backend for Sqlite {
+    async fn connect(&mut self) -> Result<(), WriteError> {
+        let path = self.path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
+            }
+            let connection = Connection::open(&path).map_err(|e| failed(&format!("cannot open {}", path.display()), e))?;
+            // WAL: readers (a user's queries) do not block the writer; NORMAL sync is durable
+            // across a process crash, which is what a buffer in front of it needs.
+            connection
+                .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+                .map_err(|e| failed("cannot configure SQLite", e))?;
+            connection
+                .execute_batch(&schema_sql())
+                .map_err(|e| failed("cannot create the schema", e))?;
+            Ok::<_, WriteError>(connection)
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))??;
+        self.connection = Some(Arc::new(Mutex::new(opened)));
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Written, WriteError> {
+        let connection = self
+            .connection
+            .clone()
+            .ok_or_else(|| WriteError::Connection("not open".into()))?;
+        // The blocking task needs owned rows; the copy is small next to the disk write.
+        let rows = batch.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = connection.transaction().map_err(|e| failed("begin", e))?;
+            let mut inserted = 0u64;
+            {
+                let mut insert = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {TABLE} (id, source, stream, key, upstream_id, event_time_us, \
+                         ingest_time_us, node, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                         ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .map_err(|e| failed("prepare", e))?;
+                for r in &rows {
+                    let payload = String::from_utf8_lossy(&r.payload);
+                    inserted += insert
+                        .execute(params![
+                            &r.id.0[..],
+                            r.source,
+                            r.stream,
+                            r.key,
+                            r.upstream_id,
+                            r.event_time_us,
+                            r.ingest_time_us,
+                            r.node,
+                            payload
+                        ])
+                        .map_err(classify)? as u64;
+                }
+            }
+            tx.commit().map_err(|e| failed("commit", e))?;
+            Ok(Written {
+                inserted,
+                duplicates: rows.len() as u64 - inserted,
+            })
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

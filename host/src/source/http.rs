@@ -1,0 +1,158 @@
+//! The HTTP polling driver: the plugin's requests every interval, then its follow-up requests
+//! (pages, blocks) until it asks for none; `429`/`5xx` honour `Retry-After` or back off.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::backoff::Backoff;
+use crate::clock::now_us;
+use crate::pipeline::{Input, Problem, SourceCtx};
+use crate::plugin::{HttpPlan, HttpRequest, HttpResponse};
+use crate::source::SourceState;
+
+/// Poll until a request fails for good (returns the problem) or the source is cancelled.
+pub(crate) async fn run(
+    ctx: &SourceCtx,
+    plan: &HttpPlan,
+    backoff: &mut Backoff,
+) -> Option<Problem> {
+    let settings = &ctx.ingest.settings;
+    if let Some(first) = plan.requests.first() {
+        ctx.status.set_target(&first.url);
+    }
+    let period =
+        Duration::from_millis(u64::from(plan.interval_ms).max(settings.http_min_interval_ms));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ctx.status.set_state(SourceState::Live);
+    loop {
+        tokio::select! {
+            () = ctx.cancel.cancelled() => return None,
+            _ = interval.tick() => {}
+        }
+        let mut pending = plan.requests.clone();
+        let mut rounds = 0usize;
+        while !pending.is_empty() {
+            rounds += 1;
+            if rounds > settings.http_max_rounds {
+                ctx.status.error(format!(
+                    "the plugin kept asking for follow-up requests; stopped after {} rounds \
+                     (sources.http_max_rounds)",
+                    settings.http_max_rounds
+                ));
+                break;
+            }
+            pending.truncate(settings.http_max_requests_per_round);
+            let responses = match fetch_all(ctx, pending).await {
+                Ok(responses) => responses,
+                Err(problem) => return problem,
+            };
+            let outcome = ctx.ingest(Input::Responses(responses)).await;
+            if let Some(problem) = outcome.problem {
+                return Some(problem);
+            }
+            pending = outcome.requests;
+        }
+        backoff.reset();
+    }
+}
+
+/// Make requests concurrently (a few at a time); `Err(None)` means cancelled.
+async fn fetch_all(
+    ctx: &SourceCtx,
+    requests: Vec<HttpRequest>,
+) -> Result<Vec<HttpResponse>, Option<Problem>> {
+    let mut responses = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(ctx.ingest.settings.http_concurrency.max(1)) {
+        let results = tokio::select! {
+            () = ctx.cancel.cancelled() => return Err(None),
+            r = join_all(chunk.iter().map(|r| fetch(ctx, r))) => r,
+        };
+        for result in results {
+            responses.push(result.map_err(Some)?);
+        }
+    }
+    Ok(responses)
+}
+
+async fn fetch(ctx: &SourceCtx, request: &HttpRequest) -> Result<HttpResponse, Problem> {
+    let settings = &ctx.ingest.settings;
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+        Problem::Fatal(format!(
+            "the plugin asked for HTTP method `{}`",
+            request.method
+        ))
+    })?;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(settings.reconnect_min_ms),
+        Duration::from_millis(settings.reconnect_max_ms),
+    );
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut builder = ctx
+            .ingest
+            .http
+            .request(method.clone(), &request.url)
+            .timeout(Duration::from_millis(settings.http_timeout_ms));
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let failure = match builder.send().await {
+            Ok(response) => {
+                let status = response.status();
+                if status.as_u16() == 429 || status.is_server_error() {
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (format!("{}: HTTP {status}", request.url), retry_after)
+                } else {
+                    match response.bytes().await {
+                        Ok(body) if body.len() <= settings.http_max_body_bytes => {
+                            return Ok(HttpResponse {
+                                tag: request.tag.clone(),
+                                status: status.as_u16(),
+                                body: body.to_vec(),
+                                received_at: now_us(),
+                            });
+                        }
+                        Ok(body) => {
+                            return Err(Problem::Retry(format!(
+                                "{}: response of {} bytes is over sources.http_max_body_bytes",
+                                request.url,
+                                body.len()
+                            )));
+                        }
+                        Err(e) => (
+                            format!("{}: reading the body failed: {e}", request.url),
+                            None,
+                        ),
+                    }
+                }
+            }
+            Err(e) => (format!("{}: {e}", request.url), None),
+        };
+        let (message, retry_after) = failure;
+        let wait = retry_after
+            .map(|d| d.min(Duration::from_millis(settings.reconnect_max_ms)))
+            .unwrap_or_else(|| backoff.fail());
+        ctx.status
+            .error(format!("{message}; retrying in {} ms", wait.as_millis()));
+        if attempt >= settings.http_attempts {
+            return Err(Problem::Retry(message));
+        }
+        ctx.status.set_state(SourceState::BackingOff);
+        tokio::select! {
+            () = ctx.cancel.cancelled() => return Err(Problem::Retry("cancelled".into())),
+            () = tokio::time::sleep(wait) => {}
+        }
+        ctx.status.set_state(SourceState::Live);
+    }
+}

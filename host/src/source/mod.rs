@@ -1,0 +1,256 @@
+//! Sources: what to ingest (a [`SourceSpec`]), how each one is doing ([`SourceStatus`]), and
+//! the drivers that carry out a connector's plan — [`ws`] keeps a WebSocket open, [`http`]
+//! polls — while the connector decodes.
+
+pub(crate) mod http;
+pub(crate) mod ws;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+/// One source: a connector plugin with its config, and the transforms its events go through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique within the cluster: letters, digits, `-`, `_`, `.`, up to 128 characters.
+    pub id: String,
+    /// The connector: plugin name or digest.
+    pub plugin: String,
+    /// The connector's configuration (see `anode plugin inspect <plugin>`).
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Transforms applied in order.
+    #[serde(default)]
+    pub transforms: Vec<TransformSpec>,
+}
+
+/// One step of a source's transform chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// The transform: plugin name or digest.
+    pub plugin: String,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl SourceSpec {
+    /// Check what can be checked without plugins; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 128
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            return Err(format!(
+                "source id `{}` is invalid: use 1 to 128 letters, digits, `-`, `_` or `.`",
+                self.id
+            ));
+        }
+        if self.plugin.trim().is_empty() {
+            return Err(format!("source `{}`: `plugin` is empty", self.id));
+        }
+        if !self.config.is_object() {
+            return Err(format!(
+                "source `{}`: `config` must be a JSON object",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a source is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Starting,
+    Connecting,
+    Live,
+    BackingOff,
+    Failed,
+    Stopped,
+}
+
+/// Live counters and state of one source; updated by its driver, read by the API.
+#[derive(Debug)]
+pub struct SourceStatus {
+    inner: Mutex<StatusInner>,
+    /// Frames or responses received.
+    pub inputs: AtomicU64,
+    /// Records produced (after transforms).
+    pub events: AtomicU64,
+    /// Inputs the connector could not use, and other errors.
+    pub errors: AtomicU64,
+    /// Connections (re)established after the first.
+    pub reconnects: AtomicU64,
+    /// Records dropped as repeats of recent ones (a poll returning the same items).
+    pub duplicates: AtomicU64,
+    /// Events per second over the last sampling interval (f64 bits).
+    rate_bits: AtomicU64,
+    last_sampled_events: AtomicU64,
+}
+
+#[derive(Debug)]
+struct StatusInner {
+    state: SourceState,
+    last_error: Option<String>,
+    last_event_us: Option<i64>,
+    target: String,
+    cursor: Option<String>,
+}
+
+/// A snapshot of a source for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub id: String,
+    pub plugin: String,
+    /// The URL being read.
+    pub target: String,
+    pub state: SourceState,
+    pub last_error: Option<String>,
+    pub inputs: u64,
+    pub events: u64,
+    pub errors: u64,
+    pub reconnects: u64,
+    pub duplicates: u64,
+    pub events_per_sec: f64,
+    /// Microseconds since the last event, if any came.
+    pub last_event_age_ms: Option<i64>,
+    pub cursor: Option<String>,
+    pub node: String,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        SourceStatus {
+            inner: Mutex::new(StatusInner {
+                state: SourceState::Starting,
+                last_error: None,
+                last_event_us: None,
+                target: String::new(),
+                cursor: None,
+            }),
+            inputs: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0f64.to_bits()),
+            last_sampled_events: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SourceStatus {
+    fn inner(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_state(&self, state: SourceState) {
+        self.inner().state = state;
+    }
+
+    /// Enter a failing state with its reason.
+    pub(crate) fn fail(&self, state: SourceState, error: impl Into<String>) {
+        let mut inner = self.inner();
+        inner.state = state;
+        inner.last_error = Some(error.into());
+    }
+
+    /// Count an error that does not change the state.
+    pub(crate) fn error(&self, error: impl Into<String>) {
+        self.error_n(1, error);
+    }
+
+    /// Count `n` errors of one kind.
+    pub(crate) fn error_n(&self, n: u64, error: impl Into<String>) {
+        self.errors.fetch_add(n, Relaxed);
+        self.inner().last_error = Some(error.into());
+    }
+
+    pub(crate) fn set_target(&self, target: &str) {
+        self.inner().target = target.to_owned();
+    }
+
+    pub(crate) fn record_events(&self, count: usize, now_us: i64, cursor: Option<&str>) {
+        self.events.fetch_add(count as u64, Relaxed);
+        let mut inner = self.inner();
+        if count > 0 {
+            inner.last_event_us = Some(now_us);
+        }
+        if let Some(cursor) = cursor {
+            inner.cursor = Some(cursor.to_owned());
+        }
+    }
+
+    /// Update the rate from the events counted since the last sample `elapsed_s` ago.
+    pub(crate) fn sample_rate(&self, elapsed_s: f64) {
+        let events = self.events.load(Relaxed);
+        let before = self.last_sampled_events.swap(events, Relaxed);
+        let rate = if elapsed_s > 0.0 {
+            events.saturating_sub(before) as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        self.rate_bits.store(rate.to_bits(), Relaxed);
+    }
+
+    pub(crate) fn report(&self, spec: &SourceSpec, node: &str, now_us: i64) -> SourceReport {
+        let inner = self.inner();
+        SourceReport {
+            id: spec.id.clone(),
+            plugin: spec.plugin.clone(),
+            target: inner.target.clone(),
+            state: inner.state,
+            last_error: inner.last_error.clone(),
+            inputs: self.inputs.load(Relaxed),
+            events: self.events.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            events_per_sec: f64::from_bits(self.rate_bits.load(Relaxed)),
+            last_event_age_ms: inner.last_event_us.map(|t| (now_us - t).max(0) / 1000),
+            cursor: inner.cursor.clone(),
+            node: node.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_validation_names_the_problem() {
+        let spec: SourceSpec =
+            serde_json::from_str(r#"{"id":"binance-1","plugin":"binance-trades"}"#).unwrap();
+        assert!(spec.validate().is_ok());
+        assert!(spec.config.is_object());
+        let bad = SourceSpec {
+            id: "no spaces".into(),
+            ..spec.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("source id"));
+        let bad = SourceSpec {
+            config: serde_json::json!([1]),
+            ..spec
+        };
+        assert!(bad.validate().unwrap_err().contains("config"));
+        let unknown = serde_json::from_str::<SourceSpec>(r#"{"id":"a","plugin":"p","cfg":{}}"#);
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `cfg`")
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The WebSocket driver: connect, send the plugin's subscriptions, read frames in batches,
+//! answer pings, send the plugin's replies and heartbeats, give up on silence.
+
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::backoff::Backoff;
+use crate::clock::now_us;
+use crate::pipeline::{Input, Problem, SourceCtx};
+use crate::plugin::{Frame, WebsocketPlan};
+use crate::source::SourceState;
+
+/// Keep one connection going until it fails (returns the problem) or the source is cancelled
+/// (returns `None`).
+pub(crate) async fn run(
+    ctx: &SourceCtx,
+    plan: &WebsocketPlan,
+    backoff: &mut Backoff,
+) -> Option<Problem> {
+    let settings = &ctx.ingest.settings;
+    ctx.status.set_target(&plan.url);
+    let connect = tokio_tungstenite::connect_async(plan.url.as_str());
+    let connected = tokio::select! {
+        () = ctx.cancel.cancelled() => return None,
+        r = tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), connect) => r,
+    };
+    let socket = match connected {
+        Err(_) => {
+            return Some(Problem::Retry(format!(
+                "connecting to {} timed out after {} ms",
+                plan.url, settings.connect_timeout_ms
+            )));
+        }
+        Ok(Err(e)) => {
+            return Some(Problem::Retry(format!(
+                "cannot connect to {}: {e}",
+                plan.url
+            )));
+        }
+        Ok(Ok((socket, _response))) => socket,
+    };
+    let (mut sink, mut stream) = socket.split();
+    for message in &plan.on_connect {
+        if let Err(e) = sink.send(Message::text(message.as_str())).await {
+            return Some(Problem::Retry(format!(
+                "sending the subscription failed: {e}"
+            )));
+        }
+    }
+    ctx.status.set_state(SourceState::Live);
+    let mut heartbeat = plan.heartbeat.as_ref().map(|h| {
+        let period = Duration::from_millis(u64::from(h.interval_ms.max(100)));
+        (
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+            h.message.clone(),
+        )
+    });
+    let idle = Duration::from_millis(settings.idle_timeout_ms);
+    let batch_max = settings.frame_batch_max.max(1);
+    loop {
+        let beat = async {
+            match heartbeat.as_mut() {
+                Some((interval, _)) => {
+                    interval.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let first = tokio::select! {
+            () = ctx.cancel.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
+                return None;
+            }
+            () = beat => {
+                let message = heartbeat.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
+                if let Err(e) = sink.send(Message::text(message)).await {
+                    return Some(Problem::Retry(format!("sending the heartbeat failed: {e}")));
+                }
+                continue;
+            }
+            next = tokio::time::timeout(idle, stream.next()) => match next {
+                Err(_) => return Some(Problem::Retry(format!(
+                    "no message for {} ms (sources.idle_timeout_ms); reconnecting", idle.as_millis()
+                ))),
+                Ok(next) => next,
+            },
+        };
+        // Take what is already waiting too, so the plugin sees batches.
+        let mut frames = Vec::new();
+        let mut ended: Option<Problem> = None;
+        let mut pending = Some(first);
+        while let Some(next) = pending.take() {
+            match next {
+                None => ended = Some(Problem::Retry("the server closed the connection".into())),
+                Some(Err(e)) => ended = Some(Problem::Retry(format!("connection error: {e}"))),
+                Some(Ok(message)) => match message {
+                    Message::Text(text) => frames.push(Frame {
+                        data: text.as_bytes().to_vec(),
+                        received_at: now_us(),
+                    }),
+                    Message::Binary(data) => frames.push(Frame {
+                        data: data.to_vec(),
+                        received_at: now_us(),
+                    }),
+                    Message::Ping(data) => {
+                        if let Err(e) = sink.send(Message::Pong(data)).await {
+                            ended = Some(Problem::Retry(format!("answering a ping failed: {e}")));
+                        }
+                    }
+                    Message::Close(frame) => {
+                        ended = Some(Problem::Retry(match frame {
+                            Some(f) => {
+                                format!("the server closed the connection: {} {}", f.code, f.reason)
+                            }
+                            None => "the server closed the connection".into(),
+                        }))
+                    }
+                    Message::Pong(_) | Message::Frame(_) => {}
+                },
+            }
+            if ended.is_none() && frames.len() < batch_max {
+                pending = stream.next().now_or_never();
+            }
+        }
+        if !frames.is_empty() {
+            let outcome = ctx.ingest(Input::Frames(frames)).await;
+            backoff.reset();
+            for reply in outcome.replies {
+                if let Err(e) = sink.send(Message::text(reply)).await {
+                    return Some(Problem::Retry(format!("sending a reply failed: {e}")));
+                }
+            }
+            if let Some(problem) = outcome.problem {
+                return Some(problem);
+            }
+        }
+        if let Some(problem) = ended {
+            return Some(problem);
+        }
+    }
+}
