@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs aNode's whole test suite: native plugin tests, host tests against real WebAssembly
-# components, CLI tests. Installs what it can (the wasm32-wasip2 target) and says clearly
+# components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL. Installs what it can (the wasm32-wasip2 target) and says clearly
 # what is missing otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,50 @@ if command -v rustup >/dev/null; then
 elif ! rustc --print target-list | grep -qx wasm32-wasip2; then
     die "rustc cannot target wasm32-wasip2 and rustup is not available to add it"
 fi
+
+# PostgreSQL: the ingestion tests write to a real server (ANODE_TEST_PG, default the local
+# one on 5432) and start private servers of their own with initdb/pg_ctl to stop and restart.
+pg_bin() {
+    if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/pg_ctl" ]; then
+        pg_config --bindir; return
+    fi
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_answers() { "$(pg_bin)/psql" "$1/postgres" -Atqc 'select 1' >/dev/null 2>&1; }
+
+if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing PostgreSQL (the ingestion tests need a real server)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; } \
+            || die "could not install PostgreSQL; install it (apt-get install postgresql) and run again"
+    else
+        die "PostgreSQL's server programs (initdb, pg_ctl) are missing: install them (Debian: sudo apt-get install postgresql) or set ANODE_PG_BIN"
+    fi
+fi
+export ANODE_PG_BIN="${ANODE_PG_BIN:-$(pg_bin)}"
+if [ -z "${ANODE_TEST_PG:-}" ]; then
+    if pg_answers "postgres://postgres@127.0.0.1:5432"; then
+        export ANODE_TEST_PG="postgres://postgres@127.0.0.1:5432"
+    else
+        # No usable server on 5432: run one of our own (trust auth, loopback only).
+        port=55432
+        dir="$PWD/target/test-pg"
+        export ANODE_TEST_PG="postgres://postgres@127.0.0.1:$port"
+        if ! pg_answers "$ANODE_TEST_PG"; then
+            say "starting a test PostgreSQL in $dir on 127.0.0.1:$port"
+            mkdir -p "$dir"
+            [ "$(id -u)" = 0 ] && { id postgres >/dev/null 2>&1 || die "user postgres is missing (PostgreSQL refuses to run as root)"; chown postgres "$dir"; }
+            [ -f "$dir/data/PG_VERSION" ] || as_pg "$ANODE_PG_BIN/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null \
+                || die "initdb failed"
+            as_pg "$ANODE_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+                -o "-p $port -c listen_addresses=127.0.0.1 -k $dir" start >/dev/null \
+                || die "PostgreSQL did not start: see $dir/log"
+        fi
+    fi
+fi
+say "PostgreSQL for tests: $ANODE_TEST_PG"
 
 say "cargo test --workspace"
 exec cargo test --workspace "$@"

@@ -1,0 +1,356 @@
+//! Ingestion benchmark: records per second from the feed simulator into PostgreSQL through a
+//! node (`anode up`, its own process) against a raw baseline measured in the same run — the
+//! same kind of rows written straight into PostgreSQL by the best batched method, no aNode in
+//! between — then latency from the simulator's emit time to a WebSocket subscriber, and the
+//! resident memory of a node with 1,000 and 10,000 sources.
+//!
+//! `cargo bench -p anode --bench ingest` (PostgreSQL from `ANODE_TEST_PG`, default the local
+//! server). `ANODE_BENCH_QUICK=1` shortens every phase.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anode_feedsim::SimConfig;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+const BATCH: usize = 5_000;
+
+fn quick() -> bool {
+    std::env::var_os("ANODE_BENCH_QUICK").is_some()
+}
+
+fn pg_server() -> String {
+    std::env::var("ANODE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+async fn fresh_db(name: &str) -> String {
+    let server = pg_server();
+    let admin = connect(&format!("{server}/postgres")).await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    format!("{server}/{name}")
+}
+
+/// Rows shaped like the node's: a 16-byte id, trade payloads of ~250 bytes.
+struct Row {
+    id: Vec<u8>,
+    source: String,
+    upstream: String,
+    time: i64,
+    payload: String,
+}
+
+fn rows(n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            let source = format!("bn-raw-{}", i % 100);
+            let upstream = format!("S{}.USDT:{}", i % 100, i);
+            let payload = format!(
+                r#"{{"exchange":"binance","symbol":"S{}.USDT","price":"{}.{:08}","size":"0.{:08}","taker_side":"buy","trade_id":{i},"event_timestamp":{},"atom_timestamp":{}}}"#,
+                i % 100,
+                20_000 + i % 977,
+                i % 99_991,
+                i % 77_777,
+                1_700_000_000_000u64 + i as u64,
+                1_700_000_000_000_000u64 + i as u64
+            );
+            let id = sha2_16(&upstream);
+            Row { id, source, upstream, time: 1_700_000_000_000_000 + i as i64, payload }
+        })
+        .collect()
+}
+
+fn sha2_16(text: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
+}
+
+/// The node's schema, so both sides write into the same table shape with the same index.
+const SCHEMA: &str = "CREATE TABLE anode_records (id bytea PRIMARY KEY, source text NOT NULL, stream text NOT NULL,
+    key text, upstream_id text, event_time_us bigint, ingest_time_us bigint NOT NULL, node text NOT NULL,
+    payload jsonb NOT NULL); CREATE INDEX ON anode_records (source, ingest_time_us);";
+
+async fn raw_unnest(url: &str, rows: &[Row]) -> f64 {
+    let client = connect(url).await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    let insert = client
+        .prepare(
+            "INSERT INTO anode_records SELECT id, source, 'trades', NULL, upstream, t, t, 'raw', payload::jsonb
+             FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::int8[], $5::text[]) AS r(id, source, upstream, t, payload)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for chunk in rows.chunks(BATCH) {
+        let ids: Vec<&[u8]> = chunk.iter().map(|r| &r.id[..]).collect();
+        let sources: Vec<&str> = chunk.iter().map(|r| r.source.as_str()).collect();
+        let upstream: Vec<&str> = chunk.iter().map(|r| r.upstream.as_str()).collect();
+        let times: Vec<i64> = chunk.iter().map(|r| r.time).collect();
+        let payloads: Vec<&str> = chunk.iter().map(|r| r.payload.as_str()).collect();
+        let params: [&(dyn ToSql + Sync); 5] = [&ids, &sources, &upstream, &times, &payloads];
+        client.execute(&insert, &params).await.unwrap();
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw_copy(url: &str, rows: &[Row]) -> f64 {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let mut client = connect(url).await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE stage (id bytea, source text, upstream text, t bigint, payload text) ON COMMIT DELETE ROWS",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for chunk in rows.chunks(BATCH) {
+        let tx = client.transaction().await.unwrap();
+        let sink = tx.copy_in("COPY stage FROM STDIN BINARY").await.unwrap();
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT],
+        );
+        futures_util::pin_mut!(writer);
+        for r in chunk {
+            let id = &r.id[..];
+            writer
+                .as_mut()
+                .write(&[&id, &r.source, &r.upstream, &r.time, &r.payload])
+                .await
+                .unwrap();
+        }
+        writer.finish().await.unwrap();
+        tx.execute(
+            "INSERT INTO anode_records SELECT id, source, 'trades', NULL, upstream, t, t, 'raw', payload::jsonb
+             FROM stage ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A node in a process of its own, configured by a TOML file.
+struct Node {
+    child: Child,
+    api: String,
+    _data: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(extra: &str, sources: &str) -> Node {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = data.path().join("anode.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[api]\nbind = \"127.0.0.1:{port}\"\n{extra}\n{sources}",
+                data.path().join("data")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_anode"))
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .env("ANODE_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start anode up");
+        let api = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while reqwest::get(format!("{api}/healthz")).await.is_err() {
+            assert!(Instant::now() < deadline, "the node did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Node {
+            child,
+            api,
+            _data: data,
+        }
+    }
+
+    async fn status(&self) -> Value {
+        reqwest::get(format!("{}/api/v1/status", self.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binance_sources(ws: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[source]]\nid = \"bn-{i}\"\nplugin = \"binance-trades\"\nconfig = {{ base_url = \"{ws}/binance\", symbols = [\"b{i}usdt\"], mode = \"raw\" }}\n"
+            )
+        })
+        .collect()
+}
+
+async fn wait_live(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let status = node.status().await;
+        let live = status["sources"]
+            .as_array()
+            .map(|s| s.iter().filter(|s| s["state"] == "live").count())
+            .unwrap_or(0);
+        if live >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {live} of {n} sources live");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let measure = if quick() { Duration::from_secs(3) } else { Duration::from_secs(10) };
+        let n_rows = if quick() { 50_000 } else { 300_000 };
+
+        println!("== raw baseline: {n_rows} rows straight into PostgreSQL, batches of {BATCH}");
+        let rows = rows(n_rows);
+        let unnest = raw_unnest(&fresh_db("anode_bench_unnest").await, &rows).await;
+        let copy = raw_copy(&fresh_db("anode_bench_copy").await, &rows).await;
+        println!("  INSERT … SELECT FROM UNNEST   {unnest:>10.0} rows/s");
+        println!("  COPY BINARY → stage → INSERT  {copy:>10.0} rows/s");
+        let (best_name, best) = if unnest >= copy { ("unnest", unnest) } else { ("copy", copy) };
+        drop(rows);
+
+        for method in ["unnest", "copy"] {
+            let sim = anode_feedsim::start(SimConfig { rate_per_stream: 2_000.0, ..SimConfig::default() }).await.unwrap();
+            let url = fresh_db(&format!("anode_bench_node_{method}")).await;
+            let node = Node::start(
+                &format!("[store]\npostgres_url = \"{url}\"\npostgres_method = \"{method}\"\n"),
+                &binance_sources(&sim.ws_url(), 100),
+            )
+            .await;
+            wait_live(&node, 100).await;
+            // Warm up, then count rows stored over the window.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before = node.status().await["store"]["rows_written"].as_u64().unwrap();
+            let started = Instant::now();
+            tokio::time::sleep(measure).await;
+            let after = node.status().await;
+            let rate = (after["store"]["rows_written"].as_u64().unwrap() - before) as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "== aNode ({method}): 100 Binance WebSocket sources (offered 200k trades/s) → WASM connector → PostgreSQL"
+            );
+            println!(
+                "  {rate:>10.0} rows/s   ratio to the best raw method ({best_name}): {:.2}   backlog {} / {}",
+                rate / best,
+                after["store"]["backlog"],
+                after["store"]["backlog_bound"]
+            );
+            drop(node);
+            sim.shutdown().await;
+        }
+
+        let load_sources = 100;
+        let rate = 20.0;
+        let sim = anode_feedsim::start(SimConfig { rate_per_stream: rate, ..SimConfig::default() }).await.unwrap();
+        let url = fresh_db("anode_bench_latency").await;
+        let node = Node::start(&format!("[store]\npostgres_url = \"{url}\"\n"), &binance_sources(&sim.ws_url(), load_sources)).await;
+        wait_live(&node, load_sources).await;
+        let (socket, _) = tokio_tungstenite::connect_async(format!("{}/ws", node.api.replace("http", "ws"))).await.unwrap();
+        let (_tx, mut rx) = socket.split();
+        let mut latencies = Vec::new();
+        let until = Instant::now() + measure;
+        while Instant::now() < until {
+            let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await else { break };
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0;
+            let Ok(value) = serde_json::from_str::<Value>(message.to_text().unwrap_or("")) else { continue };
+            if let Some(emitted) = value["payload"]["event_timestamp"].as_f64() {
+                latencies.push(now_ms - emitted);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        println!(
+            "== latency, simulator emit → WebSocket subscriber, {load_sources} sources × {rate}/s = {:.0} records/s, PostgreSQL store",
+            load_sources as f64 * rate
+        );
+        println!(
+            "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   ({} records; emit times have ms resolution)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(f64::NAN),
+            latencies.len()
+        );
+        drop(node);
+        sim.shutdown().await;
+
+        println!("== resident memory of one node (embedded store), sources at 1 trade/s each");
+        let sim = anode_feedsim::start(SimConfig { rate_per_stream: 1.0, ..SimConfig::default() }).await.unwrap();
+        let idle = Node::start("", "").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!("  {:>6} sources  {:>8.1} MiB", 0, idle.rss_mib());
+        drop(idle);
+        let counts: &[usize] = if quick() { &[1_000] } else { &[1_000, 10_000] };
+        for &n in counts {
+            let node = Node::start("", &binance_sources(&sim.ws_url(), n)).await;
+            wait_live(&node, n).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            println!("  {n:>6} sources  {:>8.1} MiB", node.rss_mib());
+        }
+        sim.shutdown().await;
+    });
+}

@@ -1,0 +1,230 @@
+//! The HTTP API as clients use it: validation errors that say what to fix, bearer tokens on
+//! mutating routes, health and readiness, Prometheus metrics, the OpenAPI document, and the
+//! `anode source` CLI against a running node.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{get_json, node_config, start_node, until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_reasons_and_the_token_guards_changes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.api.token = Some("s3cret".into());
+    let node = start_node(config).await;
+    let api = node.url();
+    let client = reqwest::Client::new();
+    let spec = json!({"id": "x", "plugin": "binance-trades", "config": {"symbols": ["btcusdt"], "base_url": "ws://127.0.0.1:9"}});
+
+    let denied = client
+        .post(format!("{api}/api/v1/sources"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let body: Value = denied.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
+    let cases = [
+        (
+            json!({"id": "bad id!", "plugin": "binance-trades"}),
+            "source id",
+        ),
+        (
+            json!({"id": "a", "plugin": "no-such-plugin"}),
+            "no-such-plugin",
+        ),
+        (
+            json!({"id": "a", "plugin": "filter"}),
+            "transform, not a connector",
+        ),
+        (
+            json!({"id": "a", "plugin": "binance-trades", "confg": {}}),
+            "unknown field `confg`",
+        ),
+        (
+            json!({"id": "a", "plugin": "binance-trades", "config": {"symbols": 5}}),
+            "refused to start it",
+        ),
+    ];
+    for (body, needle) in cases {
+        let response = auth(client.post(format!("{api}/api/v1/sources")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(needle),
+            "{body} → {error}"
+        );
+    }
+    let added = auth(client.post(format!("{api}/api/v1/sources")))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let again = auth(client.post(format!("{api}/api/v1/sources")))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    // Reads need no token.
+    let one = get_json(&format!("{api}/api/v1/sources/x")).await;
+    assert_eq!(one["spec"]["plugin"], "binance-trades");
+    assert!(one["status"]["state"].is_string());
+    let unknown = client
+        .get(format!("{api}/api/v1/sources/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    assert_eq!(
+        client
+            .get(format!("{api}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The store connects in the background; readiness follows once it has.
+    until("the node to be ready", Duration::from_secs(20), || async {
+        let ready = client.get(format!("{api}/readyz")).send().await.unwrap();
+        match ready.status().as_u16() {
+            200 => Ok(()),
+            503 => Err(ready.text().await.unwrap_or_default()),
+            other => panic!("/readyz answered {other}, not 200 or 503"),
+        }
+    })
+    .await;
+    let openapi = get_json(&format!("{api}/api/v1/openapi.json")).await;
+    assert!(openapi["paths"]["/api/v1/sources"]["post"].is_object());
+    let metrics = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "anode_source_events_total",
+        "anode_store_rows_written_total",
+        "anode_fanout_subscribers",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family}")),
+            "{family} missing:\n{metrics}"
+        );
+    }
+    let status = get_json(&format!("{api}/api/v1/status")).await;
+    assert_eq!(status["store"]["kind"], "sqlite");
+    assert_eq!(status["node"]["id"], node.state.node_id());
+
+    let removed = auth(client.delete(format!("{api}/api/v1/sources/x")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    node.shutdown().await;
+}
+
+#[test]
+fn a_node_beyond_loopback_needs_a_token() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["up", "--bind", "0.0.0.0:0"])
+        .env_remove("ANODE_API__TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api.token"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_config_names_the_key() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("anode.toml");
+    std::fs::write(&file, "[store]\nbuffer_record = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .arg("--config")
+        .arg(&file)
+        .arg("up")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("buffer_record"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_cli_drives_a_running_node() {
+    let data = tempfile::tempdir().unwrap();
+    let node = start_node(node_config(data.path())).await;
+    let url = node.url();
+    let cli = |args: &[&str]| {
+        let url = url.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_anode"))
+                    .args(&args)
+                    .env("ANODE_URL", url)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&[
+        "source",
+        "add",
+        "cli-1",
+        "--plugin",
+        "binance-trades",
+        "--plugin-config",
+        r#"{"symbols":["btcusdt"],"base_url":"ws://127.0.0.1:9"}"#,
+        "--transform",
+        r#"filter={"keep":[{"field":"$stream","op":"eq","value":"trades"}]}"#,
+    ])
+    .await;
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    let spec = get_json(&format!("{url}/api/v1/sources/cli-1")).await["spec"].clone();
+    assert_eq!(spec["transforms"][0]["plugin"], "filter", "{spec}");
+    let list = cli(&["source", "list"]).await;
+    assert!(list.status.success(), "{}", text(&list));
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains("cli-1") && table.contains("binance-trades"),
+        "{table}"
+    );
+    let out = cli(&["source", "remove", "cli-1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["source", "remove", "cli-1"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no source `cli-1`"), "{}", text(&out));
+    node.shutdown().await;
+}

@@ -1,0 +1,701 @@
+//! Single-node ingestion end to end: the feed simulator on loopback, a node with 100+ sources
+//! over WebSocket and REST, a real PostgreSQL (or the embedded store), real WebSocket
+//! subscribers. Every record the simulator says it emitted must be stored exactly once and
+//! reach the subscribers, also across a database outage and a misbehaving venue.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anode::demo::MixedSource as Planned;
+use anode_feedsim::{FeedSim, Report, SimConfig};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::{PrivatePg, TestDb, get_json, node_config, start_node, until};
+use tokio_tungstenite::tungstenite::Message;
+
+fn mixed_sources(sim: &FeedSim, n: usize) -> Vec<Planned> {
+    anode::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), n)
+}
+
+/// What the simulator emitted for a source: the count, and the ids when comparable.
+fn expected(report: &Report, planned: &Planned) -> (u64, Option<HashSet<u64>>) {
+    let streams: Vec<_> = planned
+        .streams
+        .iter()
+        .filter_map(|name| report.streams.get(name))
+        .collect();
+    let count = streams.iter().map(|s| s.emitted).sum();
+    let ids = planned
+        .ids_comparable
+        .then(|| streams.iter().flat_map(|s| s.ids()).collect());
+    (count, ids)
+}
+
+/// A simulator on loopback with `rate` events per second per stream and no faults.
+async fn simulator(rate: f64) -> FeedSim {
+    anode_feedsim::start(SimConfig {
+        rate_per_stream: rate,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start the feed simulator")
+}
+
+/// Where a scenario's records end up, read back with the database's own client.
+enum Stored {
+    Postgres(TestDb),
+    Sqlite(PathBuf),
+}
+
+impl Stored {
+    async fn counts(&self) -> HashMap<String, u64> {
+        match self {
+            Stored::Postgres(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT source, count(*) FROM anode_records GROUP BY source",
+                    &[],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Stored::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(db) = rusqlite::Connection::open(&path) else {
+                        return HashMap::new();
+                    };
+                    let Ok(mut q) =
+                        db.prepare("SELECT source, count(*) FROM anode_records GROUP BY source")
+                    else {
+                        return HashMap::new();
+                    };
+                    q.query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .map(|rows| rows.flatten().collect())
+                    .unwrap_or_default()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// Rows stored for one source.
+    async fn count(&self, source: &str) -> u64 {
+        self.counts().await.get(source).copied().unwrap_or(0)
+    }
+
+    /// Wait until `source` has at least `rows` stored.
+    async fn until_at_least(&self, source: &str, rows: u64) {
+        until(
+            &format!("{rows} rows of {source}"),
+            Duration::from_secs(30),
+            || async {
+                let n = self.count(source).await;
+                if n >= rows {
+                    Ok(())
+                } else {
+                    Err(format!("{n} stored"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The numeric tail of every stored upstream id of `source` (`BTC.USDT:42` → 42).
+    async fn ids(&self, source: &str) -> Vec<u64> {
+        let upstream: Vec<String> = match self {
+            Stored::Postgres(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT upstream_id FROM anode_records WHERE source = $1",
+                    &[&source],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            Stored::Sqlite(path) => {
+                let (path, source) = (path.clone(), source.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let db = rusqlite::Connection::open(&path).unwrap();
+                    let mut q = db
+                        .prepare("SELECT upstream_id FROM anode_records WHERE source = ?1")
+                        .unwrap();
+                    q.query_map([source], |r| r.get::<_, String>(0))
+                        .unwrap()
+                        .flatten()
+                        .collect()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        upstream
+            .iter()
+            .map(|u| {
+                u.rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("upstream id {u}"))
+            })
+            .collect()
+    }
+}
+
+/// A WebSocket subscriber that reads everything and remembers the record ids.
+struct Subscriber {
+    ids: Arc<Mutex<HashSet<String>>>,
+    messages: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    async fn connect(url: &str) -> Subscriber {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("subscribe to /ws");
+        let (_tx, mut rx) = socket.split();
+        // The hello comes first: after it, every record published reaches us.
+        let hello = rx.next().await.expect("hello").expect("hello");
+        let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
+        assert_eq!(hello["type"], "subscribed", "{hello}");
+        let ids = Arc::new(Mutex::new(HashSet::new()));
+        let messages = Arc::new(Mutex::new(0));
+        let task = tokio::spawn({
+            let (ids, messages) = (ids.clone(), messages.clone());
+            async move {
+                let _tx = _tx;
+                while let Some(Ok(Message::Text(text))) = rx.next().await {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(id) = value["id"].as_str() {
+                        ids.lock().unwrap().insert(id.to_owned());
+                        *messages.lock().unwrap() += 1;
+                    }
+                }
+            }
+        });
+        Subscriber {
+            ids,
+            messages,
+            task,
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+}
+
+async fn add_source(api: &str, spec: &Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources"))
+        .json(spec)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "adding {}: {body}", spec["id"]);
+}
+
+/// Pause the simulator, then wait until every source has stored exactly what the simulator
+/// says it emitted.
+///
+/// The simulator counts what it served, so a poller that has not polled since the pause agrees
+/// with it too early: first every polling source must have had two responses after the pause
+/// (the second was surely asked for after it).
+async fn pause_and_assert_exactly_once(
+    sim: &FeedSim,
+    api: &str,
+    stored: &Stored,
+    planned: &[Planned],
+    limit: Duration,
+) {
+    sim.pause();
+    let inputs = || async {
+        get_json(&format!("{api}/api/v1/sources"))
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| matches!(s["plugin"].as_str(), Some("http-json" | "evm-blocks")))
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_owned(),
+                    s["inputs"].as_u64().unwrap(),
+                )
+            })
+            .collect::<HashMap<String, u64>>()
+    };
+    let at_pause = inputs().await;
+    until("every poller to poll after the pause", limit, || async {
+        let now = inputs().await;
+        let behind: Vec<&String> = at_pause
+            .iter()
+            .filter(|(id, n)| now.get(*id).copied().unwrap_or(0) < *n + 2)
+            .map(|(id, _)| id)
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{behind:?}"))
+        }
+    })
+    .await;
+    until("every emitted record stored", limit, || async {
+        // Read afresh each time: a send in flight when the simulator paused lands later.
+        let report = sim.report();
+        let counts = stored.counts().await;
+        let mut wrong = Vec::new();
+        for p in planned {
+            let id = p.spec.id.as_str();
+            let (want, _) = expected(&report, p);
+            let have = counts.get(id).copied().unwrap_or(0);
+            if have != want {
+                wrong.push(format!("{id}: stored {have}, emitted {want}"));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} sources differ, e.g. {:?}",
+                wrong.len(),
+                &wrong[..wrong.len().min(5)]
+            ))
+        }
+    })
+    .await;
+    let report = sim.report();
+    for p in planned.iter().filter(|p| p.ids_comparable) {
+        let id = p.spec.id.as_str();
+        let (_, want) = expected(&report, p);
+        let have: Vec<u64> = stored.ids(id).await;
+        let unique: HashSet<u64> = have.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            have.len(),
+            "{id}: an upstream id is stored twice"
+        );
+        assert_eq!(
+            Some(unique),
+            want,
+            "{id}: stored ids differ from emitted ids"
+        );
+    }
+}
+
+async fn run_mixed(stored: Stored, store_url: Option<String>) {
+    let sim = anode_feedsim::start(SimConfig {
+        rate_per_stream: 20.0,
+        block_interval_ms: 100,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.postgres_url = store_url;
+    if let Stored::Sqlite(path) = &stored {
+        config.store.sqlite_path = Some(path.clone());
+    }
+    let node = start_node(config).await;
+    let api = node.url();
+    let subscriber = Subscriber::connect(&format!("ws://{}/ws", node.addr)).await;
+    let planned = mixed_sources(&sim, 100);
+    for p in &planned {
+        add_source(&api, &serde_json::to_value(&p.spec).unwrap()).await;
+    }
+    // Every source live and producing, then a few seconds' worth of data in all.
+    until(
+        "every source to produce records",
+        Duration::from_secs(60),
+        || async {
+            let sources = get_json(&format!("{api}/api/v1/sources")).await;
+            let idle: Vec<String> = sources
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["events"].as_u64().unwrap_or(0) == 0)
+                .map(|s| format!("{} ({}, {})", s["id"], s["state"], s["last_error"]))
+                .collect();
+            if idle.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} idle: {:?}",
+                    idle.len(),
+                    &idle[..idle.len().min(5)]
+                ))
+            }
+        },
+    )
+    .await;
+    until("10,000 records", Duration::from_secs(60), || async {
+        let total: u64 = stored.counts().await.values().sum();
+        if total >= 10_000 {
+            Ok(())
+        } else {
+            Err(format!("{total} stored"))
+        }
+    })
+    .await;
+    pause_and_assert_exactly_once(&sim, &api, &stored, &planned, Duration::from_secs(60)).await;
+    let total: u64 = stored.counts().await.values().sum();
+    until(
+        "the subscriber to receive every stored record",
+        Duration::from_secs(30),
+        || async {
+            let received = subscriber.received() as u64;
+            if received == total {
+                Ok(())
+            } else {
+                Err(format!("received {received} of {total}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        *subscriber.messages.lock().unwrap(),
+        total,
+        "the subscriber got a record twice"
+    );
+    let status = get_json(&format!("{api}/api/v1/status")).await;
+    assert_eq!(
+        status["store"]["rows_written"].as_u64(),
+        Some(total),
+        "{}",
+        status["store"]
+    );
+    assert_eq!(status["fanout"]["dropped"], 0);
+    subscriber.task.abort();
+    node.shutdown().await;
+    sim.shutdown().await;
+    if let Stored::Postgres(db) = stored {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_mixed_sources_into_postgres_exactly_once() {
+    let db = TestDb::create(&support::pg_server()).await;
+    let url = db.url.clone();
+    run_mixed(Stored::Postgres(db), Some(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_mixed_sources_into_the_embedded_store_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    run_mixed(Stored::Sqlite(dir.path().join("records.sqlite")), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outage_loses_nothing_and_stores_nothing_twice() {
+    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
+    let db = TestDb::create(&pg.server()).await;
+    let sim = simulator(50.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.postgres_url = Some(db.url.clone());
+    let node = start_node(config).await;
+    let api = node.url();
+    let planned = mixed_sources(&sim, 20);
+    for p in &planned {
+        add_source(&api, &serde_json::to_value(&p.spec).unwrap()).await;
+    }
+    let stored = Stored::Postgres(db);
+    until("records flowing", Duration::from_secs(60), || async {
+        let total: u64 = stored.counts().await.values().sum();
+        if total >= 1000 {
+            Ok(())
+        } else {
+            Err(format!("{total} stored"))
+        }
+    })
+    .await;
+    let pg = Arc::new(pg);
+    tokio::task::spawn_blocking({
+        let pg = pg.clone();
+        move || pg.stop()
+    })
+    .await
+    .unwrap();
+    // While the database is away, records pile up in the node's buffer.
+    until(
+        "the node to buffer during the outage",
+        Duration::from_secs(30),
+        || async {
+            let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+            let backlog = store["backlog"].as_u64().unwrap_or(0);
+            if !store["connected"].as_bool().unwrap_or(true) && backlog >= 2000 {
+                Ok(())
+            } else {
+                Err(store.to_string())
+            }
+        },
+    )
+    .await;
+    tokio::task::spawn_blocking({
+        let pg = pg.clone();
+        move || pg.restart()
+    })
+    .await
+    .unwrap();
+    pause_and_assert_exactly_once(&sim, &api, &stored, &planned, Duration::from_secs(60)).await;
+    let status = get_json(&format!("{api}/api/v1/status")).await;
+    assert!(
+        status["store"]["reconnects"].as_u64().unwrap() >= 1,
+        "{}",
+        status["store"]
+    );
+    assert!(
+        status["store"]["write_errors"].as_u64().unwrap() >= 1,
+        "{}",
+        status["store"]
+    );
+    node.shutdown().await;
+    sim.shutdown().await;
+    if let Stored::Postgres(db) = stored {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misbehaving_venues_recover_and_every_valid_record_arrives() {
+    let sim = anode_feedsim::start(SimConfig {
+        rate_per_stream: 40.0,
+        block_interval_ms: 100,
+        faults: anode_feedsim::Faults {
+            drop_every: Some(150),
+            malformed_every: Some(40),
+            truncated_every: Some(55),
+            http_429_every: Some(7),
+            retry_after_s: 1,
+            slow_every: Some(11),
+            slow_ms: 300,
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.sqlite_path = Some(dir.path().join("records.sqlite"));
+    let node = start_node(config).await;
+    let api = node.url();
+    let planned = mixed_sources(&sim, 30);
+    for p in &planned {
+        add_source(&api, &serde_json::to_value(&p.spec).unwrap()).await;
+    }
+    until(
+        "drops, bad frames and 429s to be met and survived",
+        Duration::from_secs(60),
+        || async {
+            let faults = sim.report().faults;
+            let sources = get_json(&format!("{api}/api/v1/sources")).await;
+            let sum = |k: &str| {
+                sources
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s[k].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+            };
+            let (reconnects, errors) = (sum("reconnects"), sum("errors"));
+            if faults.dropped_connections >= 5
+                && faults.malformed_frames >= 5
+                && faults.http_429 >= 3
+                && reconnects >= 5
+                && errors >= 10
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{faults:?}, reconnects {reconnects}, errors {errors}"
+                ))
+            }
+        },
+    )
+    .await;
+    let stored = Stored::Sqlite(dir.path().join("records.sqlite"));
+    pause_and_assert_exactly_once(&sim, &api, &stored, &planned, Duration::from_secs(60)).await;
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("anode_source_errors_total{source=\"bn-raw-0\"}"),
+        "{metrics}"
+    );
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_never_reads_is_cut_off_and_slows_no_one() {
+    let sim = simulator(200.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.fanout.queue_len = 1024;
+    config.fanout.lag_disconnect_ms = 500;
+    let node = start_node(config).await;
+    let api = node.url();
+    let ws = format!("ws://{}/ws", node.addr);
+    let fast = Subscriber::connect(&ws).await;
+    // The slow one asks for a tiny receive window and then never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(ws.as_str(), stream)
+        .await
+        .unwrap();
+    let other = Subscriber::connect(&ws).await;
+    let binance_raw = mixed_sources(&sim, 100).into_iter().take(10);
+    for p in binance_raw {
+        add_source(&api, &serde_json::to_value(&p.spec).unwrap()).await;
+    }
+    until(
+        "the slow subscriber to be disconnected",
+        Duration::from_secs(60),
+        || async {
+            let fanout = get_json(&format!("{api}/api/v1/status")).await["fanout"].clone();
+            if fanout["disconnected_for_lag"] == 1 && fanout["subscribers"] == 2 {
+                Ok(())
+            } else {
+                Err(fanout.to_string())
+            }
+        },
+    )
+    .await;
+    sim.pause();
+    let status = get_json(&format!("{api}/api/v1/status")).await;
+    // Its queue was bounded: what did not fit was dropped for it alone, not held.
+    let dropped = status["fanout"]["dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "{}", status["fanout"]);
+    let total_events = || async {
+        get_json(&format!("{api}/api/v1/sources"))
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["events"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    until(
+        "the readers to get every record",
+        Duration::from_secs(30),
+        || async {
+            let total = total_events().await;
+            let (a, b) = (fast.received() as u64, other.received() as u64);
+            if a == total && b == total && total > 0 {
+                Ok(())
+            } else {
+                Err(format!("fast {a}, other {b}, produced {total}"))
+            }
+        },
+    )
+    .await;
+    // What the slow one finds when it finally reads: what fitted, then the end.
+    let mut seen = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match slow.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.reason.to_string()),
+                Some(Ok(_)) => seen += 1,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the slow subscriber's connection must end");
+    if let Some(reason) = ended {
+        assert!(reason.contains("too slow"), "{reason}");
+    }
+    assert!(
+        (seen as u64) < total_events().await,
+        "the slow subscriber cannot have everything"
+    );
+    fast.task.abort();
+    other.task.abort();
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_added_and_removed_at_runtime_take_effect() {
+    let sim = simulator(50.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.sqlite_path = Some(dir.path().join("records.sqlite"));
+    // One source comes from the config file's [[source]] tables.
+    config.source_specs = vec![serde_json::from_value(json!({"id": "from-config", "plugin": "binance-trades",
+        "config": {"base_url": format!("{}/binance", sim.ws_url()), "symbols": ["cfgusdt"], "mode": "raw"}}))
+    .unwrap()];
+    let node = start_node(config).await;
+    let api = node.url();
+    let stored = Stored::Sqlite(dir.path().join("records.sqlite"));
+    stored.until_at_least("from-config", 1).await;
+    add_source(&api, &json!({"id": "added", "plugin": "binance-trades",
+        "config": {"base_url": format!("{}/binance", sim.ws_url()), "symbols": ["addusdt"], "mode": "raw"}}))
+    .await;
+    stored.until_at_least("added", 1).await;
+    let removed = reqwest::Client::new()
+        .delete(format!("{api}/api/v1/sources/from-config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let list = get_json(&format!("{api}/api/v1/sources")).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["added"]);
+    // Once the buffer is empty, the removed source's rows are final while the other grows.
+    until("the store to drain", Duration::from_secs(30), || async {
+        let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+        if store["backlog"] == 0 {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
+    let frozen = stored.count("from-config").await;
+    let added_before = stored.count("added").await;
+    stored.until_at_least("added", added_before + 100).await;
+    assert_eq!(
+        stored.count("from-config").await,
+        frozen,
+        "a removed source kept storing"
+    );
+    let missing = reqwest::Client::new()
+        .delete(format!("{api}/api/v1/sources/from-config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    node.shutdown().await;
+    sim.shutdown().await;
+}

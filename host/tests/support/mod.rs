@@ -1,0 +1,330 @@
+//! What the integration tests share: PostgreSQL databases (a fresh database on the server the
+//! test command provides, or a private server a test can stop and start), nodes started in
+//! process on loopback port 0, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anode::config::Config;
+use anode::node::NodeHandle;
+
+/// Poll `check` until it returns `Some`, or fail after `limit` saying what was awaited and
+/// the last state seen.
+pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) => {
+                if Instant::now() >= deadline {
+                    panic!("timed out after {limit:?} waiting for {what}; last state: {state}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The PostgreSQL server the test command provides (`ANODE_TEST_PG`, default the local one).
+pub fn pg_server() -> String {
+    std::env::var("ANODE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl TestDb {
+    pub async fn create(server: &str) -> TestDb {
+        let name = format!(
+            "anode_test_{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin(server).await;
+        // One statement each: CREATE DATABASE cannot run in the implicit transaction of a
+        // multi-statement query.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql} on {server}: {e:?}"));
+        }
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+            server: server.to_owned(),
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    pub async fn drop_db(self) {
+        if let Ok(admin) = connect(&format!("{}/postgres", self.server)).await {
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn admin(server: &str) -> tokio_postgres::Client {
+    connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {server} ({e}). Run the tests with ./scripts/test.sh, \
+             which starts one, or set ANODE_TEST_PG=postgres://user@host:port"
+        )
+    })
+}
+
+/// A PostgreSQL server of the test's own (initdb + pg_ctl in a temporary directory), so the
+/// test can stop and start it without touching anyone else's.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ANODE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("pg_ctl").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|d| d.join("pg_ctl").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL server programs (initdb, pg_ctl) were not found: install them \
+                 (Debian: apt-get install postgresql) or set ANODE_PG_BIN to their directory"
+            )
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PrivatePg {
+    /// Run a PostgreSQL program; as root, as the `postgres` user (the server refuses root).
+    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        command
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+    }
+
+    pub fn start() -> PrivatePg {
+        let bin = pg_bin_dir();
+        let temp = tempfile::Builder::new()
+            .prefix("anode-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = temp.path().to_owned();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of {} failed", dir.display());
+        }
+        let port = free_port();
+        let pg = PrivatePg {
+            port,
+            dir,
+            bin,
+            _temp: temp,
+        };
+        let data = pg.data_dir();
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn server(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stop the server (fast: connections are cut) and wait until it is down.
+    pub fn stop(&self) {
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start it again on the same port and wait until it accepts connections.
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Defaults for a test node: loopback port 0, a data dir of its own, fast reconnects.
+pub fn node_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.api.bind = "127.0.0.1:0".parse().unwrap();
+    config.sources.reconnect_min_ms = 50;
+    config.sources.reconnect_max_ms = 1000;
+    config.store.reconnect_min_ms = 50;
+    config.store.reconnect_max_ms = 500;
+    config
+}
+
+pub async fn start_node(config: Config) -> NodeHandle {
+    anode::node::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("node did not start: {e}"))
+}
+
+/// GET a JSON document.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
