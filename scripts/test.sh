@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs aNode's whole test suite: native plugin tests, host tests against real WebAssembly
-# components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL. Installs what it can (the wasm32-wasip2 target) and says clearly
-# what is missing otherwise.
+# components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL, the
+# dashboard in a headless Chromium. Installs what it can (the wasm32-wasip2 target, PostgreSQL,
+# Chromium) and says clearly what is missing otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +64,22 @@ if [ -z "${ANODE_TEST_PG:-}" ]; then
     fi
 fi
 say "PostgreSQL for tests: $ANODE_TEST_PG"
+
+# A headless browser: the dashboard tests drive Debian's Chromium over WebDriver (chromedriver).
+have_browser() {
+    { [ -n "${ANODE_CHROMIUM:-}" ] || command -v chromium >/dev/null; } \
+        && { [ -n "${ANODE_CHROMEDRIVER:-}" ] || command -v chromedriver >/dev/null; }
+}
+if ! have_browser; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Chromium and chromedriver (the dashboard tests drive a headless browser)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } \
+            || die "could not install Chromium; install it (apt-get install chromium chromium-driver) and run again"
+    else
+        die "chromium and chromedriver are missing: install them (Debian: sudo apt-get install chromium chromium-driver) or set ANODE_CHROMIUM and ANODE_CHROMEDRIVER"
+    fi
+fi
 
 say "cargo test --workspace"
 exec cargo test --workspace "$@"

@@ -60,6 +60,18 @@ enum Command {
     /// Add, list and remove sources of a running node.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Show a running cluster: its members and every source with its owner, state and rate.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print records from a running node as they arrive, one line each, until Ctrl-C.
+    Tail {
+        #[command(flatten)]
+        args: crate::cli_status::TailArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,6 +235,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugin_command(&config, command),
         Command::Source(command) => source_command(command),
+        Command::Status { remote } => {
+            tokio_runtime()?.block_on(crate::cli_status::status(&remote.url))
+        }
+        Command::Tail { args, remote } => {
+            tokio_runtime()?.block_on(crate::cli_status::tail(&remote.url, args))
+        }
     }
 }
 
@@ -349,7 +367,10 @@ fn authorised(request: reqwest::RequestBuilder, remote: &Remote) -> reqwest::Req
 }
 
 /// Send a request to the node; an error response becomes an error with the node's message.
-async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn call(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> anyhow::Result<serde_json::Value> {
     let response = request.send().await.with_context(|| {
         format!("cannot reach the node at {url} (is `anode up` running? set --url or ANODE_URL)")
     })?;
@@ -558,6 +579,11 @@ fn print_table(manifests: &[PluginManifest]) {
 
 /// Print aligned columns (the last column is not padded).
 pub(crate) fn print_rows<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    print!("{}", format_rows(header, rows));
+}
+
+/// Aligned columns as text, one line per row (the last column is not padded).
+pub(crate) fn format_rows<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
     let mut widths = header.each_ref().map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -573,10 +599,13 @@ pub(crate) fn print_rows<const N: usize>(header: &[String; N], rows: &[[String; 
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out.trim_end().to_owned() + "\n"
     };
-    line(header);
-    rows.iter().for_each(line);
+    let mut text = line(header);
+    for row in rows {
+        text.push_str(&line(row));
+    }
+    text
 }
 
 /// Run `work` on a thread while a spinner shows on a terminal (a single line otherwise).

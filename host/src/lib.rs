@@ -20,8 +20,10 @@ mod bundled {
 pub mod api;
 pub mod backoff;
 pub mod cli;
+pub(crate) mod cli_status;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod fanout;
 pub mod node;
