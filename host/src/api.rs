@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -58,7 +58,12 @@ fn router(state: AppState) -> Router {
             "/api/v1/sources/{id}",
             put(replace_source).delete(remove_source).get(get_source),
         )
+        .route("/api/v1/sources/{id}/pause", post(pause_source))
+        .route("/api/v1/sources/{id}/resume", post(resume_source))
         .route("/api/v1/plugins", get(list_plugins).post(install_plugin))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/events", get(events))
+        .merge(crate::cluster::http::routes(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -90,10 +95,11 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    // Node-to-node routes authenticate with the cluster key instead.
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    );
+    ) && !request.uri().path().starts_with("/cluster/");
     if let (true, Some(token)) = (mutating, &state.config.api.token) {
         let given = request
             .headers()
@@ -125,23 +131,118 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
+/// This node, its store and fan-out, and the sources and plugins it runs (`/api/v1/status`).
+pub fn status_json(state: &NodeState) -> Value {
+    json!({
         "node": {
             "id": state.node_id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": state.started.elapsed().as_secs(),
             "api": state.config.api.bind.to_string(),
+            "gossip": state.cluster().gossip_addr.to_string(),
         },
-        "sources": state.sources().await,
-        "plugins": plugins_json(&state),
+        "plugins": plugins_json(state),
         "store": state.ingest.store.stats(),
         "fanout": state.ingest.hub.stats(),
-    }))
+        "gossip": state.cluster().stats.snapshot(),
+    })
+}
+
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let mut body = status_json(&state);
+    body["sources"] = json!(state.sources().await);
+    Json(body)
+}
+
+/// Members as this node sees them, with the sources each owns (`/api/v1/cluster`).
+pub async fn cluster_json(state: &NodeState) -> Value {
+    let cluster = state.cluster();
+    let view = cluster.view();
+    let mut owned: HashMap<String, usize> = HashMap::new();
+    for entry in cluster.catalog.live("source/") {
+        let paused = entry.value.as_ref().is_some_and(|v| v["paused"] == true);
+        if !paused {
+            let id = entry.key.trim_start_matches("source/");
+            *owned.entry(view.owner(id)).or_default() += 1;
+        }
+    }
+    let now_ms = crate::clock::now_us() / 1000;
+    let member = |peer: &crate::cluster::Peer, state: &str, me: bool| {
+        json!({
+            "id": peer.id,
+            "generation": peer.generation,
+            "state": state,
+            "gossip": peer.gossip.to_string(),
+            "api": peer.url(),
+            "version": peer.version,
+            "started_at_ms": peer.generation,
+            "uptime_s": (now_ms - peer.generation as i64).max(0) / 1000,
+            "sources_owned": owned.get(&peer.id).copied().unwrap_or(0),
+            "self": me,
+        })
+    };
+    let mut members = vec![member(&view.me, "alive", true)];
+    for m in &view.others {
+        let state = serde_json::to_value(m.state).expect("states serialise");
+        members.push(member(&m.peer, state.as_str().unwrap_or("?"), false));
+    }
+    json!({
+        "self": view.me.id,
+        "cluster_id": cluster.settings.cluster_id,
+        "members": members,
+        "catalog": { "entries": cluster.catalog.len(), "fingerprint": format!("{:016x}", cluster.catalog.fingerprint()) },
+        "gossip": cluster.stats.snapshot(),
+    })
+}
+
+async fn cluster(State(state): State<AppState>) -> Json<Value> {
+    Json(cluster_json(&state).await)
+}
+
+/// Every source of the cluster with its owner and the owner's report (`/api/v1/sources`).
+pub async fn sources_json(state: &NodeState) -> Value {
+    Value::Array(state.cluster_sources().await)
 }
 
 async fn list_sources(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.sources().await))
+    Json(sources_json(&state).await)
+}
+
+/// The event log after `after` (`/api/v1/events?after=N`).
+pub fn events_json(state: &NodeState, after: u64) -> Value {
+    json!({ "events": state.events.after(after) })
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let after = match query.get("after") {
+        None => 0,
+        Some(a) => a.parse().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("after=`{a}` is not a number: give the last seq you have"),
+            )
+        })?,
+    };
+    Ok(Json(events_json(&state, after)))
+}
+
+async fn pause_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.set_paused(&id, true).await?;
+    Ok(Json(json!({ "paused": id })))
+}
+
+async fn resume_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.set_paused(&id, false).await?;
+    Ok(Json(json!({ "resumed": id })))
 }
 
 async fn get_source(
@@ -195,7 +296,8 @@ async fn remove_source(
     Ok(Json(json!({ "removed": id })))
 }
 
-fn plugins_json(state: &NodeState) -> Value {
+/// Installed plugins, with metrics where loaded (`/api/v1/plugins`).
+pub fn plugins_json(state: &NodeState) -> Value {
     let loaded: HashMap<String, Value> = state
         .loaded_plugins()
         .into_iter()
@@ -207,7 +309,8 @@ fn plugins_json(state: &NodeState) -> Value {
             .into_iter()
             .map(|m| {
                 let metrics = loaded.get(&m.digest.to_hex()).cloned();
-                json!({ "manifest": m, "loaded": metrics.is_some(), "metrics": metrics })
+                let loaded_on: Vec<&str> = metrics.iter().map(|_| state.node_id()).collect();
+                json!({ "manifest": m, "loaded": metrics.is_some(), "loaded_on": loaded_on, "metrics": metrics })
             })
             .collect(),
     )
@@ -224,6 +327,7 @@ async fn install_plugin(State(state): State<AppState>, body: Bytes) -> Result<Re
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    state.announce_plugin(&installed.0.manifest).await;
     Ok((StatusCode::CREATED, Json(json!(installed.0.manifest))).into_response())
 }
 
@@ -466,6 +570,82 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Subscribers disconnected for lag.",
         vec![(String::new(), fanout.disconnected_for_lag as f64)],
     );
+    let view = state.cluster().view();
+    let count =
+        |s: crate::cluster::MemberState| view.others.iter().filter(|m| m.state == s).count() as f64;
+    family(
+        "anode_cluster_members",
+        "gauge",
+        "Members of the cluster as this node sees them (itself included in alive).",
+        vec![
+            (
+                "{state=\"alive\"}".into(),
+                1.0 + count(crate::cluster::MemberState::Alive),
+            ),
+            (
+                "{state=\"suspect\"}".into(),
+                count(crate::cluster::MemberState::Suspect),
+            ),
+            (
+                "{state=\"down\"}".into(),
+                count(crate::cluster::MemberState::Down),
+            ),
+        ],
+    );
+    let gossip = state.cluster().stats.snapshot();
+    family(
+        "anode_gossip_packets_rejected_total",
+        "counter",
+        "Gossip packets dropped: not ours (garbage), another cluster (foreign), bad or missing HMAC (auth), undecodable (invalid).",
+        ["garbage", "foreign", "auth", "invalid"]
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{r}\"}}"),
+                    gossip[format!("rejected_{r}")].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect(),
+    );
+    for (name, key, help) in [
+        (
+            "anode_gossip_packets_in_total",
+            "packets_in",
+            "Gossip packets received.",
+        ),
+        (
+            "anode_gossip_packets_out_total",
+            "packets_out",
+            "Gossip packets sent.",
+        ),
+        (
+            "anode_catalog_sync_rounds_total",
+            "sync_rounds",
+            "Anti-entropy rounds started.",
+        ),
+        (
+            "anode_catalog_sync_failures_total",
+            "sync_failures",
+            "Anti-entropy rounds that failed.",
+        ),
+        (
+            "anode_plugin_fetch_failures_total",
+            "plugin_fetch_failures",
+            "Plugin fetches from peers that failed or were refused (sha256 mismatch).",
+        ),
+        (
+            "anode_records_relayed_in_total",
+            "records_relayed_in",
+            "Records received from peers for this node's subscribers.",
+        ),
+    ] {
+        family(
+            name,
+            "counter",
+            help,
+            vec![(String::new(), gossip[key].as_f64().unwrap_or(0.0))],
+        );
+    }
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -507,6 +687,10 @@ async fn openapi() -> Json<Value> {
                     "responses": {"200": ok("replaced"), "400": ok("invalid")}},
                 "delete": {"summary": "Remove a source", "security": [{"bearer": []}], "responses": {"200": ok("removed"), "404": ok("unknown")}}
             },
+            "/api/v1/sources/{id}/pause": {"post": {"summary": "Pause a source (it stays in the catalog, runs nowhere)", "security": [{"bearer": []}], "responses": {"200": ok("paused"), "404": ok("unknown")}}},
+            "/api/v1/sources/{id}/resume": {"post": {"summary": "Resume a paused source", "security": [{"bearer": []}], "responses": {"200": ok("resumed"), "404": ok("unknown")}}},
+            "/api/v1/cluster": {"get": {"summary": "Members (alive, suspect, down) with the sources each owns, catalog fingerprint, gossip counters", "responses": {"200": ok("cluster")}}},
+            "/api/v1/events": {"get": {"summary": "Event log (joins, failures, hand-overs, plugin installs, sink outages) after ?after=<seq>", "responses": {"200": ok("events")}}},
             "/api/v1/plugins": {
                 "get": {"summary": "Installed plugins, with metrics where loaded", "responses": {"200": ok("list")}},
                 "post": {"summary": "Install a plugin (body: the .wasm bytes)", "security": [{"bearer": []}],

@@ -36,19 +36,31 @@ enum Command {
         /// PostgreSQL URL (overrides `store.postgres_url`; without one the embedded store is used).
         #[arg(long)]
         postgres: Option<String>,
+        /// Gossip address (`host:port`) of a node to join; repeat for more (adds to
+        /// `cluster.seeds`).
+        #[arg(long = "join", value_name = "HOST:PORT")]
+        join: Vec<String>,
+        /// UDP address gossip listens on (overrides `cluster.bind`).
+        #[arg(long)]
+        gossip: Option<std::net::SocketAddr>,
     },
-    /// Run the feed simulator and a node reading 100+ of its streams (WebSocket and REST).
+    /// Run a local cluster (3 nodes by default) and the feed simulator, with 100+ sources
+    /// over WebSocket and REST venues spread over the nodes.
     Demo {
+        /// Nodes in the local cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
         /// Sources to run, spread over every simulated venue.
         #[arg(long, default_value_t = 120)]
         sources: usize,
         /// Trades (or ticks, blocks) per second per simulated stream.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
-        /// Listen address of the node's API (overrides `api.bind`).
+        /// API address of the first node (overrides `api.bind`); the others take the next
+        /// ports.
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
-        /// PostgreSQL URL; without one the embedded store is used.
+        /// PostgreSQL URL shared by every node; without one each node uses its embedded store.
         #[arg(long)]
         postgres: Option<String>,
     },
@@ -209,16 +221,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
-        Command::Up { bind, postgres } => {
+        Command::Up {
+            bind,
+            postgres,
+            join,
+            gossip,
+        } => {
             if let Some(bind) = bind {
                 config.api.bind = bind;
             }
             if let Some(url) = postgres {
                 config.store.postgres_url = Some(url);
             }
+            if let Some(gossip) = gossip {
+                config.cluster.bind = gossip;
+            }
+            config.cluster.seeds.extend(join);
             up(config)
         }
         Command::Demo {
+            nodes,
             sources,
             rate,
             bind,
@@ -230,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(url) = postgres {
                 config.store.postgres_url = Some(url);
             }
-            demo(config, sources, rate)
+            demo(config, nodes, sources, rate)
         }
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugin_command(&config, command),
@@ -260,7 +282,13 @@ fn up(config: Config) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             node.state.node_id()
         );
+        println!("  dashboard  {url}/");
         println!("  API        {url}/api/v1/status");
+        println!(
+            "  gossip     {} (udp; others join with --join {})",
+            node.state.cluster().gossip_addr,
+            node.state.cluster().view().me.gossip
+        );
         println!("  records    ws://{}/ws", node.addr);
         println!("  metrics    {url}/metrics");
         println!("Ctrl-C stops it.");
@@ -273,7 +301,10 @@ fn up(config: Config) -> anyhow::Result<()> {
     })
 }
 
-fn demo(config: Config, sources: usize, rate: f64) -> anyhow::Result<()> {
+fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
     tokio_runtime()?.block_on(async move {
         let sim = anode_feedsim::start(anode_feedsim::SimConfig {
             rate_per_stream: rate,
@@ -281,27 +312,52 @@ fn demo(config: Config, sources: usize, rate: f64) -> anyhow::Result<()> {
         })
         .await
         .context("cannot start the feed simulator")?;
-        let mut config = config;
-        config.source_specs.extend(
-            crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources)
-                .into_iter()
-                .map(|m| m.spec),
-        );
-        let node = crate::node::start(config).await?;
-        let url = node.url();
+        let configs = crate::demo::cluster_configs(&config, nodes);
+        let mut handles = Vec::new();
+        for node_config in configs {
+            let what = format!(
+                "cannot start demo node {} (API {}, gossip {})",
+                node_config.node.id.as_deref().unwrap_or("?"),
+                node_config.api.bind,
+                node_config.cluster.bind
+            );
+            handles.push(crate::node::start(node_config).await.context(what)?);
+        }
+        // Let the nodes find each other before adding sources, so that few move afterwards.
+        let first = handles[0].state.clone();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while first.cluster().view().live_ids().len() < nodes
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let specs = crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources);
+        for mixed in specs {
+            let id = mixed.spec.id.clone();
+            match first.add_source(mixed.spec, true).await {
+                Ok(()) => {}
+                Err(e) => eprintln!("demo source {id} refused: {e}"),
+            }
+        }
         println!(
-            "aNode demo: {sources} sources on the feed simulator at {} ({rate} events/s per stream)",
-            sim.http_url()
+            "aNode demo: {nodes} node(s), {sources} sources on the feed simulator at {} ({rate} events/s per stream), store: {}",
+            sim.http_url(),
+            first.store_kind()
         );
-        println!("  node       {} ({})", node.state.node_id(), node.state.store_kind());
-        println!("  status     {url}/api/v1/status");
-        println!("  records    ws://{}/ws   (filter: ?source=…&stream=trades&key=…)", node.addr);
-        println!("  metrics    {url}/metrics");
+        for node in &handles {
+            println!(
+                "  {:<8} dashboard {}/   records ws://{}/ws   gossip {}",
+                node.state.node_id(),
+                node.url(),
+                node.addr,
+                node.state.cluster().gossip_addr
+            );
+        }
         println!("  simulator  {}/report", sim.http_url());
-        println!("Ctrl-C stops it.");
+        println!("Ctrl-C stops everything.");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        eprintln!("stopping: draining sources and the store …");
-        node.shutdown().await;
+        eprintln!("stopping: the nodes leave the cluster and drain their stores …");
+        futures_util::future::join_all(handles.into_iter().map(|h| h.shutdown())).await;
         sim.shutdown().await;
         Ok(())
     })

@@ -19,6 +19,8 @@ pub struct Config {
     pub node: NodeSettings,
     /// The HTTP API, `/ws` and `/metrics`.
     pub api: ApiSettings,
+    /// Gossip membership and the replicated catalog.
+    pub cluster: crate::cluster::ClusterSettings,
     /// Sandbox limits for every plugin.
     pub plugins: PluginLimits,
     /// Source drivers.
@@ -38,6 +40,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             node: NodeSettings::default(),
             api: ApiSettings::default(),
+            cluster: crate::cluster::ClusterSettings::default(),
             plugins: PluginLimits::default(),
             sources: SourceSettings::default(),
             store: crate::sink::StoreSettings::default(),
@@ -63,6 +66,8 @@ pub struct ApiSettings {
     pub bind: std::net::SocketAddr,
     /// Bearer token for mutating routes; required when `bind` is not a loopback address.
     pub token: Option<String>,
+    /// `host:port` other nodes reach this API at; default `bind`.
+    pub advertise: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -70,6 +75,7 @@ impl Default for ApiSettings {
         ApiSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
             token: None,
+            advertise: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `anode demo`: the feed simulator and a node reading 100+ of its streams over every kind of
+//! `anode demo`: the feed simulator and a local cluster reading 100+ of its streams over every kind of
 //! source aNode has — Binance raw, combined and SUBSCRIBE WebSocket streams, Coinbase,
 //! Kraken, REST trades polled through `http-json`, EVM chains over JSON-RPC — into the
 //! embedded store (or PostgreSQL), with the API, `/ws` and `/metrics` up.
@@ -78,6 +78,34 @@ pub fn mixed_sources(ws_url: &str, http_url: &str, n: usize) -> Vec<MixedSource>
                 streams,
                 ids_comparable,
             }
+        })
+        .collect()
+}
+
+/// The configurations of a local demo cluster of `nodes` nodes derived from `base`: node `i`
+/// (from 1) is `demo-i`, keeps its data in `<data_dir>/demo/node-i`, serves its API on the
+/// base API port + i − 1 and gossips on 127.0.0.1:(7946 + i − 1); every node joins the first.
+/// They share the PostgreSQL URL when one is set, else each has its embedded store.
+pub fn cluster_configs(base: &crate::config::Config, nodes: usize) -> Vec<crate::config::Config> {
+    let gossip_base = crate::cluster::DEFAULT_GOSSIP_PORT;
+    let first_gossip = std::net::SocketAddr::from(([127, 0, 0, 1], gossip_base));
+    (0..nodes)
+        .map(|i| {
+            let mut c = base.clone();
+            c.node.id = Some(format!("demo-{}", i + 1));
+            c.data_dir = base.data_dir.join("demo").join(format!("node-{}", i + 1));
+            c.api.bind.set_port(base.api.bind.port() + i as u16);
+            c.api.advertise = None;
+            c.cluster.bind = std::net::SocketAddr::from(([127, 0, 0, 1], gossip_base + i as u16));
+            c.cluster.advertise = None;
+            c.cluster.seeds = if i == 0 {
+                Vec::new()
+            } else {
+                vec![first_gossip.to_string()]
+            };
+            c.store.sqlite_path = None;
+            c.source_specs.clear();
+            c
         })
         .collect()
 }

@@ -50,9 +50,14 @@ pub struct Filter {
 impl Filter {
     /// Whether `record` passes.
     pub fn matches(&self, record: &Record) -> bool {
-        (self.sources.is_empty() || self.sources.contains(&record.source))
-            && (self.streams.is_empty() || self.streams.contains(&record.stream))
-            && (self.keys.is_empty() || record.key.as_ref().is_some_and(|k| self.keys.contains(k)))
+        self.matches_parts(&record.source, &record.stream, record.key.as_deref())
+    }
+
+    /// Whether a record of `source`, `stream` and `key` passes.
+    pub fn matches_parts(&self, source: &str, stream: &str, key: Option<&str>) -> bool {
+        (self.sources.is_empty() || self.sources.contains(source))
+            && (self.streams.is_empty() || self.streams.contains(stream))
+            && (self.keys.is_empty() || key.is_some_and(|k| self.keys.contains(k)))
     }
 
     /// From comma-separated query values (`source=a,b&stream=trades&key=BTC.USDT`).
@@ -80,7 +85,10 @@ impl Filter {
 /// Counters of the fan-out, for the API and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct FanoutStats {
+    /// WebSocket clients of this node.
     pub subscribers: usize,
+    /// Other nodes streaming this node's records to their own subscribers.
+    pub peer_links: usize,
     /// Subscribers currently dropping records.
     pub lagging: usize,
     pub delivered: u64,
@@ -104,7 +112,11 @@ struct HubInner {
 }
 
 struct Subscriber {
-    filter: RwLock<Filter>,
+    /// A record passes when any filter matches (a client has one; a peer link, the union of
+    /// its node's clients).
+    filters: RwLock<Vec<Filter>>,
+    /// A link to another node: gets records ingested here only, never relayed ones.
+    peer: bool,
     queue: mpsc::Sender<Arc<str>>,
     dropped: AtomicU64,
     lagging_since: Mutex<Option<Instant>>,
@@ -149,9 +161,27 @@ impl Hub {
 
     /// Register a subscriber.
     pub fn subscribe(&self, filter: Filter) -> Result<Subscription, TooManySubscribersError> {
+        self.register(vec![filter], false)
+    }
+
+    /// Register another node's link: it receives the records ingested here that match any
+    /// of `filters`.
+    pub fn subscribe_peer(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Subscription, TooManySubscribersError> {
+        self.register(filters, true)
+    }
+
+    fn register(
+        &self,
+        filters: Vec<Filter>,
+        peer: bool,
+    ) -> Result<Subscription, TooManySubscribersError> {
         let (queue, records) = mpsc::channel(self.inner.settings.queue_len.max(1));
         let shared = Arc::new(Subscriber {
-            filter: RwLock::new(filter),
+            filters: RwLock::new(filters),
+            peer,
             queue,
             dropped: AtomicU64::new(0),
             lagging_since: Mutex::new(None),
@@ -196,27 +226,68 @@ impl Hub {
         subscribers.values().cloned().collect()
     }
 
-    /// Offer records to every matching subscriber. Never waits.
+    /// The filters of this node's own clients (not peer links), without repeats: what
+    /// other nodes should send here.
+    pub fn client_filters(&self) -> Vec<Filter> {
+        let mut out: Vec<Filter> = Vec::new();
+        for sub in self.snapshot().iter().filter(|s| !s.peer) {
+            for f in sub.filters.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                if !out.contains(f) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Offer records ingested here to every matching subscriber. Never waits.
     pub fn publish(&self, records: &[Record]) {
         let subscribers = self.snapshot();
         if subscribers.is_empty() {
             return;
         }
-        let lag_limit = Duration::from_millis(self.inner.settings.lag_disconnect_ms);
-        let now = Instant::now();
         for record in records {
             let mut json: Option<Arc<str>> = None;
-            for sub in &subscribers {
+            self.offer(
+                &subscribers,
+                |f| f.matches(record),
+                || json.get_or_insert_with(|| record.to_json().into()).clone(),
+            );
+        }
+    }
+
+    /// Offer records another node ingested (as JSON, with the fields filters look at) to
+    /// this node's clients. Never waits.
+    pub fn publish_relayed(&self, source: &str, stream: &str, key: Option<&str>, json: Arc<str>) {
+        let clients: Vec<Arc<Subscriber>> =
+            self.snapshot().into_iter().filter(|s| !s.peer).collect();
+        self.offer(
+            &clients,
+            |f| f.matches_parts(source, stream, key),
+            || json.clone(),
+        );
+    }
+
+    fn offer(
+        &self,
+        subscribers: &[Arc<Subscriber>],
+        wanted: impl Fn(&Filter) -> bool,
+        mut json: impl FnMut() -> Arc<str>,
+    ) {
+        let lag_limit = Duration::from_millis(self.inner.settings.lag_disconnect_ms);
+        let now = Instant::now();
+        {
+            for sub in subscribers {
                 let wanted = sub
-                    .filter
+                    .filters
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .matches(record);
+                    .iter()
+                    .any(&wanted);
                 if !wanted {
                     continue;
                 }
-                let json = json.get_or_insert_with(|| record.to_json().into()).clone();
-                match sub.queue.try_send(json) {
+                match sub.queue.try_send(json()) {
                     Ok(()) => {
                         self.inner.delivered.fetch_add(1, Relaxed);
                         let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,9 +326,11 @@ impl Hub {
 
     /// Counters.
     pub fn stats(&self) -> FanoutStats {
-        let subscribers = self.snapshot();
+        let (peers, subscribers): (Vec<_>, Vec<_>) =
+            self.snapshot().into_iter().partition(|s| s.peer);
         FanoutStats {
             subscribers: subscribers.len(),
+            peer_links: peers.len(),
             lagging: subscribers
                 .iter()
                 .filter(|s| s.lagging_since.lock().is_ok_and(|l| l.is_some()))
@@ -310,11 +383,16 @@ impl Subscription {
 
     /// Replace the filter.
     pub fn set_filter(&self, filter: Filter) {
+        self.set_filters(vec![filter]);
+    }
+
+    /// Replace a peer link's filters.
+    pub fn set_filters(&self, filters: Vec<Filter>) {
         *self
             .shared
-            .filter
+            .filters
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = filter;
+            .unwrap_or_else(|p| p.into_inner()) = filters;
     }
 }
 

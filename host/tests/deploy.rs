@@ -449,7 +449,10 @@ fn build_release_dry_run_prints_the_one_release_build() {
 }
 
 /// A Dockerfile's instructions, continuation lines joined, grouped by stage name.
-fn dockerfile_stages(text: &str) -> Vec<(String, String, Vec<(String, String)>)> {
+/// A stage: base image, name, and its instructions (keyword, arguments).
+type Stage = (String, String, Vec<(String, String)>);
+
+fn dockerfile_stages(text: &str) -> Vec<Stage> {
     let mut logical = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
@@ -468,7 +471,7 @@ fn dockerfile_stages(text: &str) -> Vec<(String, String, Vec<(String, String)>)>
             }
         }
     }
-    let mut stages: Vec<(String, String, Vec<(String, String)>)> = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
     for line in logical {
         let (instruction, rest) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
         let instruction = instruction.to_ascii_uppercase();

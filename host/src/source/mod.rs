@@ -24,6 +24,9 @@ pub struct SourceSpec {
     /// Transforms applied in order.
     #[serde(default)]
     pub transforms: Vec<TransformSpec>,
+    /// A paused source is kept in the catalog but runs nowhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// One step of a source's transform chain.

@@ -3,6 +3,8 @@
 //! process on loopback port 0, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -306,6 +308,7 @@ pub fn node_config(data_dir: &Path) -> Config {
         ..Config::default()
     };
     config.api.bind = "127.0.0.1:0".parse().unwrap();
+    config.cluster.bind = "127.0.0.1:0".parse().unwrap();
     config.sources.reconnect_min_ms = 50;
     config.sources.reconnect_max_ms = 1000;
     config.store.reconnect_min_ms = 50;

@@ -1,0 +1,340 @@
+//! The replicated catalog: sources and plugin manifests as last-writer-wins entries.
+//!
+//! Every entry carries a Lamport clock and the id of the node that wrote it; the greater
+//! `(clock, node)` wins everywhere, so every node that has seen the same entries holds the
+//! same catalog whatever the order they arrived in. A delete is a tombstone (an entry without
+//! a value), so it wins over the value it deletes when the two meet. The catalog is kept in
+//! `<data_dir>/catalog.json` so that a restarted node remembers it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// One catalog entry; `value: None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub clock: u64,
+    pub node: String,
+    pub value: Option<Value>,
+}
+
+/// Which version of a key a node holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub key: String,
+    pub clock: u64,
+    pub node: String,
+}
+
+impl Entry {
+    fn beats(&self, clock: u64, node: &str) -> bool {
+        (self.clock, self.node.as_str()) > (clock, node)
+    }
+
+    pub fn version(&self) -> Version {
+        Version {
+            key: self.key.clone(),
+            clock: self.clock,
+            node: self.node.clone(),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Persisted {
+    clock: u64,
+    entries: Vec<Entry>,
+}
+
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    clock: u64,
+    dirty: bool,
+}
+
+/// The catalog of one node. Share it behind an `Arc`.
+pub struct Catalog {
+    node: String,
+    path: Option<PathBuf>,
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+}
+
+impl Catalog {
+    /// The catalog kept at `path` (read when present), written by `node`.
+    pub fn open(node: &str, path: Option<PathBuf>) -> std::io::Result<Catalog> {
+        let persisted: Persisted = match &path {
+            Some(path) if path.exists() => {
+                let text = std::fs::read(path)?;
+                serde_json::from_slice(&text).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is not a catalog ({e}); move it away to start with an empty one \
+                             (peers will send theirs)",
+                            path.display()
+                        ),
+                    )
+                })?
+            }
+            _ => Persisted::default(),
+        };
+        let entries = persisted
+            .entries
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        Ok(Catalog {
+            node: node.to_owned(),
+            path,
+            inner: Mutex::new(Inner {
+                entries,
+                clock: persisted.clock,
+                dirty: false,
+            }),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Write `value` (or a tombstone) under `key` as this node; returns the entry to spread.
+    pub fn put(&self, key: &str, value: Option<Value>) -> Entry {
+        let entry = {
+            let mut inner = self.lock();
+            inner.clock += 1;
+            let entry = Entry {
+                key: key.to_owned(),
+                clock: inner.clock,
+                node: self.node.clone(),
+                value,
+            };
+            inner.entries.insert(key.to_owned(), entry.clone());
+            inner.dirty = true;
+            entry
+        };
+        self.changed();
+        entry
+    }
+
+    /// Take a peer's entry if it is newer than ours; returns whether it was.
+    pub fn merge(&self, entry: Entry) -> bool {
+        let applied = {
+            let mut inner = self.lock();
+            inner.clock = inner.clock.max(entry.clock);
+            let newer = inner
+                .entries
+                .get(&entry.key)
+                .is_none_or(|have| entry.beats(have.clock, &have.node));
+            if newer {
+                inner.entries.insert(entry.key.clone(), entry);
+                inner.dirty = true;
+            }
+            newer
+        };
+        if applied {
+            self.changed();
+        }
+        applied
+    }
+
+    /// Merge many; returns how many were newer.
+    pub fn merge_all(&self, entries: impl IntoIterator<Item = Entry>) -> usize {
+        entries
+            .into_iter()
+            .filter(|e| self.merge(e.clone()))
+            .count()
+    }
+
+    /// The entry under `key`, tombstone or not.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.lock().entries.get(key).cloned()
+    }
+
+    /// Live (non-tombstone) values whose key starts with `prefix`, by key.
+    pub fn live(&self, prefix: &str) -> Vec<Entry> {
+        self.lock()
+            .entries
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Every key's version, for anti-entropy.
+    pub fn versions(&self) -> Vec<Version> {
+        self.lock().entries.values().map(Entry::version).collect()
+    }
+
+    /// Compared with a peer's versions: our entries it lacks or holds older, and the keys
+    /// where it is ahead of us.
+    pub fn diff(&self, theirs: &[Version]) -> (Vec<Entry>, Vec<String>) {
+        let inner = self.lock();
+        let mut seen = std::collections::HashSet::with_capacity(theirs.len());
+        let mut want = Vec::new();
+        let mut give = Vec::new();
+        for v in theirs {
+            seen.insert(v.key.as_str());
+            match inner.entries.get(&v.key) {
+                None => want.push(v.key.clone()),
+                Some(mine) if mine.beats(v.clock, &v.node) => give.push(mine.clone()),
+                Some(mine) if (mine.clock, mine.node.as_str()) == (v.clock, v.node.as_str()) => {}
+                Some(_) => want.push(v.key.clone()),
+            }
+        }
+        give.extend(
+            inner
+                .entries
+                .values()
+                .filter(|e| !seen.contains(e.key.as_str()))
+                .cloned(),
+        );
+        (give, want)
+    }
+
+    /// The entries under `keys` that we hold.
+    pub fn entries(&self, keys: &[String]) -> Vec<Entry> {
+        let inner = self.lock();
+        keys.iter()
+            .filter_map(|k| inner.entries.get(k).cloned())
+            .collect()
+    }
+
+    /// A hash of every version held: equal on two nodes when their catalogs are equal.
+    pub fn fingerprint(&self) -> u64 {
+        let inner = self.lock();
+        let mut hash = super::assign::Fnv::new();
+        for e in inner.entries.values() {
+            hash.write(e.key.as_bytes());
+            hash.write(&e.clock.to_le_bytes());
+            hash.write(e.node.as_bytes());
+            hash.write(&[0xff]);
+        }
+        hash.finish()
+    }
+
+    /// Number of entries, tombstones included.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ticks on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Write the catalog to its file if it changed since the last write.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let bytes = {
+            let mut inner = self.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            inner.dirty = false;
+            serde_json::to_vec(&Persisted {
+                clock: inner.clock,
+                entries: inner.entries.values().cloned().collect(),
+            })
+            .expect("catalog serialises")
+        };
+        let tmp = path.with_extension("json.tmp");
+        let result = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            self.lock().dirty = true;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_later_writer_wins_in_any_order_and_tombstones_delete() {
+        let a = Catalog::open("a", None).unwrap();
+        let b = Catalog::open("b", None).unwrap();
+        let first = a.put("source/x", Some(json!(1)));
+        b.merge(first.clone());
+        let second = b.put("source/x", Some(json!(2)));
+        assert!(second.clock > first.clock);
+        // Arrivals in either order end the same.
+        let c = Catalog::open("c", None).unwrap();
+        c.merge(second.clone());
+        assert!(!c.merge(first.clone()), "an older entry must not win");
+        assert!(a.merge(second.clone()));
+        assert_eq!(a.fingerprint(), c.fingerprint());
+        let gone = a.put("source/x", None);
+        c.merge(gone);
+        assert!(c.live("source/").is_empty());
+        assert_eq!(c.get("source/x").unwrap().value, None);
+    }
+
+    #[test]
+    fn ties_on_the_clock_go_to_the_greater_node_id() {
+        let a = Catalog::open("a", None).unwrap();
+        let b = Catalog::open("b", None).unwrap();
+        let from_a = a.put("k", Some(json!("a")));
+        let from_b = b.put("k", Some(json!("b")));
+        assert_eq!(from_a.clock, from_b.clock);
+        a.merge(from_b.clone());
+        b.merge(from_a);
+        assert_eq!(a.get("k").unwrap().value, Some(json!("b")));
+        assert_eq!(b.get("k").unwrap().value, Some(json!("b")));
+    }
+
+    #[test]
+    fn diff_gives_what_the_peer_lacks_and_wants_what_it_has() {
+        let a = Catalog::open("a", None).unwrap();
+        let b = Catalog::open("b", None).unwrap();
+        a.put("only-a", Some(json!(1)));
+        b.put("only-b", Some(json!(2)));
+        let shared = a.put("shared", Some(json!(3)));
+        b.merge(shared);
+        let (give, want) = a.diff(&b.versions());
+        assert_eq!(
+            give.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["only-a"]
+        );
+        assert_eq!(want, ["only-b"]);
+        b.merge_all(give);
+        a.merge_all(b.entries(&want));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn a_reopened_catalog_remembers_entries_and_its_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let a = Catalog::open("a", Some(path.clone())).unwrap();
+        a.put("source/x", Some(json!({"plugin": "p"})));
+        a.put("source/y", None);
+        a.flush().unwrap();
+        let again = Catalog::open("a", Some(path.clone())).unwrap();
+        assert_eq!(again.fingerprint(), a.fingerprint());
+        assert!(again.put("z", None).clock > 2);
+        std::fs::write(&path, b"not json").unwrap();
+        let err = Catalog::open("a", Some(path)).err().unwrap();
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Node-to-node HTTP under `/cluster/v1`: push-pull anti-entropy of the catalog, plugin
+//! bytes by digest, each node's own source reports, and the record stream of the data plane.
+//! With a cluster key, every request carries a token derived from it (`x-anode-cluster`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::seq::IndexedRandom;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{Entry, Version};
+use super::{Cluster, Peer};
+use crate::node::NodeState;
+use crate::plugin::Digest;
+
+/// The header node-to-node requests authenticate with.
+pub const TOKEN_HEADER: &str = "x-anode-cluster";
+
+/// Bounds every node-to-node request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+type AppState = Arc<NodeState>;
+
+#[derive(Serialize, Deserialize)]
+struct SyncRequest {
+    from: String,
+    fingerprint: u64,
+    versions: Vec<Version>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct SyncResponse {
+    /// Entries the asker lacks or holds older.
+    entries: Vec<Entry>,
+    /// Keys the asker should push back.
+    want: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Push {
+    entries: Vec<Entry>,
+}
+
+/// The routes, mounted into the node's API.
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/cluster/v1/catalog/sync", post(sync))
+        .route("/cluster/v1/catalog/push", post(receive_push))
+        .route("/cluster/v1/plugins/{digest}", get(plugin_bytes))
+        .route("/cluster/v1/sources", get(local_sources))
+        .route("/cluster/v1/stream", get(super::relay::serve))
+        .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let cluster = state.cluster();
+    match cluster.envelope.http_token() {
+        Some(token) => {
+            let given = request
+                .headers()
+                .get(TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if given != Some(token.as_str()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "node-to-node route: the cluster key does not match"})),
+                )
+                    .into_response();
+            }
+        }
+        None if !state.config.api.bind.ip().is_loopback() => {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "node-to-node routes beyond loopback need cluster.key"})),
+            )
+                .into_response();
+        }
+        None => {}
+    }
+    next.run(request).await
+}
+
+async fn sync(State(state): State<AppState>, Json(request): Json<SyncRequest>) -> Response {
+    let catalog = &state.cluster().catalog;
+    if request.fingerprint == catalog.fingerprint() {
+        return Json(SyncResponse::default()).into_response();
+    }
+    let (entries, want) = catalog.diff(&request.versions);
+    Json(SyncResponse { entries, want }).into_response()
+}
+
+async fn receive_push(
+    State(state): State<AppState>,
+    Json(push): Json<Push>,
+) -> Json<serde_json::Value> {
+    let applied = state.cluster().catalog.merge_all(push.entries);
+    Json(json!({ "applied": applied }))
+}
+
+async fn plugin_bytes(State(state): State<AppState>, Path(digest): Path<String>) -> Response {
+    let Ok(digest) = digest.parse::<Digest>() else {
+        return (StatusCode::BAD_REQUEST, "not a sha256 digest").into_response();
+    };
+    let store = state.plugin_store.clone();
+    match tokio::task::spawn_blocking(move || store.bytes(&digest)).await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response(),
+        _ => (StatusCode::NOT_FOUND, "no such plugin here").into_response(),
+    }
+}
+
+async fn local_sources(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!(state.local_sources().await))
+}
+
+fn request(cluster: &Cluster, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let builder = builder.timeout(REQUEST_TIMEOUT);
+    match cluster.envelope.http_token() {
+        Some(token) => builder.header(TOKEN_HEADER, token),
+        None => builder,
+    }
+}
+
+/// Send entries to one peer.
+pub async fn push(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    peer: &Peer,
+    entries: &[Entry],
+) -> Result<(), String> {
+    let url = format!("{}/cluster/v1/catalog/push", peer.url());
+    request(cluster, http.post(&url))
+        .json(&json!({ "entries": entries }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map(|_| ())
+        .map_err(|e| format!("push to {}: {e}", peer.id))
+}
+
+/// One push-pull round with `peer`.
+pub async fn sync_with(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    peer: &Peer,
+) -> Result<(), String> {
+    let catalog = &cluster.catalog;
+    let body = SyncRequest {
+        from: cluster.view().me.id,
+        fingerprint: catalog.fingerprint(),
+        versions: catalog.versions(),
+    };
+    let url = format!("{}/cluster/v1/catalog/sync", peer.url());
+    let reply: SyncResponse = request(cluster, http.post(&url))
+        .json(&body)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("sync with {}: {e}", peer.id))?
+        .json()
+        .await
+        .map_err(|e| format!("sync with {}: {e}", peer.id))?;
+    catalog.merge_all(reply.entries);
+    if !reply.want.is_empty() {
+        push(cluster, http, peer, &catalog.entries(&reply.want)).await?;
+    }
+    Ok(())
+}
+
+/// Every `sync_ms`, a push-pull round with one random live peer; and the catalog written to
+/// disk when it changed.
+pub async fn anti_entropy(cluster: Cluster, http: reqwest::Client, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(cluster.settings.sync_ms.max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let view = cluster.view();
+        let peers: Vec<&Peer> = view.live_peers().collect();
+        let peer = peers.choose(&mut rand::rng()).map(|p| (*p).clone());
+        if let Some(peer) = &peer {
+            cluster.stats.sync_rounds.fetch_add(1, Relaxed);
+            if let Err(e) = sync_with(&cluster, &http, peer).await {
+                cluster.stats.sync_failures.fetch_add(1, Relaxed);
+                tracing::debug!("{e}");
+            }
+        }
+        if let Err(e) = cluster.catalog.flush() {
+            tracing::warn!("cannot write the catalog: {e}");
+        }
+    }
+    let _ = cluster.catalog.flush();
+}
+
+/// Fetch a plugin's bytes by digest from the peers, `first` tried first; bytes whose sha256
+/// is not `digest` are refused and the next peer is tried.
+pub async fn fetch_plugin(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    digest: &Digest,
+    first: &str,
+) -> Result<(Vec<u8>, String), String> {
+    let view = cluster.view();
+    let mut peers: Vec<&Peer> = view.live_peers().collect();
+    peers.sort_by_key(|p| p.id != first);
+    let mut problems = Vec::new();
+    for peer in peers {
+        cluster.stats.plugin_fetches.fetch_add(1, Relaxed);
+        let url = format!("{}/cluster/v1/plugins/{}", peer.url(), digest.to_hex());
+        let got = async {
+            let response = request(cluster, http.get(&url))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| e.to_string())?;
+            response.bytes().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match got {
+            Ok(bytes) if Digest::of(&bytes) == *digest => {
+                return Ok((bytes.to_vec(), peer.id.clone()));
+            }
+            Ok(_) => problems.push(format!("{}: sha256 mismatch, refused", peer.id)),
+            Err(e) => problems.push(format!("{}: {e}", peer.id)),
+        }
+        cluster.stats.plugin_fetch_failures.fetch_add(1, Relaxed);
+    }
+    if problems.is_empty() {
+        problems.push("no live peer to fetch from".into());
+    }
+    Err(problems.join("; "))
+}
+
+/// Sources reported by each live peer (their own running ones), fetched concurrently.
+pub async fn peer_sources(cluster: &Cluster, http: &reqwest::Client) -> Vec<serde_json::Value> {
+    let view = cluster.view();
+    let calls = view.live_peers().map(|peer| {
+        let url = format!("{}/cluster/v1/sources", peer.url());
+        let req = request(cluster, http.get(url)).timeout(Duration::from_millis(1500));
+        async move {
+            let reply = req.send().await.ok()?.error_for_status().ok()?;
+            reply.json::<Vec<serde_json::Value>>().await.ok()
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+}

@@ -1,0 +1,813 @@
+//! The gossip cluster: SWIM membership with `foca` over UDP, the replicated catalog spread by
+//! foca's custom broadcasts, and the view of live members the assignment is computed from.
+//!
+//! One task owns foca, the UDP socket and one timer queue; everything else talks to it over a
+//! channel or reads the published [`View`]. Every packet is wrapped in an envelope:
+//! `"AN"`, protocol version, cluster id, body, and an HMAC-SHA256 tag when a cluster key is
+//! set. Packets that fail any of those checks are dropped and counted, never handed to foca.
+
+pub mod assign;
+pub mod catalog;
+pub mod http;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use foca::{Config as FocaConfig, Foca, Identity, PostcardCodec, Timer};
+use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+pub use catalog::{Catalog, Entry};
+
+/// The `[cluster]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// UDP address gossip listens on.
+    pub bind: SocketAddr,
+    /// `host:port` other nodes reach this node's gossip at; default `bind`.
+    pub advertise: Option<String>,
+    /// Gossip addresses (`host:port`) of nodes to join; a list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub seeds: Vec<String>,
+    /// Shared secret: packets and node-to-node HTTP are authenticated with it. Required when
+    /// `bind` is beyond loopback.
+    pub key: Option<String>,
+    /// Name of the cluster; packets of other clusters are dropped.
+    pub cluster_id: String,
+    /// SWIM probe period.
+    pub probe_period_ms: u64,
+    /// How long a probe waits for an ack before asking others to probe.
+    pub probe_rtt_ms: u64,
+    /// How long a suspect member has to refute before it is declared down.
+    pub suspect_to_down_ms: u64,
+    /// Largest gossip packet; bigger catalog entries travel by HTTP instead.
+    pub max_packet_bytes: usize,
+    /// Period of push-pull anti-entropy of the catalog with one random peer.
+    pub sync_ms: u64,
+    /// Period of re-announcing to the seeds while this node knows no other member.
+    pub announce_ms: u64,
+    /// At start with seeds, how long to wait to hear from the cluster before running
+    /// sources alone.
+    pub join_grace_ms: u64,
+}
+
+/// Default gossip port (UDP).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_GOSSIP_PORT)),
+            advertise: None,
+            seeds: Vec::new(),
+            key: None,
+            cluster_id: "anode".into(),
+            probe_period_ms: 1000,
+            probe_rtt_ms: 500,
+            suspect_to_down_ms: 4000,
+            max_packet_bytes: 1400,
+            sync_ms: 2000,
+            announce_ms: 1000,
+            join_grace_ms: 3000,
+        }
+    }
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// A member's identity in gossip. `generation` is the start time in ms: a restarted node comes
+/// back with a greater one and replaces its former self.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    /// The stable node id (kept in the data dir).
+    pub id: String,
+    pub generation: u64,
+    pub gossip: SocketAddr,
+    pub api: SocketAddr,
+    pub version: String,
+}
+
+impl Identity for Peer {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Peer {
+            generation: self.generation + 1,
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.gossip
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+impl Peer {
+    /// A stand-in for a seed whose identity is not known yet: foca accepts an announce
+    /// addressed to any identity at its address.
+    fn seed(addr: SocketAddr) -> Peer {
+        Peer {
+            id: String::new(),
+            generation: 0,
+            gossip: addr,
+            api: SocketAddr::from(([0, 0, 0, 0], 0)),
+            version: String::new(),
+        }
+    }
+
+    /// Base URL of its HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+}
+
+/// A member's state as gossip sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// One member of the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub peer: Peer,
+    pub state: MemberState,
+}
+
+/// What this node knows of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub me: Peer,
+    /// Other members, one per node id (its latest identity).
+    pub others: Vec<Member>,
+}
+
+impl View {
+    /// Stable ids of the members that own sources: this node and every alive or suspect one.
+    pub fn live_ids(&self) -> Vec<&str> {
+        std::iter::once(self.me.id.as_str())
+            .chain(
+                self.others
+                    .iter()
+                    .filter(|m| m.state != MemberState::Down)
+                    .map(|m| m.peer.id.as_str()),
+            )
+            .collect()
+    }
+
+    /// Other alive or suspect members.
+    pub fn live_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.others
+            .iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| &m.peer)
+    }
+
+    /// The owner of `source` in this view.
+    pub fn owner(&self, source: &str) -> String {
+        assign::owner(source, self.live_ids())
+            .unwrap_or(&self.me.id)
+            .to_owned()
+    }
+
+    pub fn peer(&self, id: &str) -> Option<&Peer> {
+        if id == self.me.id {
+            return Some(&self.me);
+        }
+        self.others
+            .iter()
+            .find(|m| m.peer.id == id)
+            .map(|m| &m.peer)
+    }
+}
+
+/// Counters of the gossip layer.
+#[derive(Debug, Default)]
+pub struct GossipStats {
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    /// Packets without our magic or protocol version.
+    pub rejected_garbage: AtomicU64,
+    /// Packets of another cluster id.
+    pub rejected_foreign: AtomicU64,
+    /// Packets whose HMAC is missing or wrong (another key, or forged).
+    pub rejected_auth: AtomicU64,
+    /// Authenticated packets foca could not decode or refused.
+    pub rejected_invalid: AtomicU64,
+    pub broadcasts_received: AtomicU64,
+    /// Records received from peers for this node's subscribers.
+    pub records_relayed_in: AtomicU64,
+    /// Catalog entries sent by HTTP because they are too big for a gossip packet.
+    pub pushed_over_http: AtomicU64,
+    pub sync_rounds: AtomicU64,
+    pub sync_failures: AtomicU64,
+    pub plugin_fetches: AtomicU64,
+    pub plugin_fetch_failures: AtomicU64,
+}
+
+impl GossipStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        serde_json::json!({
+            "packets_in": g(&self.packets_in),
+            "packets_out": g(&self.packets_out),
+            "rejected_garbage": g(&self.rejected_garbage),
+            "rejected_foreign": g(&self.rejected_foreign),
+            "rejected_auth": g(&self.rejected_auth),
+            "rejected_invalid": g(&self.rejected_invalid),
+            "broadcasts_received": g(&self.broadcasts_received),
+            "records_relayed_in": g(&self.records_relayed_in),
+            "pushed_over_http": g(&self.pushed_over_http),
+            "sync_rounds": g(&self.sync_rounds),
+            "sync_failures": g(&self.sync_failures),
+            "plugin_fetches": g(&self.plugin_fetches),
+            "plugin_fetch_failures": g(&self.plugin_fetch_failures),
+        })
+    }
+}
+
+const MAGIC: &[u8; 2] = b"AN";
+/// Version of the envelope and of what is inside it.
+pub const PROTOCOL: u8 = 1;
+const TAG_LEN: usize = 32;
+
+/// Seals and opens gossip packets.
+#[derive(Clone)]
+pub struct Envelope {
+    cluster_id: Vec<u8>,
+    key: Option<Vec<u8>>,
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    Garbage,
+    Foreign,
+    Auth,
+}
+
+impl Envelope {
+    pub fn new(cluster_id: &str, key: Option<&str>) -> Envelope {
+        Envelope {
+            cluster_id: cluster_id.as_bytes().to_vec(),
+            key: key.map(|k| k.as_bytes().to_vec()),
+        }
+    }
+
+    fn mac(&self, key: &[u8]) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length")
+    }
+
+    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.cluster_id.len() + body.len() + TAG_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(PROTOCOL);
+        out.push(self.cluster_id.len() as u8);
+        out.extend_from_slice(&self.cluster_id);
+        out.extend_from_slice(body);
+        if let Some(key) = &self.key {
+            let mut mac = self.mac(key);
+            mac.update(&out);
+            out.extend_from_slice(&mac.finalize().into_bytes());
+        }
+        out
+    }
+
+    pub fn open<'a>(&self, packet: &'a [u8]) -> Result<&'a [u8], Rejected> {
+        if packet.len() < 4 || &packet[..2] != MAGIC || packet[2] != PROTOCOL {
+            return Err(Rejected::Garbage);
+        }
+        let id_len = packet[3] as usize;
+        let body_start = 4 + id_len;
+        if packet.len() < body_start {
+            return Err(Rejected::Garbage);
+        }
+        if packet[4..body_start] != self.cluster_id[..] {
+            return Err(Rejected::Foreign);
+        }
+        match &self.key {
+            None => Ok(&packet[body_start..]),
+            Some(key) => {
+                if packet.len() < body_start + TAG_LEN {
+                    return Err(Rejected::Auth);
+                }
+                let (signed, tag) = packet.split_at(packet.len() - TAG_LEN);
+                let mut mac = self.mac(key);
+                mac.update(signed);
+                mac.verify_slice(tag).map_err(|_| Rejected::Auth)?;
+                Ok(&signed[body_start..])
+            }
+        }
+    }
+
+    /// The token node-to-node HTTP requests carry (`x-anode-cluster`): derived from the key,
+    /// so only nodes holding it pass. `None` without a key.
+    pub fn http_token(&self) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let mut mac = self.mac(key);
+        mac.update(b"anode-http/");
+        mac.update(&self.cluster_id);
+        Some(hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// The catalog as foca's custom-broadcast handler: an entry is spread on while it is news.
+struct CatalogBroadcasts {
+    catalog: Arc<Catalog>,
+    stats: Arc<GossipStats>,
+}
+
+/// Identifies a broadcast entry: a newer version of the same key replaces an older one in
+/// foca's backlog.
+#[derive(Debug)]
+pub struct BroadcastKey {
+    key: String,
+    clock: u64,
+    node: String,
+}
+
+impl foca::Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.key == other.key && (self.clock, &self.node) >= (other.clock, &other.node)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a catalog broadcast could not be decoded: {0}")]
+pub struct BadBroadcast(String);
+
+impl foca::BroadcastHandler<Peer> for CatalogBroadcasts {
+    type Key = BroadcastKey;
+    type Error = BadBroadcast;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&Peer>,
+    ) -> Result<Option<BroadcastKey>, BadBroadcast> {
+        let entry: Entry = serde_json::from_slice(data).map_err(|e| BadBroadcast(e.to_string()))?;
+        let key = BroadcastKey {
+            key: entry.key.clone(),
+            clock: entry.clock,
+            node: entry.node.clone(),
+        };
+        if sender.is_none() {
+            // Our own write, applied already: spread it.
+            return Ok(Some(key));
+        }
+        self.stats.broadcasts_received.fetch_add(1, Relaxed);
+        Ok(self.catalog.merge(entry).then_some(key))
+    }
+}
+
+/// Something that happened in the cluster, for the event log.
+#[derive(Debug, Clone)]
+pub enum ClusterEvent {
+    Joined(Peer),
+    Down(Peer),
+    Replaced { old: Peer, new: Peer },
+    Isolated,
+    Rejoined(Peer),
+}
+
+enum Command {
+    Broadcast(Vec<u8>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A running membership. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub settings: ClusterSettings,
+    pub catalog: Arc<Catalog>,
+    pub stats: Arc<GossipStats>,
+    pub envelope: Envelope,
+    view: watch::Receiver<View>,
+    commands: mpsc::Sender<Command>,
+    /// Where gossip listens.
+    pub gossip_addr: SocketAddr,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot listen for gossip on {addr} (cluster.bind): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot resolve {what} `{addr}`: {message}")]
+    Resolve {
+        what: &'static str,
+        addr: String,
+        message: String,
+    },
+    #[error(
+        "cluster.bind is {0} (beyond loopback) but no cluster.key is set: set one (or \
+         ANODE_CLUSTER__KEY) so that only nodes holding it can join"
+    )]
+    NoKey(SocketAddr),
+}
+
+/// Resolve `host:port` to one socket address.
+pub async fn resolve(what: &'static str, addr: &str) -> Result<SocketAddr, ClusterError> {
+    let err = |message: String| ClusterError::Resolve {
+        what,
+        addr: addr.to_owned(),
+        message,
+    };
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+impl Cluster {
+    /// Bind gossip and start the membership task. `api` is this node's advertised HTTP API.
+    pub async fn start(
+        settings: ClusterSettings,
+        node_id: &str,
+        api: SocketAddr,
+        catalog: Arc<Catalog>,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(Cluster, tokio::task::JoinHandle<()>), ClusterError> {
+        if !settings.bind.ip().is_loopback() && settings.key.is_none() {
+            return Err(ClusterError::NoKey(settings.bind));
+        }
+        let socket = UdpSocket::bind(settings.bind)
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let bound = socket.local_addr().map_err(|source| ClusterError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let gossip = match &settings.advertise {
+            Some(a) => resolve("cluster.advertise", a).await?,
+            None => bound,
+        };
+        let me = Peer {
+            id: node_id.to_owned(),
+            generation: crate::clock::now_us() as u64 / 1000,
+            gossip,
+            api,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let stats = Arc::new(GossipStats::default());
+        let envelope = Envelope::new(&settings.cluster_id, settings.key.as_deref());
+        let mut config = FocaConfig::new_lan(std::num::NonZeroU32::new(3).expect("3 > 0"));
+        config.probe_period = Duration::from_millis(settings.probe_period_ms.max(10));
+        config.probe_rtt = Duration::from_millis(
+            settings
+                .probe_rtt_ms
+                .clamp(1, settings.probe_period_ms.max(10) - 1),
+        );
+        config.suspect_to_down_after = Duration::from_millis(settings.suspect_to_down_ms.max(1));
+        config.max_packet_size =
+            NonZeroUsize::new(settings.max_packet_bytes.max(512)).expect("at least 512");
+        config.max_transmissions = NonZeroU8::new(10).expect("10 > 0");
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(200),
+            num_members: NonZeroUsize::new(3).expect("3 > 0"),
+        });
+        let foca = Foca::with_custom_broadcast(
+            me.clone(),
+            config,
+            rand::make_rng::<rand::rngs::StdRng>(),
+            PostcardCodec,
+            CatalogBroadcasts {
+                catalog: catalog.clone(),
+                stats: stats.clone(),
+            },
+        );
+        let (view_tx, view) = watch::channel(View {
+            me: me.clone(),
+            others: Vec::new(),
+        });
+        let (commands, rx) = mpsc::channel(1024);
+        let mut seeds = Vec::new();
+        for seed in &settings.seeds {
+            match resolve("cluster.seeds entry", seed).await {
+                Ok(addr) if addr != gossip && addr != bound => seeds.push(addr),
+                Ok(_) => {}
+                // A seed that does not resolve yet (its host is starting) is retried later.
+                Err(e) => tracing::warn!("{e}; retrying while isolated"),
+            }
+        }
+        let task = tokio::spawn(
+            Gossip {
+                foca,
+                socket: Arc::new(socket),
+                envelope: envelope.clone(),
+                stats: stats.clone(),
+                seeds,
+                seed_names: settings.seeds.clone(),
+                timers: DelayQueue::new(),
+                view: view_tx,
+                events,
+                runtime: foca::AccumulatingRuntime::new(),
+                announce_every: Duration::from_millis(settings.announce_ms.max(50)),
+            }
+            .run(rx, shutdown),
+        );
+        Ok((
+            Cluster {
+                settings,
+                catalog,
+                stats,
+                envelope,
+                view,
+                commands,
+                gossip_addr: bound,
+            },
+            task,
+        ))
+    }
+
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Ticks when the view changes.
+    pub fn watch(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Spread a local catalog write: by gossip when it fits a packet, else by HTTP to every
+    /// live member (anti-entropy would get it there too, later).
+    pub async fn spread(&self, entry: Entry, http: &reqwest::Client) {
+        let bytes = serde_json::to_vec(&entry).expect("entries serialise");
+        // Room for the envelope, foca's header and a few membership updates.
+        if bytes.len() + 400 <= self.settings.max_packet_bytes {
+            let _ = self.commands.send(Command::Broadcast(bytes)).await;
+            return;
+        }
+        let peers: Vec<Peer> = self.view().live_peers().cloned().collect();
+        for peer in peers {
+            self.stats.pushed_over_http.fetch_add(1, Relaxed);
+            let _ = http::push(self, http, &peer, std::slice::from_ref(&entry)).await;
+        }
+    }
+
+    /// Tell the others we leave, then stop gossiping.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+    }
+}
+
+struct Gossip {
+    foca: Foca<Peer, PostcardCodec, rand::rngs::StdRng, CatalogBroadcasts>,
+    socket: Arc<UdpSocket>,
+    envelope: Envelope,
+    stats: Arc<GossipStats>,
+    seeds: Vec<SocketAddr>,
+    seed_names: Vec<String>,
+    timers: DelayQueue<Timer<Peer>>,
+    view: watch::Sender<View>,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+    runtime: foca::AccumulatingRuntime<Peer>,
+    announce_every: Duration,
+}
+
+impl Gossip {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 65_536];
+        let mut announce = tokio::time::interval(self.announce_every);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let socket = self.socket.clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.leave().await;
+                    break;
+                }
+                received = socket.recv_from(&mut buf) => {
+                    let Ok((len, _from)) = received else { continue };
+                    self.stats.packets_in.fetch_add(1, Relaxed);
+                    match self.envelope.open(&buf[..len]) {
+                        Ok(body) => {
+                            if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
+                                self.stats.rejected_invalid.fetch_add(1, Relaxed);
+                                tracing::debug!("gossip packet refused: {e}");
+                            }
+                        }
+                        Err(why) => {
+                            let counter = match why {
+                                Rejected::Garbage => &self.stats.rejected_garbage,
+                                Rejected::Foreign => &self.stats.rejected_foreign,
+                                Rejected::Auth => &self.stats.rejected_auth,
+                            };
+                            counter.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    if let Err(e) = self.foca.handle_timer(expired.into_inner(), &mut self.runtime) {
+                        tracing::debug!("gossip timer: {e}");
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Broadcast(bytes)) => {
+                        if let Err(e) = self.foca.add_broadcast(&bytes) {
+                            tracing::warn!("catalog broadcast not queued: {e}");
+                        }
+                    }
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    None => break,
+                },
+                _ = announce.tick() => {
+                    if self.foca.num_members() == 0 {
+                        self.announce().await;
+                    }
+                }
+            }
+            self.drain().await;
+        }
+    }
+
+    async fn announce(&mut self) {
+        if self.seeds.len() < self.seed_names.len() {
+            // Some seeds did not resolve at start (a host still starting): try again.
+            let me = self.foca.identity().gossip;
+            for name in &self.seed_names {
+                if let Ok(addr) = resolve("cluster.seeds entry", name).await
+                    && addr != me
+                    && !self.seeds.contains(&addr)
+                {
+                    self.seeds.push(addr);
+                }
+            }
+        }
+        for seed in self.seeds.clone() {
+            if let Err(e) = self.foca.announce(Peer::seed(seed), &mut self.runtime) {
+                tracing::debug!("announce to {seed}: {e}");
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
+            tracing::debug!("leaving: {e}");
+        }
+        self.drain().await;
+    }
+
+    /// Send what foca wants sent, schedule its timers, act on its notifications, and publish
+    /// the view when it changed.
+    async fn drain(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            let packet = self.envelope.seal(&data);
+            self.stats.packets_out.fetch_add(1, Relaxed);
+            let _ = self.socket.send_to(&packet, to.gossip).await;
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.timers.insert(timer, after);
+        }
+        while let Some(notification) = self.runtime.to_notify() {
+            let event = match notification {
+                foca::OwnedNotification::MemberUp(p) => Some(ClusterEvent::Joined(p)),
+                foca::OwnedNotification::MemberDown(p) => Some(ClusterEvent::Down(p)),
+                foca::OwnedNotification::Rename(old, new) => {
+                    Some(ClusterEvent::Replaced { old, new })
+                }
+                foca::OwnedNotification::Idle => Some(ClusterEvent::Isolated),
+                foca::OwnedNotification::Rejoin(p) => Some(ClusterEvent::Rejoined(p)),
+                _ => None,
+            };
+            if let Some(event) = event {
+                let _ = self.events.send(event);
+            }
+        }
+        let me = self.foca.identity().clone();
+        let mut latest: std::collections::BTreeMap<&str, Member> = Default::default();
+        for m in self.foca.iter_membership_state() {
+            let peer = m.id();
+            if peer.id == me.id {
+                continue;
+            }
+            let state = match m.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            let newer = latest.get(peer.id.as_str()).is_none_or(|have| {
+                (peer.generation, state != MemberState::Down)
+                    > (have.peer.generation, have.state != MemberState::Down)
+            });
+            if newer {
+                latest.insert(
+                    &peer.id,
+                    Member {
+                        peer: peer.clone(),
+                        state,
+                    },
+                );
+            }
+        }
+        let view = View {
+            me,
+            others: latest.into_values().collect(),
+        };
+        self.view.send_if_modified(|current| {
+            if *current == view {
+                false
+            } else {
+                *current = view;
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_check_magic_cluster_and_key() {
+        let keyed = Envelope::new("prod", Some("secret"));
+        let sealed = keyed.seal(b"hello");
+        assert_eq!(keyed.open(&sealed), Ok(&b"hello"[..]));
+        assert_eq!(
+            Envelope::new("prod", Some("other")).open(&sealed),
+            Err(Rejected::Auth)
+        );
+        assert_eq!(
+            Envelope::new("prod", None).open(&Envelope::new("prod", None).seal(b"x")),
+            Ok(&b"x"[..])
+        );
+        // Without a tag, a keyed node refuses; with a flipped bit, too.
+        assert_eq!(
+            keyed.open(&Envelope::new("prod", None).seal(b"hello")),
+            Err(Rejected::Auth)
+        );
+        let mut forged = sealed.clone();
+        forged[6] ^= 1;
+        assert_eq!(keyed.open(&forged), Err(Rejected::Auth));
+        assert_eq!(
+            Envelope::new("test", Some("secret")).open(&sealed),
+            Err(Rejected::Foreign)
+        );
+        assert_eq!(keyed.open(b"GET / HTTP/1.1"), Err(Rejected::Garbage));
+        assert_eq!(keyed.open(b""), Err(Rejected::Garbage));
+        assert_ne!(
+            keyed.http_token(),
+            Envelope::new("prod", Some("other")).http_token()
+        );
+        assert_eq!(Envelope::new("prod", None).http_token(), None);
+    }
+
+    #[test]
+    fn seeds_take_a_list_or_comma_separated_text() {
+        let from_list: ClusterSettings = toml::from_str("seeds = [\"a:1\", \"b:2\"]").unwrap();
+        let from_text: ClusterSettings = toml::from_str("seeds = \"a:1, b:2\"").unwrap();
+        assert_eq!(from_list.seeds, ["a:1", "b:2"]);
+        assert_eq!(from_text.seeds, from_list.seeds);
+    }
+}

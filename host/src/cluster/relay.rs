@@ -1,0 +1,221 @@
+//! The data plane: a WebSocket subscriber on any node receives matching records of every
+//! source in the cluster. A node with clients opens one authenticated stream to each live
+//! peer (`/cluster/v1/stream`), sends the union of its clients' filters (and every change of
+//! it), and republishes what arrives to its clients. A node without clients opens none, so
+//! records only flow toward nodes with interested subscribers. Peers send only records they
+//! ingested themselves, never relayed ones, so nothing loops.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::Peer;
+use crate::fanout::{Delivery, Filter};
+use crate::node::NodeState;
+
+/// How often links are opened and closed to follow interest and membership.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Wait before reopening a link that failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+struct Interest {
+    filters: Vec<Filter>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(borrow)]
+    stream: Cow<'a, str>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+}
+
+/// `GET /cluster/v1/stream`: stream this node's records to a peer.
+pub async fn serve(State(state): State<Arc<NodeState>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| stream_to_peer(socket, state))
+}
+
+async fn stream_to_peer(socket: WebSocket, state: Arc<NodeState>) {
+    let (mut tx, mut rx) = socket.split();
+    let Ok(mut subscription) = state.ingest.hub.subscribe_peer(Vec::new()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => {
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
+                return;
+            }
+            delivery = subscription.next() => match delivery {
+                Delivery::Record { json, .. } => {
+                    let sent = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::text(json.to_string()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                Delivery::Disconnect(reason) => {
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 4008, reason: reason.into() }))).await;
+                    return;
+                }
+            },
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(interest) = serde_json::from_str::<Interest>(&text) {
+                        subscription.set_filters(interest.filters);
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+struct Link {
+    peer: Peer,
+    filters: watch::Sender<Vec<Filter>>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+/// Keep one link open to every live peer while this node has clients; none otherwise.
+pub async fn run_links(state: Arc<NodeState>, shutdown: CancellationToken) {
+    let mut links: HashMap<String, Link> = HashMap::new();
+    let mut failed: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let filters = state.ingest.hub.client_filters();
+        let view = state.cluster().view();
+        links.retain(|id, link| {
+            let current = view.live_peers().any(|p| *p == link.peer);
+            let keep = !filters.is_empty() && current && !link.task.is_finished();
+            if link.task.is_finished() {
+                failed.insert(id.clone(), Instant::now());
+            }
+            if !keep {
+                link.task.abort();
+            }
+            keep
+        });
+        if filters.is_empty() {
+            continue;
+        }
+        for peer in view.live_peers() {
+            if links.contains_key(&peer.id)
+                || failed
+                    .get(&peer.id)
+                    .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+            {
+                continue;
+            }
+            let (tx, rx) = watch::channel(filters.clone());
+            let task = tokio::spawn(link(state.clone(), peer.clone(), rx));
+            links.insert(
+                peer.id.clone(),
+                Link {
+                    peer: peer.clone(),
+                    filters: tx,
+                    task,
+                },
+            );
+        }
+        for link in links.values() {
+            link.filters.send_if_modified(|current| {
+                if *current == filters {
+                    false
+                } else {
+                    current.clone_from(&filters);
+                    true
+                }
+            });
+        }
+    }
+    for link in links.into_values() {
+        link.task.abort();
+    }
+}
+
+async fn link(
+    state: Arc<NodeState>,
+    peer: Peer,
+    mut filters: watch::Receiver<Vec<Filter>>,
+) -> Result<(), String> {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}/cluster/v1/stream", peer.api);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(token) = state.cluster().envelope.http_token() {
+        request.headers_mut().insert(
+            super::http::TOKEN_HEADER,
+            token.parse().map_err(|_| "bad token header")?,
+        );
+    }
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .map_err(|_| format!("connecting to {url} timed out"))?
+    .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let (mut tx, mut rx) = ws.split();
+    let hello = |f: &Vec<Filter>| json!({ "filters": f }).to_string();
+    let first = hello(&filters.borrow_and_update());
+    tx.send(tungstenite::Message::text(first))
+        .await
+        .map_err(|e| e.to_string())?;
+    let hub = &state.ingest.hub;
+    let stats = &state.cluster().stats;
+    loop {
+        tokio::select! {
+            changed = filters.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let text = hello(&filters.borrow_and_update());
+                tx.send(tungstenite::Message::text(text)).await.map_err(|e| e.to_string())?;
+            }
+            incoming = rx.next() => match incoming {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    let text: &str = text.as_str();
+                    match serde_json::from_str::<Head>(text) {
+                        Ok(head) => {
+                            stats.records_relayed_in.fetch_add(1, Relaxed);
+                            hub.publish_relayed(&head.source, &head.stream, head.key.as_deref(), Arc::from(text));
+                        }
+                        Err(_) => {
+                            stats.rejected_invalid.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    return Err(format!("{} closed the stream: {frame:?}", peer.id));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err(format!("{} ended the stream", peer.id)),
+            },
+        }
+    }
+}

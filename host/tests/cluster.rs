@@ -1,0 +1,547 @@
+//! The gossip cluster, with every node a separate `anode up` process on loopback: membership
+//! and assignment converge on 3 and 5 nodes; `kill -9` hands sources over and nothing emitted
+//! after the hand-over is lost; a restarted node takes its share back; a plugin installed on
+//! one node runs on the others; a wrong cluster key is refused and garbage is counted; a
+//! subscriber on one node receives the records of sources owned by the others.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use anode_feedsim::{FeedSim, SimConfig};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::cluster::{NodeOptions, NodeProc, converged, get, live_members, post, running_on};
+use support::until;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+async fn simulator(rate: f64) -> FeedSim {
+    anode_feedsim::start(SimConfig {
+        rate_per_stream: rate,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start the feed simulator")
+}
+
+/// `n` Binance raw-stream sources (one symbol each) on the simulator.
+fn binance_sources(sim: &FeedSim, n: usize, prefix: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({"id": format!("{prefix}-{i}"), "plugin": "binance-trades",
+                "config": {"base_url": format!("{}/binance", sim.ws_url()),
+                    "symbols": [format!("{prefix}{i}usdt")], "mode": "raw"}})
+        })
+        .collect()
+}
+
+fn ids(specs: &[Value]) -> BTreeSet<String> {
+    specs
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn add_all(node: &NodeProc, specs: &[Value]) {
+    for spec in specs {
+        post(&format!("{}/api/v1/sources", node.api), spec).await;
+    }
+}
+
+async fn until_converged(what: &str, nodes: &[&NodeProc], sources: &BTreeSet<String>) {
+    until(what, SETTLE, || converged(nodes, sources)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_then_five_nodes_converge_on_members_catalog_and_owners() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(2.0).await;
+    let first = NodeProc::start(root.path(), "n1", &NodeOptions::default());
+    let seeds = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root.path(), "n2", &seeds);
+    let third = NodeProc::start(root.path(), "n3", &seeds);
+    let specs = binance_sources(&sim, 30, "cv");
+    // Sources are added on different nodes: the catalog brings them together.
+    add_all(&first, &specs[..10]).await;
+    add_all(&second, &specs[10..20]).await;
+    add_all(&third, &specs[20..]).await;
+    let sources = ids(&specs);
+    until_converged("3 nodes to converge", &[&first, &second, &third], &sources).await;
+    let owned: HashMap<String, u64> = third.get("/api/v1/cluster").await["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["sources_owned"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(owned.values().sum::<u64>(), 30, "{owned:?}");
+    assert!(
+        owned.values().all(|&n| n > 0),
+        "every node owns some: {owned:?}"
+    );
+
+    let fourth = NodeProc::start(root.path(), "n4", &seeds);
+    let fifth = NodeProc::start(
+        root.path(),
+        "n5",
+        &NodeOptions {
+            seeds: vec![third.gossip.clone()],
+            ..NodeOptions::default()
+        },
+    );
+    let all = [&first, &second, &third, &fourth, &fifth];
+    until_converged("5 nodes to converge", &all, &sources).await;
+    // Joiners took sources, and only from the others' shares (no source moved between the
+    // first three).
+    assert!(!running_on(&fourth).await.is_empty() || !running_on(&fifth).await.is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back() {
+    let root = tempfile::tempdir().unwrap();
+    let db = support::TestDb::create(&support::pg_server()).await;
+    let sim = simulator(20.0).await;
+    let first = NodeProc::start(
+        root.path(),
+        "k1",
+        &NodeOptions {
+            postgres: Some(db.url.clone()),
+            ..NodeOptions::default()
+        },
+    );
+    let options = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        postgres: Some(db.url.clone()),
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root.path(), "k2", &options);
+    let mut third = NodeProc::start(root.path(), "k3", &options);
+    let specs = binance_sources(&sim, 24, "kl");
+    add_all(&first, &specs).await;
+    let sources = ids(&specs);
+    until_converged("3 nodes to converge", &[&first, &second, &third], &sources).await;
+    let victims: Vec<String> = running_on(&third).await.into_keys().collect();
+    assert!(!victims.is_empty(), "k3 owns no source to hand over");
+
+    third.kill();
+    until("k1 and k2 to mark k3 down", SETTLE, || async {
+        for node in [&first, &second] {
+            let down = support::cluster::members_in(node, &["down"]).await;
+            if !down.contains("k3") {
+                return Err(format!("{} sees down: {down:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    until_converged(
+        "survivors to run every source",
+        &[&first, &second],
+        &sources,
+    )
+    .await;
+
+    // From here on, every record emitted must be stored exactly once.
+    let from = sim.report();
+    until("the streams to move on", SETTLE, || async {
+        let now = sim.report();
+        let slow: Vec<&String> = from
+            .streams
+            .iter()
+            .filter(|(name, s)| now.streams[*name].emitted < s.emitted + 20)
+            .map(|(name, _)| name)
+            .collect();
+        if slow.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{slow:?}"))
+        }
+    })
+    .await;
+    sim.pause();
+    let client = db.client().await;
+    until(
+        "every record emitted after the hand-over stored",
+        SETTLE,
+        || async {
+            let report = sim.report();
+            let mut missing = Vec::new();
+            for spec in &specs {
+                let id = spec["id"].as_str().unwrap();
+                let symbol = spec["config"]["symbols"][0].as_str().unwrap();
+                let stream = &report.streams[&format!("binance/{symbol}@trade")];
+                let before = from
+                    .streams
+                    .get(&format!("binance/{symbol}@trade"))
+                    .map_or(0, |s| s.emitted);
+                let stored: HashSet<u64> = client
+                    .query(
+                        "SELECT upstream_id FROM anode_records WHERE source = $1",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter_map(|r| r.get::<_, Option<String>>(0))
+                    .filter_map(|u| u.rsplit(':').next().and_then(|n| n.parse().ok()))
+                    .collect();
+                let wanted: Vec<u64> = stream.ids().skip(before as usize).collect();
+                let lost = wanted.iter().filter(|i| !stored.contains(i)).count();
+                if lost > 0 {
+                    missing.push(format!("{id}: {lost} of {} missing", wanted.len()));
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing.join("; "))
+            }
+        },
+    )
+    .await;
+    // The table's key makes a second copy impossible; check no source has more rows than the
+    // simulator sent it.
+    let report = sim.report();
+    for spec in &specs {
+        let id = spec["id"].as_str().unwrap();
+        let symbol = spec["config"]["symbols"][0].as_str().unwrap();
+        let emitted = report.streams[&format!("binance/{symbol}@trade")].emitted as i64;
+        let rows: i64 = client
+            .query_one(
+                "SELECT count(*) FROM anode_records WHERE source = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(rows <= emitted, "{id}: {rows} rows for {emitted} trades");
+    }
+    sim.resume();
+
+    third.restart();
+    until_converged(
+        "k3 to rejoin and take its share back",
+        &[&first, &second, &third],
+        &sources,
+    )
+    .await;
+    let back: BTreeSet<String> = running_on(&third).await.into_keys().collect();
+    assert_eq!(
+        back,
+        victims.into_iter().collect::<BTreeSet<_>>(),
+        "k3 runs the same sources again"
+    );
+    sim.shutdown().await;
+    drop((first, second, third));
+    db.drop_db().await;
+}
+
+/// A copy of a built-in component with a custom section appended: a valid component with
+/// another digest, so it is a plugin no node has until it is installed.
+fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"anode-test";
+    let payload = tag.as_bytes();
+    let mut body = vec![name.len() as u8];
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    let mut size = body.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_installed_on_one_node_runs_on_the_others_and_on_late_joiners() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(5.0).await;
+    let first = NodeProc::start(root.path(), "p1", &NodeOptions::default());
+    let seeds = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root.path(), "p2", &seeds);
+    let third = NodeProc::start(root.path(), "p3", &seeds);
+    until("3 members", SETTLE, || async {
+        let m = live_members(&first).await;
+        if m.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    })
+    .await;
+
+    // The built-in binance-trades, as p2 stored it, made into a new plugin.
+    let plugins = second.get("/api/v1/plugins").await;
+    let builtin = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["manifest"]["name"] == "binance-trades")
+        .unwrap()["manifest"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wasm = std::fs::read(second.dir.join("plugins").join(format!("{builtin}.wasm")))
+        .expect("the store keeps <digest>.wasm");
+    let variant = variant_of(&wasm, "spread");
+    let installed: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/plugins", second.api))
+        .body(variant)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let digest = installed["digest"].as_str().expect("installed").to_owned();
+    assert_ne!(digest, builtin);
+
+    // Sources naming the new plugin by digest, added on another node.
+    let specs: Vec<Value> = binance_sources(&sim, 9, "pl")
+        .into_iter()
+        .map(|mut s| {
+            s["plugin"] = json!(digest);
+            s
+        })
+        .collect();
+    add_all(&first, &specs).await;
+    let sources = ids(&specs);
+    until_converged(
+        "the plugin's sources to run everywhere",
+        &[&first, &second, &third],
+        &sources,
+    )
+    .await;
+    for node in [&first, &third] {
+        assert!(
+            !running_on(node).await.is_empty() || node.id == "p1",
+            "{} runs none of them",
+            node.id
+        );
+        let has = node.get("/api/v1/plugins").await;
+        assert!(
+            has.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["manifest"]["digest"] == digest.as_str()),
+            "{} did not fetch the plugin",
+            node.id
+        );
+    }
+    let owners: BTreeSet<String> = first
+        .get("/api/v1/sources")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["owner"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        owners.iter().any(|o| o != "p2"),
+        "some source runs away from the installing node"
+    );
+
+    // A node started after the install converges too.
+    let late = NodeProc::start(root.path(), "p4", &seeds);
+    until_converged(
+        "a late joiner to fetch the plugin",
+        &[&first, &second, &third, &late],
+        &sources,
+    )
+    .await;
+    let events = late.get("/api/v1/events").await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "plugin" && e["message"].as_str().unwrap().contains("verified")),
+        "{events}"
+    );
+    sim.shutdown().await;
+}
+
+async fn metric(node: &NodeProc, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", node.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cluster_key_is_refused_and_garbage_is_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let keyed = |seeds: Vec<String>, key: &str| NodeOptions {
+        seeds,
+        key: Some(key.into()),
+        ..NodeOptions::default()
+    };
+    let first = NodeProc::start(root.path(), "w1", &keyed(vec![], "right"));
+    let second = NodeProc::start(
+        root.path(),
+        "w2",
+        &keyed(vec![first.gossip.clone()], "right"),
+    );
+    until("w1 and w2 to meet", SETTLE, || async {
+        let m = live_members(&first).await;
+        if m.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    })
+    .await;
+    let intruder = NodeProc::start(
+        root.path(),
+        "w3",
+        &keyed(vec![first.gossip.clone()], "wrong"),
+    );
+    until("w1 to refuse w3's packets", SETTLE, || async {
+        let refused = metric(
+            &first,
+            "anode_gossip_packets_rejected_total{reason=\"auth\"}",
+        )
+        .await;
+        if refused >= 3.0 {
+            Ok(())
+        } else {
+            Err(format!("{refused} refused"))
+        }
+    })
+    .await;
+    let expected: BTreeSet<String> = ["w1", "w2"].map(String::from).into();
+    for node in [&first, &second] {
+        let all = support::cluster::members_in(node, &["alive", "suspect", "down"]).await;
+        assert_eq!(all, expected, "{} knows of the intruder", node.id);
+    }
+    assert_eq!(live_members(&intruder).await, ["w3".to_owned()].into());
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = metric(
+        &first,
+        "anode_gossip_packets_rejected_total{reason=\"garbage\"}",
+    )
+    .await;
+    for i in 0..100u32 {
+        let junk: Vec<u8> = (0..(i % 60 + 1)).map(|b| (b * 31 + i) as u8).collect();
+        socket.send_to(&junk, &first.gossip).unwrap();
+    }
+    until("100 garbage packets counted", SETTLE, || async {
+        let now = metric(
+            &first,
+            "anode_gossip_packets_rejected_total{reason=\"garbage\"}",
+        )
+        .await;
+        if now - before >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("{} counted", now - before))
+        }
+    })
+    .await;
+    assert_eq!(
+        live_members(&first).await,
+        expected,
+        "garbage changed the membership"
+    );
+    assert_eq!(live_members(&second).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_node_receives_records_of_sources_owned_by_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(10.0).await;
+    let first = NodeProc::start(root.path(), "s1", &NodeOptions::default());
+    let seeds = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root.path(), "s2", &seeds);
+    let third = NodeProc::start(root.path(), "s3", &seeds);
+    let specs = binance_sources(&sim, 12, "fo");
+    add_all(&second, &specs).await;
+    let sources = ids(&specs);
+    until_converged("3 nodes to converge", &[&first, &second, &third], &sources).await;
+    // Nothing flows to s1 while it has no subscriber.
+    let relayed = |node: &NodeProc| {
+        let url = format!("{}/api/v1/status", node.api);
+        async move {
+            get(&url).await["gossip"]["records_relayed_in"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(relayed(&first).await, 0);
+
+    let url = format!("{}/ws", first.api.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let mut by_node: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while by_node.len() < 3 || by_node.values().any(|&n| n < 20) {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("records from every node within {SETTLE:?}: {by_node:?}"))
+            .unwrap()
+            .unwrap();
+        let Ok(record) = serde_json::from_str::<Value>(message.to_text().unwrap_or("")) else {
+            continue;
+        };
+        if let Some(node) = record["node"].as_str() {
+            *by_node.entry(node.to_owned()).or_default() += 1;
+        }
+    }
+    assert!(relayed(&first).await > 0);
+
+    // A filtered subscriber gets only its source, from whichever node owns it.
+    let owned_by_third: Vec<String> = running_on(&third).await.into_keys().collect();
+    let pick = owned_by_third.first().expect("s3 owns a source").clone();
+    let (mut only, _) = tokio_tungstenite::connect_async(format!("{url}?source={pick}"))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < 10 {
+        let message = tokio::time::timeout_at(deadline, only.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Ok(record) = serde_json::from_str::<Value>(message.to_text().unwrap_or("")) else {
+            continue;
+        };
+        if record.get("type").is_some() {
+            continue;
+        }
+        assert_eq!(record["source"], pick.as_str());
+        assert_eq!(record["node"], "s3");
+        seen += 1;
+    }
+    sim.shutdown().await;
+}

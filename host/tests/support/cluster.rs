@@ -1,0 +1,267 @@
+//! Clusters of real `anode up` processes on loopback: start, `kill -9`, restart, and ask each
+//! node's API what it sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Gossip timings for tests: failures are detected within about two seconds.
+pub const FAST_GOSSIP: &str = "probe_period_ms = 300\nprobe_rtt_ms = 150\n\
+    suspect_to_down_ms = 1200\nsync_ms = 500\nannounce_ms = 300\njoin_grace_ms = 1500\n";
+
+/// One `anode up` process.
+pub struct NodeProc {
+    pub id: String,
+    /// `http://127.0.0.1:port`
+    pub api: String,
+    /// `127.0.0.1:port` (UDP)
+    pub gossip: String,
+    pub dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// What a node is started with.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    pub seeds: Vec<String>,
+    /// `[cluster] key`
+    pub key: Option<String>,
+    /// PostgreSQL URL; without one, the embedded store.
+    pub postgres: Option<String>,
+}
+
+impl NodeProc {
+    /// Start node `id` with its data in `root/<id>` and wait until it serves its API.
+    pub fn start(root: &Path, id: &str, options: &NodeOptions) -> NodeProc {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("anode.toml");
+        let seeds: Vec<String> = options.seeds.iter().map(|s| format!("{s:?}")).collect();
+        let mut text = format!(
+            "data_dir = {:?}\n[node]\nid = {id:?}\n[api]\nbind = \"127.0.0.1:0\"\n\
+             [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\n\
+             [store]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+            dir.display().to_string()
+        );
+        if let Some(url) = &options.postgres {
+            text.push_str(&format!("postgres_url = {url:?}\n"));
+        }
+        text.push_str(&format!(
+            "[cluster]\nbind = \"127.0.0.1:0\"\nseeds = [{}]\n{FAST_GOSSIP}",
+            seeds.join(", ")
+        ));
+        if let Some(key) = &options.key {
+            text.push_str(&format!("key = {key:?}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        let mut node = NodeProc {
+            id: id.to_owned(),
+            api: String::new(),
+            gossip: String::new(),
+            dir,
+            config,
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_anode"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("up")
+            .env("ANODE_LOG", "warn,anode=info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn anode up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut api, mut gossip) = (None, None);
+        while api.is_none() || gossip.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "node {} did not start within 60 s; see {}",
+                    self.id,
+                    self.dir.join("node.log").display()
+                )
+            });
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("dashboard") => {
+                    api = words.next().map(|u| u.trim_end_matches('/').to_owned());
+                }
+                Some("gossip") => gossip = words.next().map(str::to_owned),
+                _ => {}
+            }
+        }
+        self.api = api.unwrap();
+        self.gossip = gossip.unwrap();
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: no leave, no drain.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again after [`NodeProc::kill`], same id and data dir (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill");
+        self.spawn();
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        get(&format!("{}{path}", self.api)).await
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET JSON, with a bound; `Null` when the node does not answer.
+pub async fn get(url: &str) -> Value {
+    let reply = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match reply {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// POST JSON; panics unless the node answers 2xx.
+pub async fn post(url: &str, body: &Value) -> Value {
+    let reply = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = reply.status();
+    let text = reply.text().await.unwrap();
+    assert!(status.is_success(), "POST {url}: {status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A node's alive (or suspect) members, itself included.
+pub async fn live_members(node: &NodeProc) -> BTreeSet<String> {
+    members_in(node, &["alive", "suspect"]).await
+}
+
+/// Ids of a node's members in one of `states`.
+pub async fn members_in(node: &NodeProc, states: &[&str]) -> BTreeSet<String> {
+    let cluster = node.get("/api/v1/cluster").await;
+    cluster["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| states.contains(&m["state"].as_str().unwrap_or("")))
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The sources a node runs itself, by id, with their reports.
+pub async fn running_on(node: &NodeProc) -> BTreeMap<String, Value> {
+    node.get("/cluster/v1/sources")
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] != "failed")
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+/// Whether the nodes agree: the same live members, the same catalog, the same owner for each
+/// of `sources`, and each source running on exactly its owner (live). `Err` says what is off.
+pub async fn converged(nodes: &[&NodeProc], sources: &BTreeSet<String>) -> Result<(), String> {
+    let want: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let mut fingerprints = BTreeSet::new();
+    let mut owners: Option<BTreeMap<String, String>> = None;
+    for node in nodes {
+        let members = live_members(node).await;
+        if members != want {
+            return Err(format!("{} sees {members:?}", node.id));
+        }
+        let cluster = node.get("/api/v1/cluster").await;
+        fingerprints.insert(cluster["catalog"]["fingerprint"].to_string());
+        let listed = node.get("/api/v1/sources").await;
+        let these: BTreeMap<String, String> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_owned(),
+                    s["owner"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let ids: BTreeSet<String> = these.keys().cloned().collect();
+        if &ids != sources {
+            return Err(format!(
+                "{} lists {} of {} sources",
+                node.id,
+                ids.len(),
+                sources.len()
+            ));
+        }
+        match &owners {
+            None => owners = Some(these),
+            Some(first) if *first != these => {
+                return Err(format!("{} disagrees on owners", node.id));
+            }
+            Some(_) => {}
+        }
+    }
+    if fingerprints.len() != 1 {
+        return Err(format!("catalogs differ: {fingerprints:?}"));
+    }
+    let owners = owners.unwrap_or_default();
+    let mut runners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in nodes {
+        for (id, report) in running_on(node).await {
+            if report["state"] != "live" {
+                return Err(format!("{id} on {} is {}", node.id, report["state"]));
+            }
+            runners.entry(id).or_default().push(node.id.clone());
+        }
+    }
+    for id in sources {
+        let on = runners.get(id).cloned().unwrap_or_default();
+        if on != [owners[id].clone()] {
+            return Err(format!("{id} (owner {}) runs on {on:?}", owners[id]));
+        }
+    }
+    Ok(())
+}
