@@ -24,6 +24,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use crate::api;
 use crate::node::NodeState;
 
 /// How often the live stream sends a snapshot.
@@ -151,8 +152,8 @@ async fn live(
 /// One snapshot for the page and the sequence number of the newest event in it: the events
 /// are only those after `after`, so each appears once per stream (a new stream sends all
 /// the node still keeps).
-pub async fn snapshot(state: &NodeState, after: u64) -> (Value, u64) {
-    let mut sources = live_source::sources_json(state).await;
+async fn snapshot(state: &NodeState, after: u64) -> (Value, u64) {
+    let mut sources = api::sources_json(state).await;
     // Cursors can be long and the page never shows them.
     if let Some(list) = sources.as_array_mut() {
         for source in list {
@@ -161,13 +162,13 @@ pub async fn snapshot(state: &NodeState, after: u64) -> (Value, u64) {
             }
         }
     }
-    let mut status = live_source::status_json(state);
+    let mut status = api::status_json(state);
     // Sent once, at the top level, not twice.
     if let Some(fields) = status.as_object_mut() {
         fields.remove("sources");
         fields.remove("plugins");
     }
-    let events = live_source::events_json(state, after)
+    let events = api::events_json(state, after)
         .get("events")
         .cloned()
         .unwrap_or_else(|| json!([]));
@@ -180,96 +181,11 @@ pub async fn snapshot(state: &NodeState, after: u64) -> (Value, u64) {
     let body = json!({
         "time_ms": crate::clock::now_us() / 1000,
         "node": state.node_id(),
-        "cluster": live_source::cluster_json(state).await,
+        "cluster": api::cluster_json(state).await,
         "sources": sources,
-        "plugins": live_source::plugins_json(state),
+        "plugins": api::plugins_json(state),
         "status": status,
         "events": events,
     });
     (body, newest)
-}
-
-/// Where snapshots come from. Interim: the single node's view, in the shapes the cluster's
-/// API functions return, until those land in `api.rs`.
-mod live_source {
-    use std::collections::HashMap;
-
-    use serde_json::{Value, json};
-
-    use crate::node::NodeState;
-
-    pub(super) async fn cluster_json(state: &NodeState) -> Value {
-        let sources = state.sources().await;
-        json!({
-            "self": state.node_id(),
-            "cluster_id": "anode",
-            "members": [{
-                "id": state.node_id(),
-                "gen": 0,
-                "state": "alive",
-                "gossip": null,
-                "api": format!("http://{}", state.config.api.bind),
-                "version": env!("CARGO_PKG_VERSION"),
-                "started_at_ms": crate::clock::now_us() / 1000 - state.started.elapsed().as_millis() as i64,
-                "uptime_s": state.started.elapsed().as_secs(),
-                "sources_owned": sources.len(),
-                "self": true,
-            }],
-        })
-    }
-
-    pub(super) async fn sources_json(state: &NodeState) -> Value {
-        Value::Array(
-            state
-                .sources()
-                .await
-                .into_iter()
-                .map(|report| {
-                    let mut value = json!(report);
-                    value["owner"] = json!(report.node);
-                    value["paused"] = json!(false);
-                    value
-                })
-                .collect(),
-        )
-    }
-
-    pub(super) fn status_json(state: &NodeState) -> Value {
-        json!({
-            "node": {
-                "id": state.node_id(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_s": state.started.elapsed().as_secs(),
-                "api": state.config.api.bind.to_string(),
-            },
-            "store": state.ingest.store.stats(),
-            "fanout": state.ingest.hub.stats(),
-        })
-    }
-
-    pub(super) fn plugins_json(state: &NodeState) -> Value {
-        let loaded: HashMap<String, Value> = state
-            .loaded_plugins()
-            .into_iter()
-            .map(|p| (p.manifest().digest.to_hex(), json!(p.metrics().snapshot())))
-            .collect();
-        Value::Array(
-            state
-                .plugin_store
-                .list()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|m| {
-                    let metrics = loaded.get(&m.digest.to_hex()).cloned();
-                    let loaded_on: Vec<&str> =
-                        metrics.iter().map(|_| state.node_id()).collect();
-                    json!({ "manifest": m, "loaded": metrics.is_some(), "metrics": metrics, "loaded_on": loaded_on })
-                })
-                .collect(),
-        )
-    }
-
-    pub(super) fn events_json(_state: &NodeState, _after: u64) -> Value {
-        json!({ "events": [] })
-    }
 }
