@@ -15,6 +15,7 @@
   const STALE_AFTER_MS = 5000;      // no snapshot for this long: the view is marked stale
   const ROW_HEIGHT = 26;            // px, sources table rows (matches style.css)
   const OVERSCAN = 8;               // rows rendered beyond the visible ones
+  const MAX_VISIBLE_ROWS = 16;      // the sources table scrolls beyond this
   const TAIL_MAX_LINES = 400;       // records kept in the live tail
   const TAIL_FLUSH_MS = 150;        // the tail's DOM is updated at most this often
   const EVENTS_MAX = 500;           // event log entries kept
@@ -335,6 +336,8 @@
       setText($('#sources-count'), shown + ' shown');
       empty.hidden = view.length > 0;
       spacer.style.height = view.length * ROW_HEIGHT + 'px';
+      const height = Math.min(MAX_VISIBLE_ROWS, Math.max(3, view.length)) * ROW_HEIGHT + 'px';
+      if (body.style.height !== height) body.style.height = height;
       paint();
     }
 
@@ -614,11 +617,14 @@
       const left = 52, right = 8, top = 8, bottom = 20;
       const pw = w - left - right, ph = h - top - bottom;
       const now = samples.length ? samples[samples.length - 1].t : Date.now();
-      const t0 = now - HISTORY_SECONDS * 1000;
+      // The window grows with the history, from one minute up to HISTORY_SECONDS.
+      const have = samples.length ? now - samples[0].t : 0;
+      const span = Math.min(HISTORY_SECONDS * 1000, Math.max(60000, Math.ceil(have / 60000) * 60000));
+      const t0 = now - span;
       let max = 0;
       for (const s of samples) max = Math.max(max, s.total);
       max = niceMax(max * 1.1);
-      const x = (t) => left + ((t - t0) / (HISTORY_SECONDS * 1000)) * pw;
+      const x = (t) => left + ((t - t0) / span) * pw;
       const y = (v) => top + ph - (v / max) * ph;
       // Grid and labels.
       g.font = '11px system-ui, sans-serif';
@@ -635,10 +641,12 @@
       }
       g.textAlign = 'center';
       g.textBaseline = 'top';
-      for (let m = 0; m <= HISTORY_SECONDS / 60; m++) {
-        const xx = Math.round(x(now - m * 60000)) + 0.5;
+      const step = span <= 60000 ? 10000 : span <= 180000 ? 30000 : 60000;
+      for (let ago = 0; ago <= span; ago += step) {
+        const xx = Math.round(x(now - ago)) + 0.5;
         g.beginPath(); g.moveTo(xx, top); g.lineTo(xx, top + ph); g.stroke();
-        g.fillText(m === 0 ? 'now' : '-' + m + 'm', Math.min(Math.max(xx, left + 10), left + pw - 12), top + ph + 4);
+        const label = ago === 0 ? 'now' : ago % 60000 === 0 ? '-' + ago / 60000 + 'm' : '-' + ago / 1000 + 's';
+        g.fillText(label, Math.min(Math.max(xx, left + 10), left + pw - 12), top + ph + 4);
       }
       if (samples.length < 2) return;
       const line = (pick, color, width) => {
