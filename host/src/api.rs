@@ -64,6 +64,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events))
         .merge(crate::cluster::http::routes(state.clone()))
+        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)

@@ -295,10 +295,11 @@ impl NodeHandle {
     /// Stop at once without leaving the cluster or draining: what a crash looks like to
     /// peers (for tests and benchmarks of fail-over).
     pub fn abort(self) {
-        self.state.shutdown.cancel();
-        for task in self.tasks {
+        // Tasks first: the gossip task must not get to say goodbye.
+        for task in &self.tasks {
             task.abort();
         }
+        self.state.shutdown.cancel();
     }
 }
 
@@ -976,7 +977,11 @@ async fn reconcile_loop(state: Arc<NodeState>) {
             tokio::select! {
                 () = state.shutdown.cancelled() => return,
                 () = &mut grace => break,
-                _ = view.changed() => {}
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -987,7 +992,13 @@ async fn reconcile_loop(state: Arc<NodeState>) {
         state.reconcile().await;
         tokio::select! {
             () = state.shutdown.cancelled() => return,
-            _ = view.changed() => {}
+            changed = view.changed() => {
+                if changed.is_err() {
+                    // Gossip has stopped (the node is leaving): nothing will change any more.
+                    state.shutdown.cancelled().await;
+                    return;
+                }
+            }
             _ = catalog.changed() => {}
             _ = fetched.recv() => {}
             _ = tick.tick() => {}

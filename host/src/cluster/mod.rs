@@ -628,9 +628,13 @@ impl Gossip {
                     self.stats.packets_in.fetch_add(1, Relaxed);
                     match self.envelope.open(&buf[..len]) {
                         Ok(body) => {
+                            let backlog = self.foca.custom_broadcast_backlog();
                             if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
                                 self.stats.rejected_invalid.fetch_add(1, Relaxed);
                                 tracing::debug!("gossip packet refused: {e}");
+                            } else if self.foca.custom_broadcast_backlog() > backlog {
+                                // News: pass it on now rather than at the next gossip round.
+                                self.spread_now();
                             }
                         }
                         Err(why) => {
@@ -650,8 +654,10 @@ impl Gossip {
                 }
                 command = commands.recv() => match command {
                     Some(Command::Broadcast(bytes)) => {
-                        if let Err(e) = self.foca.add_broadcast(&bytes) {
-                            tracing::warn!("catalog broadcast not queued: {e}");
+                        match self.foca.add_broadcast(&bytes) {
+                            Ok(true) => self.spread_now(),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!("catalog broadcast not queued: {e}"),
                         }
                     }
                     Some(Command::Leave(done)) => {
@@ -688,6 +694,12 @@ impl Gossip {
             if let Err(e) = self.foca.announce(Peer::seed(seed), &mut self.runtime) {
                 tracing::debug!("announce to {seed}: {e}");
             }
+        }
+    }
+
+    fn spread_now(&mut self) {
+        if let Err(e) = self.foca.broadcast(&mut self.runtime) {
+            tracing::debug!("broadcast: {e}");
         }
     }
 
@@ -788,7 +800,7 @@ mod tests {
             Err(Rejected::Auth)
         );
         let mut forged = sealed.clone();
-        forged[6] ^= 1;
+        forged[8] ^= 1;
         assert_eq!(keyed.open(&forged), Err(Rejected::Auth));
         assert_eq!(
             Envelope::new("test", Some("secret")).open(&sealed),

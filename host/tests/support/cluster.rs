@@ -33,6 +33,8 @@ pub struct NodeOptions {
     pub key: Option<String>,
     /// PostgreSQL URL; without one, the embedded store.
     pub postgres: Option<String>,
+    /// Keep the default gossip timings instead of [`FAST_GOSSIP`].
+    pub default_timing: bool,
 }
 
 impl NodeProc {
@@ -52,8 +54,13 @@ impl NodeProc {
             text.push_str(&format!("postgres_url = {url:?}\n"));
         }
         text.push_str(&format!(
-            "[cluster]\nbind = \"127.0.0.1:0\"\nseeds = [{}]\n{FAST_GOSSIP}",
-            seeds.join(", ")
+            "[cluster]\nbind = \"127.0.0.1:0\"\nseeds = [{}]\n{}",
+            seeds.join(", "),
+            if options.default_timing {
+                ""
+            } else {
+                FAST_GOSSIP
+            }
         ));
         if let Some(key) = &options.key {
             text.push_str(&format!("key = {key:?}\n"));

@@ -1,0 +1,265 @@
+//! Cluster benchmark, three parts:
+//!
+//! 1. **Balance and movement** of rendezvous assignment: 10,000 sources over 3, 10 and 100
+//!    nodes — the most-loaded node's share against the mean, and how many sources move when
+//!    a node joins or leaves, against the ideal (1/N of them).
+//! 2. **Catalog propagation**: in-process memberships over real UDP on loopback, 3 to 100
+//!    nodes; the time from a catalog write on one node until every node holds it.
+//! 3. **Fail-over**: three `anode up` processes with the default gossip timings; the time
+//!    from `kill -9` of one of them until all of its sources run (live) on the others.
+//!
+//! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds.
+
+#[path = "../tests/support/cluster.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anode::cluster::{Catalog, Cluster, ClusterSettings, assign};
+use serde_json::json;
+use support::{NodeOptions, NodeProc, converged, post, running_on};
+use tokio_util::sync::CancellationToken;
+
+fn quick() -> bool {
+    std::env::var_os("ANODE_BENCH_QUICK").is_some()
+}
+
+fn nodes(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("node-{i:03}")).collect()
+}
+
+fn owners(sources: &[String], nodes: &[String]) -> Vec<String> {
+    sources
+        .iter()
+        .map(|s| {
+            assign::owner(s, nodes.iter().map(String::as_str))
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn balance_and_movement() {
+    println!("== rendezvous assignment: 10,000 sources");
+    println!(
+        "{:>6} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "nodes", "max/mean", "min/mean", "moved join", "moved leave", "ideal"
+    );
+    let sources: Vec<String> = (0..10_000).map(|i| format!("source-{i}")).collect();
+    for n in [3usize, 10, 100] {
+        let members = nodes(n);
+        let base = owners(&sources, &members);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for o in &base {
+            *counts.entry(o).or_default() += 1;
+        }
+        let mean = sources.len() as f64 / n as f64;
+        let max = *counts.values().max().unwrap() as f64;
+        let min = members
+            .iter()
+            .map(|m| counts.get(m.as_str()).copied().unwrap_or(0))
+            .min()
+            .unwrap() as f64;
+        let mut joined = members.clone();
+        joined.push("node-new".into());
+        let after_join = owners(&sources, &joined);
+        let moved_join = base.iter().zip(&after_join).filter(|(a, b)| a != b).count();
+        let left: Vec<String> = members[1..].to_vec();
+        let after_leave = owners(&sources, &left);
+        let moved_leave = base
+            .iter()
+            .zip(&after_leave)
+            .filter(|(a, b)| a != b)
+            .count();
+        println!(
+            "{n:>6} {:>10.3} {:>10.3} {:>11.2}% {:>11.2}% {:>11.2}%",
+            max / mean,
+            min / mean,
+            100.0 * moved_join as f64 / sources.len() as f64,
+            100.0 * moved_leave as f64 / sources.len() as f64,
+            100.0 / (n as f64 + 1.0),
+        );
+    }
+}
+
+async fn catalog_propagation() {
+    println!("== catalog propagation (in-process nodes, real UDP on loopback, default timings)");
+    println!(
+        "{:>6} {:>12} {:>12} {:>12}",
+        "nodes", "join (s)", "median (ms)", "worst (ms)"
+    );
+    let sizes: &[usize] = if quick() {
+        &[3, 10, 30]
+    } else {
+        &[3, 10, 30, 100]
+    };
+    let rounds = if quick() { 3 } else { 7 };
+    for &n in sizes {
+        let shutdown = CancellationToken::new();
+        let mut clusters = Vec::new();
+        let started = Instant::now();
+        let mut seed = None;
+        for i in 0..n {
+            let settings = ClusterSettings {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                seeds: seed.iter().cloned().collect(),
+                ..ClusterSettings::default()
+            };
+            let catalog = Arc::new(Catalog::open(&format!("n{i}"), None).unwrap());
+            let (events, _) = tokio::sync::mpsc::unbounded_channel();
+            let (cluster, _task) = Cluster::start(
+                settings,
+                &format!("n{i}"),
+                "127.0.0.1:9".parse().unwrap(),
+                catalog,
+                events,
+                shutdown.child_token(),
+            )
+            .await
+            .unwrap();
+            seed.get_or_insert_with(|| cluster.gossip_addr.to_string());
+            clusters.push(cluster);
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while clusters.iter().any(|c| c.view().live_ids().len() < n) {
+            assert!(Instant::now() < deadline, "{n} nodes did not meet in 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let joined = started.elapsed();
+        let http = reqwest::Client::new();
+        let mut times = Vec::new();
+        for round in 0..rounds {
+            let writer = &clusters[round % n];
+            let key = format!("source/bench-{round}");
+            let begun = Instant::now();
+            let entry = writer
+                .catalog
+                .put(&key, Some(json!({"id": key, "plugin": "p"})));
+            writer.spread(entry, &http).await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while clusters.iter().any(|c| c.catalog.get(&key).is_none()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "a change did not reach {n} nodes in 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            times.push(begun.elapsed());
+        }
+        times.sort();
+        println!(
+            "{n:>6} {:>12.1} {:>12.1} {:>12.1}",
+            joined.as_secs_f64(),
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3
+        );
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn fail_over() {
+    println!(
+        "== fail-over: kill -9 of one of 3 `anode up` processes, default gossip timings, 30 sources"
+    );
+    let rounds = if quick() { 3 } else { 7 };
+    let root = tempfile::tempdir().unwrap();
+    let sim = anode_feedsim::start(anode_feedsim::SimConfig {
+        rate_per_stream: 5.0,
+        ..anode_feedsim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let defaults = NodeOptions {
+        default_timing: true,
+        ..NodeOptions::default()
+    };
+    let first = NodeProc::start(root.path(), "f1", &defaults);
+    let options = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        ..defaults.clone()
+    };
+    let mut others = vec![
+        NodeProc::start(root.path(), "f2", &options),
+        NodeProc::start(root.path(), "f3", &options),
+    ];
+    let mut ids = BTreeSet::new();
+    for i in 0..30 {
+        let id = format!("fo-{i}");
+        post(
+            &format!("{}/api/v1/sources", first.api),
+            &json!({"id": id, "plugin": "binance-trades",
+                "config": {"base_url": format!("{}/binance", sim.ws_url()), "symbols": [format!("fo{i}usdt")], "mode": "raw"}}),
+        )
+        .await;
+        ids.insert(id);
+    }
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let victim_index = round % 2;
+        let settle = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = [&first, &others[0], &others[1]];
+            match converged(&all, &ids).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(Instant::now() < settle, "cluster did not settle: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let victims: BTreeSet<String> = running_on(&others[victim_index])
+            .await
+            .into_keys()
+            .collect();
+        let killed_at = Instant::now();
+        others[victim_index].kill();
+        let survivor = &others[1 - victim_index];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut running = running_on(&first).await;
+            running.extend(running_on(survivor).await);
+            let moved = victims
+                .iter()
+                .filter(|v| running.get(*v).is_some_and(|r| r["state"] == "live"))
+                .count();
+            if moved == victims.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sources were not taken over in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed_at.elapsed();
+        println!(
+            "  round {round}: {} sources of the killed node live elsewhere after {:.2} s",
+            victims.len(),
+            took.as_secs_f64()
+        );
+        times.push(took);
+        others[victim_index].restart();
+    }
+    times.sort();
+    println!(
+        "  kill -9 → all its sources live elsewhere: median {:.2} s, worst {:.2} s over {} runs",
+        times[times.len() / 2].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        times.len()
+    );
+    sim.shutdown().await;
+}
+
+fn main() {
+    balance_and_movement();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(catalog_propagation());
+    runtime.block_on(fail_over());
+}
