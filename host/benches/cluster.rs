@@ -182,7 +182,7 @@ async fn fail_over() {
         seeds: vec![first.gossip.clone()],
         ..defaults.clone()
     };
-    let mut others = vec![
+    let mut others = [
         NodeProc::start(root.path(), "f2", &options),
         NodeProc::start(root.path(), "f3", &options),
     ];

@@ -318,7 +318,41 @@ pub fn plugins_json(state: &NodeState) -> Value {
 }
 
 async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
-    Json(plugins_json(&state))
+    let sources = sources_json(&state).await;
+    Json(plugins_on_nodes(plugins_json(&state), &sources))
+}
+
+/// `plugins` (from [`plugins_json`]) with `loaded_on` widened to every node that runs a
+/// source of the plugin, according to `sources` (from [`sources_json`]).
+pub fn plugins_on_nodes(mut plugins: Value, sources: &Value) -> Value {
+    let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
+    for source in sources.as_array().into_iter().flatten() {
+        if let (Some(plugin), Some(node)) = (source["plugin"].as_str(), source["node"].as_str()) {
+            let nodes = users.entry(plugin).or_default();
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    for plugin in plugins.as_array_mut().into_iter().flatten() {
+        let mut on: Vec<String> = plugin["loaded_on"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        for key in [&plugin["manifest"]["name"], &plugin["manifest"]["digest"]] {
+            let nodes: &[&str] = key.as_str().and_then(|k| users.get(k)).map_or(&[], |v| v);
+            for &node in nodes {
+                if !on.iter().any(|n| n.as_str() == node) {
+                    on.push(node.to_owned());
+                }
+            }
+        }
+        on.sort();
+        plugin["loaded_on"] = json!(on);
+    }
+    plugins
 }
 
 async fn install_plugin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -178,12 +178,13 @@ async fn snapshot(state: &NodeState, after: u64) -> (Value, u64) {
         .flatten()
         .filter_map(|e| e.get("seq").and_then(Value::as_u64))
         .fold(after, u64::max);
+    let plugins = api::plugins_on_nodes(api::plugins_json(state), &sources);
     let body = json!({
         "time_ms": crate::clock::now_us() / 1000,
         "node": state.node_id(),
         "cluster": api::cluster_json(state).await,
         "sources": sources,
-        "plugins": api::plugins_json(state),
+        "plugins": plugins,
         "status": status,
         "events": events,
     });

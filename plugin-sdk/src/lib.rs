@@ -11,7 +11,7 @@
 //! Plugin logic is plain Rust: the same code runs inside the component and in native
 //! `cargo test`, where [`testing`] drives it the way the host does (batched calls).
 //!
-//! ```ignore
+//! ```no_run
 //! use anode_plugin_sdk::prelude::*;
 //!
 //! struct Echo;
