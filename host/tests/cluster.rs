@@ -9,33 +9,12 @@ mod support;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use anode_feedsim::{FeedSim, SimConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::cluster::{NodeOptions, NodeProc, converged, get, live_members, post, running_on};
-use support::until;
+use support::{binance_sources, simulator, until};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-async fn simulator(rate: f64) -> FeedSim {
-    anode_feedsim::start(SimConfig {
-        rate_per_stream: rate,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("start the feed simulator")
-}
-
-/// `n` Binance raw-stream sources (one symbol each) on the simulator.
-fn binance_sources(sim: &FeedSim, n: usize, prefix: &str) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            json!({"id": format!("{prefix}-{i}"), "plugin": "binance-trades",
-                "config": {"base_url": format!("{}/binance", sim.ws_url()),
-                    "symbols": [format!("{prefix}{i}usdt")], "mode": "raw"}})
-        })
-        .collect()
-}
 
 fn ids(specs: &[Value]) -> BTreeSet<String> {
     specs

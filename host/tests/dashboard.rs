@@ -9,21 +9,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anode::node::NodeHandle;
-use anode_feedsim::{FeedSim, SimConfig};
+use anode_feedsim::FeedSim;
 use browser::{Browser, WINDOW, artifacts_dir};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{node_config, start_node, until};
-
-/// A simulator on loopback: `rate` events per second per stream, no faults.
-async fn simulator(rate: f64) -> FeedSim {
-    anode_feedsim::start(SimConfig {
-        rate_per_stream: rate,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("start the feed simulator")
-}
+use support::{node_config, simulator, start_node, until};
 
 /// A node reading `n` sources of every kind from `sim`.
 async fn node_with_sources(data: &std::path::Path, sim: &FeedSim, n: usize) -> NodeHandle {
@@ -597,13 +587,7 @@ async fn a_killed_node_shows_as_down_and_its_sources_move_without_a_reload() {
     };
     let mut b = NodeProc::start(root.path(), "node-b", &joining);
     let mut c = NodeProc::start(root.path(), "node-c", &joining);
-    let specs: Vec<Value> = (0..12)
-        .map(|i| {
-            json!({"id": format!("bn-{i}"), "plugin": "binance-trades",
-                "config": {"base_url": format!("{}/binance", sim.ws_url()),
-                    "symbols": [format!("d{i}usdt")], "mode": "raw"}})
-        })
-        .collect();
+    let specs: Vec<Value> = support::binance_sources(&sim, 12, "d");
     for spec in &specs {
         post(&format!("{}/api/v1/sources", a.api), spec).await;
     }

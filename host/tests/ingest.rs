@@ -14,7 +14,7 @@ use anode::demo::MixedSource as Planned;
 use anode_feedsim::{FeedSim, Report, SimConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{PrivatePg, TestDb, get_json, node_config, start_node, until};
+use support::{PrivatePg, TestDb, get_json, node_config, simulator, start_node, until};
 use tokio_tungstenite::tungstenite::Message;
 
 fn mixed_sources(sim: &FeedSim, n: usize) -> Vec<Planned> {
@@ -33,16 +33,6 @@ fn expected(report: &Report, planned: &Planned) -> (u64, Option<HashSet<u64>>) {
         .ids_comparable
         .then(|| streams.iter().flat_map(|s| s.ids()).collect());
     (count, ids)
-}
-
-/// A simulator on loopback with `rate` events per second per stream and no faults.
-async fn simulator(rate: f64) -> FeedSim {
-    anode_feedsim::start(SimConfig {
-        rate_per_stream: rate,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("start the feed simulator")
 }
 
 /// Where a scenario's records end up, read back with the database's own client.

@@ -322,6 +322,31 @@ pub async fn start_node(config: Config) -> NodeHandle {
         .unwrap_or_else(|e| panic!("node did not start: {e}"))
 }
 
+/// A feed simulator on loopback: `rate` events per second per stream, no faults.
+pub async fn simulator(rate: f64) -> anode_feedsim::FeedSim {
+    anode_feedsim::start(anode_feedsim::SimConfig {
+        rate_per_stream: rate,
+        ..anode_feedsim::SimConfig::default()
+    })
+    .await
+    .expect("start the feed simulator")
+}
+
+/// `n` Binance raw-stream sources (one symbol each, `<prefix><i>usdt`) on `sim`, as specs.
+pub fn binance_sources(
+    sim: &anode_feedsim::FeedSim,
+    n: usize,
+    prefix: &str,
+) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("{prefix}-{i}"), "plugin": "binance-trades",
+                "config": {"base_url": format!("{}/binance", sim.ws_url()),
+                    "symbols": [format!("{prefix}{i}usdt")], "mode": "raw"}})
+        })
+        .collect()
+}
+
 /// GET a JSON document.
 pub async fn get_json(url: &str) -> serde_json::Value {
     reqwest::get(url)
