@@ -276,41 +276,39 @@ impl Hub {
     ) {
         let lag_limit = Duration::from_millis(self.inner.settings.lag_disconnect_ms);
         let now = Instant::now();
-        {
-            for sub in subscribers {
-                let wanted = sub
-                    .filters
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .any(&wanted);
-                if !wanted {
-                    continue;
+        for sub in subscribers {
+            let wanted = sub
+                .filters
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(&wanted);
+            if !wanted {
+                continue;
+            }
+            match sub.queue.try_send(json()) {
+                Ok(()) => {
+                    self.inner.delivered.fetch_add(1, Relaxed);
+                    let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
+                    *since = None;
                 }
-                match sub.queue.try_send(json()) {
-                    Ok(()) => {
-                        self.inner.delivered.fetch_add(1, Relaxed);
-                        let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
-                        *since = None;
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.dropped.fetch_add(1, Relaxed);
+                    self.inner.dropped.fetch_add(1, Relaxed);
+                    let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
+                    let started = *since.get_or_insert(now);
+                    if now.duration_since(started) >= lag_limit {
+                        self.kick(
+                            sub,
+                            format!(
+                                "too slow: {} records dropped while behind for more than {} ms",
+                                sub.dropped.load(Relaxed),
+                                lag_limit.as_millis()
+                            ),
+                        );
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        sub.dropped.fetch_add(1, Relaxed);
-                        self.inner.dropped.fetch_add(1, Relaxed);
-                        let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
-                        let started = *since.get_or_insert(now);
-                        if now.duration_since(started) >= lag_limit {
-                            self.kick(
-                                sub,
-                                format!(
-                                    "too slow: {} records dropped while behind for more than {} ms",
-                                    sub.dropped.load(Relaxed),
-                                    lag_limit.as_millis()
-                                ),
-                            );
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
     }

@@ -17,6 +17,11 @@ mod bundled {
     include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 }
 
+/// Names of the first-party plugins built into this binary.
+pub fn bundled_plugin_names() -> impl Iterator<Item = &'static str> {
+    bundled::BUNDLED.iter().map(|(name, _)| *name)
+}
+
 pub mod api;
 pub mod backoff;
 pub mod cli;

@@ -15,6 +15,16 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{node_config, simulator, start_node, until};
 
+/// The dashboard's row (as read from the page) of the member whose first cell starts with
+/// `id`.
+fn member_row<'a>(page: &'a Value, id: &str) -> Option<&'a Value> {
+    page["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m[0].as_str().is_some_and(|c| c.starts_with(id)))
+}
+
 /// A node reading `n` sources of every kind from `sim`.
 async fn node_with_sources(data: &std::path::Path, sim: &FeedSim, n: usize) -> NodeHandle {
     let mut config = node_config(data);
@@ -398,12 +408,7 @@ async fn the_dashboard_shows_a_live_node_in_headless_chromium() {
         "members, flowing sources, plugins, sinks, records and the chart on the page",
         Duration::from_secs(60),
         |page| {
-            let me = page["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m[0].as_str().is_some_and(|c| c.starts_with(&id)))
-                .ok_or("this node is not among the members")?;
+            let me = member_row(page, &id).ok_or("this node is not among the members")?;
             if !(me[0].as_str().unwrap().contains("you are here") && me[1] == "alive") {
                 return Err(format!("member row {me}"));
             }
@@ -658,12 +663,8 @@ async fn a_killed_node_shows_as_down_and_its_sources_move_without_a_reload() {
         &format!("{victim_id} down and its sources {moved:?} live on new owners"),
         Duration::from_secs(60),
         |page| {
-            let member = page["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m[0].as_str().is_some_and(|n| n.starts_with(&victim_id)))
-                .ok_or("the killed node is no longer listed")?;
+            let member =
+                member_row(page, &victim_id).ok_or("the killed node is no longer listed")?;
             if member[1] != "down" {
                 return Err(format!("{victim_id} is {}", member[1]));
             }

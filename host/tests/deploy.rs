@@ -17,16 +17,6 @@ use support::{get_json, node_config, start_node, until};
 /// The release build every deployment path uses (scripts/build-release.sh).
 const RELEASE_BUILD: &str = "cargo build --release --locked -p anode";
 
-const FIRST_PARTY: &[&str] = &[
-    "binance-trades",
-    "coinbase",
-    "kraken-ticker",
-    "http-json",
-    "evm-blocks",
-    "filter",
-    "candles",
-];
-
 /// Config keys (`section.key`) the deployment files may set through `ANODE_<SECTION>__<KEY>`:
 /// the keys of host/src/config.rs they use, including the cluster's.
 const KNOWN_KEYS: &[&str] = &[
@@ -190,7 +180,11 @@ fn install_sh_installs_a_working_node_and_a_second_run_changes_nothing() {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    for plugin in FIRST_PARTY {
+    assert!(
+        anode::bundled_plugin_names().count() >= 7,
+        "the first-party plugins are bundled"
+    );
+    for plugin in anode::bundled_plugin_names() {
         assert!(names.contains(plugin), "{plugin} not installed: {names:?}");
     }
 
@@ -876,14 +870,14 @@ async fn compose_sources_are_valid_and_run_against_the_feed_simulator() {
     for spec in &specs {
         spec.validate().unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            FIRST_PARTY.contains(&spec.plugin.as_str()),
+            anode::bundled_plugin_names().any(|p| p == spec.plugin),
             "{}: {}",
             spec.id,
             spec.plugin
         );
         for t in &spec.transforms {
             assert!(
-                FIRST_PARTY.contains(&t.plugin.as_str()),
+                anode::bundled_plugin_names().any(|p| p == t.plugin),
                 "{}: {}",
                 spec.id,
                 t.plugin
