@@ -50,16 +50,29 @@ pub(crate) fn instrument(seed: u64, symbol: &str) -> Instrument {
     Instrument::new(seed, format!("{VENUE}:{symbol}"), base, quote)
 }
 
-/// Binance's trade message for trade `n`, fields in the venue's order.
+/// Name of a symbol's trade stream in reports (`binance/btcusdt@trade`). REST backfills record
+/// under it too, so the report tells which trades of the stream reached a client by any route.
+pub(crate) fn trade_stream_name(symbol: &str) -> String {
+    format!("{VENUE}/{}{TRADE_SUFFIX}", symbol.to_ascii_lowercase())
+}
+
+/// Trade time (ms) of trade `n`: when it became due, so WebSocket `T` and REST `time` agree.
+pub(crate) fn trade_time_ms(sim: &Sim, n: u64) -> u64 {
+    sim.event_wall_us(n) / 1_000
+}
+
+/// Binance's trade message for trade `n`, fields in the venue's order: `E` is when the message
+/// was sent, `T` when the trade happened.
 fn trade_message(sim: &Sim, output: &Output, n: u64) -> String {
     let t = output.instrument.trade(sim.seed(), n);
-    let ms = wall_now_ms();
     format!(
-        r#"{{"e":"trade","E":{ms},"s":"{}","t":{},"p":"{}","q":"{}","T":{ms},"m":{},"M":true}}"#,
+        r#"{{"e":"trade","E":{},"s":"{}","t":{},"p":"{}","q":"{}","T":{},"m":{},"M":true}}"#,
+        wall_now_ms(),
         output.symbol,
         t.id,
         decimal(t.price),
         decimal(t.qty),
+        trade_time_ms(sim, n),
         t.buyer_maker
     )
 }
@@ -168,7 +181,7 @@ impl Binance {
                     .and_then(parse_symbol)?;
                 let stream = sim
                     .streams
-                    .get(&format!("{VENUE}/{name}"), VENUE, Kind::Trades)
+                    .get(&trade_stream_name(&symbol), VENUE, Kind::Trades)
                     .map_err(|e| e.to_string())?;
                 sim.note_binance_symbol(&symbol);
                 let output = Output {
@@ -280,6 +293,8 @@ mod tests {
         assert_eq!(v["t"], 42);
         assert_eq!(v["M"], true);
         assert!(v["p"].as_str().unwrap().split('.').nth(1).unwrap().len() == 8);
-        assert!(v["E"].is_u64() && v["E"] == v["T"] && v["m"].is_boolean());
+        assert!(v["E"].is_u64() && v["m"].is_boolean());
+        assert_eq!(v["T"], trade_time_ms(&sim, 42));
+        assert_eq!(trade_stream_name("BTCUSDT"), "binance/btcusdt@trade");
     }
 }

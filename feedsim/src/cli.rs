@@ -31,6 +31,9 @@ pub struct Args {
     /// Time between two EVM blocks, in ms.
     #[arg(long, default_value_t = config::DEFAULT_BLOCK_INTERVAL_MS)]
     pub block_interval_ms: u64,
+    /// Most recent trades per symbol still served by the Binance REST endpoints.
+    #[arg(long, default_value_t = config::DEFAULT_HISTORY_RETENTION)]
+    pub history_retention: u64,
     /// Close each WebSocket connection (1001) after this many data messages.
     #[arg(long)]
     pub drop_every: Option<u64>,
@@ -64,6 +67,7 @@ impl Args {
             tick_ms: self.tick_ms,
             max_streams: self.max_streams,
             block_interval_ms: self.block_interval_ms,
+            history_retention: self.history_retention,
             faults: Faults {
                 drop_every: self.drop_every,
                 malformed_every: self.malformed_every,
@@ -85,6 +89,9 @@ pub fn endpoints(http: &str, ws: &str) -> String {
         format!("binance combined  {ws}/binance/stream?streams=<a>@trade/<b>@trade"),
         format!("binance subscribe {ws}/binance/ws"),
         format!("binance rest      {http}/binance/api/v3/trades?symbol=<SYMBOL>"),
+        format!(
+            "binance history   {http}/binance/api/v3/historicalTrades?symbol=<SYMBOL>&fromId=<ID>"
+        ),
         format!("coinbase ws       {ws}/coinbase"),
         format!("kraken ws         {ws}/kraken/v2"),
         format!("evm json-rpc      {http}/evm/<chain>"),
@@ -127,6 +134,8 @@ mod tests {
             "3",
             "--slow-ms",
             "50",
+            "--history-retention",
+            "500",
         ]);
         let config = args.config();
         assert_eq!(config.seed, 9);
@@ -135,6 +144,7 @@ mod tests {
         assert_eq!(config.faults.slow_every, Some(3));
         assert_eq!(config.faults.slow_ms, 50);
         assert_eq!(config.faults.retry_after_s, 1);
+        assert_eq!(config.history_retention, 500);
         assert!(config.validate().is_ok());
     }
 }

@@ -24,6 +24,8 @@ pub const DEFAULT_COINBASE_SUBSCRIBE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 20_000;
 /// Default `Retry-After` of a simulated 429, in seconds.
 pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
+/// Default number of most recent trades the Binance REST endpoints still serve.
+pub const DEFAULT_HISTORY_RETENTION: u64 = 100_000;
 
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +49,11 @@ pub struct SimConfig {
     pub coinbase_subscribe_timeout_ms: u64,
     /// Period of server-side WebSocket pings, in ms.
     pub ping_interval_ms: u64,
+    /// How many of the most recent trades per symbol the Binance REST endpoints serve: with
+    /// head `h`, ids `h - history_retention + 1 ..= h`. Older ids are gone, as on a venue that
+    /// keeps a bounded history: `historicalTrades` with an older `fromId` starts at the oldest
+    /// id kept, and `trades` returns no id older than that.
+    pub history_retention: u64,
     /// Fault injection (all off by default).
     pub faults: Faults,
 }
@@ -63,6 +70,7 @@ impl Default for SimConfig {
             evm_start_block: DEFAULT_EVM_START_BLOCK,
             coinbase_subscribe_timeout_ms: DEFAULT_COINBASE_SUBSCRIBE_TIMEOUT_MS,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
+            history_retention: DEFAULT_HISTORY_RETENTION,
             faults: Faults::default(),
         }
     }
@@ -91,6 +99,9 @@ impl SimConfig {
         }
         if self.max_streams == 0 {
             return Err("max_streams must be > 0".into());
+        }
+        if self.history_retention == 0 {
+            return Err("history_retention must be > 0 (the head trade is always served)".into());
         }
         Ok(())
     }

@@ -8,11 +8,14 @@
 //!   number that has happened) is `floor(sim_elapsed_s * rate_per_stream)`.
 //! - `content`: event content as a pure function of (seed, stream, n), generated lazily.
 //! - `streams` and `ranges`: streams are map entries created on first use (no task per
-//!   stream), each with a merged range set of the ids sent successfully to a client.
+//!   stream), each with a merged range set of the ids sent successfully to a client and the
+//!   first id ever offered to a client.
 //! - `ws`: one task per WebSocket connection with one send timer; venues plug in as
 //!   protocols: `binance` (raw, combined, SUBSCRIBE), `coinbase` (matches, ticker,
 //!   heartbeat) and `kraken` (v2 ticker).
-//! - `rest` (Binance REST) and `evm` (JSON-RPC 2.0) over plain HTTP.
+//! - `rest` (Binance REST `ticker/price`, `trades`), `history` (Binance `historicalTrades`,
+//!   trades by id within [`SimConfig::history_retention`]) and `evm` (JSON-RPC 2.0) over
+//!   plain HTTP.
 //! - `faults`: deterministic "every Nth" drops, malformed and truncated frames, 429s and
 //!   slow responses.
 //! - [`report`]: [`Report`], the same data as `GET /report`.
@@ -20,6 +23,14 @@
 //!
 //! Data flow: a client subscribes → the connection remembers (stream, next n) → every tick
 //! it renders events `next..=head`, sends each, and records the id once the send succeeded.
+//!
+//! Sent versus generated: per stream the report keeps the ids sent (`emitted`, `ranges`) and
+//! the ids generated (`generated` = `[first, last]`: from the first id offered to any client,
+//! i.e. the lowest subscription start or lowest id sent, to the head when the report is made).
+//! [`StreamReport::missing`] is the difference: ids the venue produced that no client got.
+//! Binance trade ids served by `historicalTrades` count as sent for the WebSocket stream
+//! `binance/<symbol>@trade` (and for `binance-rest/<SYMBOL>/trades`), so a consumer that
+//! backfills its gaps can be checked against `generated`.
 
 mod binance;
 pub mod cli;
@@ -29,6 +40,7 @@ pub mod config;
 mod content;
 mod evm;
 mod faults;
+mod history;
 mod kraken;
 mod ranges;
 pub mod report;

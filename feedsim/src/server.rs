@@ -8,13 +8,17 @@ use axum::{Json, Router, middleware};
 
 use crate::report::Report;
 use crate::sim::Sim;
-use crate::{binance, coinbase, evm, faults, kraken, rest};
+use crate::{binance, coinbase, evm, faults, history, kraken, rest};
 
 /// All routes. HTTP faults apply to the REST and EVM routes only.
 pub(crate) fn router(sim: Arc<Sim>) -> Router {
     let faulty = Router::new()
         .route("/binance/api/v3/ticker/price", get(rest::ticker_price))
         .route("/binance/api/v3/trades", get(rest::trades))
+        .route(
+            "/binance/api/v3/historicalTrades",
+            get(history::historical_trades),
+        )
         .route("/evm/{chain}", post(evm::handler))
         .layer(middleware::from_fn_with_state(
             sim.clone(),

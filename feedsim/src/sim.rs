@@ -11,7 +11,7 @@ use crate::clock::{SimClock, head_at};
 use crate::config::SimConfig;
 use crate::faults::FaultCounters;
 use crate::report::Report;
-use crate::streams::StreamRegistry;
+use crate::streams::{Kind, StreamRegistry};
 
 /// Most symbols listed by `GET /binance/api/v3/ticker/price` without a symbol.
 pub(crate) const MAX_LISTED_SYMBOLS: usize = 1_000;
@@ -100,7 +100,10 @@ impl Sim {
             seed: self.config.seed,
             rate_per_stream: self.config.rate_per_stream,
             paused: self.clock.is_paused(),
-            streams: self.streams.report(),
+            streams: self.streams.report(|kind| match kind {
+                Kind::Blocks => self.evm_head(),
+                Kind::Trades | Kind::Ticker => self.head(),
+            }),
             faults: self.faults.snapshot(),
         }
     }

@@ -204,6 +204,7 @@ impl Connection {
         }
         subs.retain(|sub| !sub.outputs.is_empty());
         for new in reply.subscribe {
+            // Each stream learns the first id offered on it, for the report's `generated`.
             match subs.iter_mut().find(|s| s.key == new.key) {
                 Some(existing) => {
                     for (stream, output) in new.outputs {
@@ -212,11 +213,17 @@ impl Connection {
                             .iter()
                             .any(|(s, _)| s.name() == stream.name())
                         {
+                            stream.offer_from(existing.next);
                             existing.outputs.push((stream, output));
                         }
                     }
                 }
-                None => subs.push(new),
+                None => {
+                    for (stream, _) in &new.outputs {
+                        stream.offer_from(new.next);
+                    }
+                    subs.push(new);
+                }
             }
         }
         self.send_due(protocol, subs).await

@@ -8,12 +8,6 @@ use anode_feedsim::{Report, SimConfig};
 use common::*;
 use serde_json::{Value, json};
 
-async fn get_json(url: &str) -> (u16, Value) {
-    let response = reqwest::get(url).await.expect("GET");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
-
 async fn rpc(client: &reqwest::Client, url: &str, body: Value) -> Value {
     client
         .post(url)

@@ -123,6 +123,13 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// `GET url`: the status and the JSON body.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
 /// Compresses sorted ids into inclusive ranges, as the report keeps them.
 pub fn ranges(ids: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
