@@ -13,6 +13,36 @@ pub fn open<C: Connector>(config: &str) -> C {
     }
 }
 
+/// Open a connector with a JSON config and the cursor the host would pass after a restart,
+/// panicking with the plugin's message if it refuses.
+pub fn open_at<C: Connector>(config: &str, cursor: Option<&str>) -> C {
+    match C::open(config, cursor) {
+        Ok(connector) => connector,
+        Err(error) => panic!("open({config}, cursor {cursor:?}) failed: {error}"),
+    }
+}
+
+/// Feed text frames to a connector as one batch, all received at `received_at`
+/// (microseconds since the Unix epoch), for tests that depend on time.
+pub fn frames_at<C: Connector>(connector: &mut C, texts: &[&str], received_at: i64) -> Output {
+    let frames: Vec<Frame> = texts
+        .iter()
+        .map(|t| Frame {
+            data: t.as_bytes().to_vec(),
+            received_at,
+        })
+        .collect();
+    batch::frames(connector, &frames)
+}
+
+/// An HTTP response with any status, received now (for tests).
+pub fn response(tag: &str, status: u16, body: &str) -> HttpResponse {
+    HttpResponse {
+        status,
+        ..HttpResponse::ok(tag, body)
+    }
+}
+
 /// Feed text frames to a connector as one batch.
 pub fn frames<C: Connector>(connector: &mut C, texts: &[&str]) -> Output {
     let frames: Vec<Frame> = texts.iter().map(|t| Frame::text(t)).collect();

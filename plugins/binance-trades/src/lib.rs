@@ -1,10 +1,26 @@
 //! Binance spot trades: `<symbol>@trade` over raw (`/ws/...`) or combined
 //! (`/stream?streams=...`) streams, or subscribed with the `SUBSCRIBE` method.
+//!
+//! The cursor is, per symbol, the highest trade id up to which every trade was emitted
+//! (`{"BTCUSDT":123}`, see `cursor.rs`); it moves in the same output as the trades it covers.
+//! When a live trade arrives past the cursor (after a restart, or a reconnect that missed
+//! trades), the missing ids are fetched from the REST old-trade lookup
+//! (`GET {rest_url}/api/v3/historicalTrades`), a page at a time, while live trades keep
+//! flowing (see `backfill.rs`). Trades the venue no longer serves are reported as bad input and
+//! skipped.
+
+mod backfill;
+mod cursor;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anode_plugin_sdk::prelude::*;
+
+use crate::backfill::{HistoricalTrade, Page, Track};
+use crate::cursor::CursorText;
 
 /// How to reach the streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -27,10 +43,82 @@ struct Config {
     symbols: Vec<String>,
     #[serde(default)]
     mode: Mode,
+    /// The REST API for backfill; derived from `base_url` when absent.
+    rest_url: Option<String>,
+    #[serde(default = "default_backfill")]
+    backfill: bool,
 }
 
 fn default_base_url() -> String {
     "wss://stream.binance.com:9443".to_owned()
+}
+
+fn default_backfill() -> bool {
+    true
+}
+
+/// The REST API that goes with a stream URL: Binance's own for Binance's stream, otherwise
+/// the same host and path over HTTP (`ws://h:1/binance` → `http://h:1/binance`).
+fn default_rest_url(base_url: &str) -> Option<String> {
+    let base = base_url.trim_end_matches('/');
+    if let Some(port) = base.strip_prefix("wss://stream.binance.com")
+        && matches!(port, "" | ":443" | ":9443")
+    {
+        return Some("https://api.binance.com".to_owned());
+    }
+    if let Some(rest) = base.strip_prefix("wss://") {
+        Some(format!("https://{rest}"))
+    } else {
+        base.strip_prefix("ws://")
+            .map(|rest| format!("http://{rest}"))
+    }
+}
+
+/// Where backfill pages come from: `rest_url`, or one derived from `base_url`; `None` when
+/// backfill is off.
+fn backfill_rest_url(config: &Config) -> Result<Option<String>, PluginError> {
+    let url = match &config.rest_url {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_owned()
+        }
+        Some(url) => {
+            return Err(PluginError::fatal(format!(
+                "invalid config: `rest_url` is `{url}`; it must start with http:// or https://"
+            )));
+        }
+        None if !config.backfill => return Ok(None),
+        None => default_rest_url(&config.base_url).ok_or_else(|| {
+            PluginError::fatal(format!(
+                "invalid config: no `rest_url` can be derived from `base_url` `{}`; set one",
+                config.base_url
+            ))
+        })?,
+    };
+    Ok(config.backfill.then_some(url))
+}
+
+/// The watermarks of a cursor, by uppercase symbol. A cursor that cannot be read (written by
+/// an older version, damaged) must not stop the source: it is logged and read as none.
+fn read_cursor(text: &str) -> HashMap<String, u64> {
+    match cursor::parse(text) {
+        Ok(read) => {
+            for symbol in read.ignored {
+                host::log(
+                    LogLevel::Warn,
+                    &format!("cursor entry `{symbol}` is not a trade id; ignored"),
+                );
+            }
+            read.marks.into_iter().collect()
+        }
+        Err(why) => {
+            let shown: String = text.chars().take(200).collect();
+            host::log(
+                LogLevel::Warn,
+                &format!("cursor `{shown}` ignored ({why}); starting at the live trades"),
+            );
+            HashMap::new()
+        }
+    }
 }
 
 /// One Binance message: a trade, a combined-stream wrapper around one, or a method reply.
@@ -65,29 +153,228 @@ struct Trade<'a> {
     atom_timestamp: i64,
 }
 
+impl Trade<'_> {
+    /// The normalised `trades` event, the same whether the trade came live or backfilled.
+    fn event(&self) -> Event {
+        Event::new("trades", self)
+            // Trade ids are per symbol, and a combined source carries several symbols.
+            .upstream_id(format!("{}:{}", self.symbol, self.trade_id))
+            .at(time::ms_to_us(self.event_timestamp))
+            .key(self.symbol)
+    }
+}
+
+/// The buyer made the market, so the taker sold.
+fn taker_side(buyer_is_maker: bool) -> &'static str {
+    if buyer_is_maker { "sell" } else { "buy" }
+}
+
+/// One symbol's names and trade-id bookkeeping.
+struct SymbolState {
+    /// Uppercase raw symbol (`BTCUSDT`): the cursor key and the REST `symbol` parameter.
+    name: String,
+    /// `name` quoted as a JSON string, for the cursor.
+    json_key: String,
+    /// `BTC.USDT`, so each trade costs no symbol parsing.
+    normalised: String,
+    track: Track,
+}
+
+impl SymbolState {
+    fn new(name: String, track: Track) -> Self {
+        SymbolState {
+            json_key: Value::from(name.as_str()).to_string(),
+            normalised: symbol::from_concatenated(&name).unwrap_or_else(|| name.clone()),
+            name,
+            track,
+        }
+    }
+}
+
 /// The connector.
 pub struct BinanceTrades {
     config: Config,
-    /// `BTCUSDT` → `BTC.USDT`, so each trade costs no symbol parsing.
-    symbols: HashMap<String, String>,
+    /// Where backfill pages come from; `None` when backfill is off.
+    rest_url: Option<String>,
+    /// Configured symbols first, then any other a message named.
+    symbols: Vec<SymbolState>,
+    /// Symbol spellings seen (`BTCUSDT`, `btcusdt`) → index in `symbols`.
+    index: HashMap<String, usize>,
+    cursor: CursorText,
 }
 
 impl BinanceTrades {
-    fn normalised_symbol(&mut self, raw: &str) -> String {
-        if let Some(s) = self.symbols.get(raw) {
-            return s.clone();
-        }
-        let s = symbol::from_concatenated(raw).unwrap_or_else(|| raw.to_ascii_uppercase());
-        self.symbols.insert(raw.to_owned(), s.clone());
-        s
-    }
-
     fn stream_names(&self) -> Vec<String> {
         self.config
             .symbols
             .iter()
             .map(|s| format!("{}@trade", s.to_ascii_lowercase()))
             .collect()
+    }
+
+    /// The index of symbol `raw`, added on first sight.
+    fn symbol_index(&mut self, raw: &str) -> usize {
+        if let Some(&i) = self.index.get(raw) {
+            return i;
+        }
+        let name = raw.to_ascii_uppercase();
+        let i = match self.index.get(&name) {
+            Some(&i) => i,
+            None => {
+                self.symbols
+                    .push(SymbolState::new(name.clone(), Track::default()));
+                self.index.insert(name, self.symbols.len() - 1);
+                self.symbols.len() - 1
+            }
+        };
+        self.index.insert(raw.to_owned(), i);
+        i
+    }
+
+    /// Symbol `i`'s watermark moved: put it in this output's cursor.
+    fn write_cursor(&mut self, i: usize, out: &mut Output) {
+        let Some(done) = self.symbols[i].track.done() else {
+            return;
+        };
+        if !self.cursor.patch(&mut out.cursor, i, done) {
+            let marks = self
+                .symbols
+                .iter()
+                .map(|s| (s.json_key.as_str(), s.track.done()));
+            self.cursor.render(&mut out.cursor, marks);
+        }
+    }
+
+    /// Live trade `id` of symbol `i` was emitted at `now`: move the watermark, and ask for
+    /// the trades before it if it came past a gap.
+    fn after_live(&mut self, i: usize, id: u64, now: i64, out: &mut Output) {
+        let state = &mut self.symbols[i];
+        let mut moved = state.track.live(id);
+        match &self.rest_url {
+            Some(rest_url) => {
+                if let Some(page) = state.track.next_page(now) {
+                    out.request(page.request(rest_url, &state.name));
+                }
+            }
+            None => {
+                if let Some((first, last)) = state.track.skip_gaps() {
+                    moved = true;
+                    host::log(
+                        LogLevel::Info,
+                        &format!(
+                            "{}: trades {first} to {last} were missed (backfill is off)",
+                            state.name
+                        ),
+                    );
+                }
+            }
+        }
+        if moved {
+            self.write_cursor(i, out);
+        }
+    }
+
+    /// A page of symbol `i`'s old trades answered the page in flight: emit the trades of
+    /// the gap, report the ids the venue did not have, ask for the next page.
+    fn on_page(&mut self, i: usize, response: &HttpResponse, out: &mut Output) {
+        let state = &mut self.symbols[i];
+        let Some((first, last)) = state.track.gap() else {
+            return;
+        };
+        let status = response.status;
+        if status == 429 || status >= 500 {
+            // Passing: the host already retried; ask again later rather than drop the gap.
+            let wait = state.track.failed(response.received_at);
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "{}: backfill of trades from {first} got HTTP {status}; asking again in {} s",
+                    state.name,
+                    wait / 1_000_000
+                ),
+            );
+            return;
+        }
+        let mut next = first;
+        if !(200..300).contains(&status) {
+            // The venue cannot serve the gap (retention passed, or it refuses): give it up.
+            let why = json::response(response)
+                .err()
+                .map(|e| e.message().to_owned())
+                .unwrap_or_default();
+            out.errors
+                .push(backfill::unavailable(&state.name, first, last, &why));
+            next = last + 1;
+        } else {
+            let mut trades: Vec<HistoricalTrade> = match json::decode(&response.body) {
+                Ok(trades) => trades,
+                Err(e) => {
+                    state.track.failed(response.received_at);
+                    out.errors.push(PluginError::bad_input(format!(
+                        "{}: backfill page from {first}: {}",
+                        state.name,
+                        e.message()
+                    )));
+                    return;
+                }
+            };
+            state.track.succeeded();
+            trades.sort_unstable_by_key(|t| t.id);
+            for trade in &trades {
+                if trade.id < next {
+                    continue; // Emitted already, or asked for before the gap.
+                }
+                if trade.id > last {
+                    break; // From the live trades on: emitted already.
+                }
+                if trade.id > next {
+                    out.errors.push(backfill::unavailable(
+                        &state.name,
+                        next,
+                        trade.id - 1,
+                        "not in the venue's answer",
+                    ));
+                }
+                next = trade.id + 1;
+                if !json::is_decimal(&trade.price) || !json::is_decimal(&trade.qty) {
+                    out.errors.push(PluginError::bad_input(format!(
+                        "{}: backfilled trade {} has a price or size that is not a decimal",
+                        state.name, trade.id
+                    )));
+                    continue;
+                }
+                let payload = Trade {
+                    exchange: "binance",
+                    symbol: &state.normalised,
+                    price: &trade.price,
+                    size: &trade.qty,
+                    taker_side: taker_side(trade.is_buyer_maker),
+                    trade_id: trade.id,
+                    event_timestamp: trade.time,
+                    atom_timestamp: response.received_at,
+                };
+                out.emit(payload.event());
+            }
+            if next == first {
+                // Nothing of the gap (an empty page): the venue no longer has it.
+                out.errors.push(backfill::unavailable(
+                    &state.name,
+                    first,
+                    last,
+                    "the venue returned no trades from there",
+                ));
+                next = last + 1;
+            }
+        }
+        let moved = state.track.fill_to(next - 1);
+        if let Some(rest_url) = &self.rest_url
+            && let Some(page) = state.track.next_page(response.received_at)
+        {
+            out.request(page.request(rest_url, &state.name));
+        }
+        if moved {
+            self.write_cursor(i, out);
+        }
     }
 }
 
@@ -96,15 +383,31 @@ impl Connector for BinanceTrades {
         Manifest::new(
             "binance-trades",
             env!("CARGO_PKG_VERSION"),
-            "Binance spot trades (<symbol>@trade) over WebSocket, raw, combined or SUBSCRIBE",
+            "Binance spot trades (<symbol>@trade) over WebSocket, raw, combined or SUBSCRIBE; \
+             resumes from a per-symbol trade-id cursor and backfills the trades missed while \
+             down or disconnected from the REST old-trade lookup (historicalTrades)",
         )
         .schema(json!({
             "type": "object",
             "required": ["symbols"],
+            "additionalProperties": false,
             "properties": {
                 "base_url": {"type": "string", "default": default_base_url()},
                 "symbols": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                "mode": {"enum": ["raw", "combined", "subscribe"], "default": "combined"}
+                "mode": {"enum": ["raw", "combined", "subscribe"], "default": "combined"},
+                "rest_url": {
+                    "type": "string",
+                    "pattern": "^https?://",
+                    "description": "REST API for backfill (GET <rest_url>/api/v3/historicalTrades); \
+                        default: https://api.binance.com for wss://stream.binance.com:9443, \
+                        otherwise base_url with ws:// → http:// and wss:// → https://"
+                },
+                "backfill": {
+                    "type": "boolean",
+                    "default": true,
+                    "description": "fetch the trades missed between the cursor (or a reconnect) \
+                        and the live stream; when off, such gaps are skipped"
+                }
             }
         }))
         .example(
@@ -112,7 +415,7 @@ impl Connector for BinanceTrades {
         )
     }
 
-    fn open(config: &str, _cursor: Option<&str>) -> Result<Self, PluginError> {
+    fn open(config: &str, cursor: Option<&str>) -> Result<Self, PluginError> {
         let config: Config = json::config(config)?;
         if config.symbols.is_empty() {
             return Err(PluginError::fatal("invalid config: `symbols` is empty"));
@@ -122,10 +425,30 @@ impl Connector for BinanceTrades {
                 "invalid config: mode `raw` takes exactly one symbol; use `combined` for more",
             ));
         }
-        Ok(BinanceTrades {
+        let rest_url = backfill_rest_url(&config)?;
+        let mut marks = cursor.map(read_cursor).unwrap_or_default();
+        let mut connector = BinanceTrades {
+            rest_url,
+            symbols: Vec::with_capacity(config.symbols.len()),
+            index: HashMap::new(),
+            cursor: CursorText::default(),
             config,
-            symbols: HashMap::new(),
-        })
+        };
+        for raw in &connector.config.symbols {
+            let name = raw.to_ascii_uppercase();
+            if connector.index.contains_key(&name) {
+                continue;
+            }
+            let track = marks
+                .remove(&name)
+                .map_or_else(Track::default, Track::resume);
+            connector
+                .symbols
+                .push(SymbolState::new(name.clone(), track));
+            connector.index.insert(name, connector.symbols.len() - 1);
+        }
+        // Cursor entries of symbols no longer configured are dropped.
+        Ok(connector)
     }
 
     fn plan(&self) -> Plan {
@@ -171,135 +494,42 @@ impl Connector for BinanceTrades {
                 "trade price or size is not a decimal",
             ));
         }
-        let symbol = self.normalised_symbol(&raw_symbol);
+        let i = self.symbol_index(&raw_symbol);
         let payload = Trade {
             exchange: "binance",
-            symbol: &symbol,
+            symbol: &self.symbols[i].normalised,
             price: &price,
             size: &size,
-            // The buyer made the market, so the taker sold.
-            taker_side: if buyer_is_maker { "sell" } else { "buy" },
+            taker_side: taker_side(buyer_is_maker),
             trade_id,
             event_timestamp: trade_time,
             atom_timestamp: frame.received_at,
         };
-        let event = Event::new("trades", &payload)
-            // Trade ids are per symbol, and a combined source carries several symbols.
-            .upstream_id(format!("{symbol}:{trade_id}"))
-            .at(time::ms_to_us(trade_time))
-            .key(symbol);
-        out.emit(event);
+        out.emit(payload.event());
+        self.after_live(i, trade_id, frame.received_at, out);
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        response: &HttpResponse,
+        out: &mut Output,
+    ) -> Result<(), PluginError> {
+        let unknown =
+            || PluginError::bad_input(format!("response with unknown tag `{}`", response.tag));
+        let (symbol, page) = Page::from_tag(&response.tag).ok_or_else(unknown)?;
+        let &i = self.index.get(symbol).ok_or_else(unknown)?;
+        if !self.symbols[i].track.answered(page) {
+            // Asked again after a timeout and answered twice, or overtaken: already handled.
+            host::log(
+                LogLevel::Debug,
+                &format!("stale backfill answer `{}` ignored", response.tag),
+            );
+            return Ok(());
+        }
+        self.on_page(i, response, out);
         Ok(())
     }
 }
 
 export_connector!(BinanceTrades);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anode_plugin_sdk::testing;
-
-    const TRADE: &str = r#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}"#;
-
-    #[test]
-    fn decodes_a_raw_trade() {
-        let mut c: BinanceTrades = testing::open(r#"{"symbols":["bnbbtc"],"mode":"raw"}"#);
-        let out = testing::frames(&mut c, &[TRADE]);
-        assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let event = &out.events[0];
-        assert_eq!(event.stream, "trades");
-        assert_eq!(event.key.as_deref(), Some("BNB.BTC"));
-        assert_eq!(event.upstream_id.as_deref(), Some("BNB.BTC:12345"));
-        assert_eq!(event.event_time, Some(1_672_515_782_136_000));
-        let p = &testing::payloads(&out.events)[0];
-        assert_eq!(p["exchange"], "binance");
-        assert_eq!(p["symbol"], "BNB.BTC");
-        assert_eq!(p["price"], "0.001");
-        assert_eq!(p["size"], "100");
-        assert_eq!(p["taker_side"], "sell");
-        assert_eq!(p["trade_id"], 12345);
-        assert_eq!(p["event_timestamp"], 1_672_515_782_136i64);
-    }
-
-    #[test]
-    fn decodes_combined_and_ignores_subscribe_reply() {
-        let mut c: BinanceTrades = testing::open(r#"{"symbols":["bnbbtc"],"mode":"subscribe"}"#);
-        let wrapped = format!(r#"{{"stream":"bnbbtc@trade","data":{TRADE}}}"#);
-        let buy = TRADE.replace(r#""m":true"#, r#""m":false"#);
-        let out = testing::frames(&mut c, &[r#"{"result":null,"id":1}"#, &wrapped, &buy]);
-        assert!(out.errors.is_empty(), "{:?}", out.errors);
-        assert_eq!(out.events.len(), 2);
-        assert_eq!(testing::payloads(&out.events)[1]["taker_side"], "buy");
-    }
-
-    #[test]
-    fn malformed_frames_are_bad_input_and_the_rest_still_counts() {
-        let mut c: BinanceTrades = testing::open(r#"{"symbols":["bnbbtc"]}"#);
-        let no_price = TRADE.replace(r#""p":"0.001","#, "");
-        let bad_price = TRADE.replace(r#""p":"0.001""#, r#""p":"abc""#);
-        let out = testing::frames(
-            &mut c,
-            &[
-                "{\"e\":\"trade\",",
-                "[1,2]",
-                &no_price,
-                &bad_price,
-                r#"{"e":"kline"}"#,
-                TRADE,
-            ],
-        );
-        assert_eq!(out.events.len(), 1);
-        assert_eq!(out.errors.len(), 5);
-        assert!(
-            out.errors
-                .iter()
-                .all(|e| matches!(e, PluginError::BadInput(_)))
-        );
-    }
-
-    #[test]
-    fn plans_each_mode() {
-        let plan = |config: &str| testing::open::<BinanceTrades>(config).plan();
-        let ws = |plan: Plan| match plan {
-            Plan::WebSocket(ws) => ws,
-            other => panic!("expected a WebSocket plan, got {other:?}"),
-        };
-        let raw = ws(plan(
-            r#"{"base_url":"ws://h:1/","symbols":["BTCUSDT"],"mode":"raw"}"#,
-        ));
-        assert_eq!(raw.url, "ws://h:1/ws/btcusdt@trade");
-        let combined = ws(plan(
-            r#"{"base_url":"ws://h:1","symbols":["btcusdt","ethusdt"]}"#,
-        ));
-        assert_eq!(
-            combined.url,
-            "ws://h:1/stream?streams=btcusdt@trade/ethusdt@trade"
-        );
-        let sub = ws(plan(
-            r#"{"base_url":"ws://h:1","symbols":["btcusdt"],"mode":"subscribe"}"#,
-        ));
-        assert_eq!(sub.url, "ws://h:1/ws");
-        let msg: Value = serde_json::from_str(&sub.on_connect[0]).unwrap();
-        assert_eq!(
-            msg,
-            json!({"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1})
-        );
-    }
-
-    #[test]
-    fn bad_config_is_fatal_and_says_why() {
-        for config in [
-            r#"{}"#,
-            r#"{"symbols":[]}"#,
-            r#"{"symbols":["a","b"],"mode":"raw"}"#,
-            r#"{"symbols":["a"],"bogus":1}"#,
-        ] {
-            match BinanceTrades::open(config, None) {
-                Err(PluginError::Fatal(m)) => assert!(m.starts_with("invalid config"), "{m}"),
-                Err(other) => panic!("{config}: {other}"),
-                Ok(_) => panic!("{config} was accepted"),
-            }
-        }
-    }
-}
