@@ -5,9 +5,11 @@
 //! for example `ANODE_PLUGINS__CALL_TIMEOUT_MS=250` or `ANODE_DATA_DIR=/var/lib/anode`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::plugin::PluginLimits;
+pub use crate::source::SourceSettings;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,119 +85,8 @@ impl Default for ApiSettings {
 /// Default port of the HTTP API.
 pub const DEFAULT_API_PORT: u16 = 7400;
 
-/// Bounds of the source drivers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SourceSettings {
-    /// First wait before reconnecting a failed source; doubles (with jitter) per failure.
-    pub reconnect_min_ms: u64,
-    /// Longest wait before reconnecting.
-    pub reconnect_max_ms: u64,
-    /// A WebSocket connect (TCP, TLS, upgrade) that takes longer fails.
-    pub connect_timeout_ms: u64,
-    /// A WebSocket with no message for this long is reconnected.
-    pub idle_timeout_ms: u64,
-    /// Most WebSocket frames handed to the connector in one call.
-    pub frame_batch_max: usize,
-    /// An HTTP request that takes longer fails.
-    pub http_timeout_ms: u64,
-    /// Shortest polling interval, whatever a plugin asks for.
-    pub http_min_interval_ms: u64,
-    /// Tries per HTTP request (429 and 5xx are retried after `Retry-After` or a backoff).
-    pub http_attempts: u32,
-    /// HTTP requests of one source in flight at once.
-    pub http_concurrency: usize,
-    /// Follow-up rounds per poll (pages, blocks) before the poll is cut short.
-    pub http_max_rounds: usize,
-    /// Requests per round; more are dropped with an error.
-    pub http_max_requests_per_round: usize,
-    /// Largest HTTP response body accepted.
-    pub http_max_body_bytes: usize,
-    /// Connector instances per plugin (sources are spread over them).
-    pub instances_per_plugin: usize,
-    /// Record ids remembered per source to drop repeats (a poll returning the same items)
-    /// before they are published; at least the largest number of items one poll returns.
-    pub dedupe_window: usize,
-}
-
-impl Default for SourceSettings {
-    fn default() -> Self {
-        SourceSettings {
-            reconnect_min_ms: 250,
-            reconnect_max_ms: 30_000,
-            connect_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            frame_batch_max: 512,
-            http_timeout_ms: 10_000,
-            http_min_interval_ms: 50,
-            http_attempts: 5,
-            http_concurrency: 8,
-            http_max_rounds: 50,
-            http_max_requests_per_round: 200,
-            http_max_body_bytes: 16 * 1024 * 1024,
-            instances_per_plugin: 2,
-            dedupe_window: 2048,
-        }
-    }
-}
-
 /// Default data directory, relative to where the node starts.
 pub const DEFAULT_DATA_DIR: &str = "anode-data";
-
-/// Limits applied to every plugin call and instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginLimits {
-    /// A call into a plugin is interrupted after this long.
-    pub call_timeout_ms: u64,
-    /// Linear memory one instance may grow to.
-    pub memory_limit_mib: usize,
-    /// Resolution of call deadlines.
-    pub epoch_tick_ms: u64,
-    /// First wait before re-creating a crashed instance; doubles on each crash.
-    pub restart_backoff_min_ms: u64,
-    /// Longest wait before re-creating a crashed instance.
-    pub restart_backoff_max_ms: u64,
-    /// How much of a plugin's stderr is kept to explain a crash.
-    pub stderr_tail_bytes: usize,
-    /// Log lines a plugin may write per call; the rest are dropped.
-    pub log_lines_per_call: u32,
-    /// Longer log lines are cut.
-    pub log_line_max_bytes: usize,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            call_timeout_ms: 500,
-            memory_limit_mib: 64,
-            epoch_tick_ms: 5,
-            restart_backoff_min_ms: 100,
-            restart_backoff_max_ms: 30_000,
-            stderr_tail_bytes: 4096,
-            log_lines_per_call: 16,
-            log_line_max_bytes: 1024,
-        }
-    }
-}
-
-impl PluginLimits {
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms.max(1))
-    }
-
-    pub fn epoch_tick(&self) -> Duration {
-        Duration::from_millis(self.epoch_tick_ms.clamp(1, self.call_timeout_ms.max(1)))
-    }
-
-    pub fn restart_backoff_min(&self) -> Duration {
-        Duration::from_millis(self.restart_backoff_min_ms)
-    }
-
-    pub fn restart_backoff_max(&self) -> Duration {
-        Duration::from_millis(self.restart_backoff_max_ms.max(self.restart_backoff_min_ms))
-    }
-}
 
 /// The configuration could not be read or is wrong.
 #[derive(Debug, thiserror::Error)]

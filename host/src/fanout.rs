@@ -5,6 +5,10 @@
 //! record is dropped *for that subscriber*, counted, and the subscriber is told (a `lag`
 //! notice before its next record). A subscriber that stays behind for longer than
 //! `lag_disconnect_ms` is disconnected with the reason.
+//!
+//! A subscriber chooses when it sees a record ([`Stage`]): as soon as it is decoded (the
+//! default, lowest latency), or only once the store has committed it (`after=stored`): such a
+//! subscriber never sees a record the store does not have.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
-use crate::record::Record;
+use crate::record::{RecentIds, Record, RecordId};
 
 /// Fan-out bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +30,9 @@ pub struct FanoutSettings {
     pub lag_disconnect_ms: u64,
     /// Most subscribers per node.
     pub max_subscribers: usize,
+    /// Record ids remembered per stage to deliver each record once while two nodes run the
+    /// same source (a hand-over's overlap, a replay after a restart).
+    pub dedupe_window: usize,
 }
 
 impl Default for FanoutSettings {
@@ -34,7 +41,26 @@ impl Default for FanoutSettings {
             queue_len: 4096,
             lag_disconnect_ms: 5000,
             max_subscribers: 10_000,
+            dedupe_window: 65_536,
         }
+    }
+}
+
+/// When a record reaches a subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// As soon as it is decoded and transformed: lowest latency, but a record may be seen
+    /// that a failing store never gets.
+    #[default]
+    Decoded,
+    /// Once the store has committed it.
+    Stored,
+}
+
+impl Stage {
+    fn is_decoded(&self) -> bool {
+        *self == Stage::Decoded
     }
 }
 
@@ -45,23 +71,34 @@ pub struct Filter {
     pub sources: HashSet<String>,
     pub streams: HashSet<String>,
     pub keys: HashSet<String>,
+    /// When records are delivered: `decoded` (default) or `stored`.
+    #[serde(skip_serializing_if = "Stage::is_decoded")]
+    pub after: Stage,
 }
 
 impl Filter {
-    /// Whether `record` passes.
-    pub fn matches(&self, record: &Record) -> bool {
-        self.matches_parts(&record.source, &record.stream, record.key.as_deref())
+    /// Whether `record`, reaching `stage`, passes.
+    pub fn matches(&self, record: &Record, stage: Stage) -> bool {
+        self.matches_parts(&record.source, &record.stream, record.key.as_deref(), stage)
     }
 
-    /// Whether a record of `source`, `stream` and `key` passes.
-    pub fn matches_parts(&self, source: &str, stream: &str, key: Option<&str>) -> bool {
-        (self.sources.is_empty() || self.sources.contains(source))
+    /// Whether a record of `source`, `stream` and `key`, reaching `stage`, passes.
+    pub fn matches_parts(
+        &self,
+        source: &str,
+        stream: &str,
+        key: Option<&str>,
+        stage: Stage,
+    ) -> bool {
+        self.after == stage
+            && (self.sources.is_empty() || self.sources.contains(source))
             && (self.streams.is_empty() || self.streams.contains(stream))
             && (self.keys.is_empty() || key.is_some_and(|k| self.keys.contains(k)))
     }
 
-    /// From comma-separated query values (`source=a,b&stream=trades&key=BTC.USDT`).
-    pub fn from_query(query: &HashMap<String, String>) -> Self {
+    /// From comma-separated query values (`source=a,b&stream=trades&key=BTC.USDT`) and
+    /// `after=decoded|stored`.
+    pub fn from_query(query: &HashMap<String, String>) -> Result<Self, String> {
         let set = |name: &str| -> HashSet<String> {
             query
                 .get(name)
@@ -74,11 +111,22 @@ impl Filter {
                 })
                 .unwrap_or_default()
         };
-        Filter {
+        let after = match query.get("after").map(|a| a.trim()) {
+            None | Some("" | "decoded") => Stage::Decoded,
+            Some("stored") => Stage::Stored,
+            Some(other) => {
+                return Err(format!(
+                    "after=`{other}` is not a stage: use `after=decoded` (the default, as soon \
+                     as records are decoded) or `after=stored` (once the store has them)"
+                ));
+            }
+        };
+        Ok(Filter {
             sources: set("source"),
             streams: set("stream"),
             keys: set("key"),
-        }
+            after,
+        })
     }
 }
 
@@ -93,6 +141,9 @@ pub struct FanoutStats {
     pub lagging: usize,
     pub delivered: u64,
     pub dropped: u64,
+    /// Records not delivered again because another node (or a replay) had already
+    /// delivered the same id.
+    pub repeats: u64,
     pub disconnected_for_lag: u64,
 }
 
@@ -109,6 +160,10 @@ struct HubInner {
     delivered: AtomicU64,
     dropped: AtomicU64,
     disconnected_for_lag: AtomicU64,
+    /// Ids recently offered, per stage (decoded, stored).
+    seen: Mutex<[RecentIds; 2]>,
+    /// Records not offered again because their id was among the recent ones.
+    repeats: AtomicU64,
 }
 
 struct Subscriber {
@@ -117,7 +172,7 @@ struct Subscriber {
     filters: RwLock<Vec<Filter>>,
     /// A link to another node: gets records ingested here only, never relayed ones.
     peer: bool,
-    queue: mpsc::Sender<Arc<str>>,
+    queue: mpsc::Sender<(Stage, Arc<str>)>,
     dropped: AtomicU64,
     lagging_since: Mutex<Option<Instant>>,
     kicked: Notify,
@@ -129,7 +184,7 @@ pub struct Subscription {
     id: u64,
     hub: Hub,
     shared: Arc<Subscriber>,
-    records: mpsc::Receiver<Arc<str>>,
+    records: mpsc::Receiver<(Stage, Arc<str>)>,
 }
 
 /// Why a subscription could not be made.
@@ -139,8 +194,13 @@ pub struct TooManySubscribersError(usize);
 
 /// What a subscriber should do next.
 pub enum Delivery {
-    /// A record (JSON), preceded by a lag notice when records were dropped since the last one.
-    Record { json: Arc<str>, dropped_total: u64 },
+    /// A record (JSON) reaching `stage`, preceded by a lag notice when records were dropped
+    /// since the last one.
+    Record {
+        json: Arc<str>,
+        stage: Stage,
+        dropped_total: u64,
+    },
     /// The hub disconnected this subscriber; the reason is for the close frame.
     Disconnect(String),
 }
@@ -149,14 +209,29 @@ impl Hub {
     pub fn new(settings: FanoutSettings) -> Self {
         Hub {
             inner: Arc::new(HubInner {
-                settings,
                 subscribers: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 delivered: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 disconnected_for_lag: AtomicU64::new(0),
+                seen: Mutex::new([
+                    RecentIds::new(settings.dedupe_window),
+                    RecentIds::new(settings.dedupe_window),
+                ]),
+                repeats: AtomicU64::new(0),
+                settings,
             }),
         }
+    }
+
+    /// Whether `id` is offered for the first time at `stage` (lately).
+    fn first_time(&self, stage: Stage, id: &RecordId) -> bool {
+        let fresh =
+            self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())[stage as usize].insert(id);
+        if !fresh {
+            self.inner.repeats.fetch_add(1, Relaxed);
+        }
+        fresh
     }
 
     /// Register a subscriber.
@@ -240,30 +315,53 @@ impl Hub {
         out
     }
 
-    /// Offer records ingested here to every matching subscriber. Never waits.
-    pub fn publish(&self, records: &[Record]) {
+    /// Offer records ingested here, reaching `stage`, to every matching subscriber. Never
+    /// waits.
+    pub fn publish(&self, records: &[Record], stage: Stage) {
         let subscribers = self.snapshot();
         if subscribers.is_empty() {
             return;
         }
-        for record in records {
+        let fresh: Vec<&Record> = {
+            let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let window = &mut seen[stage as usize];
+            records.iter().filter(|r| window.insert(&r.id)).collect()
+        };
+        let repeats = records.len() - fresh.len();
+        if repeats > 0 {
+            self.inner.repeats.fetch_add(repeats as u64, Relaxed);
+        }
+        for record in fresh {
             let mut json: Option<Arc<str>> = None;
             self.offer(
                 &subscribers,
-                |f| f.matches(record),
+                stage,
+                |f| f.matches(record, stage),
                 || json.get_or_insert_with(|| record.to_json().into()).clone(),
             );
         }
     }
 
-    /// Offer records another node ingested (as JSON, with the fields filters look at) to
+    /// Offer a record another node ingested (as JSON, with the fields filters look at) to
     /// this node's clients. Never waits.
-    pub fn publish_relayed(&self, source: &str, stream: &str, key: Option<&str>, json: Arc<str>) {
+    pub fn publish_relayed(
+        &self,
+        id: &RecordId,
+        source: &str,
+        stream: &str,
+        key: Option<&str>,
+        stage: Stage,
+        json: Arc<str>,
+    ) {
+        if !self.first_time(stage, id) {
+            return;
+        }
         let clients: Vec<Arc<Subscriber>> =
             self.snapshot().into_iter().filter(|s| !s.peer).collect();
         self.offer(
             &clients,
-            |f| f.matches_parts(source, stream, key),
+            stage,
+            |f| f.matches_parts(source, stream, key, stage),
             || json.clone(),
         );
     }
@@ -271,6 +369,7 @@ impl Hub {
     fn offer(
         &self,
         subscribers: &[Arc<Subscriber>],
+        stage: Stage,
         wanted: impl Fn(&Filter) -> bool,
         mut json: impl FnMut() -> Arc<str>,
     ) {
@@ -286,7 +385,7 @@ impl Hub {
             if !wanted {
                 continue;
             }
-            match sub.queue.try_send(json()) {
+            match sub.queue.try_send((stage, json())) {
                 Ok(()) => {
                     self.inner.delivered.fetch_add(1, Relaxed);
                     let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -335,6 +434,7 @@ impl Hub {
                 .count(),
             delivered: self.inner.delivered.load(Relaxed),
             dropped: self.inner.dropped.load(Relaxed),
+            repeats: self.inner.repeats.load(Relaxed),
             disconnected_for_lag: self.inner.disconnected_for_lag.load(Relaxed),
         }
     }
@@ -351,14 +451,24 @@ impl Subscription {
             () = self.shared.kicked.notified() => {
                 Delivery::Disconnect(self.kick_reason().unwrap_or_else(|| "disconnected".into()))
             }
-            json = self.records.recv() => match json {
-                Some(json) => Delivery::Record {
+            next = self.records.recv() => match next {
+                Some((stage, json)) => Delivery::Record {
                     json,
+                    stage,
                     dropped_total: self.shared.dropped.load(Relaxed),
                 },
                 None => Delivery::Disconnect("the node is shutting down".into()),
             },
         }
+    }
+
+    /// A record already queued, without waiting: (JSON, records dropped so far).
+    pub fn try_next(&mut self) -> Option<(Arc<str>, u64)> {
+        if self.kick_reason().is_some() {
+            return None;
+        }
+        let (_, json) = self.records.try_recv().ok()?;
+        Some((json, self.shared.dropped.load(Relaxed)))
     }
 
     /// Resolves when the hub disconnects this subscriber (for use while a send is pending).
@@ -431,6 +541,7 @@ mod tests {
             queue_len: 4,
             lag_disconnect_ms: 0,
             max_subscribers: 10,
+            dedupe_window: 64,
         });
         let mut fast = hub.subscribe(Filter::default()).unwrap();
         let mut slow = hub.subscribe(Filter::default()).unwrap();
@@ -442,7 +553,7 @@ mod tests {
             .unwrap();
         let mut received = 0;
         for n in 0..20 {
-            hub.publish(&[record("a", n)]);
+            hub.publish(&[record("a", n)], Stage::Decoded);
             // The fast subscriber keeps up; the slow one never reads.
             match fast.next().await {
                 Delivery::Record { dropped_total, .. } => assert_eq!(dropped_total, 0),
@@ -466,9 +577,63 @@ mod tests {
             }
             assert!(queued <= 4);
         }
-        hub.publish(&[record("b", 1)]);
+        hub.publish(&[record("b", 1)], Stage::Decoded);
         assert!(matches!(other.next().await, Delivery::Record { .. }));
         drop(slow);
         assert_eq!(hub.stats().subscribers, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stored_subscriber_sees_records_only_once_stored() {
+        let hub = Hub::new(FanoutSettings::default());
+        let query = |after: &str| HashMap::from([("after".to_owned(), after.to_owned())]);
+        let mut stored = hub
+            .subscribe(Filter::from_query(&query("stored")).unwrap())
+            .unwrap();
+        let mut decoded = hub
+            .subscribe(Filter::from_query(&query("decoded")).unwrap())
+            .unwrap();
+        assert!(
+            Filter::from_query(&query("never"))
+                .unwrap_err()
+                .contains("after=stored")
+        );
+        hub.publish(&[record("a", 1)], Stage::Decoded);
+        match decoded.next().await {
+            Delivery::Record { stage, .. } => assert_eq!(stage, Stage::Decoded),
+            Delivery::Disconnect(r) => panic!("{r}"),
+        }
+        assert!(
+            stored.records.try_recv().is_err(),
+            "nothing for a stored subscriber before the store commits"
+        );
+        hub.publish(&[record("a", 1)], Stage::Stored);
+        match stored.next().await {
+            Delivery::Record { json, stage, .. } => {
+                assert_eq!(stage, Stage::Stored);
+                assert!(json.contains(r#""upstream_id":"1""#), "{json}");
+            }
+            Delivery::Disconnect(r) => panic!("{r}"),
+        }
+        assert!(
+            decoded.records.try_recv().is_err(),
+            "a decoded subscriber sees it once"
+        );
+        // The same record again (a second owner during a hand-over) reaches no one twice.
+        hub.publish(&[record("a", 1)], Stage::Stored);
+        let relayed = record("a", 2);
+        for _ in 0..2 {
+            hub.publish_relayed(
+                &relayed.id,
+                "a",
+                "trades",
+                Some("BTC.USDT"),
+                Stage::Stored,
+                relayed.to_json().into(),
+            );
+        }
+        assert!(matches!(stored.next().await, Delivery::Record { .. }));
+        assert!(stored.records.try_recv().is_err());
+        assert_eq!(hub.stats().repeats, 2);
     }
 }

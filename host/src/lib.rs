@@ -25,11 +25,9 @@ pub fn bundled_plugin_names() -> impl Iterator<Item = &'static str> {
 pub mod api;
 pub mod backoff;
 pub mod cli;
-pub(crate) mod cli_status;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod dashboard;
 pub mod demo;
 pub mod events;
 pub mod fanout;
@@ -39,3 +37,4 @@ pub mod plugin;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod supervisor;

@@ -1,23 +1,31 @@
-//! The path of a batch: frames or responses → connector (one batched call) → the source's
-//! transform chain (one batched call per step) → records stamped with their ids → the store
-//! (waiting while its buffer is full, which pauses the source) → the fan-out hub.
+//! The path of a batch: frames or responses → connector (one batched call) → repeats dropped
+//! → the source's transform chain (one batched call per step) → records stamped with their
+//! ids → published to subscribers who want records as decoded → submitted to the store with
+//! the cursor the batch reached → acknowledged once the store committed records and cursor
+//! together → published to subscribers who want stored records, and the cursor shown as the
+//! source's committed position.
 //!
-//! Plugin calls are synchronous and bounded by the sandbox deadline; they run on tokio's
-//! blocking pool so a slow plugin never stalls the network tasks.
+//! A source never waits for its own acknowledgements batch by batch: up to
+//! `sources.acks_in_flight` batches are in the store's hands at once, and [`acknowledge`]
+//! follows them in order. Plugin calls are synchronous and bounded by the sandbox deadline;
+//! they run on tokio's blocking pool so a slow plugin never stalls the network tasks.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_us;
-use crate::fanout::Hub;
+use crate::fanout::{Hub, Stage};
 use crate::plugin::{
-    CallError, ConnectorInstance, Event, Frame, HttpRequest, HttpResponse, Plan, PluginError,
-    SessionId, TransformInstance,
+    CallError, ConnectorInstance, Event, Plan, PluginError, SessionId, TransformInstance,
 };
-use crate::record::{RecentIds, Record};
-use crate::sink::StoreHandle;
-use crate::source::{SourceSpec, SourceStatus};
+use crate::record::{RecentIds, Record, RecordId, Stamp};
+use crate::sink::{Batch, Receipt, StoreHandle};
+use crate::source::{Feed, Input, Outcome, Problem, SourceSettings, SourceSpec, SourceStatus};
 
 /// What every source on a node shares.
 pub(crate) struct Ingest {
@@ -25,7 +33,34 @@ pub(crate) struct Ingest {
     pub(crate) store: StoreHandle,
     pub(crate) hub: Hub,
     pub(crate) http: reqwest::Client,
-    pub(crate) settings: crate::config::SourceSettings,
+    pub(crate) settings: SourceSettings,
+    /// On shutdown, how long a stopping source may wait for the store.
+    pub(crate) drain_timeout: Duration,
+    /// With the embedded store, committed cursors also go to the cluster's catalog, so that
+    /// a new owner on another node resumes from them.
+    pub(crate) cursor_shelf: Option<CursorShelf>,
+}
+
+/// The latest committed cursor of each source, waiting to be written to the catalog (at most
+/// once per `cluster.cursor_share_ms`).
+#[derive(Clone, Default)]
+pub(crate) struct CursorShelf(Arc<Mutex<HashMap<Arc<str>, Shelved>>>);
+
+/// A cursor and when it was committed (µs since the epoch).
+type Shelved = (String, i64);
+
+impl CursorShelf {
+    fn put(&self, source: &Arc<str>, cursor: String) {
+        lock(&self.0).insert(source.clone(), (cursor, now_us()));
+    }
+
+    /// Every cursor put since the last call: (source, cursor, committed at µs).
+    pub(crate) fn take(&self) -> Vec<(Arc<str>, String, i64)> {
+        lock(&self.0)
+            .drain()
+            .map(|(source, (cursor, at))| (source, cursor, at))
+            .collect()
+    }
 }
 
 /// A plugin instance shared by several sources, with the session of one of them.
@@ -37,43 +72,56 @@ pub(crate) struct Bound<I> {
 /// Everything one running source needs.
 pub(crate) struct SourceCtx {
     pub(crate) spec: SourceSpec,
+    /// The source id, shared with every batch.
+    pub(crate) source: Arc<str>,
     pub(crate) status: Arc<SourceStatus>,
     pub(crate) connector: Bound<ConnectorInstance>,
     pub(crate) chain: Vec<Bound<TransformInstance>>,
     pub(crate) ingest: Arc<Ingest>,
     pub(crate) cancel: CancellationToken,
-    /// Ids this source produced lately: repeats are dropped before publishing and storing.
+    /// Ids this source produced lately: repeats are dropped before the transforms.
     pub(crate) recent: Mutex<RecentIds>,
-}
-
-/// Input for one batched connector call.
-pub(crate) enum Input {
-    Frames(Vec<Frame>),
-    Responses(Vec<HttpResponse>),
-}
-
-/// Why a driver must stop reading for now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Problem {
-    /// Back off, then reconnect / poll again.
-    Retry(String),
-    /// Stop the source; an operator must act.
-    Fatal(String),
-}
-
-/// What a batch asks of the driver.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    pub(crate) requests: Vec<HttpRequest>,
-    pub(crate) replies: Vec<String>,
-    pub(crate) problem: Option<Problem>,
+    /// Receipts of submitted batches, in order, for [`acknowledge`].
+    pub(crate) acks: mpsc::Sender<Receipt>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+type Chain = Vec<(Arc<Mutex<TransformInstance>>, SessionId)>;
+
+/// Run events through the chain from step `from` on.
+fn run_chain(chain: &Chain, from: usize, mut events: Vec<Event>) -> Result<Vec<Event>, CallError> {
+    for (instance, step) in &chain[from..] {
+        if events.is_empty() {
+            break;
+        }
+        events = lock(instance).process(*step, &events)?;
+    }
+    Ok(events)
+}
+
+fn stamp(at: &Stamp<'_>, e: Event) -> Record {
+    at.record(e.stream, e.key, e.upstream_id, e.event_time, e.payload)
+}
+
+/// Sinks store payloads as JSON: a plugin that emits anything else loses that event
+/// (counted), not the batch. Returns how many were dropped.
+fn keep_json(events: &mut Vec<Event>) -> usize {
+    let before = events.len();
+    events.retain(|e| serde_json::from_slice::<serde::de::IgnoredAny>(&e.payload).is_ok());
+    before - events.len()
+}
+
 impl SourceCtx {
+    fn chain(&self) -> Chain {
+        self.chain
+            .iter()
+            .map(|b| (b.instance.clone(), b.session))
+            .collect()
+    }
+
     /// Ask the connector how to reach the source.
     pub(crate) async fn plan(&self) -> Result<Plan, Problem> {
         let instance = self.connector.instance.clone();
@@ -84,54 +132,26 @@ impl SourceCtx {
         result.map_err(|e| self.call_problem(e))
     }
 
-    /// Run one batch through the connector and the chain, store and publish the records.
+    /// Run one batch through the connector, the repeat filter and the chain; publish,
+    /// submit to the store with its cursor, and hand the receipt to the acker.
     pub(crate) async fn ingest(&self, input: Input) -> Outcome {
         let inputs = match &input {
             Input::Frames(f) => f.len(),
             Input::Responses(r) => r.len(),
         };
-        self.status
-            .inputs
-            .fetch_add(inputs as u64, std::sync::atomic::Ordering::Relaxed);
+        self.status.inputs.fetch_add(inputs as u64, Relaxed);
         let connector = self.connector.instance.clone();
         let session = self.connector.session;
-        let chain: Vec<(Arc<Mutex<TransformInstance>>, SessionId)> = self
-            .chain
-            .iter()
-            .map(|b| (b.instance.clone(), b.session))
-            .collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            let decoded = {
-                let mut connector = lock(&connector);
-                match &input {
-                    Input::Frames(frames) => connector.on_frames(session, frames),
-                    Input::Responses(responses) => connector.on_responses(session, responses),
-                }
-            }?;
-            let mut events = decoded.events;
-            for (instance, step) in &chain {
-                if events.is_empty() {
-                    break;
-                }
-                events = lock(instance).process(*step, &events)?;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let mut connector = lock(&connector);
+            match &input {
+                Input::Frames(frames) => connector.on_frames(session, frames),
+                Input::Responses(responses) => connector.on_responses(session, responses),
             }
-            // Sinks store payloads as JSON: a plugin that emits anything else loses that
-            // event (counted), not the batch.
-            let before = events.len();
-            events.retain(|e| serde_json::from_slice::<serde::de::IgnoredAny>(&e.payload).is_ok());
-            let invalid = before - events.len();
-            Ok::<_, CallError>((
-                invalid,
-                events,
-                decoded.errors,
-                decoded.requests,
-                decoded.replies,
-                decoded.cursor,
-            ))
         })
         .await;
-        let (invalid, events, errors, requests, replies, cursor) = match joined {
-            Ok(Ok(parts)) => parts,
+        let decoded = match decoded {
+            Ok(Ok(decoded)) => decoded,
             Ok(Err(error)) => {
                 return Outcome {
                     problem: Some(self.call_problem(error)),
@@ -146,67 +166,174 @@ impl SourceCtx {
             }
         };
         let mut outcome = Outcome {
-            requests,
-            replies,
+            requests: decoded.requests,
+            replies: decoded.replies,
             problem: None,
         };
-        if invalid > 0 {
-            self.status.error_n(
-                invalid as u64,
-                format!("the plugin emitted {invalid} event(s) whose payload is not JSON; they were dropped"),
-            );
-        }
-        for error in errors {
+        for error in decoded.errors {
             match error {
                 PluginError::BadInput(m) => self.status.error(format!("bad input: {m}")),
                 PluginError::Retryable(m) => outcome.problem = Some(Problem::Retry(m)),
-                PluginError::Fatal(m) => {
-                    outcome.problem = Some(Problem::Fatal(m));
-                }
+                PluginError::Fatal(m) => outcome.problem = Some(Problem::Fatal(m)),
             }
         }
-        let stored = self.emit(events).await;
-        self.status
-            .record_events(stored, now_us(), cursor.as_deref());
+        let records = match self.transform(decoded.events).await {
+            Ok(records) => records,
+            Err(problem) => {
+                // The chain failed: the cursor must not pass records that were not stored.
+                outcome.problem = Some(problem);
+                return outcome;
+            }
+        };
+        self.emit(records, decoded.cursor).await;
         outcome
     }
 
-    /// Stamp, store (waiting for room) and publish events; returns how many.
-    async fn emit(&self, events: Vec<Event>) -> usize {
-        if events.is_empty() {
-            return 0;
-        }
-        let now = now_us();
+    /// Drop repeats, run the chain, stamp the records.
+    async fn transform(&self, events: Vec<Event>) -> Result<Vec<Record>, Problem> {
         let total = events.len();
-        let records: Vec<Record> = {
+        let now = now_us();
+        let source = &*self.source;
+        let at = self.at(now);
+        if self.chain.is_empty() {
+            // Without transforms the records' ids are the repeat filter's ids: one hash each.
+            let mut events = events;
+            self.report_invalid(keep_json(&mut events));
+            let records: Vec<Record> = {
+                let mut recent = lock(&self.recent);
+                events
+                    .into_iter()
+                    .map(|e| stamp(&at, e))
+                    .filter(|r| recent.insert(&r.id))
+                    .collect()
+            };
+            self.status
+                .duplicates
+                .fetch_add((total - records.len()) as u64, Relaxed);
+            return Ok(records);
+        }
+        let fresh: Vec<Event> = {
             let mut recent = lock(&self.recent);
             events
                 .into_iter()
-                .map(|e| Record::from_event(e, &self.spec.id, &self.ingest.node, now))
-                .filter(|r| recent.insert(&r.id))
+                .filter(|e| {
+                    recent.insert(&RecordId::derive(
+                        source,
+                        &e.stream,
+                        e.upstream_id.as_deref(),
+                        &e.payload,
+                    ))
+                })
                 .collect()
         };
-        let count = records.len();
         self.status
             .duplicates
-            .fetch_add((total - count) as u64, std::sync::atomic::Ordering::Relaxed);
-        if records.is_empty() {
-            return 0;
+            .fetch_add((total - fresh.len()) as u64, Relaxed);
+        if fresh.is_empty() {
+            return Ok(Vec::new());
         }
-        if self.ingest.hub.has_subscribers() {
-            self.ingest.hub.publish(&records);
+        let chain = self.chain();
+        let out = tokio::task::spawn_blocking(move || run_chain(&chain, 0, fresh))
+            .await
+            .map_err(|e| Problem::Retry(format!("plugin call aborted: {e}")))?
+            .map_err(|e| self.call_problem(e))?;
+        Ok(self.stamp(out, now))
+    }
+
+    fn at(&self, now: i64) -> Stamp<'_> {
+        Stamp {
+            source: &self.source,
+            node: &self.ingest.node,
+            ingest_time_us: now,
         }
-        tokio::select! {
-            result = self.ingest.store.submit(records) => {
-                if let Err(e) = result {
-                    self.status.error(format!("store unavailable: {e}"));
-                }
+    }
+
+    fn stamp(&self, mut events: Vec<Event>, now: i64) -> Vec<Record> {
+        self.report_invalid(keep_json(&mut events));
+        let at = self.at(now);
+        events.into_iter().map(|e| stamp(&at, e)).collect()
+    }
+
+    fn report_invalid(&self, invalid: usize) {
+        if invalid > 0 {
+            self.status.error_n(
+                invalid as u64,
+                format!(
+                    "the plugin emitted {invalid} event(s) whose payload is not JSON; they were dropped"
+                ),
+            );
+        }
+    }
+
+    /// Let the transforms close what is due (time windows): every step's tick output goes
+    /// through the steps after it, then to the store like any batch.
+    pub(crate) async fn tick(&self) {
+        if self.chain.is_empty() {
+            return;
+        }
+        let chain = self.chain();
+        let now = now_us();
+        let ticked = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (i, (instance, step)) in chain.iter().enumerate() {
+                let due = lock(instance).tick(*step, now)?;
+                out.extend(run_chain(&chain, i + 1, due)?);
             }
-            () = self.cancel.cancelled() => {
-                self.status.error("stopped while waiting for the store; the last batch was not stored");
+            Ok::<_, CallError>(out)
+        })
+        .await;
+        match ticked {
+            Ok(Ok(events)) if !events.is_empty() => {
+                let records = self.stamp(events, now);
+                self.emit(records, None).await;
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                self.call_problem(error);
+            }
+            Err(join) => self.status.error(format!("tick aborted: {join}")),
         }
-        count
+    }
+
+    /// Publish to subscribers of decoded records, then submit to the store with the cursor
+    /// (waiting while its buffer is full, which pauses the source); the acker takes it from
+    /// there.
+    async fn emit(&self, records: Vec<Record>, cursor: Option<String>) {
+        if records.is_empty() && cursor.is_none() {
+            return;
+        }
+        let count = records.len();
+        if count > 0 {
+            self.status.record_events(count, now_us());
+            self.ingest.hub.publish(&records, Stage::Decoded);
+        }
+        let batch = Batch {
+            source: self.source.clone(),
+            records,
+            cursor,
+        };
+        // A stopping source still hands its last batch over, within the drain bound.
+        let stopping = async {
+            self.cancel.cancelled().await;
+            tokio::time::sleep(self.ingest.drain_timeout).await;
+        };
+        let receipt = tokio::select! {
+            submitted = self.ingest.store.submit(batch) => submitted,
+            () = stopping => {
+                self.status.error(format!(
+                    "stopped while waiting {} ms for room in the store; {count} records of the last batch were not stored",
+                    self.ingest.drain_timeout.as_millis()
+                ));
+                return;
+            }
+        };
+        match receipt {
+            Ok(receipt) => {
+                // Bounded: waits while `acks_in_flight` batches are unacknowledged.
+                let _ = self.acks.send(receipt).await;
+            }
+            Err(e) => self.status.error(format!("{e}: {count} records")),
+        }
     }
 
     fn call_problem(&self, error: CallError) -> Problem {
@@ -236,6 +363,47 @@ impl SourceCtx {
         lock(&self.connector.instance).close(self.connector.session);
         for step in &self.chain {
             lock(&step.instance).close(step.session);
+        }
+    }
+}
+
+impl Feed for SourceCtx {
+    fn ingest(&self, input: Input) -> impl Future<Output = Outcome> + Send {
+        SourceCtx::ingest(self, input)
+    }
+    fn status(&self) -> &SourceStatus {
+        &self.status
+    }
+    fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+    fn settings(&self) -> &SourceSettings {
+        &self.ingest.settings
+    }
+    fn http(&self) -> &reqwest::Client {
+        &self.ingest.http
+    }
+}
+
+/// Follows one source's submitted batches in order: when the store has committed one, its
+/// records go to subscribers of stored records and its cursor becomes the source's committed
+/// position. Ends once the source is gone and every receipt is settled.
+pub(crate) async fn acknowledge(
+    mut receipts: mpsc::Receiver<Receipt>,
+    hub: Hub,
+    status: Arc<SourceStatus>,
+    shelf: Option<(Arc<str>, CursorShelf)>,
+) {
+    while let Some(receipt) = receipts.recv().await {
+        match receipt.committed().await {
+            Ok(committed) => {
+                hub.publish(&committed.records, Stage::Stored);
+                if let (Some((source, shelf)), Some(cursor)) = (&shelf, &committed.cursor) {
+                    shelf.put(source, cursor.clone());
+                }
+                status.committed(committed.records.len(), committed.cursor);
+            }
+            Err(e) => status.error(e.to_string()),
         }
     }
 }

@@ -7,8 +7,6 @@
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::plugin::Event;
-
 /// Bytes in a record id.
 pub const RECORD_ID_LEN: usize = 16;
 
@@ -38,6 +36,18 @@ impl RecordId {
         let mut id = [0u8; RECORD_ID_LEN];
         id.copy_from_slice(&digest[..RECORD_ID_LEN]);
         RecordId(id)
+    }
+
+    /// An id as stored (16 bytes); `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(RecordId)
+    }
+
+    /// From lowercase or uppercase hex (32 digits).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut id = [0u8; RECORD_ID_LEN];
+        hex::decode_to_slice(text, &mut id).ok()?;
+        Some(RecordId(id))
     }
 
     /// Lowercase hex.
@@ -71,28 +81,43 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-impl Record {
-    /// Stamp an event from `source` ingested by `node` at `ingest_time_us`.
-    pub fn from_event(event: Event, source: &str, node: &str, ingest_time_us: i64) -> Self {
-        let id = RecordId::derive(
-            source,
-            &event.stream,
-            event.upstream_id.as_deref(),
-            &event.payload,
-        );
+/// What the host stamps on every record of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    /// The source that produced the records.
+    pub source: &'a str,
+    /// The node that ingested them.
+    pub node: &'a str,
+    /// When, µs since the epoch.
+    pub ingest_time_us: i64,
+}
+
+impl Stamp<'_> {
+    /// The record of one event (the fields a connector or transform gives), with its id.
+    pub fn record(
+        &self,
+        stream: String,
+        key: Option<String>,
+        upstream_id: Option<String>,
+        event_time_us: Option<i64>,
+        payload: Vec<u8>,
+    ) -> Record {
+        let id = RecordId::derive(self.source, &stream, upstream_id.as_deref(), &payload);
         Record {
             id,
-            source: source.to_owned(),
-            stream: event.stream,
-            key: event.key,
-            upstream_id: event.upstream_id,
-            event_time_us: event.event_time,
-            ingest_time_us,
-            node: node.to_owned(),
-            payload: event.payload,
+            source: self.source.to_owned(),
+            stream,
+            key,
+            upstream_id,
+            event_time_us,
+            ingest_time_us: self.ingest_time_us,
+            node: self.node.to_owned(),
+            payload,
         }
     }
+}
 
+impl Record {
     /// The record as one JSON object (what WebSocket subscribers receive); the payload is
     /// embedded as JSON, not as a string.
     pub fn to_json(&self) -> String {
@@ -205,14 +230,18 @@ mod tests {
 
     #[test]
     fn json_embeds_the_payload() {
-        let event = Event {
-            stream: "trades".into(),
-            key: Some("BTC.USDT".into()),
-            upstream_id: Some("7".into()),
-            event_time: Some(5),
-            payload: br#"{"price":"1.5"}"#.to_vec(),
+        let stamp = Stamp {
+            source: "src",
+            node: "node-a",
+            ingest_time_us: 9,
         };
-        let record = Record::from_event(event, "src", "node-a", 9);
+        let record = stamp.record(
+            "trades".into(),
+            Some("BTC.USDT".into()),
+            Some("7".into()),
+            Some(5),
+            br#"{"price":"1.5"}"#.to_vec(),
+        );
         let json: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
         assert_eq!(json["payload"]["price"], "1.5");
         assert_eq!(json["id"].as_str().unwrap().len(), 32);

@@ -2,7 +2,6 @@
 //! bytes by digest, each node's own source reports, and the record stream of the data plane.
 //! With a cluster key, every request carries a token derived from it (`x-anode-cluster`).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -18,8 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Entry, Version};
-use super::{Cluster, Peer};
-use crate::node::NodeState;
+use super::{Cluster, Peer, PeerContext};
 use crate::plugin::Digest;
 
 /// The header node-to-node requests authenticate with.
@@ -28,7 +26,7 @@ pub const TOKEN_HEADER: &str = "x-anode-cluster";
 /// Bounds every node-to-node request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-type AppState = Arc<NodeState>;
+type AppState = PeerContext;
 
 #[derive(Serialize, Deserialize)]
 struct SyncRequest {
@@ -51,19 +49,19 @@ struct Push {
 }
 
 /// The routes, mounted into the node's API.
-pub fn routes(state: AppState) -> Router<AppState> {
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/cluster/v1/catalog/sync", post(sync))
         .route("/cluster/v1/catalog/push", post(receive_push))
         .route("/cluster/v1/plugins/{digest}", get(plugin_bytes))
         .route("/cluster/v1/sources", get(local_sources))
         .route("/cluster/v1/stream", get(super::relay::serve))
-        .layer(middleware::from_fn_with_state(state, authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
 }
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let cluster = state.cluster();
-    match cluster.envelope.http_token() {
+    match state.cluster.envelope.http_token() {
         Some(token) => {
             let given = request
                 .headers()
@@ -77,7 +75,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
                     .into_response();
             }
         }
-        None if !state.config.api.bind.ip().is_loopback() => {
+        None if !state.loopback_only => {
             return (
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": "node-to-node routes beyond loopback need cluster.key"})),
@@ -90,7 +88,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
 }
 
 async fn sync(State(state): State<AppState>, Json(request): Json<SyncRequest>) -> Response {
-    let catalog = &state.cluster().catalog;
+    let catalog = &state.cluster.catalog;
     if request.fingerprint == catalog.fingerprint() {
         return Json(SyncResponse::default()).into_response();
     }
@@ -102,7 +100,7 @@ async fn receive_push(
     State(state): State<AppState>,
     Json(push): Json<Push>,
 ) -> Json<serde_json::Value> {
-    let applied = state.cluster().catalog.merge_all(push.entries);
+    let applied = state.cluster.catalog.merge_all(push.entries);
     Json(json!({ "applied": applied }))
 }
 
@@ -110,7 +108,7 @@ async fn plugin_bytes(State(state): State<AppState>, Path(digest): Path<String>)
     let Ok(digest) = digest.parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "not a sha256 digest").into_response();
     };
-    let store = state.plugin_store.clone();
+    let store = state.plugins.clone();
     match tokio::task::spawn_blocking(move || store.bytes(&digest)).await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response(),
         _ => (StatusCode::NOT_FOUND, "no such plugin here").into_response(),
@@ -118,7 +116,7 @@ async fn plugin_bytes(State(state): State<AppState>, Path(digest): Path<String>)
 }
 
 async fn local_sources(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!(state.local_sources().await))
+    Json(json!(state.reports.local_reports().await))
 }
 
 fn request(cluster: &Cluster, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -60,6 +60,13 @@ pub struct ClusterSettings {
     /// At start with seeds, how long to wait to hear from the cluster before running
     /// sources alone.
     pub join_grace_ms: u64,
+    /// Make-before-break: a node that no longer owns a source (a node joined, or this one
+    /// leaves) runs it until its new owner reports it live, at most this long when the new
+    /// owner says nothing (never stopped while the new owner reports it cannot run it).
+    pub handover_timeout_ms: u64,
+    /// With the embedded store, how often committed cursors are written to the catalog (so a
+    /// new owner on another node resumes from them); at most this much is replayed there.
+    pub cursor_share_ms: u64,
 }
 
 /// Default gossip port (UDP).
@@ -80,6 +87,8 @@ impl Default for ClusterSettings {
             sync_ms: 2000,
             announce_ms: 1000,
             join_grace_ms: 3000,
+            handover_timeout_ms: 10_000,
+            cursor_share_ms: 1000,
         }
     }
 }
@@ -166,6 +175,34 @@ pub enum MemberState {
 pub struct Member {
     pub peer: Peer,
     pub state: MemberState,
+}
+
+/// What the node-to-node routes and the data plane need of the node they run in: a narrow
+/// handle, so the cluster never reaches into the node.
+#[derive(Clone)]
+pub struct PeerContext {
+    pub cluster: Cluster,
+    /// Where plugin bytes are served from.
+    pub plugins: crate::plugin::PluginStore,
+    /// This node's fan-out: records to peers, relayed records to clients.
+    pub hub: crate::fanout::Hub,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Whether the API listens on loopback only (node-to-node routes then need no key).
+    pub loopback_only: bool,
+    /// This node's own source reports.
+    pub reports: std::sync::Arc<dyn SourceReports>,
+}
+
+/// Reports of the sources a node runs (and owns but could not start), for its peers.
+pub trait SourceReports: Send + Sync {
+    fn local_reports(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<serde_json::Value>> + Send + '_>>;
+}
+
+/// The owner of `source` among `nodes` (stable ids), by rendezvous hashing.
+pub fn owner_among<'a>(source: &str, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    assign::owner(source, nodes)
 }
 
 /// What this node knows of the cluster.

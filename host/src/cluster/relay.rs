@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
-use super::Peer;
-use crate::fanout::{Delivery, Filter};
-use crate::node::NodeState;
+use super::{Peer, PeerContext};
+use crate::fanout::{Delivery, Filter, Stage};
+use crate::record::RecordId;
 
 /// How often links are opened and closed to follow interest and membership.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -39,6 +39,8 @@ struct Interest {
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
     source: Cow<'a, str>,
     #[serde(borrow)]
     stream: Cow<'a, str>,
@@ -46,14 +48,40 @@ struct Head<'a> {
     key: Option<Cow<'a, str>>,
 }
 
+/// A stored record, as a peer link sends it; a decoded one goes bare.
+#[derive(Deserialize)]
+struct StoredRecord<'a> {
+    #[allow(dead_code)]
+    after: Stage,
+    #[serde(borrow)]
+    record: &'a serde_json::value::RawValue,
+}
+
+/// A record from a peer link: what filters look at, its stage and its JSON.
+fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
+    let (head, stage, record) = match serde_json::from_str::<Head>(text) {
+        Ok(head) => (head, Stage::Decoded, text),
+        Err(_) => {
+            let stored = serde_json::from_str::<StoredRecord>(text).ok()?;
+            let record = stored.record.get();
+            (
+                serde_json::from_str::<Head>(record).ok()?,
+                Stage::Stored,
+                record,
+            )
+        }
+    };
+    Some((RecordId::from_hex(&head.id)?, head, stage, record))
+}
+
 /// `GET /cluster/v1/stream`: stream this node's records to a peer.
-pub async fn serve(State(state): State<Arc<NodeState>>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn serve(State(state): State<PeerContext>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| stream_to_peer(socket, state))
 }
 
-async fn stream_to_peer(socket: WebSocket, state: Arc<NodeState>) {
+async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
     let (mut tx, mut rx) = socket.split();
-    let Ok(mut subscription) = state.ingest.hub.subscribe_peer(Vec::new()) else {
+    let Ok(mut subscription) = state.hub.subscribe_peer(Vec::new()) else {
         return;
     };
     loop {
@@ -63,8 +91,13 @@ async fn stream_to_peer(socket: WebSocket, state: Arc<NodeState>) {
                 return;
             }
             delivery = subscription.next() => match delivery {
-                Delivery::Record { json, .. } => {
-                    let sent = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::text(json.to_string()))).await;
+                Delivery::Record { json, stage, .. } => {
+                    let text = match stage {
+                        Stage::Decoded => json.to_string(),
+                        // The receiver must know which of its clients may see it.
+                        Stage::Stored => format!(r#"{{"after":"stored","record":{json}}}"#),
+                    };
+                    let sent = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::text(text))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
@@ -94,7 +127,7 @@ struct Link {
 }
 
 /// Keep one link open to every live peer while this node has clients; none otherwise.
-pub async fn run_links(state: Arc<NodeState>, shutdown: CancellationToken) {
+pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -104,8 +137,8 @@ pub async fn run_links(state: Arc<NodeState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let filters = state.ingest.hub.client_filters();
-        let view = state.cluster().view();
+        let filters = state.hub.client_filters();
+        let view = state.cluster.view();
         links.retain(|id, link| {
             let current = view.live_peers().any(|p| *p == link.peer);
             let keep = !filters.is_empty() && current && !link.task.is_finished();
@@ -156,7 +189,7 @@ pub async fn run_links(state: Arc<NodeState>, shutdown: CancellationToken) {
 }
 
 async fn link(
-    state: Arc<NodeState>,
+    state: PeerContext,
     peer: Peer,
     mut filters: watch::Receiver<Vec<Filter>>,
 ) -> Result<(), String> {
@@ -166,7 +199,7 @@ async fn link(
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    if let Some(token) = state.cluster().envelope.http_token() {
+    if let Some(token) = state.cluster.envelope.http_token() {
         request.headers_mut().insert(
             super::http::TOKEN_HEADER,
             token.parse().map_err(|_| "bad token header")?,
@@ -185,8 +218,8 @@ async fn link(
     tx.send(tungstenite::Message::text(first))
         .await
         .map_err(|e| e.to_string())?;
-    let hub = &state.ingest.hub;
-    let stats = &state.cluster().stats;
+    let hub = &state.hub;
+    let stats = &state.cluster.stats;
     loop {
         tokio::select! {
             changed = filters.changed() => {
@@ -198,13 +231,12 @@ async fn link(
             }
             incoming = rx.next() => match incoming {
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    let text: &str = text.as_str();
-                    match serde_json::from_str::<Head>(text) {
-                        Ok(head) => {
+                    match relayed(text.as_str()) {
+                        Some((id, head, stage, record)) => {
                             stats.records_relayed_in.fetch_add(1, Relaxed);
-                            hub.publish_relayed(&head.source, &head.stream, head.key.as_deref(), Arc::from(text));
+                            hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
                         }
-                        Err(_) => {
+                        None => {
                             stats.rejected_invalid.fetch_add(1, Relaxed);
                         }
                     }

@@ -9,6 +9,7 @@
 mod digest;
 mod error;
 mod instance;
+mod limits;
 mod manifest;
 mod metrics;
 mod runtime;
@@ -20,6 +21,7 @@ mod wit;
 pub use digest::{BadDigestError, Digest};
 pub use error::{CallError, PluginLoadError};
 pub use instance::{ConnectorInstance, SessionId, TransformInstance};
+pub use limits::PluginLimits;
 pub use manifest::{Kind, ManifestError, PluginManifest, WIT_PACKAGE};
 pub use metrics::{PluginMetrics, PluginMetricsSnapshot};
 pub use runtime::{CompileSource, Plugin, PluginRuntime};

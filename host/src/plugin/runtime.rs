@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine};
 
+use super::PluginLimits;
 use super::digest::Digest;
 use super::error::PluginLoadError;
 use super::instance::{ConnectorInstance, TransformInstance, describe};
@@ -20,7 +21,6 @@ use super::manifest::{Kind, PluginManifest};
 use super::metrics::PluginMetrics;
 use super::sandbox::{Sandbox, SandboxLimits};
 use super::wit::{self, CONNECTOR_EXPORT, TRANSFORM_EXPORT};
-use crate::config::PluginLimits;
 
 /// Compiles and runs plugins. Cheap to clone; all clones share one engine.
 #[derive(Clone)]

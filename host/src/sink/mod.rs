@@ -6,28 +6,38 @@
 //! so a slow or absent database pushes back on the sources instead of growing memory or
 //! dropping records.
 //!
-//! One writer task drains the buffer in batches into a [`Backend`]: [`postgres`] (production)
-//! or [`sqlite`] (the embedded default). A batch leaves the buffer only once it is written, so
-//! a database that goes away loses nothing that is in the buffer: the writer reconnects with
-//! backoff and writes the same batch again. Record ids make that idempotent: a row already
-//! stored is skipped (`ON CONFLICT (id) DO NOTHING`) and counted as a duplicate.
+//! Sources submit [`Batch`]es: records with the cursor they reach. One writer task
+//! ([`writer`]) commits queued batches together into a [`Backend`] — [`postgres`]
+//! (production) or [`sqlite`] (the embedded default) — writing the records and each source's
+//! cursor in one transaction, so that a stored cursor never runs ahead of the stored records.
+//! Only then is each batch acknowledged through its [`Receipt`]. A batch leaves the buffer
+//! only once it is committed, so a database that goes away loses nothing that is in the
+//! buffer: the writer reconnects with backoff and writes the same batches again. Record ids
+//! make that idempotent: a row already stored is skipped (`ON CONFLICT (id) DO NOTHING`) and
+//! counted as a duplicate.
+//!
+//! A source that starts (after a restart, or on a new owner) reads its last committed cursor
+//! and its most recent record ids with [`StoreHandle::resume`].
 
+mod buffer;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod writer;
+
+pub use buffer::{Batch, Committed, Receipt, StoreClosedError};
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::record::Record;
+use crate::record::{Record, RecordId};
+use buffer::{Pending, Taken};
 
 /// Where records go and the bounds of the buffer in front of the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,11 +99,6 @@ pub enum SinkError {
     Sqlite { path: PathBuf, message: String },
 }
 
-/// The store has stopped (the node is shutting down); the records were not taken.
-#[derive(Debug, thiserror::Error)]
-#[error("the store is shutting down")]
-pub struct StoreClosedError;
-
 /// Why a write failed, which decides what the writer does next.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WriteError {
@@ -118,13 +123,41 @@ pub(crate) struct Written {
 pub(crate) trait Backend: Send + 'static {
     /// Connect (or reconnect) and make sure the schema exists.
     fn connect(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
-    /// Store a batch in one transaction, skipping ids already stored.
+    /// Store records and set sources' cursors in one transaction, skipping ids already
+    /// stored.
     fn write(
         &mut self,
-        batch: &[Record],
+        records: &[Record],
+        cursors: &[(Arc<str>, String)],
     ) -> impl Future<Output = Result<Written, WriteError>> + Send;
+    /// A source's last committed cursor (and when) and the ids of its `recent` latest
+    /// records.
+    fn resume(
+        &mut self,
+        source: &str,
+        recent: usize,
+    ) -> impl Future<Output = Result<Resume, WriteError>> + Send;
     /// Where the data goes, for the API (no password).
     fn describe(&self) -> String;
+}
+
+/// Where a source stands in the store: what it opens with after a restart or a move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The cursor committed with the source's last stored batch.
+    pub cursor: Option<String>,
+    /// When that cursor was committed (µs since the epoch).
+    pub updated_us: Option<i64>,
+    /// Ids of the source's latest stored records, newest first: they seed its repeat window.
+    pub recent: Vec<RecordId>,
+}
+
+/// The store cannot answer a read now.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read from the {kind} store: {message}")]
+pub struct StoreReadError {
+    kind: &'static str,
+    message: String,
 }
 
 /// Counters and state of the store, for the API and metrics.
@@ -140,6 +173,8 @@ pub struct StoreStats {
     /// Rows the database refused (invalid data); counted and logged, never retried.
     pub rows_rejected: u64,
     pub batches: u64,
+    /// Source cursors committed with their records.
+    pub cursors_committed: u64,
     /// Duration of the last successful write.
     pub last_batch_ms: f64,
     /// Records waiting to be written.
@@ -154,7 +189,9 @@ pub struct StoreStats {
 struct Shared {
     kind: &'static str,
     target: String,
-    buffer: Mutex<VecDeque<Record>>,
+    buffer: Mutex<VecDeque<Pending>>,
+    /// Records in `buffer`.
+    queued: AtomicUsize,
     /// One permit per free record slot in the buffer.
     room: Semaphore,
     capacity: usize,
@@ -166,6 +203,7 @@ struct Shared {
     duplicates: AtomicU64,
     rejected: AtomicU64,
     batches: AtomicU64,
+    cursors_committed: AtomicU64,
     last_batch_us: AtomicU64,
     write_errors: AtomicU64,
     reconnects: AtomicU64,
@@ -173,10 +211,49 @@ struct Shared {
     closed: CancellationToken,
 }
 
+/// Reads go through a backend of their own, so they never wait behind the writer's batches.
+type Reader = Arc<tokio::sync::Mutex<Box<dyn ResumeReader>>>;
+
+/// The object-safe part of [`Backend`] that reads need.
+trait ResumeReader: Send {
+    fn resume_boxed<'a>(
+        &'a mut self,
+        source: &'a str,
+        recent: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resume, WriteError>> + Send + 'a>>;
+}
+
+/// A backend used for reads: connects on first use and again after a failure.
+struct ReadOnly<B> {
+    backend: B,
+    connected: bool,
+}
+
+impl<B: Backend> ResumeReader for ReadOnly<B> {
+    fn resume_boxed<'a>(
+        &'a mut self,
+        source: &'a str,
+        recent: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resume, WriteError>> + Send + 'a>> {
+        Box::pin(async move {
+            if !self.connected {
+                self.backend.connect().await?;
+                self.connected = true;
+            }
+            let result = self.backend.resume(source, recent).await;
+            if result.is_err() {
+                self.connected = false;
+            }
+            result
+        })
+    }
+}
+
 /// Where sources submit records. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
     shared: Arc<Shared>,
+    reader: Reader,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,13 +261,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StoreHandle {
-    /// Queue records for storing, waiting while the buffer is full.
-    pub async fn submit(&self, records: Vec<Record>) -> Result<(), StoreClosedError> {
+    /// Queue a batch for storing, waiting while the buffer is full; the receipt resolves
+    /// once the batch (records and cursor) is committed.
+    pub async fn submit(&self, batch: Batch) -> Result<Receipt, StoreClosedError> {
         let shared = &self.shared;
-        let mut records = records.into_iter().peekable();
-        while records.peek().is_some() {
-            // A batch larger than the whole buffer goes in as several parts.
-            let part: Vec<Record> = records.by_ref().take(shared.capacity).collect();
+        let (pending, receipt) = Pending::new(batch);
+        let mut rest = Some(pending);
+        while let Some(mut pending) = rest.take() {
+            // A batch larger than the whole buffer goes in as several parts; the last one
+            // carries the cursor and the acknowledgement.
+            let part = if pending.len() > shared.capacity {
+                let front = pending.split_front(shared.capacity);
+                rest = Some(pending);
+                front
+            } else {
+                pending
+            };
             let permits = tokio::select! {
                 permits = shared.room.acquire_many(part.len() as u32) => {
                     permits.map_err(|_| StoreClosedError)?
@@ -199,10 +285,27 @@ impl StoreHandle {
             };
             // The writer gives the permits back when the rows are written.
             permits.forget();
-            lock(&shared.buffer).extend(part);
+            shared.queued.fetch_add(part.len(), Relaxed);
+            lock(&shared.buffer).push_back(part);
             shared.arrived.notify_one();
         }
-        Ok(())
+        Ok(receipt)
+    }
+
+    /// Where `source` stands in the store: its committed cursor and its latest `recent`
+    /// record ids. Fails while the database cannot be reached: a source must not open
+    /// without its cursor.
+    pub async fn resume(&self, source: &str, recent: usize) -> Result<Resume, StoreReadError> {
+        let kind = self.shared.kind;
+        self.reader
+            .lock()
+            .await
+            .resume_boxed(source, recent)
+            .await
+            .map_err(|e| StoreReadError {
+                kind,
+                message: e.to_string(),
+            })
     }
 
     /// Counters and state.
@@ -216,6 +319,7 @@ impl StoreHandle {
             duplicates_skipped: s.duplicates.load(Relaxed),
             rows_rejected: s.rejected.load(Relaxed),
             batches: s.batches.load(Relaxed),
+            cursors_committed: s.cursors_committed.load(Relaxed),
             last_batch_ms: s.last_batch_us.load(Relaxed) as f64 / 1000.0,
             backlog: s.backlog(),
             backlog_bound: s.capacity,
@@ -236,21 +340,24 @@ pub fn spawn_store(
     match &settings.postgres_url {
         Some(url) => {
             let backend = postgres::Postgres::new(url, settings.postgres_method)?;
-            Ok(spawn_writer(backend, "postgres", settings, cancel))
+            let reader = postgres::Postgres::new(url, settings.postgres_method)?;
+            Ok(spawn_writer(backend, reader, "postgres", settings, cancel))
         }
         None => {
             let path = settings
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
+            let reader = sqlite::Sqlite::new(path.clone());
             let backend = sqlite::Sqlite::new(path);
-            Ok(spawn_writer(backend, "sqlite", settings, cancel))
+            Ok(spawn_writer(backend, reader, "sqlite", settings, cancel))
         }
     }
 }
 
 fn spawn_writer<B: Backend>(
     backend: B,
+    reader: B,
     kind: &'static str,
     settings: &StoreSettings,
     cancel: CancellationToken,
@@ -262,6 +369,7 @@ fn spawn_writer<B: Backend>(
         kind,
         target: backend.describe(),
         buffer: Mutex::new(VecDeque::new()),
+        queued: AtomicUsize::new(0),
         room: Semaphore::new(capacity),
         capacity,
         in_flight: AtomicUsize::new(0),
@@ -271,19 +379,24 @@ fn spawn_writer<B: Backend>(
         duplicates: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         batches: AtomicU64::new(0),
+        cursors_committed: AtomicU64::new(0),
         last_batch_us: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         last_error: Mutex::new(None),
         closed: CancellationToken::new(),
     });
-    let task = tokio::spawn(write_loop(
+    let reader: Reader = Arc::new(tokio::sync::Mutex::new(Box::new(ReadOnly {
+        backend: reader,
+        connected: false,
+    })));
+    let task = tokio::spawn(writer::write_loop(
         backend,
         shared.clone(),
         settings.clone(),
         cancel,
     ));
-    (StoreHandle { shared }, task)
+    (StoreHandle { shared, reader }, task)
 }
 
 impl Shared {
@@ -292,214 +405,77 @@ impl Shared {
         *lock(&self.last_error) = Some(error.to_string());
     }
 
-    /// Take the oldest records, up to `max`; they count as backlog until released or put back.
-    fn take_batch(&self, max: usize) -> Vec<Record> {
-        let mut buffer = lock(&self.buffer);
-        let n = buffer.len().min(max);
-        self.in_flight.store(n, Relaxed);
-        buffer.drain(..n).collect()
+    /// Take the oldest batches, up to `max` records; they count as backlog until
+    /// acknowledged or put back.
+    fn take(&self, max: usize) -> Taken {
+        let taken = Taken::from_queue(&mut lock(&self.buffer), max);
+        self.queued.fetch_sub(taken.records.len(), Relaxed);
+        self.in_flight.store(taken.records.len(), Relaxed);
+        taken
     }
 
-    /// The batch is stored: give its room back.
-    fn release(&self, batch: Vec<Record>) {
+    /// The batches are committed: give their room back and tell their submitters.
+    fn acknowledge(&self, taken: Taken) {
         self.in_flight.store(0, Relaxed);
-        self.room.add_permits(batch.len());
+        self.room.add_permits(taken.records.len());
+        self.cursors_committed
+            .fetch_add(taken.cursors.len() as u64, Relaxed);
+        taken.acknowledge();
     }
 
-    /// The batch was not stored: it goes back to the front, to be written first.
-    fn put_back(&self, batch: Vec<Record>) {
+    /// The batches were not stored: they go back to the front, to be written first.
+    fn put_back(&self, taken: Taken) {
+        let count = taken.records.len();
         let mut buffer = lock(&self.buffer);
-        for record in batch.into_iter().rev() {
-            buffer.push_front(record);
+        for pending in taken.into_pending().into_iter().rev() {
+            buffer.push_front(pending);
         }
+        self.queued.fetch_add(count, Relaxed);
         self.in_flight.store(0, Relaxed);
+    }
+
+    /// Records waiting in the buffer.
+    fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
     }
 
     /// Records not yet stored.
     fn backlog(&self) -> usize {
-        lock(&self.buffer).len() + self.in_flight.load(Relaxed)
+        self.queued() + self.in_flight.load(Relaxed)
     }
-}
 
-async fn write_loop<B: Backend>(
-    mut backend: B,
-    shared: Arc<Shared>,
-    settings: StoreSettings,
-    cancel: CancellationToken,
-) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(settings.reconnect_min_ms),
-        Duration::from_millis(settings.reconnect_max_ms),
-    );
-    let flush = Duration::from_millis(settings.flush_ms);
-    let batch_max = settings.batch_max.max(1);
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        if drain_deadline.is_none() && cancel.is_cancelled() {
-            drain_deadline =
-                Some(Instant::now() + Duration::from_millis(settings.drain_timeout_ms));
-        }
-        if let Some(deadline) = drain_deadline {
-            let left = lock(&shared.buffer).len();
-            if left == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                tracing::error!(
-                    "stopping with {left} records not stored: the {} store did not take them within \
-                     store.drain_timeout_ms ({} ms)",
-                    shared.kind,
-                    settings.drain_timeout_ms
-                );
-                break;
-            }
-        }
-        if !shared.connected.load(Relaxed) {
-            match backend.connect().await {
-                Ok(()) => {
-                    if shared.batches.load(Relaxed) > 0 || shared.write_errors.load(Relaxed) > 0 {
-                        shared.reconnects.fetch_add(1, Relaxed);
-                        tracing::info!("reconnected to the {} store", shared.kind);
-                    }
-                    shared.connected.store(true, Relaxed);
-                    backoff.reset();
-                }
-                Err(error) => {
-                    shared.failed(&error);
-                    let wait = backoff.fail();
-                    tracing::warn!(
-                        "the {} store is unavailable ({error}); {} records buffered, retrying in {} ms",
-                        shared.kind,
-                        lock(&shared.buffer).len(),
-                        wait.as_millis()
-                    );
-                    sleep_or_cancel(wait, &cancel, drain_deadline.is_some()).await;
-                    continue;
-                }
-            }
-        }
-        // Wait for a full batch, or for the flush interval once something is waiting.
-        let waiting = lock(&shared.buffer).len();
-        if waiting == 0 {
-            if drain_deadline.is_some() {
-                continue;
-            }
-            tokio::select! {
-                () = shared.arrived.notified() => {}
-                () = cancel.cancelled() => {}
-            }
-            continue;
-        }
-        if waiting < batch_max && drain_deadline.is_none() {
-            let _ = tokio::time::timeout(flush, async {
-                while lock(&shared.buffer).len() < batch_max {
-                    tokio::select! {
-                        () = shared.arrived.notified() => {}
-                        () = cancel.cancelled() => break,
-                    }
-                }
-            })
-            .await;
-        }
-        let batch = shared.take_batch(batch_max);
-        let started = Instant::now();
-        match write_batch(&mut backend, &shared, &batch).await {
-            Ok(written) => {
-                shared.rows_written.fetch_add(written.inserted, Relaxed);
-                shared.duplicates.fetch_add(written.duplicates, Relaxed);
-                shared.batches.fetch_add(1, Relaxed);
-                shared
-                    .last_batch_us
-                    .store(started.elapsed().as_micros() as u64, Relaxed);
-                shared.release(batch);
-            }
-            Err(error) => {
-                shared.failed(&error);
-                shared.connected.store(false, Relaxed);
-                tracing::warn!(
-                    "writing {} records to the {} store failed ({error}); they stay buffered",
-                    batch.len(),
-                    shared.kind
-                );
-                shared.put_back(batch);
-            }
-        }
-    }
-    shared.closed.cancel();
-    shared.room.close();
-}
-
-/// Write a batch; when the database rejects the data, write row by row so that only the bad
-/// rows are lost (counted and logged), not the batch.
-async fn write_batch<B: Backend>(
-    backend: &mut B,
-    shared: &Shared,
-    batch: &[Record],
-) -> Result<Written, WriteError> {
-    match backend.write(batch).await {
-        Err(WriteError::Rejected(message)) if batch.len() > 1 => {
-            tracing::warn!(
-                "the {} store refused a batch ({message}); writing it row by row",
-                shared.kind
-            );
-            let mut total = Written::default();
-            for record in batch {
-                match backend.write(std::slice::from_ref(record)).await {
-                    Ok(w) => {
-                        total.inserted += w.inserted;
-                        total.duplicates += w.duplicates;
-                    }
-                    Err(WriteError::Rejected(message)) => reject(shared, record, &message),
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(total)
-        }
-        Err(WriteError::Rejected(message)) => {
-            if let Some(record) = batch.first() {
-                reject(shared, record, &message);
-            }
-            Ok(Written::default())
-        }
-        other => other,
-    }
-}
-
-fn reject(shared: &Shared, record: &Record, message: &str) {
-    shared.rejected.fetch_add(1, Relaxed);
-    let text = format!(
-        "record {} of source `{}` was refused by the {} store and dropped: {message}",
-        record.id.to_hex(),
-        record.source,
-        shared.kind
-    );
-    tracing::error!("{text}");
-    *lock(&shared.last_error) = Some(text);
-}
-
-async fn sleep_or_cancel(wait: Duration, cancel: &CancellationToken, draining: bool) {
-    if draining {
-        tokio::time::sleep(wait).await;
-    } else {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => {}
-        }
+    /// Whether no batch waits (batches with a cursor and no records count).
+    fn idle(&self) -> bool {
+        lock(&self.buffer).is_empty()
     }
 }
 
 /// The columns every backend stores, in order; one schema for both databases.
 pub(crate) const TABLE: &str = "anode_records";
+/// Each source's last committed cursor: `source` (primary key), `cursor`, `updated_us`.
+pub(crate) const CURSORS: &str = "anode_cursors";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordId;
+    use std::time::{Duration, Instant};
 
     /// A backend in memory that can be told to fail: exercises the buffer, not a database.
+    #[derive(Clone)]
     struct Flaky {
         up: Arc<AtomicBool>,
         stored: Arc<Mutex<Vec<RecordId>>>,
+        cursors: Arc<Mutex<Vec<(String, String)>>>,
+    }
+
+    impl Flaky {
+        fn new(up: bool) -> Self {
+            Flaky {
+                up: Arc::new(AtomicBool::new(up)),
+                stored: Arc::default(),
+                cursors: Arc::default(),
+            }
+        }
     }
 
     impl Backend for Flaky {
@@ -510,13 +486,22 @@ mod tests {
                 Err(WriteError::Connection("down".into()))
             }
         }
-        async fn write(&mut self, batch: &[Record]) -> Result<Written, WriteError> {
+        async fn write(
+            &mut self,
+            batch: &[Record],
+            cursors: &[(Arc<str>, String)],
+        ) -> Result<Written, WriteError> {
             if !self.up.load(Relaxed) {
                 return Err(WriteError::Connection("down".into()));
             }
             // All or nothing, like a transaction.
             if batch.iter().any(|r| r.source == "bad") {
                 return Err(WriteError::Rejected("bad row".into()));
+            }
+            let mut saved = lock(&self.cursors);
+            for (source, cursor) in cursors {
+                saved.retain(|(s, _)| **s != **source);
+                saved.push((source.to_string(), cursor.clone()));
             }
             let mut stored = lock(&self.stored);
             let mut written = Written::default();
@@ -530,8 +515,27 @@ mod tests {
             }
             Ok(written)
         }
+        async fn resume(&mut self, source: &str, _recent: usize) -> Result<Resume, WriteError> {
+            let cursor = lock(&self.cursors)
+                .iter()
+                .find(|(s, _)| s == source)
+                .map(|(_, c)| c.clone());
+            Ok(Resume {
+                updated_us: cursor.as_ref().map(|_| 0),
+                cursor,
+                recent: Vec::new(),
+            })
+        }
         fn describe(&self) -> String {
             "memory".into()
+        }
+    }
+
+    fn batch(records: Vec<Record>) -> Batch {
+        Batch {
+            source: records.first().map_or("a", |r| r.source.as_str()).into(),
+            records,
+            cursor: None,
         }
     }
 
@@ -559,8 +563,6 @@ mod tests {
 
     #[tokio::test]
     async fn outage_buffers_then_pushes_back_and_loses_nothing() {
-        let up = Arc::new(AtomicBool::new(false));
-        let stored = Arc::new(Mutex::new(Vec::new()));
         let settings = StoreSettings {
             buffer_records: 10,
             batch_max: 4,
@@ -570,20 +572,28 @@ mod tests {
             ..StoreSettings::default()
         };
         let cancel = CancellationToken::new();
-        let backend = Flaky {
-            up: up.clone(),
-            stored: stored.clone(),
-        };
-        let (store, task) = spawn_writer(backend, "memory", &settings, cancel.clone());
-        store
-            .submit((0..10).map(|n| record("a", n)).collect())
+        let backend = Flaky::new(false);
+        let (up, stored) = (backend.up.clone(), backend.stored.clone());
+        let (store, task) = spawn_writer(
+            backend.clone(),
+            backend,
+            "memory",
+            &settings,
+            cancel.clone(),
+        );
+        let first = store
+            .submit(batch((0..10).map(|n| record("a", n)).collect()))
             .await
             .unwrap();
         assert_eq!(store.stats().backlog, 10);
         // The buffer is full: the next submit waits until the database is back.
         let blocked = tokio::spawn({
             let store = store.clone();
-            async move { store.submit(vec![record("a", 10), record("bad", 0)]).await }
+            async move {
+                store
+                    .submit(batch(vec![record("a", 10), record("bad", 0)]))
+                    .await
+            }
         });
         until("write errors while down", || store.stats().write_errors > 0).await;
         assert!(
@@ -591,9 +601,15 @@ mod tests {
             "submit must wait while the buffer is full"
         );
         up.store(true, Relaxed);
-        blocked.await.unwrap().unwrap();
+        let committed = first.committed().await.unwrap();
+        assert_eq!(
+            committed.records.len(),
+            10,
+            "the receipt hands the records back"
+        );
+        blocked.await.unwrap().unwrap().committed().await.unwrap();
         // A replayed record is stored once.
-        store.submit(vec![record("a", 3)]).await.unwrap();
+        store.submit(batch(vec![record("a", 3)])).await.unwrap();
         until("everything written", || store.stats().backlog == 0).await;
         let stats = store.stats();
         assert_eq!(stats.rows_written, 11);
@@ -603,29 +619,114 @@ mod tests {
         assert_eq!(lock(&stored).len(), 11);
         cancel.cancel();
         task.await.unwrap();
-        assert!(store.submit(vec![record("a", 99)]).await.is_err());
+        assert!(store.submit(batch(vec![record("a", 99)])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_cursor_is_committed_with_its_records_and_never_before() {
+        let settings = StoreSettings {
+            flush_ms: 1,
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 5,
+            ..StoreSettings::default()
+        };
+        let cancel = CancellationToken::new();
+        let backend = Flaky::new(false);
+        let up = backend.up.clone();
+        let (store, task) = spawn_writer(
+            backend.clone(),
+            backend,
+            "memory",
+            &settings,
+            cancel.clone(),
+        );
+        let receipt = store
+            .submit(Batch {
+                source: "a".into(),
+                records: (0..5).map(|n| record("a", n)).collect(),
+                cursor: Some("4".into()),
+            })
+            .await
+            .unwrap();
+        until("write errors while down", || store.stats().write_errors > 0).await;
+        // Reads use their own connection: they fail while the database is down, rather
+        // than answer "no cursor".
+        up.store(true, Relaxed);
+        let committed = receipt.committed().await.unwrap();
+        assert_eq!(committed.cursor.as_deref(), Some("4"));
+        assert_eq!(
+            store.resume("a", 10).await.unwrap().cursor.as_deref(),
+            Some("4")
+        );
+        assert_eq!(store.resume("b", 10).await.unwrap(), Resume::default());
+        assert_eq!(store.stats().cursors_committed, 1);
+        // A batch of no records moves the cursor alone.
+        store
+            .submit(Batch {
+                source: "a".into(),
+                records: Vec::new(),
+                cursor: Some("5".into()),
+            })
+            .await
+            .unwrap()
+            .committed()
+            .await
+            .unwrap();
+        assert_eq!(
+            store.resume("a", 10).await.unwrap().cursor.as_deref(),
+            Some("5")
+        );
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]
     async fn shutdown_drains_the_buffer() {
-        let stored = Arc::new(Mutex::new(Vec::new()));
         let cancel = CancellationToken::new();
-        let backend = Flaky {
-            up: Arc::new(AtomicBool::new(true)),
-            stored: stored.clone(),
-        };
+        let backend = Flaky::new(true);
+        let stored = backend.stored.clone();
         let settings = StoreSettings {
             flush_ms: 60_000,
             batch_max: 1000,
             ..StoreSettings::default()
         };
-        let (store, task) = spawn_writer(backend, "memory", &settings, cancel.clone());
-        store
-            .submit((0..7).map(|n| record("a", n)).collect())
+        let (store, task) = spawn_writer(
+            backend.clone(),
+            backend,
+            "memory",
+            &settings,
+            cancel.clone(),
+        );
+        let receipt = store
+            .submit(batch((0..7).map(|n| record("a", n)).collect()))
             .await
             .unwrap();
         cancel.cancel();
         task.await.unwrap();
         assert_eq!(lock(&stored).len(), 7);
+        assert!(receipt.committed().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stays_down_tells_waiting_receipts_at_shutdown() {
+        let cancel = CancellationToken::new();
+        let backend = Flaky::new(false);
+        let settings = StoreSettings {
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 5,
+            drain_timeout_ms: 50,
+            ..StoreSettings::default()
+        };
+        let (store, task) = spawn_writer(
+            backend.clone(),
+            backend,
+            "memory",
+            &settings,
+            cancel.clone(),
+        );
+        let receipt = store.submit(batch(vec![record("a", 1)])).await.unwrap();
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(receipt.committed().await.is_err());
     }
 }

@@ -11,13 +11,15 @@
 use std::time::Duration;
 
 use futures_util::pin_mut;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
-use super::{Backend, PostgresMethod, SinkError, TABLE, WriteError, Written};
+use super::{Backend, CURSORS, PostgresMethod, Resume, SinkError, TABLE, WriteError, Written};
 use crate::record::Record;
+use crate::record::RecordId;
 
 /// Connecting takes at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,7 +28,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Arbitrary but fixed: serialises schema creation among nodes starting together.
 const SCHEMA_LOCK: i64 = 0x616e_6f64_6530;
 
-/// The schema, version 1. Times are µs since the epoch; the payload is `jsonb`.
+/// The schema, version 1 (the cursor table was added without a version change: it is
+/// created when missing). Times are µs since the epoch; the payload is `jsonb`.
 pub(crate) fn schema_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -41,6 +44,11 @@ pub(crate) fn schema_sql() -> String {
             payload jsonb NOT NULL
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
+        CREATE TABLE IF NOT EXISTS {CURSORS} (
+            source text PRIMARY KEY,
+            cursor text NOT NULL,
+            updated_us bigint NOT NULL
+        );
         CREATE TABLE IF NOT EXISTS anode_schema (version integer NOT NULL);
         INSERT INTO anode_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM anode_schema);"
     )
@@ -59,6 +67,7 @@ pub(crate) struct Postgres {
 struct Live {
     client: Client,
     insert: Statement,
+    upsert_cursors: Statement,
     connection: JoinHandle<()>,
 }
 
@@ -188,25 +197,51 @@ impl Backend for Postgres {
                     .map_err(classify)?
             }
         };
+        let upsert_cursors = client
+            .prepare(&format!(
+                "INSERT INTO {CURSORS} (source, cursor, updated_us)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
+                 ON CONFLICT (source) DO UPDATE
+                 SET cursor = EXCLUDED.cursor, updated_us = EXCLUDED.updated_us"
+            ))
+            .await
+            .map_err(classify)?;
         self.live = Some(Live {
             client,
             insert,
+            upsert_cursors,
             connection,
         });
         Ok(())
     }
 
-    async fn write(&mut self, batch: &[Record]) -> Result<Written, WriteError> {
+    async fn write(
+        &mut self,
+        batch: &[Record],
+        cursors: &[(Arc<str>, String)],
+    ) -> Result<Written, WriteError> {
         let method = self.method;
         let live = self
             .live
             .as_mut()
             .ok_or_else(|| WriteError::Connection("not connected".into()))?;
         let write = async {
-            match method {
-                PostgresMethod::Unnest => write_unnest(live, batch).await,
-                PostgresMethod::Copy => write_copy(live, batch).await,
+            let tx = live.client.transaction().await.map_err(classify)?;
+            let inserted = match method {
+                _ if batch.is_empty() => 0,
+                PostgresMethod::Unnest => write_unnest(&tx, &live.insert, batch).await?,
+                PostgresMethod::Copy => write_copy(&tx, &live.insert, batch).await?,
+            };
+            if !cursors.is_empty() {
+                let sources: Vec<&str> = cursors.iter().map(|(s, _)| &**s).collect();
+                let values: Vec<&str> = cursors.iter().map(|(_, c)| c.as_str()).collect();
+                let now = vec![crate::clock::now_us(); cursors.len()];
+                tx.execute(&live.upsert_cursors, &[&sources, &values, &now])
+                    .await
+                    .map_err(classify)?;
             }
+            tx.commit().await.map_err(classify)?;
+            Ok::<u64, WriteError>(inserted)
         };
         let inserted = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(result) => result?,
@@ -225,6 +260,54 @@ impl Backend for Postgres {
         })
     }
 
+    async fn resume(&mut self, source: &str, recent: usize) -> Result<Resume, WriteError> {
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| WriteError::Connection("not connected".into()))?;
+        let read = async {
+            let row = live
+                .client
+                .query_opt(
+                    &format!("SELECT cursor, updated_us FROM {CURSORS} WHERE source = $1"),
+                    &[&source],
+                )
+                .await
+                .map_err(classify)?;
+            let cursor = row.as_ref().map(|row| row.get::<_, String>(0));
+            let updated_us = row.as_ref().map(|row| row.get::<_, i64>(1));
+            let rows = live
+                .client
+                .query(
+                    &format!(
+                        "SELECT id FROM {TABLE} WHERE source = $1 ORDER BY ingest_time_us DESC LIMIT $2"
+                    ),
+                    &[&source, &(recent as i64)],
+                )
+                .await
+                .map_err(classify)?;
+            let recent = rows
+                .iter()
+                .filter_map(|row| RecordId::from_slice(row.get::<_, &[u8]>(0)))
+                .collect();
+            Ok::<_, WriteError>(Resume {
+                cursor,
+                updated_us,
+                recent,
+            })
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, read).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.live = None;
+                Err(WriteError::Connection(format!(
+                    "reading the cursor of `{source}` took over {} s",
+                    WRITE_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         self.display.clone()
     }
@@ -235,7 +318,11 @@ fn payload_text(record: &Record) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&record.payload)
 }
 
-async fn write_unnest(live: &mut Live, batch: &[Record]) -> Result<u64, WriteError> {
+async fn write_unnest(
+    tx: &Transaction<'_>,
+    insert: &Statement,
+    batch: &[Record],
+) -> Result<u64, WriteError> {
     let ids: Vec<&[u8]> = batch.iter().map(|r| &r.id.0[..]).collect();
     let sources: Vec<&str> = batch.iter().map(|r| r.source.as_str()).collect();
     let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
@@ -256,14 +343,14 @@ async fn write_unnest(live: &mut Live, batch: &[Record]) -> Result<u64, WriteErr
         &nodes,
         &payloads,
     ];
-    live.client
-        .execute(&live.insert, &params)
-        .await
-        .map_err(classify)
+    tx.execute(insert, &params).await.map_err(classify)
 }
 
-async fn write_copy(live: &mut Live, batch: &[Record]) -> Result<u64, WriteError> {
-    let tx = live.client.transaction().await.map_err(classify)?;
+async fn write_copy(
+    tx: &Transaction<'_>,
+    insert: &Statement,
+    batch: &[Record],
+) -> Result<u64, WriteError> {
     let sink = tx
         .copy_in("COPY anode_stage FROM STDIN BINARY")
         .await
@@ -300,9 +387,7 @@ async fn write_copy(live: &mut Live, batch: &[Record]) -> Result<u64, WriteError
         writer.as_mut().write(&row).await.map_err(classify)?;
     }
     writer.finish().await.map_err(classify)?;
-    let inserted = tx.execute(&live.insert, &[]).await.map_err(classify)?;
-    tx.commit().await.map_err(classify)?;
-    Ok(inserted)
+    tx.execute(insert, &[]).await.map_err(classify)
 }
 
 #[cfg(test)]

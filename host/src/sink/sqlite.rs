@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 
-use super::{Backend, TABLE, WriteError, Written};
-use crate::record::Record;
+use super::{Backend, CURSORS, Resume, TABLE, WriteError, Written};
+use crate::record::{Record, RecordId};
 
 pub(crate) struct Sqlite {
     path: PathBuf,
@@ -37,7 +37,12 @@ fn schema_sql() -> String {
             node TEXT NOT NULL,
             payload TEXT NOT NULL
         ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);"
+        CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
+        CREATE TABLE IF NOT EXISTS {CURSORS} (
+            source TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL,
+            updated_us INTEGER NOT NULL
+        ) WITHOUT ROWID;"
     )
 }
 
@@ -50,6 +55,14 @@ fn classify(error: rusqlite::Error) -> WriteError {
     match error.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => WriteError::Rejected(error.to_string()),
         _ => failed("insert", error),
+    }
+}
+
+impl Sqlite {
+    fn open(&self) -> Result<Arc<Mutex<Connection>>, WriteError> {
+        self.connection
+            .clone()
+            .ok_or_else(|| WriteError::Connection("not open".into()))
     }
 }
 
@@ -77,13 +90,15 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    async fn write(&mut self, batch: &[Record]) -> Result<Written, WriteError> {
-        let connection = self
-            .connection
-            .clone()
-            .ok_or_else(|| WriteError::Connection("not open".into()))?;
+    async fn write(
+        &mut self,
+        batch: &[Record],
+        cursors: &[(Arc<str>, String)],
+    ) -> Result<Written, WriteError> {
+        let connection = self.open()?;
         // The blocking task needs owned rows; the copy is small next to the disk write.
         let rows = batch.to_vec();
+        let cursors = cursors.to_vec();
         tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
             let tx = connection.transaction().map_err(|e| failed("begin", e))?;
@@ -112,11 +127,63 @@ impl Backend for Sqlite {
                         ])
                         .map_err(classify)? as u64;
                 }
+                let mut upsert = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {CURSORS} (source, cursor, updated_us) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, \
+                         updated_us = excluded.updated_us"
+                    ))
+                    .map_err(|e| failed("prepare", e))?;
+                let now = crate::clock::now_us();
+                for (source, cursor) in &cursors {
+                    upsert
+                        .execute(params![&**source, cursor, now])
+                        .map_err(|e| failed("cursor", e))?;
+                }
             }
             tx.commit().map_err(|e| failed("commit", e))?;
             Ok(Written {
                 inserted,
                 duplicates: rows.len() as u64 - inserted,
+            })
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn resume(&mut self, source: &str, recent: usize) -> Result<Resume, WriteError> {
+        let connection = self.open()?;
+        let source = source.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            let found = connection
+                .query_row(
+                    &format!("SELECT cursor, updated_us FROM {CURSORS} WHERE source = ?1"),
+                    params![source],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(failed("reading the cursor", e)),
+                })?;
+            let mut query = connection
+                .prepare_cached(&format!(
+                    "SELECT id FROM {TABLE} WHERE source = ?1 ORDER BY ingest_time_us DESC LIMIT ?2"
+                ))
+                .map_err(|e| failed("prepare", e))?;
+            let recent = query
+                .query_map(params![source, recent as i64], |row| {
+                    row.get::<_, Vec<u8>>(0)
+                })
+                .map_err(|e| failed("reading recent ids", e))?
+                .filter_map(|id| id.ok().and_then(|id| RecordId::from_slice(&id)))
+                .collect();
+            let (cursor, updated_us) = found.unzip();
+            Ok(Resume {
+                cursor,
+                updated_us,
+                recent,
             })
         })
         .await

@@ -7,77 +7,119 @@ use futures_util::future::join_all;
 
 use crate::backoff::Backoff;
 use crate::clock::now_us;
-use crate::pipeline::{Input, Problem, SourceCtx};
 use crate::plugin::{HttpPlan, HttpRequest, HttpResponse};
 use crate::source::SourceState;
+use crate::source::{Feed, Input, Problem};
 
 /// Poll until a request fails for good (returns the problem) or the source is cancelled.
 pub(crate) async fn run(
-    ctx: &SourceCtx,
+    ctx: &impl Feed,
     plan: &HttpPlan,
     backoff: &mut Backoff,
 ) -> Option<Problem> {
-    let settings = &ctx.ingest.settings;
+    let settings = &ctx.settings();
     if let Some(first) = plan.requests.first() {
-        ctx.status.set_target(&first.url);
+        ctx.status().set_target(&first.url);
     }
     let period =
         Duration::from_millis(u64::from(plan.interval_ms).max(settings.http_min_interval_ms));
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ctx.status.set_state(SourceState::Live);
+    ctx.status().set_state(SourceState::Live);
     loop {
         tokio::select! {
-            () = ctx.cancel.cancelled() => return None,
+            () = ctx.cancel().cancelled() => return None,
             _ = interval.tick() => {}
         }
-        let mut pending = plan.requests.clone();
-        let mut rounds = 0usize;
-        while !pending.is_empty() {
-            rounds += 1;
-            if rounds > settings.http_max_rounds {
-                ctx.status.error(format!(
-                    "the plugin kept asking for follow-up requests; stopped after {} rounds \
-                     (sources.http_max_rounds)",
-                    settings.http_max_rounds
-                ));
-                break;
-            }
-            pending.truncate(settings.http_max_requests_per_round);
-            let responses = match fetch_all(ctx, pending).await {
-                Ok(responses) => responses,
-                Err(problem) => return problem,
-            };
-            let outcome = ctx.ingest(Input::Responses(responses)).await;
-            if let Some(problem) = outcome.problem {
-                return Some(problem);
-            }
-            pending = outcome.requests;
+        if let Err(problem) = follow(ctx, plan.requests.clone(), Failed::Stop).await {
+            return problem;
         }
         backoff.reset();
     }
 }
 
+/// What to do with a request that failed after its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// Stop the round with the problem (a poll: the next poll asks again).
+    Stop,
+    /// Hand the connector a `503` response whose body is the error, so it decides (the
+    /// follow-ups of a WebSocket source: the live stream goes on).
+    Answer,
+}
+
+/// Make `requests`, hand the responses to the connector, and make the follow-up requests it
+/// asks for, until it asks for none or `sources.http_max_rounds` is reached. `Err(None)`
+/// means cancelled.
+pub(crate) async fn follow(
+    ctx: &impl Feed,
+    requests: Vec<HttpRequest>,
+    failed: Failed,
+) -> Result<(), Option<Problem>> {
+    let settings = &ctx.settings();
+    let mut pending = requests;
+    let mut rounds = 0usize;
+    while !pending.is_empty() {
+        rounds += 1;
+        if rounds > settings.http_max_rounds {
+            ctx.status().error(format!(
+                "the plugin kept asking for follow-up requests; stopped after {} rounds \
+                 (sources.http_max_rounds)",
+                settings.http_max_rounds
+            ));
+            break;
+        }
+        if pending.len() > settings.http_max_requests_per_round {
+            ctx.status().error(format!(
+                "the plugin asked for {} requests at once; {} were dropped \
+                 (sources.http_max_requests_per_round)",
+                pending.len(),
+                pending.len() - settings.http_max_requests_per_round
+            ));
+            pending.truncate(settings.http_max_requests_per_round);
+        }
+        let responses = fetch_all(ctx, pending, failed).await?;
+        let outcome = ctx.ingest(Input::Responses(responses)).await;
+        if let Some(problem) = outcome.problem {
+            return Err(Some(problem));
+        }
+        pending = outcome.requests;
+    }
+    Ok(())
+}
+
 /// Make requests concurrently (a few at a time); `Err(None)` means cancelled.
 async fn fetch_all(
-    ctx: &SourceCtx,
+    ctx: &impl Feed,
     requests: Vec<HttpRequest>,
+    failed: Failed,
 ) -> Result<Vec<HttpResponse>, Option<Problem>> {
     let mut responses = Vec::with_capacity(requests.len());
-    for chunk in requests.chunks(ctx.ingest.settings.http_concurrency.max(1)) {
+    for chunk in requests.chunks(ctx.settings().http_concurrency.max(1)) {
         let results = tokio::select! {
-            () = ctx.cancel.cancelled() => return Err(None),
+            () = ctx.cancel().cancelled() => return Err(None),
             r = join_all(chunk.iter().map(|r| fetch(ctx, r))) => r,
         };
-        for result in results {
-            responses.push(result.map_err(Some)?);
+        for (request, result) in chunk.iter().zip(results) {
+            match (result, failed) {
+                (Ok(response), _) => responses.push(response),
+                (Err(problem @ Problem::Fatal(_)), _) | (Err(problem), Failed::Stop) => {
+                    return Err(Some(problem));
+                }
+                (Err(Problem::Retry(message)), Failed::Answer) => responses.push(HttpResponse {
+                    tag: request.tag.clone(),
+                    status: 503,
+                    body: message.into_bytes(),
+                    received_at: now_us(),
+                }),
+            }
         }
     }
     Ok(responses)
 }
 
-async fn fetch(ctx: &SourceCtx, request: &HttpRequest) -> Result<HttpResponse, Problem> {
-    let settings = &ctx.ingest.settings;
+async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, Problem> {
+    let settings = &ctx.settings();
     let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
         Problem::Fatal(format!(
             "the plugin asked for HTTP method `{}`",
@@ -92,8 +134,7 @@ async fn fetch(ctx: &SourceCtx, request: &HttpRequest) -> Result<HttpResponse, P
     loop {
         attempt += 1;
         let mut builder = ctx
-            .ingest
-            .http
+            .http()
             .request(method.clone(), &request.url)
             .timeout(Duration::from_millis(settings.http_timeout_ms));
         for (name, value) in &request.headers {
@@ -143,16 +184,16 @@ async fn fetch(ctx: &SourceCtx, request: &HttpRequest) -> Result<HttpResponse, P
         let wait = retry_after
             .map(|d| d.min(Duration::from_millis(settings.reconnect_max_ms)))
             .unwrap_or_else(|| backoff.fail());
-        ctx.status
+        ctx.status()
             .error(format!("{message}; retrying in {} ms", wait.as_millis()));
         if attempt >= settings.http_attempts {
             return Err(Problem::Retry(message));
         }
-        ctx.status.set_state(SourceState::BackingOff);
+        ctx.status().set_state(SourceState::BackingOff);
         tokio::select! {
-            () = ctx.cancel.cancelled() => return Err(Problem::Retry("cancelled".into())),
+            () = ctx.cancel().cancelled() => return Err(Problem::Retry("cancelled".into())),
             () = tokio::time::sleep(wait) => {}
         }
-        ctx.status.set_state(SourceState::Live);
+        ctx.status().set_state(SourceState::Live);
     }
 }

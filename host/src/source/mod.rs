@@ -2,8 +2,13 @@
 //! the drivers that carry out a connector's plan — [`ws`] keeps a WebSocket open, [`http`]
 //! polls — while the connector decodes.
 
+mod feed;
 pub(crate) mod http;
+mod settings;
 pub(crate) mod ws;
+
+pub(crate) use feed::{Feed, Input, Outcome, Problem};
+pub use settings::SourceSettings;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -91,6 +96,8 @@ pub struct SourceStatus {
     pub inputs: AtomicU64,
     /// Records produced (after transforms).
     pub events: AtomicU64,
+    /// Records the store has committed (acknowledged batches).
+    pub stored: AtomicU64,
     /// Inputs the connector could not use, and other errors.
     pub errors: AtomicU64,
     /// Connections (re)established after the first.
@@ -122,12 +129,15 @@ pub struct SourceReport {
     pub last_error: Option<String>,
     pub inputs: u64,
     pub events: u64,
+    /// Records the store has committed.
+    pub stored: u64,
     pub errors: u64,
     pub reconnects: u64,
     pub duplicates: u64,
     pub events_per_sec: f64,
     /// Microseconds since the last event, if any came.
     pub last_event_age_ms: Option<i64>,
+    /// The cursor committed with the last stored batch: where the source resumes.
     pub cursor: Option<String>,
     pub node: String,
 }
@@ -144,6 +154,7 @@ impl Default for SourceStatus {
             }),
             inputs: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -184,15 +195,26 @@ impl SourceStatus {
         self.inner().target = target.to_owned();
     }
 
-    pub(crate) fn record_events(&self, count: usize, now_us: i64, cursor: Option<&str>) {
+    /// Count records produced (not yet stored).
+    pub(crate) fn record_events(&self, count: usize, now_us: i64) {
         self.events.fetch_add(count as u64, Relaxed);
-        let mut inner = self.inner();
         if count > 0 {
-            inner.last_event_us = Some(now_us);
+            self.inner().last_event_us = Some(now_us);
         }
-        if let Some(cursor) = cursor {
-            inner.cursor = Some(cursor.to_owned());
+    }
+
+    /// A batch was committed: its records are stored and its cursor is where the source
+    /// resumes.
+    pub(crate) fn committed(&self, count: usize, cursor: Option<String>) {
+        self.stored.fetch_add(count as u64, Relaxed);
+        if cursor.is_some() {
+            self.inner().cursor = cursor;
         }
+    }
+
+    /// The cursor the source was opened with (read from the store).
+    pub(crate) fn resumed_at(&self, cursor: Option<String>) {
+        self.inner().cursor = cursor;
     }
 
     /// Update the rate from the events counted since the last sample `elapsed_s` ago.
@@ -217,6 +239,7 @@ impl SourceStatus {
             last_error: inner.last_error.clone(),
             inputs: self.inputs.load(Relaxed),
             events: self.events.load(Relaxed),
+            stored: self.stored.load(Relaxed),
             errors: self.errors.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),

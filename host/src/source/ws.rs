@@ -1,5 +1,6 @@
 //! The WebSocket driver: connect, send the plugin's subscriptions, read frames in batches,
-//! answer pings, send the plugin's replies and heartbeats, give up on silence.
+//! answer pings, send the plugin's replies and heartbeats, carry out the HTTP requests the
+//! plugin asks for alongside the stream (backfill), give up on silence.
 
 use std::time::Duration;
 
@@ -8,22 +9,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::backoff::Backoff;
 use crate::clock::now_us;
-use crate::pipeline::{Input, Problem, SourceCtx};
 use crate::plugin::{Frame, WebsocketPlan};
 use crate::source::SourceState;
+use crate::source::http::{self, Failed};
+use crate::source::{Feed, Input, Problem};
 
 /// Keep one connection going until it fails (returns the problem) or the source is cancelled
 /// (returns `None`).
 pub(crate) async fn run(
-    ctx: &SourceCtx,
+    ctx: &impl Feed,
     plan: &WebsocketPlan,
     backoff: &mut Backoff,
 ) -> Option<Problem> {
-    let settings = &ctx.ingest.settings;
-    ctx.status.set_target(&plan.url);
+    let settings = &ctx.settings();
+    ctx.status().set_target(&plan.url);
     let connect = tokio_tungstenite::connect_async(plan.url.as_str());
     let connected = tokio::select! {
-        () = ctx.cancel.cancelled() => return None,
+        () = ctx.cancel().cancelled() => return None,
         r = tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), connect) => r,
     };
     let socket = match connected {
@@ -49,7 +51,7 @@ pub(crate) async fn run(
             )));
         }
     }
-    ctx.status.set_state(SourceState::Live);
+    ctx.status().set_state(SourceState::Live);
     let mut heartbeat = plan.heartbeat.as_ref().map(|h| {
         let period = Duration::from_millis(u64::from(h.interval_ms.max(100)));
         (
@@ -69,7 +71,7 @@ pub(crate) async fn run(
             }
         };
         let first = tokio::select! {
-            () = ctx.cancel.cancelled() => {
+            () = ctx.cancel().cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
                 return None;
             }
@@ -134,6 +136,14 @@ pub(crate) async fn run(
             }
             if let Some(problem) = outcome.problem {
                 return Some(problem);
+            }
+            // Requests the connector asks for alongside the live stream (backfill of a gap).
+            if !outcome.requests.is_empty() {
+                match http::follow(ctx, outcome.requests, Failed::Answer).await {
+                    Ok(()) => {}
+                    Err(None) => return None,
+                    Err(Some(problem)) => return Some(problem),
+                }
             }
         }
         if let Some(problem) = ended {

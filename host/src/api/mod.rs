@@ -2,6 +2,8 @@
 //! `/healthz`, `/readyz`. Mutating routes need `Authorization: Bearer <api.token>` when a
 //! token is configured (it must be when the API listens beyond loopback).
 
+pub mod dashboard;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::fanout::{Delivery, Filter};
-use crate::node::{NodeError, NodeState};
+use crate::supervisor::{NodeError, NodeState};
 use crate::source::SourceSpec;
 
 type AppState = Arc<NodeState>;
@@ -63,11 +65,12 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/plugins", get(list_plugins).post(install_plugin))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events))
-        .merge(crate::cluster::http::routes(state.clone()))
-        .merge(crate::dashboard::routes())
-        .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
+        .merge(dashboard::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .with_state(state.clone())
+        // Node-to-node routes authenticate with the cluster key instead of api.token.
+        .merge(crate::cluster::http::routes(state.peer_context()))
+        .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
 }
 
 /// An API error: a status and a message that says what to do.
@@ -96,11 +99,10 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    // Node-to-node routes authenticate with the cluster key instead.
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    ) && !request.uri().path().starts_with("/cluster/");
+    );
     if let (true, Some(token)) = (mutating, &state.config.api.token) {
         let given = request
             .headers()
@@ -371,7 +373,10 @@ async fn ws(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let filter = Filter::from_query(&query);
+    let filter = match Filter::from_query(&query) {
+        Ok(filter) => filter,
+        Err(message) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),
+    };
     upgrade.on_upgrade(move |socket| serve_subscriber(socket, state, filter))
 }
 
@@ -402,18 +407,16 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
                 return;
             }
             delivery = subscription.next() => match delivery {
-                Delivery::Record { json, dropped_total } => {
-                    let mut out = Vec::with_capacity(2);
-                    if dropped_total > notified_drops {
-                        out.push(json!({
-                            "type": "lag",
-                            "dropped": dropped_total - notified_drops,
-                            "dropped_total": dropped_total,
-                            "message": "you are reading slower than records arrive; records were dropped for you"
-                        }).to_string());
-                        notified_drops = dropped_total;
+                Delivery::Record { json, dropped_total, .. } => {
+                    let mut out = Vec::new();
+                    queue_record(&mut out, &json, dropped_total, &mut notified_drops);
+                    // Whatever else is queued goes out with it, with one flush.
+                    while out.len() < SUBSCRIBER_BATCH_MAX {
+                        let Some((json, dropped_total)) = subscription.try_next() else {
+                            break;
+                        };
+                        queue_record(&mut out, &json, dropped_total, &mut notified_drops);
                     }
-                    out.push(json.to_string());
                     out
                 }
                 Delivery::Disconnect(reason) => {
@@ -437,22 +440,47 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
                 Some(Ok(_)) => continue,
             },
         };
-        for text in outgoing {
-            // A subscriber that stops reading blocks this send; the hub then drops records
-            // for it and finally disconnects it, which ends the wait here.
-            tokio::select! {
-                sent = tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, tx.send(Message::text(text))) => {
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return;
-                    }
-                }
-                reason = subscription.kicked() => {
-                    tracing::info!("disconnected a subscriber: {reason}");
+        // A subscriber that stops reading blocks this send; the hub then drops records for it
+        // and finally disconnects it, which ends the wait here.
+        let send_all = async {
+            for text in outgoing {
+                tx.feed(Message::text(text)).await?;
+            }
+            tx.flush().await
+        };
+        tokio::select! {
+            sent = tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all) => {
+                if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
             }
+            reason = subscription.kicked() => {
+                tracing::info!("disconnected a subscriber: {reason}");
+                return;
+            }
         }
     }
+}
+
+/// Most messages written to a subscriber before one flush.
+const SUBSCRIBER_BATCH_MAX: usize = 256;
+
+/// A record for a subscriber, preceded by a lag notice when records were dropped for it
+/// since the last one.
+fn queue_record(out: &mut Vec<String>, json: &str, dropped_total: u64, notified: &mut u64) {
+    if dropped_total > *notified {
+        out.push(
+            json!({
+                "type": "lag",
+                "dropped": dropped_total - *notified,
+                "dropped_total": dropped_total,
+                "message": "you are reading slower than records arrive; records were dropped for you"
+            })
+            .to_string(),
+        );
+        *notified = dropped_total;
+    }
+    out.push(json.to_owned());
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::api;
-use crate::node::NodeState;
+use crate::supervisor::NodeState;
 
 /// How often the live stream sends a snapshot.
 const SNAPSHOT_PERIOD: Duration = Duration::from_secs(1);
@@ -34,9 +34,9 @@ const KEEP_ALIVE_PERIOD: Duration = Duration::from_secs(15);
 /// How long a browser waits before reconnecting a dropped stream.
 const RECONNECT_HINT: Duration = Duration::from_secs(2);
 
-const INDEX_HTML: &str = include_str!("../../dashboard/index.html");
-const APP_JS: &str = include_str!("../../dashboard/app.js");
-const STYLE_CSS: &str = include_str!("../../dashboard/style.css");
+const INDEX_HTML: &str = include_str!("../../../dashboard/index.html");
+const APP_JS: &str = include_str!("../../../dashboard/app.js");
+const STYLE_CSS: &str = include_str!("../../../dashboard/style.css");
 
 /// Placeholder in `index.html` replaced by the assets' content hash.
 const VERSION_PLACEHOLDER: &str = "__ASSET_VERSION__";

@@ -1,5 +1,7 @@
 //! The `anode` command line.
 
+mod status;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +82,7 @@ enum Command {
     /// Print records from a running node as they arrive, one line each, until Ctrl-C.
     Tail {
         #[command(flatten)]
-        args: crate::cli_status::TailArgs,
+        args: status::TailArgs,
         #[command(flatten)]
         remote: Remote,
     },
@@ -257,11 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugin_command(&config, command),
         Command::Source(command) => source_command(command),
-        Command::Status { remote } => {
-            tokio_runtime()?.block_on(crate::cli_status::status(&remote.url))
-        }
+        Command::Status { remote } => tokio_runtime()?.block_on(status::status(&remote.url)),
         Command::Tail { args, remote } => {
-            tokio_runtime()?.block_on(crate::cli_status::tail(&remote.url, args))
+            tokio_runtime()?.block_on(status::tail(&remote.url, args))
         }
     }
 }
@@ -292,13 +292,22 @@ fn up(config: Config) -> anyhow::Result<()> {
         println!("  records    ws://{}/ws", node.addr);
         println!("  metrics    {url}/metrics");
         println!("Ctrl-C stops it.");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        stop_signal().await?;
         eprintln!("stopping: draining sources and the store …");
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// Wait for Ctrl-C (SIGINT) or SIGTERM (what service managers and container engines send).
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Result<()> {
@@ -355,7 +364,7 @@ fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Resu
         }
         println!("  simulator  {}/report", sim.http_url());
         println!("Ctrl-C stops everything.");
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        stop_signal().await?;
         eprintln!("stopping: the nodes leave the cluster and drain their stores …");
         futures_util::future::join_all(handles.into_iter().map(|h| h.shutdown())).await;
         sim.shutdown().await;

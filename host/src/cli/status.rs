@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::{call, format_rows};
+use super::{call, format_rows};
 
 /// What `anode tail` reads.
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,234 @@
+//! Plugins a node's sources need: found in the store (by name or digest), loaded once,
+//! pooled per plugin, fetched from peers when the catalog names one this node lacks; and a
+//! source's sessions opened on them.
+
+use std::sync::{Arc, Mutex};
+
+use super::{Loaded, NodeError, NodeState, lock, stable_hash};
+use crate::pipeline::Bound;
+use crate::plugin::{CallError, ConnectorInstance, Digest, Kind, Plugin, TransformInstance};
+use crate::source::SourceSpec;
+
+impl NodeState {
+    /// Find, load (once) and return a plugin of `kind` by name or digest.
+    pub(super) async fn plugin(&self, query: &str, kind: Kind) -> Result<Digest, NodeError> {
+        let manifest = self
+            .plugin_store
+            .find(query)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if manifest.kind != kind {
+            return Err(NodeError::BadRequest(format!(
+                "plugin `{query}` is a {}, not a {kind}",
+                manifest.kind
+            )));
+        }
+        let digest = manifest.digest;
+        if lock(&self.loaded).contains_key(&digest) {
+            return Ok(digest);
+        }
+        let (store, runtime) = (self.plugin_store.clone(), self.runtime.clone());
+        let plugin = tokio::task::spawn_blocking(move || store.load(&runtime, &digest))
+            .await
+            .map_err(|e| NodeError::BadRequest(format!("loading plugin `{query}`: {e}")))?
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        lock(&self.loaded).entry(digest).or_insert(Loaded {
+            plugin,
+            connectors: Vec::new(),
+            transforms: Vec::new(),
+        });
+        Ok(digest)
+    }
+
+    /// The pool member a source uses, created on first use.
+    pub(super) fn instance<I>(
+        &self,
+        digest: &Digest,
+        source: &str,
+        pool: impl Fn(&mut Loaded) -> &mut Vec<Arc<Mutex<I>>>,
+        make: impl Fn(&Plugin) -> Option<I>,
+    ) -> Arc<Mutex<I>> {
+        let size = self.config.sources.instances_per_plugin.max(1);
+        let slot = (stable_hash(source) % size as u64) as usize;
+        let mut loaded = lock(&self.loaded);
+        let entry = loaded.get_mut(digest).expect("loaded before use");
+        let plugin = entry.plugin.clone();
+        let pool = pool(entry);
+        while pool.len() < size {
+            pool.push(Arc::new(Mutex::new(make(&plugin).expect("kind checked"))));
+        }
+        pool[slot].clone()
+    }
+
+    /// Whether the cluster can run `spec`: it is well formed, its plugins exist (here or in
+    /// the catalog), and, when they are here, they accept its configuration.
+    pub(crate) async fn check_source(&self, spec: &SourceSpec) -> Result<(), NodeError> {
+        spec.validate().map_err(NodeError::BadRequest)?;
+        let mut local = true;
+        for (name, kind) in std::iter::once((&spec.plugin, Kind::Connector))
+            .chain(spec.transforms.iter().map(|t| (&t.plugin, Kind::Transform)))
+        {
+            if self.plugin_store.find(name).is_err() {
+                if !self.cataloged_plugin(name) {
+                    return Err(NodeError::BadRequest(format!(
+                        "no plugin `{name}` in this cluster: install it (`anode plugin install`) \
+                         or pick one of `anode plugin list`"
+                    )));
+                }
+                local = false;
+            } else {
+                self.plugin(name, kind).await?;
+            }
+        }
+        if local {
+            let prepared = self.prepare(spec, None).await?;
+            prepared.close();
+        }
+        Ok(())
+    }
+
+    pub(super) fn cataloged_plugin(&self, query: &str) -> bool {
+        self.cluster.catalog.live("plugin/").iter().any(|e| {
+            let v = e.value.as_ref().expect("live entries have values");
+            v["name"] == query || v["digest"] == query
+        })
+    }
+
+    /// Load a source's plugins and open its sessions.
+    pub(super) async fn prepare(
+        &self,
+        spec: &SourceSpec,
+        cursor: Option<String>,
+    ) -> Result<Prepared, NodeError> {
+        let digest = self.plugin(&spec.plugin, Kind::Connector).await?;
+        let connector = self.instance(
+            &digest,
+            &spec.id,
+            |l| &mut l.connectors,
+            |p| self.runtime.connector(p),
+        );
+        let config = spec.config.to_string();
+        let session = open_blocking(connector.clone(), move |c| {
+            c.open(&config, cursor.as_deref())
+        })
+        .await
+        .map_err(|e| refused(spec, &e))?;
+        let mut chain = Vec::new();
+        for step in &spec.transforms {
+            let digest = self.plugin(&step.plugin, Kind::Transform).await?;
+            let instance = self.instance(
+                &digest,
+                &spec.id,
+                |l| &mut l.transforms,
+                |p| self.runtime.transform(p),
+            );
+            let config = step.config.to_string();
+            let session = open_blocking(instance.clone(), move |t| t.configure(&config))
+                .await
+                .map_err(|e| refused(spec, &e))?;
+            chain.push(Bound { instance, session });
+        }
+        Ok(Prepared {
+            connector: Bound {
+                instance: connector,
+                session,
+            },
+            chain,
+        })
+    }
+
+    /// Start a fetch of every cataloged plugin this node lacks (one at a time per digest).
+    pub(super) fn fetch_missing_plugins(&self) {
+        for entry in self.cluster.catalog.live("plugin/") {
+            let value = entry.value.expect("live");
+            let Some(digest) = value["digest"]
+                .as_str()
+                .and_then(|d| d.parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if self.plugin_store.bytes(&digest).is_ok() || !lock(&self.fetching).insert(digest) {
+                continue;
+            }
+            let (cluster, http) = (self.cluster.clone(), self.ingest.http.clone());
+            let (store, runtime) = (self.plugin_store.clone(), self.runtime.clone());
+            let events = self.events.clone();
+            let node = self.node_id.clone();
+            let name = value["name"].as_str().unwrap_or("?").to_owned();
+            let writer = entry.node.clone();
+            let done = self.fetch_done.clone();
+            let fetching = self.fetching.clone();
+            tokio::spawn(async move {
+                let result =
+                    match crate::cluster::http::fetch_plugin(&cluster, &http, &digest, &writer)
+                        .await
+                    {
+                        Ok((bytes, from)) => tokio::task::spawn_blocking(move || {
+                            store
+                                .install(&runtime, &bytes, Some(&digest), &format!("peer {from}"))
+                                .map(|_| from)
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string())),
+                        Err(e) => Err(e),
+                    };
+                match result {
+                    Ok(from) => events.push(
+                        &node,
+                        "plugin",
+                        format!("plugin {name} fetched from {from} and verified"),
+                    ),
+                    Err(e) => events.push(
+                        &node,
+                        "plugin",
+                        format!("cannot fetch plugin {name}: {e}; retrying"),
+                    ),
+                }
+                lock(&fetching).remove(&digest);
+                let _ = done.send(digest);
+            });
+        }
+    }
+
+    pub(super) fn plugins_present(&self, spec: &SourceSpec) -> bool {
+        std::iter::once(&spec.plugin)
+            .chain(spec.transforms.iter().map(|t| &t.plugin))
+            .all(|p| self.plugin_store.find(p).is_ok())
+    }
+}
+
+fn refused(spec: &SourceSpec, error: &CallError) -> NodeError {
+    NodeError::BadRequest(format!(
+        "source `{}`: the plugin refused to start it: {error}",
+        spec.id
+    ))
+}
+
+pub(super) async fn open_blocking<I: Send + 'static>(
+    instance: Arc<Mutex<I>>,
+    f: impl FnOnce(&mut I) -> Result<u64, CallError> + Send + 'static,
+) -> Result<u64, CallError> {
+    tokio::task::spawn_blocking(move || f(&mut lock(&instance)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(CallError::Instantiate {
+                plugin: "?".into(),
+                message: e.to_string(),
+            })
+        })
+}
+
+/// A source's sessions, opened and ready to run.
+pub(super) struct Prepared {
+    pub(super) connector: Bound<ConnectorInstance>,
+    pub(super) chain: Vec<Bound<TransformInstance>>,
+}
+
+impl Prepared {
+    pub(super) fn close(self) {
+        lock(&self.connector.instance).close(self.connector.session);
+        for step in self.chain {
+            lock(&step.instance).close(step.session);
+        }
+    }
+}

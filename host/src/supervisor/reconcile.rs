@@ -1,0 +1,245 @@
+//! The reconcile loop: desired sources (the catalog × the live members) against what runs
+//! here; start what this node owns, hand over (make-before-break) what it no longer owns,
+//! fetch the plugins the catalog names.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{HANDOVER_CHECK_EVERY, NodeState, RECONCILE_EVERY, lock, source_key};
+use crate::source::SourceSpec;
+
+impl NodeState {
+    /// Start what this node owns and does not run; stop what it runs and does not own (or
+    /// what was removed or paused); fetch plugins the catalog names and this node lacks.
+    pub async fn reconcile(&self) {
+        let _one_at_a_time = self.reconciling.lock().await;
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let view = self.cluster.view();
+        let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
+        for entry in self.cluster.catalog.live("source/") {
+            match serde_json::from_value::<SourceSpec>(entry.value.expect("live")) {
+                Ok(spec) if !spec.paused && view.owner(&spec.id) == self.node_id => {
+                    wanted.insert(spec.id.clone(), spec);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("catalog entry {} is not a source: {e}", entry.key),
+            }
+        }
+        let running: Vec<(String, SourceSpec)> = self
+            .sources
+            .lock()
+            .await
+            .iter()
+            .map(|(id, r)| (id.clone(), r.spec.clone()))
+            .collect();
+        let mut handed_over = Vec::new();
+        for (id, spec) in &running {
+            match wanted.get(id) {
+                Some(want) if want == spec => {
+                    wanted.remove(id);
+                }
+                Some(_) => {} // changed: restarted below
+                None => {
+                    let moving = self
+                        .cluster
+                        .catalog
+                        .get(&source_key(id))
+                        .is_some_and(|e| e.value.is_some_and(|v| v["paused"] != true));
+                    if !moving {
+                        // Removed or paused: it stops everywhere, now.
+                        let _ = self.stop_source(id).await;
+                        continue;
+                    }
+                    let new_owner = view.owner(id);
+                    if self.handover_done(id, &new_owner).await {
+                        let _ = self.stop_source(id).await;
+                        lock(&self.handing_over).remove(id);
+                        handed_over.push(format!("{id} → {new_owner}"));
+                    }
+                }
+            }
+        }
+        lock(&self.handing_over).retain(|id, _| !wanted.contains_key(id));
+        lock(&self.failed).retain(|id, _| wanted.contains_key(id));
+        let mut started = Vec::new();
+        for (id, spec) in wanted {
+            if !self.plugins_present(&spec) {
+                lock(&self.failed).insert(
+                    id.clone(),
+                    format!("waiting for plugin `{}` to arrive from a peer", spec.plugin),
+                );
+                continue;
+            }
+            match self.start_source(spec).await {
+                Ok(()) => {
+                    lock(&self.failed).remove(&id);
+                    started.push(id);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let before = lock(&self.failed).insert(id.clone(), message.clone());
+                    if before.as_ref() != Some(&message) {
+                        self.events.push(
+                            &self.node_id,
+                            "source",
+                            format!("cannot start `{id}`: {message}"),
+                        );
+                    }
+                }
+            }
+        }
+        if !handed_over.is_empty() {
+            self.events.push(
+                &self.node_id,
+                "handover",
+                format!(
+                    "handed over {} source(s): {}",
+                    handed_over.len(),
+                    summary(&handed_over)
+                ),
+            );
+        }
+        if !started.is_empty() {
+            self.events.push(
+                &self.node_id,
+                "handover",
+                format!(
+                    "now running {} more source(s): {}",
+                    started.len(),
+                    summary(&started)
+                ),
+            );
+        }
+        self.fetch_missing_plugins();
+    }
+
+    /// Make-before-break: whether a source this node runs but no longer owns may stop. Yes
+    /// once its new owner reports it live, or after `cluster.handover_timeout_ms` when the
+    /// new owner says nothing of it; never while the new owner reports it cannot run it
+    /// (say, its plugin has not arrived there).
+    async fn handover_done(&self, id: &str, new_owner: &str) -> bool {
+        let started = *lock(&self.handing_over)
+            .entry(id.to_owned())
+            .or_insert_with(Instant::now);
+        let reports = self.peer_reports().await;
+        let state = reports
+            .iter()
+            .find(|r| r["id"] == id && r["node"] == new_owner)
+            .and_then(|r| r["state"].as_str().map(str::to_owned));
+        let timeout = Duration::from_millis(self.config.cluster.handover_timeout_ms);
+        match state.as_deref() {
+            Some("live") => true,
+            Some("failed") => false,
+            _ => started.elapsed() >= timeout,
+        }
+    }
+
+    /// After leaving: wait (bounded by `cluster.handover_timeout_ms`) until the members that
+    /// stay report this node's sources live, or cannot run them.
+    pub(crate) async fn await_new_owners(&self) {
+        let view = self.cluster.view();
+        if view.live_peers().next().is_none() {
+            return;
+        }
+        let mine: Vec<(String, String)> = {
+            let peers: Vec<&str> = view.live_peers().map(|p| p.id.as_str()).collect();
+            self.sources
+                .lock()
+                .await
+                .keys()
+                .filter_map(|id| {
+                    let owner = crate::cluster::owner_among(id, peers.iter().copied())?;
+                    Some((id.clone(), owner.to_owned()))
+                })
+                .collect()
+        };
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.cluster.handover_timeout_ms);
+        while Instant::now() < deadline {
+            let reports =
+                crate::cluster::http::peer_sources(&self.cluster, &self.ingest.http).await;
+            let waiting = mine.iter().any(|(id, owner)| {
+                !reports.iter().any(|r| {
+                    r["id"] == id.as_str()
+                        && r["node"] == owner.as_str()
+                        && matches!(r["state"].as_str(), Some("live" | "failed"))
+                })
+            });
+            if !waiting {
+                return;
+            }
+            tokio::time::sleep(HANDOVER_CHECK_EVERY).await;
+        }
+        tracing::warn!(
+            "leaving before every new owner reported its sources live (cluster.handover_timeout_ms)"
+        );
+    }
+
+    /// Sources waiting for their new owner to take over.
+    fn handing_over(&self) -> usize {
+        lock(&self.handing_over).len()
+    }
+}
+
+/// The first few of `items`, for a log line.
+fn summary(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items[..items.len().min(SHOWN)].join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
+}
+
+/// Reconcile whenever the catalog or the view changes, a plugin arrives, and every few
+/// seconds (to retry). With seeds, wait first to hear from the cluster (bounded), so that a
+/// restarting node does not start every source alone.
+pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
+    let settings = state.config.cluster.clone();
+    let mut view = state.cluster.watch();
+    let mut catalog = state.cluster.catalog.subscribe();
+    if !settings.seeds.is_empty() {
+        let grace = tokio::time::sleep(Duration::from_millis(settings.join_grace_ms));
+        tokio::pin!(grace);
+        loop {
+            if !view.borrow_and_update().others.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = state.shutdown.cancelled() => return,
+                () = &mut grace => break,
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut fetched = state.fetch_done.subscribe();
+    loop {
+        state.reconcile().await;
+        // While sources wait for their new owners, look again soon.
+        let next = if state.handing_over() > 0 {
+            HANDOVER_CHECK_EVERY
+        } else {
+            RECONCILE_EVERY
+        };
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            changed = view.changed() => {
+                if changed.is_err() {
+                    // Gossip has stopped (the node is leaving): nothing will change any more.
+                    state.shutdown.cancelled().await;
+                    return;
+                }
+            }
+            _ = catalog.changed() => {}
+            _ = fetched.recv() => {}
+            () = tokio::time::sleep(next) => {}
+        }
+    }
+}
