@@ -5,8 +5,10 @@
 //!    a node joins or leaves, against the ideal (1/N of them).
 //! 2. **Catalog propagation**: in-process memberships over real UDP on loopback, 3 to 100
 //!    nodes; the time from a catalog write on one node until every node holds it.
-//! 3. **Fail-over**: three `anode up` processes with the default gossip timings; the time
-//!    from `kill -9` of one of them until all of its sources run (live) on the others.
+//! 3. **Fail-over**: three `anode up` processes with the default gossip timings and one
+//!    PostgreSQL; the time from `kill -9` of one of them until all of its sources run (live) on
+//!    the others, and for the streams that moved, the ids the simulator generated against the
+//!    ids stored — with the connector's backfill on, then off.
 //!
 //! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds.
 
@@ -177,19 +179,43 @@ async fn catalog_propagation() {
 }
 
 async fn fail_over() {
+    for backfill in [true, false] {
+        fail_over_with(backfill).await;
+    }
+}
+
+/// `kill -9` rounds on 3 processes sharing one PostgreSQL; then, per stream, the ids the
+/// simulator generated during the run against the ids stored.
+async fn fail_over_with(backfill: bool) {
     println!(
-        "== fail-over: kill -9 of one of 3 `anode up` processes, default gossip timings, 30 sources"
+        "== fail-over: kill -9 of one of 3 `anode up` processes, default gossip timings, 30 Binance \
+         sources at 20 trades/s, one PostgreSQL, backfill {}",
+        if backfill { "on" } else { "off" }
     );
     let rounds = if quick() { 3 } else { 7 };
     let root = tempfile::tempdir().unwrap();
     let sim = anode_feedsim::start(anode_feedsim::SimConfig {
-        rate_per_stream: 5.0,
+        rate_per_stream: 20.0,
         ..anode_feedsim::SimConfig::default()
     })
     .await
     .unwrap();
+    let server = std::env::var("ANODE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db = format!("anode_bench_failover_{}", std::process::id());
+    let admin = pg(&format!("{server}/postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = format!("{server}/{db}");
     let defaults = NodeOptions {
         default_timing: true,
+        postgres: Some(url.clone()),
         ..NodeOptions::default()
     };
     let first = NodeProc::start(root.path(), "f1", &defaults);
@@ -207,12 +233,14 @@ async fn fail_over() {
         post(
             &format!("{}/api/v1/sources", first.api),
             &json!({"id": id, "plugin": "binance-trades",
-                "config": {"base_url": format!("{}/binance", sim.ws_url()), "symbols": [format!("fo{i}usdt")], "mode": "raw"}}),
+                "config": {"base_url": format!("{}/binance", sim.ws_url()), "symbols": [format!("fo{i}usdt")],
+                    "mode": "raw", "backfill": backfill}}),
         )
         .await;
         ids.insert(id);
     }
     let mut times = Vec::new();
+    let mut moved_sources = BTreeSet::new();
     for round in 0..rounds {
         let victim_index = round % 2;
         let settle = Instant::now() + Duration::from_secs(120);
@@ -257,6 +285,7 @@ async fn fail_over() {
             took.as_secs_f64()
         );
         times.push(took);
+        moved_sources.extend(victims);
         others[victim_index].restart();
     }
     times.sort();
@@ -266,7 +295,70 @@ async fn fail_over() {
         times[times.len() - 1].as_secs_f64(),
         times.len()
     );
+    // Let the restarted node take its share back, freeze the venues, and wait until the
+    // store stops moving.
+    let settle = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = converged(&[&first, &others[0], &others[1]], &ids).await {
+        assert!(Instant::now() < settle, "cluster did not settle: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.pause();
+    let client = pg(&url).await;
+    let count = || async {
+        client
+            .query_one("SELECT count(*) FROM anode_records", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut last = -1;
+    for _ in 0..30 {
+        let now = count().await;
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let report = sim.report();
+    let (mut generated, mut stored, mut missing) = (0u64, 0u64, 0u64);
+    for id in &moved_sources {
+        let i: usize = id.trim_start_matches("fo-").parse().unwrap();
+        let stream = &report.streams[&format!("binance/fo{i}usdt@trade")];
+        let (first_id, last_id) = stream.generated.unwrap();
+        let have: BTreeSet<u64> = client
+            .query(
+                "SELECT upstream_id FROM anode_records WHERE source = $1",
+                &[id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .filter_map(|u| u.rsplit(':').next().and_then(|n| n.parse().ok()))
+            .collect();
+        generated += last_id - first_id + 1;
+        stored += have.len() as u64;
+        missing += (first_id..=last_id).filter(|n| !have.contains(n)).count() as u64;
+    }
+    println!(
+        "  moved streams: {} — ids generated {generated}, stored {stored}, missing {missing} ({:.3}%)",
+        moved_sources.len(),
+        100.0 * missing as f64 / generated.max(1) as f64
+    );
+    drop((first, others));
     sim.shutdown().await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await;
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e} (set ANODE_TEST_PG)"));
+    tokio::spawn(connection);
+    client
 }
 
 fn main() {

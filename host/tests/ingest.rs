@@ -6,14 +6,14 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anode::demo::MixedSource as Planned;
 use anode_feedsim::{FeedSim, Report, SimConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use support::store::{Stored, Subscriber};
 use support::{PrivatePg, TestDb, get_json, node_config, simulator, start_node, until};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,162 +33,6 @@ fn expected(report: &Report, planned: &Planned) -> (u64, Option<HashSet<u64>>) {
         .ids_comparable
         .then(|| streams.iter().flat_map(|s| s.ids()).collect());
     (count, ids)
-}
-
-/// Where a scenario's records end up, read back with the database's own client.
-enum Stored {
-    Postgres(TestDb),
-    Sqlite(PathBuf),
-}
-
-impl Stored {
-    async fn counts(&self) -> HashMap<String, u64> {
-        match self {
-            Stored::Postgres(db) => db
-                .client()
-                .await
-                .query(
-                    "SELECT source, count(*) FROM anode_records GROUP BY source",
-                    &[],
-                )
-                .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Stored::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let Ok(db) = rusqlite::Connection::open(&path) else {
-                        return HashMap::new();
-                    };
-                    let Ok(mut q) =
-                        db.prepare("SELECT source, count(*) FROM anode_records GROUP BY source")
-                    else {
-                        return HashMap::new();
-                    };
-                    q.query_map([], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                    })
-                    .map(|rows| rows.flatten().collect())
-                    .unwrap_or_default()
-                })
-                .await
-                .unwrap()
-            }
-        }
-    }
-
-    /// Rows stored for one source.
-    async fn count(&self, source: &str) -> u64 {
-        self.counts().await.get(source).copied().unwrap_or(0)
-    }
-
-    /// Wait until `source` has at least `rows` stored.
-    async fn until_at_least(&self, source: &str, rows: u64) {
-        until(
-            &format!("{rows} rows of {source}"),
-            Duration::from_secs(30),
-            || async {
-                let n = self.count(source).await;
-                if n >= rows {
-                    Ok(())
-                } else {
-                    Err(format!("{n} stored"))
-                }
-            },
-        )
-        .await;
-    }
-
-    /// The numeric tail of every stored upstream id of `source` (`BTC.USDT:42` → 42).
-    async fn ids(&self, source: &str) -> Vec<u64> {
-        let upstream: Vec<String> = match self {
-            Stored::Postgres(db) => db
-                .client()
-                .await
-                .query(
-                    "SELECT upstream_id FROM anode_records WHERE source = $1",
-                    &[&source],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            Stored::Sqlite(path) => {
-                let (path, source) = (path.clone(), source.to_owned());
-                tokio::task::spawn_blocking(move || {
-                    let db = rusqlite::Connection::open(&path).unwrap();
-                    let mut q = db
-                        .prepare("SELECT upstream_id FROM anode_records WHERE source = ?1")
-                        .unwrap();
-                    q.query_map([source], |r| r.get::<_, String>(0))
-                        .unwrap()
-                        .flatten()
-                        .collect()
-                })
-                .await
-                .unwrap()
-            }
-        };
-        upstream
-            .iter()
-            .map(|u| {
-                u.rsplit(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("upstream id {u}"))
-            })
-            .collect()
-    }
-}
-
-/// A WebSocket subscriber that reads everything and remembers the record ids.
-struct Subscriber {
-    ids: Arc<Mutex<HashSet<String>>>,
-    messages: Arc<Mutex<u64>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    async fn connect(url: &str) -> Subscriber {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("subscribe to /ws");
-        let (_tx, mut rx) = socket.split();
-        // The hello comes first: after it, every record published reaches us.
-        let hello = rx.next().await.expect("hello").expect("hello");
-        let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
-        assert_eq!(hello["type"], "subscribed", "{hello}");
-        let ids = Arc::new(Mutex::new(HashSet::new()));
-        let messages = Arc::new(Mutex::new(0));
-        let task = tokio::spawn({
-            let (ids, messages) = (ids.clone(), messages.clone());
-            async move {
-                let _tx = _tx;
-                while let Some(Ok(Message::Text(text))) = rx.next().await {
-                    let value: Value = serde_json::from_str(&text).unwrap();
-                    if let Some(id) = value["id"].as_str() {
-                        ids.lock().unwrap().insert(id.to_owned());
-                        *messages.lock().unwrap() += 1;
-                    }
-                }
-            }
-        });
-        Subscriber {
-            ids,
-            messages,
-            task,
-        }
-    }
-
-    fn received(&self) -> usize {
-        self.ids.lock().unwrap().len()
-    }
 }
 
 async fn add_source(api: &str, spec: &Value) {
@@ -300,6 +144,9 @@ async fn run_mixed(stored: Stored, store_url: Option<String>) {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut config = node_config(data.path());
+    // This subscriber must see everything: on two shared cores, give it room to fall behind
+    // for a while (a subscriber that never reads has a test of its own).
+    config.fanout.queue_len = 65_536;
     config.store.postgres_url = store_url;
     if let Stored::Sqlite(path) = &stored {
         config.store.sqlite_path = Some(path.clone());
@@ -355,7 +202,8 @@ async fn run_mixed(stored: Stored, store_url: Option<String>) {
             if received == total {
                 Ok(())
             } else {
-                Err(format!("received {received} of {total}"))
+                let fanout = get_json(&format!("{api}/api/v1/status")).await["fanout"].clone();
+                Err(format!("received {received} of {total}; fan-out {fanout}"))
             }
         },
     )

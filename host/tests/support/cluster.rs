@@ -135,9 +135,32 @@ impl NodeProc {
         }
     }
 
+    /// SIGTERM, then wait (bounded) for the process to drain and exit; returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node runs");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "node {} did not exit within 60 s of SIGTERM; see {}",
+                    self.id,
+                    self.dir.join("node.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start again after [`NodeProc::kill`], same id and data dir (new ports).
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart after kill");
+        assert!(self.child.is_none(), "restart after kill or terminate");
         self.spawn();
     }
 

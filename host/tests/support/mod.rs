@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod store;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

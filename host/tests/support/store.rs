@@ -1,0 +1,283 @@
+//! Reading back what a node stored (PostgreSQL or the embedded store) and what a WebSocket
+//! subscriber received.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use anode_feedsim::FeedSim;
+use serde_json::json;
+use std::collections::BTreeSet;
+
+use super::{TestDb, until};
+
+/// Where a scenario's records end up, read back with the database's own client.
+pub enum Stored {
+    Postgres(TestDb),
+    Sqlite(PathBuf),
+}
+
+impl Stored {
+    pub async fn counts(&self) -> HashMap<String, u64> {
+        match self {
+            Stored::Postgres(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT source, count(*) FROM anode_records GROUP BY source",
+                    &[],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Stored::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(db) = rusqlite::Connection::open(&path) else {
+                        return HashMap::new();
+                    };
+                    let Ok(mut q) =
+                        db.prepare("SELECT source, count(*) FROM anode_records GROUP BY source")
+                    else {
+                        return HashMap::new();
+                    };
+                    q.query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .map(|rows| rows.flatten().collect())
+                    .unwrap_or_default()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// Rows stored for one source.
+    pub async fn count(&self, source: &str) -> u64 {
+        self.counts().await.get(source).copied().unwrap_or(0)
+    }
+
+    /// Wait until `source` has at least `rows` stored.
+    pub async fn until_at_least(&self, source: &str, rows: u64) {
+        until(
+            &format!("{rows} rows of {source}"),
+            Duration::from_secs(30),
+            || async {
+                let n = self.count(source).await;
+                if n >= rows {
+                    Ok(())
+                } else {
+                    Err(format!("{n} stored"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Every source's committed cursor.
+    pub async fn cursors(&self) -> HashMap<String, String> {
+        let sql = "SELECT source, cursor FROM anode_cursors";
+        match self {
+            Stored::Postgres(db) => db
+                .client()
+                .await
+                .query(sql, &[])
+                .await
+                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                .unwrap_or_default(),
+            Stored::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(db) = rusqlite::Connection::open(&path) else {
+                        return HashMap::new();
+                    };
+                    let Ok(mut q) = db.prepare(sql) else {
+                        return HashMap::new();
+                    };
+                    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map(|rows| rows.flatten().collect())
+                        .unwrap_or_default()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// The numeric tail of every stored upstream id of `source` (`BTC.USDT:42` → 42).
+    pub async fn ids(&self, source: &str) -> Vec<u64> {
+        self.upstream_ids(source)
+            .await
+            .iter()
+            .map(|u| {
+                u.rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("upstream id {u}"))
+            })
+            .collect()
+    }
+
+    /// Every stored upstream id of `source`.
+    pub async fn upstream_ids(&self, source: &str) -> Vec<String> {
+        let upstream: Vec<String> = match self {
+            Stored::Postgres(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT upstream_id FROM anode_records WHERE source = $1",
+                    &[&source],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            Stored::Sqlite(path) => {
+                let (path, source) = (path.clone(), source.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let db = rusqlite::Connection::open(&path).unwrap();
+                    let mut q = db
+                        .prepare("SELECT upstream_id FROM anode_records WHERE source = ?1")
+                        .unwrap();
+                    q.query_map([source], |r| r.get::<_, String>(0))
+                        .unwrap()
+                        .flatten()
+                        .collect()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        upstream
+    }
+}
+
+/// A WebSocket subscriber that reads everything and remembers the record ids.
+pub struct Subscriber {
+    pub ids: Arc<Mutex<HashSet<String>>>,
+    pub messages: Arc<Mutex<u64>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn connect(url: &str) -> Subscriber {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("subscribe to /ws");
+        let (_tx, mut rx) = socket.split();
+        // The hello comes first: after it, every record published reaches us.
+        let hello = rx.next().await.expect("hello").expect("hello");
+        let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
+        assert_eq!(hello["type"], "subscribed", "{hello}");
+        let ids = Arc::new(Mutex::new(HashSet::new()));
+        let messages = Arc::new(Mutex::new(0));
+        let task = tokio::spawn({
+            let (ids, messages) = (ids.clone(), messages.clone());
+            async move {
+                let _tx = _tx;
+                while let Some(Ok(Message::Text(text))) = rx.next().await {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(id) = value["id"].as_str() {
+                        ids.lock().unwrap().insert(id.to_owned());
+                        *messages.lock().unwrap() += 1;
+                    }
+                }
+            }
+        });
+        Subscriber {
+            ids,
+            messages,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+}
+
+/// An EVM source on `chain`, polled often.
+pub fn evm_source(sim: &FeedSim, id: &str, chain: &str) -> Value {
+    json!({"id": id, "plugin": "evm-blocks", "config": {
+        "url": format!("{}/evm/{chain}", sim.http_url()), "chain": chain, "interval_ms": 100}})
+}
+
+/// The simulator stream a Binance raw source reads.
+pub fn trade_stream(spec: &Value) -> String {
+    format!(
+        "binance/{}@trade",
+        spec["config"]["symbols"][0].as_str().unwrap()
+    )
+}
+
+/// Every id the simulator generated for each Binance source's stream is stored exactly
+/// once, and each EVM source's blocks are one run with no hole up to the chain's head.
+/// Polls until true: the simulator must be paused.
+pub async fn every_generated_id_stored_once(
+    sim: &FeedSim,
+    stored: &Stored,
+    binance: &[Value],
+    evm: &[Value],
+) {
+    until(
+        "every generated id stored once",
+        Duration::from_secs(60),
+        || async {
+            let report = sim.report();
+            let counts = stored.counts().await;
+            let mut wrong = Vec::new();
+            for spec in binance {
+                let id = spec["id"].as_str().unwrap();
+                let stream = &report.streams[&trade_stream(spec)];
+                let (first, last) = stream
+                    .generated
+                    .expect("a subscribed stream has generated ids");
+                let have: BTreeSet<u64> = stored.ids(id).await.into_iter().collect();
+                let missing = (first..=last).filter(|n| !have.contains(n)).count();
+                let rows = counts.get(id).copied().unwrap_or(0);
+                if missing > 0 || rows != last - first + 1 {
+                    wrong.push(format!(
+                        "{id}: generated {first}..={last}, {missing} missing, {rows} rows"
+                    ));
+                }
+            }
+            for spec in evm {
+                let id = spec["id"].as_str().unwrap();
+                let chain = spec["config"]["chain"].as_str().unwrap();
+                let head = report.streams[&format!("evm/{chain}/blocks")]
+                    .generated
+                    .map_or(0, |(_, last)| last);
+                let blocks: BTreeSet<u64> = stored.ids(id).await.into_iter().collect();
+                let (Some(&low), Some(&high)) = (blocks.first(), blocks.last()) else {
+                    wrong.push(format!("{id}: no blocks"));
+                    continue;
+                };
+                let rows = counts.get(id).copied().unwrap_or(0);
+                if high != head || blocks.len() as u64 != high - low + 1 || rows != high - low + 1 {
+                    wrong.push(format!(
+                        "{id}: blocks {low}..={high} ({} of them, {rows} rows), head {head}",
+                        blocks.len()
+                    ));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("; "))
+            }
+        },
+    )
+    .await;
+}
