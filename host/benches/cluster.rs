@@ -10,7 +10,8 @@
 //!    the others, and for the streams that moved, the ids the simulator generated against the
 //!    ids stored — with the connector's backfill on, then off.
 //!
-//! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds.
+//! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds;
+//! `ANODE_BENCH_ONLY=failover` (or `balance`, `catalog`, comma-separated) runs only those parts.
 
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
@@ -361,12 +362,24 @@ async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Whether part `name` runs: all of them, or those named in `ANODE_BENCH_ONLY`
+/// (comma-separated: `balance`, `catalog`, `failover`).
+fn part(name: &str) -> bool {
+    std::env::var("ANODE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == name))
+}
+
 fn main() {
-    balance_and_movement();
+    if part("balance") {
+        balance_and_movement();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(catalog_propagation());
-    runtime.block_on(fail_over());
+    if part("catalog") {
+        runtime.block_on(catalog_propagation());
+    }
+    if part("failover") {
+        runtime.block_on(fail_over());
+    }
 }

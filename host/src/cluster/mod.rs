@@ -8,8 +8,10 @@
 
 pub mod assign;
 pub mod catalog;
+mod envelope;
 pub mod http;
 pub mod relay;
+mod settings;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
@@ -19,9 +21,7 @@ use std::time::Duration;
 
 use foca::{Config as FocaConfig, Foca, Identity, PostcardCodec, Timer};
 use futures_util::StreamExt;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,87 +29,7 @@ use tokio_util::time::DelayQueue;
 
 pub use catalog::{Catalog, Entry};
 
-/// The `[cluster]` section of the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterSettings {
-    /// UDP address gossip listens on.
-    pub bind: SocketAddr,
-    /// `host:port` other nodes reach this node's gossip at; default `bind`.
-    pub advertise: Option<String>,
-    /// Gossip addresses (`host:port`) of nodes to join; a list, or one comma-separated string.
-    #[serde(deserialize_with = "list_or_csv")]
-    pub seeds: Vec<String>,
-    /// Shared secret: packets and node-to-node HTTP are authenticated with it. Required when
-    /// `bind` is beyond loopback.
-    pub key: Option<String>,
-    /// Name of the cluster; packets of other clusters are dropped.
-    pub cluster_id: String,
-    /// SWIM probe period.
-    pub probe_period_ms: u64,
-    /// How long a probe waits for an ack before asking others to probe.
-    pub probe_rtt_ms: u64,
-    /// How long a suspect member has to refute before it is declared down.
-    pub suspect_to_down_ms: u64,
-    /// Largest gossip packet; bigger catalog entries travel by HTTP instead.
-    pub max_packet_bytes: usize,
-    /// Period of push-pull anti-entropy of the catalog with one random peer.
-    pub sync_ms: u64,
-    /// Period of re-announcing to the seeds while this node knows no other member.
-    pub announce_ms: u64,
-    /// At start with seeds, how long to wait to hear from the cluster before running
-    /// sources alone.
-    pub join_grace_ms: u64,
-    /// Make-before-break: a node that no longer owns a source (a node joined, or this one
-    /// leaves) runs it until its new owner reports it live, at most this long when the new
-    /// owner says nothing (never stopped while the new owner reports it cannot run it).
-    pub handover_timeout_ms: u64,
-    /// With the embedded store, how often committed cursors are written to the catalog (so a
-    /// new owner on another node resumes from them); at most this much is replayed there.
-    pub cursor_share_ms: u64,
-}
-
-/// Default gossip port (UDP).
-pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
-
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        ClusterSettings {
-            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_GOSSIP_PORT)),
-            advertise: None,
-            seeds: Vec::new(),
-            key: None,
-            cluster_id: "anode".into(),
-            probe_period_ms: 1000,
-            probe_rtt_ms: 500,
-            suspect_to_down_ms: 4000,
-            max_packet_bytes: 1400,
-            sync_ms: 2000,
-            announce_ms: 1000,
-            join_grace_ms: 3000,
-            handover_timeout_ms: 10_000,
-            cursor_share_ms: 1000,
-        }
-    }
-}
-
-fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::List(list) => list,
-        Either::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
-}
+pub use settings::{ClusterSettings, DEFAULT_GOSSIP_PORT};
 
 /// A member's identity in gossip. `generation` is the start time in ms: a restarted node comes
 /// back with a greater one and replaces its former self.
@@ -297,90 +217,7 @@ impl GossipStats {
     }
 }
 
-const MAGIC: &[u8; 2] = b"AN";
-/// Version of the envelope and of what is inside it.
-pub const PROTOCOL: u8 = 1;
-const TAG_LEN: usize = 32;
-
-/// Seals and opens gossip packets.
-#[derive(Clone)]
-pub struct Envelope {
-    cluster_id: Vec<u8>,
-    key: Option<Vec<u8>>,
-}
-
-/// Why a packet was dropped.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Rejected {
-    Garbage,
-    Foreign,
-    Auth,
-}
-
-impl Envelope {
-    pub fn new(cluster_id: &str, key: Option<&str>) -> Envelope {
-        Envelope {
-            cluster_id: cluster_id.as_bytes().to_vec(),
-            key: key.map(|k| k.as_bytes().to_vec()),
-        }
-    }
-
-    fn mac(&self, key: &[u8]) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length")
-    }
-
-    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + self.cluster_id.len() + body.len() + TAG_LEN);
-        out.extend_from_slice(MAGIC);
-        out.push(PROTOCOL);
-        out.push(self.cluster_id.len() as u8);
-        out.extend_from_slice(&self.cluster_id);
-        out.extend_from_slice(body);
-        if let Some(key) = &self.key {
-            let mut mac = self.mac(key);
-            mac.update(&out);
-            out.extend_from_slice(&mac.finalize().into_bytes());
-        }
-        out
-    }
-
-    pub fn open<'a>(&self, packet: &'a [u8]) -> Result<&'a [u8], Rejected> {
-        if packet.len() < 4 || &packet[..2] != MAGIC || packet[2] != PROTOCOL {
-            return Err(Rejected::Garbage);
-        }
-        let id_len = packet[3] as usize;
-        let body_start = 4 + id_len;
-        if packet.len() < body_start {
-            return Err(Rejected::Garbage);
-        }
-        if packet[4..body_start] != self.cluster_id[..] {
-            return Err(Rejected::Foreign);
-        }
-        match &self.key {
-            None => Ok(&packet[body_start..]),
-            Some(key) => {
-                if packet.len() < body_start + TAG_LEN {
-                    return Err(Rejected::Auth);
-                }
-                let (signed, tag) = packet.split_at(packet.len() - TAG_LEN);
-                let mut mac = self.mac(key);
-                mac.update(signed);
-                mac.verify_slice(tag).map_err(|_| Rejected::Auth)?;
-                Ok(&signed[body_start..])
-            }
-        }
-    }
-
-    /// The token node-to-node HTTP requests carry (`x-anode-cluster`): derived from the key,
-    /// so only nodes holding it pass. `None` without a key.
-    pub fn http_token(&self) -> Option<String> {
-        let key = self.key.as_ref()?;
-        let mut mac = self.mac(key);
-        mac.update(b"anode-http/");
-        mac.update(&self.cluster_id);
-        Some(hex::encode(mac.finalize().into_bytes()))
-    }
-}
+pub use envelope::{Envelope, PROTOCOL, Rejected};
 
 /// The catalog as foca's custom-broadcast handler: an entry is spread on while it is news.
 struct CatalogBroadcasts {
@@ -815,48 +652,4 @@ impl Gossip {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_check_magic_cluster_and_key() {
-        let keyed = Envelope::new("prod", Some("secret"));
-        let sealed = keyed.seal(b"hello");
-        assert_eq!(keyed.open(&sealed), Ok(&b"hello"[..]));
-        assert_eq!(
-            Envelope::new("prod", Some("other")).open(&sealed),
-            Err(Rejected::Auth)
-        );
-        assert_eq!(
-            Envelope::new("prod", None).open(&Envelope::new("prod", None).seal(b"x")),
-            Ok(&b"x"[..])
-        );
-        // Without a tag, a keyed node refuses; with a flipped bit, too.
-        assert_eq!(
-            keyed.open(&Envelope::new("prod", None).seal(b"hello")),
-            Err(Rejected::Auth)
-        );
-        let mut forged = sealed.clone();
-        forged[8] ^= 1;
-        assert_eq!(keyed.open(&forged), Err(Rejected::Auth));
-        assert_eq!(
-            Envelope::new("test", Some("secret")).open(&sealed),
-            Err(Rejected::Foreign)
-        );
-        assert_eq!(keyed.open(b"GET / HTTP/1.1"), Err(Rejected::Garbage));
-        assert_eq!(keyed.open(b""), Err(Rejected::Garbage));
-        assert_ne!(
-            keyed.http_token(),
-            Envelope::new("prod", Some("other")).http_token()
-        );
-        assert_eq!(Envelope::new("prod", None).http_token(), None);
-    }
-
-    #[test]
-    fn seeds_take_a_list_or_comma_separated_text() {
-        let from_list: ClusterSettings = toml::from_str("seeds = [\"a:1\", \"b:2\"]").unwrap();
-        let from_text: ClusterSettings = toml::from_str("seeds = \"a:1, b:2\"").unwrap();
-        assert_eq!(from_list.seeds, ["a:1", "b:2"]);
-        assert_eq!(from_text.seeds, from_list.seeds);
-    }
-}
+mod tests;

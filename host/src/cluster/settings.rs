@@ -1,0 +1,87 @@
+//! Gossip and catalog settings (`[cluster]` in the config); every timing has a named default.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The `[cluster]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// UDP address gossip listens on.
+    pub bind: SocketAddr,
+    /// `host:port` other nodes reach this node's gossip at; default `bind`.
+    pub advertise: Option<String>,
+    /// Gossip addresses (`host:port`) of nodes to join; a list, or one comma-separated string.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub seeds: Vec<String>,
+    /// Shared secret: packets and node-to-node HTTP are authenticated with it. Required when
+    /// `bind` is beyond loopback.
+    pub key: Option<String>,
+    /// Name of the cluster; packets of other clusters are dropped.
+    pub cluster_id: String,
+    /// SWIM probe period.
+    pub probe_period_ms: u64,
+    /// How long a probe waits for an ack before asking others to probe.
+    pub probe_rtt_ms: u64,
+    /// How long a suspect member has to refute before it is declared down.
+    pub suspect_to_down_ms: u64,
+    /// Largest gossip packet; bigger catalog entries travel by HTTP instead.
+    pub max_packet_bytes: usize,
+    /// Period of push-pull anti-entropy of the catalog with one random peer.
+    pub sync_ms: u64,
+    /// Period of re-announcing to the seeds while this node knows no other member.
+    pub announce_ms: u64,
+    /// At start with seeds, how long to wait to hear from the cluster before running
+    /// sources alone.
+    pub join_grace_ms: u64,
+    /// Make-before-break: a node that no longer owns a source (a node joined, or this one
+    /// leaves) runs it until its new owner reports it live, at most this long when the new
+    /// owner says nothing (never stopped while the new owner reports it cannot run it).
+    pub handover_timeout_ms: u64,
+    /// With the embedded store, how often committed cursors are written to the catalog (so a
+    /// new owner on another node resumes from them); at most this much is replayed there.
+    pub cursor_share_ms: u64,
+}
+
+/// Default gossip port (UDP).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_GOSSIP_PORT)),
+            advertise: None,
+            seeds: Vec::new(),
+            key: None,
+            cluster_id: "anode".into(),
+            probe_period_ms: 1000,
+            probe_rtt_ms: 500,
+            suspect_to_down_ms: 4000,
+            max_packet_bytes: 1400,
+            sync_ms: 2000,
+            announce_ms: 1000,
+            join_grace_ms: 3000,
+            handover_timeout_ms: 10_000,
+            cursor_share_ms: 1000,
+        }
+    }
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}

@@ -1,0 +1,118 @@
+use super::*;
+use crate::record::RecordId;
+
+fn record(source: &str, n: u64) -> Record {
+    Record {
+        id: RecordId::derive(source, "trades", Some(&n.to_string()), b"{}"),
+        source: source.into(),
+        stream: "trades".into(),
+        key: Some("BTC.USDT".into()),
+        upstream_id: Some(n.to_string()),
+        event_time_us: None,
+        ingest_time_us: 0,
+        node: "n".into(),
+        payload: b"{}".to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn filters_and_isolates_a_slow_subscriber() {
+    let hub = Hub::new(FanoutSettings {
+        queue_len: 4,
+        lag_disconnect_ms: 0,
+        max_subscribers: 10,
+        dedupe_window: 64,
+    });
+    let mut fast = hub.subscribe(Filter::default()).unwrap();
+    let mut slow = hub.subscribe(Filter::default()).unwrap();
+    let mut other = hub
+        .subscribe(Filter {
+            sources: ["b".to_owned()].into(),
+            ..Filter::default()
+        })
+        .unwrap();
+    let mut received = 0;
+    for n in 0..20 {
+        hub.publish(&[record("a", n)], Stage::Decoded);
+        // The fast subscriber keeps up; the slow one never reads.
+        match fast.next().await {
+            Delivery::Record { dropped_total, .. } => assert_eq!(dropped_total, 0),
+            Delivery::Disconnect(r) => panic!("fast subscriber disconnected: {r}"),
+        }
+        received += 1;
+    }
+    assert_eq!(received, 20);
+    let stats = hub.stats();
+    assert_eq!(stats.dropped, 16);
+    assert_eq!(stats.disconnected_for_lag, 1);
+    // The slow one still gets what fit, then the disconnect with its reason.
+    let mut queued = 0;
+    loop {
+        match slow.next().await {
+            Delivery::Record { .. } => queued += 1,
+            Delivery::Disconnect(reason) => {
+                assert!(reason.contains("too slow"), "{reason}");
+                break;
+            }
+        }
+        assert!(queued <= 4);
+    }
+    hub.publish(&[record("b", 1)], Stage::Decoded);
+    assert!(matches!(other.next().await, Delivery::Record { .. }));
+    drop(slow);
+    assert_eq!(hub.stats().subscribers, 2);
+}
+
+#[tokio::test]
+async fn a_stored_subscriber_sees_records_only_once_stored() {
+    let hub = Hub::new(FanoutSettings::default());
+    let query = |after: &str| HashMap::from([("after".to_owned(), after.to_owned())]);
+    let mut stored = hub
+        .subscribe(Filter::from_query(&query("stored")).unwrap())
+        .unwrap();
+    let mut decoded = hub
+        .subscribe(Filter::from_query(&query("decoded")).unwrap())
+        .unwrap();
+    assert!(
+        Filter::from_query(&query("never"))
+            .unwrap_err()
+            .contains("after=stored")
+    );
+    hub.publish(&[record("a", 1)], Stage::Decoded);
+    match decoded.next().await {
+        Delivery::Record { stage, .. } => assert_eq!(stage, Stage::Decoded),
+        Delivery::Disconnect(r) => panic!("{r}"),
+    }
+    assert!(
+        stored.records.try_recv().is_err(),
+        "nothing for a stored subscriber before the store commits"
+    );
+    hub.publish(&[record("a", 1)], Stage::Stored);
+    match stored.next().await {
+        Delivery::Record { json, stage, .. } => {
+            assert_eq!(stage, Stage::Stored);
+            assert!(json.contains(r#""upstream_id":"1""#), "{json}");
+        }
+        Delivery::Disconnect(r) => panic!("{r}"),
+    }
+    assert!(
+        decoded.records.try_recv().is_err(),
+        "a decoded subscriber sees it once"
+    );
+    // The same record again (a second owner during a hand-over) reaches no one twice.
+    hub.publish(&[record("a", 1)], Stage::Stored);
+    let relayed = record("a", 2);
+    for _ in 0..2 {
+        hub.publish_relayed(
+            &relayed.id,
+            "a",
+            "trades",
+            Some("BTC.USDT"),
+            Stage::Stored,
+            relayed.to_json().into(),
+        );
+    }
+    assert!(matches!(stored.next().await, Delivery::Record { .. }));
+    assert!(stored.records.try_recv().is_err());
+    assert_eq!(hub.stats().repeats, 2);
+}

@@ -1,0 +1,272 @@
+use super::*;
+use std::time::{Duration, Instant};
+
+/// A backend in memory that can be told to fail: exercises the buffer, not a database.
+#[derive(Clone)]
+struct Flaky {
+    up: Arc<AtomicBool>,
+    stored: Arc<Mutex<Vec<RecordId>>>,
+    cursors: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Flaky {
+    fn new(up: bool) -> Self {
+        Flaky {
+            up: Arc::new(AtomicBool::new(up)),
+            stored: Arc::default(),
+            cursors: Arc::default(),
+        }
+    }
+}
+
+impl Backend for Flaky {
+    async fn connect(&mut self) -> Result<(), WriteError> {
+        if self.up.load(Relaxed) {
+            Ok(())
+        } else {
+            Err(WriteError::Connection("down".into()))
+        }
+    }
+    async fn write(
+        &mut self,
+        batch: &[Record],
+        cursors: &[(Arc<str>, String)],
+    ) -> Result<Written, WriteError> {
+        if !self.up.load(Relaxed) {
+            return Err(WriteError::Connection("down".into()));
+        }
+        // All or nothing, like a transaction.
+        if batch.iter().any(|r| r.source == "bad") {
+            return Err(WriteError::Rejected("bad row".into()));
+        }
+        let mut saved = lock(&self.cursors);
+        for (source, cursor) in cursors {
+            saved.retain(|(s, _)| **s != **source);
+            saved.push((source.to_string(), cursor.clone()));
+        }
+        let mut stored = lock(&self.stored);
+        let mut written = Written::default();
+        for record in batch {
+            if stored.contains(&record.id) {
+                written.duplicates += 1;
+            } else {
+                stored.push(record.id);
+                written.inserted += 1;
+            }
+        }
+        Ok(written)
+    }
+    async fn resume(&mut self, source: &str, _recent: usize) -> Result<Resume, WriteError> {
+        let cursor = lock(&self.cursors)
+            .iter()
+            .find(|(s, _)| s == source)
+            .map(|(_, c)| c.clone());
+        Ok(Resume {
+            updated_us: cursor.as_ref().map(|_| 0),
+            cursor,
+            recent: Vec::new(),
+        })
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+fn batch(records: Vec<Record>) -> Batch {
+    Batch {
+        source: records.first().map_or("a", |r| r.source.as_str()).into(),
+        records,
+        cursor: None,
+    }
+}
+
+fn record(source: &str, n: u64) -> Record {
+    Record {
+        id: RecordId::derive(source, "s", Some(&n.to_string()), b"{}"),
+        source: source.into(),
+        stream: "s".into(),
+        key: None,
+        upstream_id: Some(n.to_string()),
+        event_time_us: None,
+        ingest_time_us: 0,
+        node: "n".into(),
+        payload: b"{}".to_vec(),
+    }
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn outage_buffers_then_pushes_back_and_loses_nothing() {
+    let settings = StoreSettings {
+        buffer_records: 10,
+        batch_max: 4,
+        flush_ms: 1,
+        reconnect_min_ms: 1,
+        reconnect_max_ms: 5,
+        ..StoreSettings::default()
+    };
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(false);
+    let (up, stored) = (backend.up.clone(), backend.stored.clone());
+    let (store, task) = spawn_writer(
+        backend.clone(),
+        backend,
+        "memory",
+        &settings,
+        cancel.clone(),
+    );
+    let first = store
+        .submit(batch((0..10).map(|n| record("a", n)).collect()))
+        .await
+        .unwrap();
+    assert_eq!(store.stats().backlog, 10);
+    // The buffer is full: the next submit waits until the database is back.
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .submit(batch(vec![record("a", 10), record("bad", 0)]))
+                .await
+        }
+    });
+    until("write errors while down", || store.stats().write_errors > 0).await;
+    assert!(
+        !blocked.is_finished(),
+        "submit must wait while the buffer is full"
+    );
+    up.store(true, Relaxed);
+    let committed = first.committed().await.unwrap();
+    assert_eq!(
+        committed.records.len(),
+        10,
+        "the receipt hands the records back"
+    );
+    blocked.await.unwrap().unwrap().committed().await.unwrap();
+    // A replayed record is stored once.
+    store.submit(batch(vec![record("a", 3)])).await.unwrap();
+    until("everything written", || store.stats().backlog == 0).await;
+    let stats = store.stats();
+    assert_eq!(stats.rows_written, 11);
+    assert_eq!(stats.duplicates_skipped, 1);
+    assert_eq!(stats.rows_rejected, 1);
+    assert!(stats.reconnects == 0 || stats.connected);
+    assert_eq!(lock(&stored).len(), 11);
+    cancel.cancel();
+    task.await.unwrap();
+    assert!(store.submit(batch(vec![record("a", 99)])).await.is_err());
+}
+
+#[tokio::test]
+async fn a_cursor_is_committed_with_its_records_and_never_before() {
+    let settings = StoreSettings {
+        flush_ms: 1,
+        reconnect_min_ms: 1,
+        reconnect_max_ms: 5,
+        ..StoreSettings::default()
+    };
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(false);
+    let up = backend.up.clone();
+    let (store, task) = spawn_writer(
+        backend.clone(),
+        backend,
+        "memory",
+        &settings,
+        cancel.clone(),
+    );
+    let receipt = store
+        .submit(Batch {
+            source: "a".into(),
+            records: (0..5).map(|n| record("a", n)).collect(),
+            cursor: Some("4".into()),
+        })
+        .await
+        .unwrap();
+    until("write errors while down", || store.stats().write_errors > 0).await;
+    // Reads use their own connection: they fail while the database is down, rather
+    // than answer "no cursor".
+    up.store(true, Relaxed);
+    let committed = receipt.committed().await.unwrap();
+    assert_eq!(committed.cursor.as_deref(), Some("4"));
+    assert_eq!(
+        store.resume("a", 10).await.unwrap().cursor.as_deref(),
+        Some("4")
+    );
+    assert_eq!(store.resume("b", 10).await.unwrap(), Resume::default());
+    assert_eq!(store.stats().cursors_committed, 1);
+    // A batch of no records moves the cursor alone.
+    store
+        .submit(Batch {
+            source: "a".into(),
+            records: Vec::new(),
+            cursor: Some("5".into()),
+        })
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .unwrap();
+    assert_eq!(
+        store.resume("a", 10).await.unwrap().cursor.as_deref(),
+        Some("5")
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_buffer() {
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(true);
+    let stored = backend.stored.clone();
+    let settings = StoreSettings {
+        flush_ms: 60_000,
+        batch_max: 1000,
+        ..StoreSettings::default()
+    };
+    let (store, task) = spawn_writer(
+        backend.clone(),
+        backend,
+        "memory",
+        &settings,
+        cancel.clone(),
+    );
+    let receipt = store
+        .submit(batch((0..7).map(|n| record("a", n)).collect()))
+        .await
+        .unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(lock(&stored).len(), 7);
+    assert!(receipt.committed().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_store_that_stays_down_tells_waiting_receipts_at_shutdown() {
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(false);
+    let settings = StoreSettings {
+        reconnect_min_ms: 1,
+        reconnect_max_ms: 5,
+        drain_timeout_ms: 50,
+        ..StoreSettings::default()
+    };
+    let (store, task) = spawn_writer(
+        backend.clone(),
+        backend,
+        "memory",
+        &settings,
+        cancel.clone(),
+    );
+    let receipt = store.submit(batch(vec![record("a", 1)])).await.unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    assert!(receipt.committed().await.is_err());
+}
