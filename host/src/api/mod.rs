@@ -205,7 +205,7 @@ async fn cluster(State(state): State<AppState>) -> Json<Value> {
 
 /// Every source of the cluster with its owner and the owner's report (`/api/v1/sources`).
 pub async fn sources_json(state: &NodeState) -> Value {
-    Value::Array(state.cluster_sources().await)
+    json!(state.cluster_sources().await)
 }
 
 async fn list_sources(State(state): State<AppState>) -> Json<Value> {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{Entry, Version};
 use super::{Cluster, Peer, PeerContext};
 use crate::plugin::Digest;
+use crate::source::SourceReport;
 
 /// The header node-to-node requests authenticate with.
 pub const TOKEN_HEADER: &str = "x-anode-cluster";
@@ -241,14 +242,14 @@ pub async fn fetch_plugin(
 }
 
 /// Sources reported by each live peer (their own running ones), fetched concurrently.
-pub async fn peer_sources(cluster: &Cluster, http: &reqwest::Client) -> Vec<serde_json::Value> {
+pub async fn peer_sources(cluster: &Cluster, http: &reqwest::Client) -> Vec<SourceReport> {
     let view = cluster.view();
     let calls = view.live_peers().map(|peer| {
         let url = format!("{}/cluster/v1/sources", peer.url());
         let req = request(cluster, http.get(url)).timeout(Duration::from_millis(1500));
         async move {
             let reply = req.send().await.ok()?.error_for_status().ok()?;
-            reply.json::<Vec<serde_json::Value>>().await.ok()
+            reply.json::<Vec<SourceReport>>().await.ok()
         }
     });
     futures_util::future::join_all(calls)

@@ -117,7 +117,7 @@ pub struct PeerContext {
 pub trait SourceReports: Send + Sync {
     fn local_reports(
         &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<serde_json::Value>> + Send + '_>>;
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::source::SourceReport>> + Send + '_>>;
 }
 
 /// The owner of `source` among `nodes` (stable ids), by rendezvous hashing.

@@ -77,9 +77,14 @@ impl SourceSpec {
 }
 
 /// Where a source is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
+    /// In the catalog, not reported by any node yet (its owner is starting it).
+    Pending,
+    /// Paused: in the catalog, run nowhere.
+    Paused,
+    #[default]
     Starting,
     Connecting,
     Live,
@@ -118,8 +123,9 @@ struct StatusInner {
     cursor: Option<String>,
 }
 
-/// A snapshot of a source for the API.
-#[derive(Debug, Clone, Serialize)]
+/// A snapshot of a source for the API (and for peers, which read it back).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SourceReport {
     pub id: String,
     pub plugin: String,
@@ -139,7 +145,19 @@ pub struct SourceReport {
     pub last_event_age_ms: Option<i64>,
     /// The cursor committed with the last stored batch: where the source resumes.
     pub cursor: Option<String>,
-    pub node: String,
+    /// The node that runs it; `None` while no node reports it.
+    pub node: Option<String>,
+}
+
+/// A source of the cluster as any node shows it: its owner's report, its owner in this node's
+/// view, and whether it is paused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSource {
+    #[serde(flatten)]
+    pub report: SourceReport,
+    /// The node that should run it (none while paused).
+    pub owner: Option<String>,
+    pub paused: bool,
 }
 
 impl Default for SourceStatus {
@@ -246,7 +264,7 @@ impl SourceStatus {
             events_per_sec: f64::from_bits(self.rate_bits.load(Relaxed)),
             last_event_age_ms: inner.last_event_us.map(|t| (now_us - t).max(0) / 1000),
             cursor: inner.cursor.clone(),
-            node: node.to_owned(),
+            node: Some(node.to_owned()),
         }
     }
 }

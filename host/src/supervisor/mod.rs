@@ -90,13 +90,14 @@ pub struct NodeState {
     /// runs them (make-before-break).
     pub(crate) handing_over: Mutex<HashMap<String, Instant>>,
     /// Peers' source reports, briefly cached.
-    pub(crate) peer_reports: tokio::sync::Mutex<Option<(Instant, Vec<serde_json::Value>)>>,
+    pub(crate) peer_reports:
+        tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
 }
 
 impl crate::cluster::SourceReports for NodeState {
     fn local_reports(
         &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<serde_json::Value>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::source::SourceReport>> + Send + '_>> {
         Box::pin(self.local_sources())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{HANDOVER_CHECK_EVERY, NodeState, RECONCILE_EVERY, lock, source_key};
-use crate::source::SourceSpec;
+use crate::source::{SourceSpec, SourceState};
 
 impl NodeState {
     /// Start what this node owns and does not run; stop what it runs and does not own (or
@@ -127,12 +127,12 @@ impl NodeState {
         let reports = self.peer_reports().await;
         let state = reports
             .iter()
-            .find(|r| r["id"] == id && r["node"] == new_owner)
-            .and_then(|r| r["state"].as_str().map(str::to_owned));
+            .find(|r| r.id == id && r.node.as_deref() == Some(new_owner))
+            .map(|r| r.state);
         let timeout = Duration::from_millis(self.config.cluster.handover_timeout_ms);
-        match state.as_deref() {
-            Some("live") => true,
-            Some("failed") => false,
+        match state {
+            Some(SourceState::Live) => true,
+            Some(SourceState::Failed) => false,
             _ => started.elapsed() >= timeout,
         }
     }
@@ -163,9 +163,9 @@ impl NodeState {
                 crate::cluster::http::peer_sources(&self.cluster, &self.ingest.http).await;
             let waiting = mine.iter().any(|(id, owner)| {
                 !reports.iter().any(|r| {
-                    r["id"] == id.as_str()
-                        && r["node"] == owner.as_str()
-                        && matches!(r["state"].as_str(), Some("live" | "failed"))
+                    r.id == *id
+                        && r.node.as_deref() == Some(owner.as_str())
+                        && matches!(r.state, SourceState::Live | SourceState::Failed)
                 })
             });
             if !waiting {

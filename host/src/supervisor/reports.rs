@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{NodeState, PEER_REPORTS_TTL, lock};
 use crate::clock::now_us;
-use crate::source::{SourceReport, SourceSpec};
+use crate::source::{ClusterSource, SourceReport, SourceSpec, SourceState};
 
 impl NodeState {
     /// The reports of the sources running on this node, by id.
@@ -21,37 +21,32 @@ impl NodeState {
             .collect()
     }
 
-    /// This node's sources as JSON: the running ones, and the owned ones that could not
-    /// start (state `failed`, with the reason).
-    pub async fn local_sources(&self) -> Vec<serde_json::Value> {
-        let mut out: Vec<serde_json::Value> = self
-            .sources()
-            .await
-            .into_iter()
-            .map(|r| serde_json::to_value(r).expect("reports serialise"))
-            .collect();
+    /// This node's sources: the running ones, and the owned ones that could not start
+    /// (state `failed`, with the reason).
+    pub async fn local_sources(&self) -> Vec<SourceReport> {
+        let mut out = self.sources().await;
         for (id, error) in lock(&self.failed).iter() {
-            out.push(serde_json::json!({
-                "id": id, "state": "failed", "last_error": error, "node": self.node_id,
-            }));
+            out.push(SourceReport {
+                id: id.clone(),
+                state: SourceState::Failed,
+                last_error: Some(error.clone()),
+                node: Some(self.node_id.clone()),
+                ..SourceReport::default()
+            });
         }
         out
     }
 
     /// Every source of the cluster: its spec's plugin, its owner in this node's view, and
     /// the owner's report of it (fetched from peers, cached for a second).
-    pub async fn cluster_sources(&self) -> Vec<serde_json::Value> {
+    pub async fn cluster_sources(&self) -> Vec<ClusterSource> {
         let view = self.cluster.view();
-        let mut reports: HashMap<String, serde_json::Value> = HashMap::new();
+        let mut reports: HashMap<String, SourceReport> = HashMap::new();
         for report in self.peer_reports().await {
-            if let Some(id) = report["id"].as_str() {
-                reports.insert(id.to_owned(), report);
-            }
+            reports.insert(report.id.clone(), report);
         }
         for report in self.local_sources().await {
-            if let Some(id) = report["id"].as_str() {
-                reports.insert(id.to_owned(), report);
-            }
+            reports.insert(report.id.clone(), report);
         }
         let mut out = Vec::new();
         for entry in self.cluster.catalog.live("source/") {
@@ -61,23 +56,29 @@ impl NodeState {
             else {
                 continue;
             };
-            let owner = (!spec.paused).then(|| view.owner(&spec.id));
-            let mut report = reports.remove(&spec.id).unwrap_or_else(|| {
-                let state = if spec.paused { "paused" } else { "pending" };
-                serde_json::json!({ "id": spec.id, "state": state, "node": null })
+            let mut report = reports.remove(&spec.id).unwrap_or_else(|| SourceReport {
+                id: spec.id.clone(),
+                state: if spec.paused {
+                    SourceState::Paused
+                } else {
+                    SourceState::Pending
+                },
+                ..SourceReport::default()
             });
-            report["plugin"] = spec.plugin.clone().into();
-            report["owner"] = owner.into();
-            report["paused"] = spec.paused.into();
-            if report.get("target").is_none_or(|t| t.is_null()) {
-                report["target"] = spec.config["url"].clone();
+            report.plugin.clone_from(&spec.plugin);
+            if report.target.is_empty() {
+                report.target = spec.config["url"].as_str().unwrap_or_default().to_owned();
             }
-            out.push(report);
+            out.push(ClusterSource {
+                report,
+                owner: (!spec.paused).then(|| view.owner(&spec.id)),
+                paused: spec.paused,
+            });
         }
         out
     }
 
-    pub(super) async fn peer_reports(&self) -> Vec<serde_json::Value> {
+    pub(super) async fn peer_reports(&self) -> Vec<SourceReport> {
         let mut cache = self.peer_reports.lock().await;
         if let Some((at, reports)) = cache.as_ref()
             && at.elapsed() < PEER_REPORTS_TTL
@@ -90,13 +91,13 @@ impl NodeState {
     }
 
     /// One source's spec and report.
-    pub async fn source(&self, id: &str) -> Option<(SourceSpec, serde_json::Value)> {
+    pub async fn source(&self, id: &str) -> Option<(SourceSpec, ClusterSource)> {
         let spec = self.catalog_spec(id).ok()?;
         let report = self
             .cluster_sources()
             .await
             .into_iter()
-            .find(|r| r["id"] == id)?;
+            .find(|r| r.report.id == id)?;
         Some((spec, report))
     }
 }
