@@ -303,6 +303,25 @@ async fn fail_over_with(backfill: bool) {
         assert!(Instant::now() < settle, "cluster did not settle: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every stream moves on past the last hand-over, so that gaps are seen and fetched (a
+    // connector learns of a gap from the next live trade), then the venues freeze.
+    let heads: Vec<(String, u64)> = (0..30)
+        .map(|i| {
+            let name = format!("binance/fo{i}usdt@trade");
+            let head = sim.report().streams[&name].generated.map_or(0, |g| g.1);
+            (name, head)
+        })
+        .collect();
+    let settle = Instant::now() + Duration::from_secs(120);
+    while heads.iter().any(|(name, head)| {
+        sim.report().streams[name]
+            .ranges
+            .last()
+            .is_none_or(|r| r.1 < head + 40)
+    }) {
+        assert!(Instant::now() < settle, "the streams did not move on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sim.pause();
     let client = pg(&url).await;
     let count = || async {
