@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::cluster::{NodeOptions, NodeProc, converged, get, live_members, post, running_on};
 use support::store::{
-    Stored, Subscriber, every_generated_id_stored_once, evm_source, trade_stream,
+    Stored, Subscriber, every_generated_id_stored_once, evm_source, until_streams_move_on,
 };
 use support::{binance_sources, simulator, until};
 
@@ -186,38 +186,7 @@ async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back(
     // Every id the venues generated during the whole run — the fault's own window included —
     // is stored exactly once: the Binance gaps through backfill from the stored cursors, the
     // EVM blocks through the cursor.
-    let heads: Vec<(String, u64)> = binance
-        .iter()
-        .map(|s| {
-            (
-                trade_stream(s),
-                sim.report().streams[&trade_stream(s)].generated.unwrap().1,
-            )
-        })
-        .collect();
-    until(
-        "the streams to move on past the fail-over",
-        SETTLE,
-        || async {
-            let now = sim.report();
-            let slow: Vec<&String> = heads
-                .iter()
-                .filter(|(name, head)| {
-                    now.streams[name]
-                        .ranges
-                        .last()
-                        .is_none_or(|r| r.1 < head + 20)
-                })
-                .map(|(name, _)| name)
-                .collect();
-            if slow.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{slow:?}"))
-            }
-        },
-    )
-    .await;
+    until_streams_move_on(&sim, &binance, 20).await;
     sim.pause();
     let stored = Stored::Postgres(db);
     every_generated_id_stored_once(&sim, &stored, &binance, &evm).await;
@@ -588,33 +557,7 @@ async fn a_graceful_join_and_leave_under_load_lose_nothing_and_deliver_each_reco
         "the join shows as a hand-over: {events}"
     );
 
-    let heads: Vec<(String, u64)> = binance
-        .iter()
-        .map(|s| {
-            (
-                trade_stream(s),
-                sim.report().streams[&trade_stream(s)].generated.unwrap().1,
-            )
-        })
-        .collect();
-    until("the streams to move on", SETTLE, || async {
-        let now = sim.report();
-        let slow = heads
-            .iter()
-            .filter(|(name, head)| {
-                now.streams[name]
-                    .ranges
-                    .last()
-                    .is_none_or(|r| r.1 < head + 20)
-            })
-            .count();
-        if slow == 0 {
-            Ok(())
-        } else {
-            Err(format!("{slow} streams behind"))
-        }
-    })
-    .await;
+    until_streams_move_on(&sim, &binance, 20).await;
     sim.pause();
     let stored = Stored::Postgres(db);
     every_generated_id_stored_once(&sim, &stored, &binance, &[]).await;

@@ -18,7 +18,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::cluster::{NodeOptions, NodeProc, post};
-use support::store::{Stored, every_generated_id_stored_once, evm_source, trade_stream};
+use support::store::{
+    Stored, every_generated_id_stored_once, evm_source, trade_stream, until_streams_move_on,
+};
 use support::{TestDb, binance_sources, simulator, until};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -308,33 +310,7 @@ async fn with_embedded_stores_a_new_owner_resumes_from_the_cursor_the_catalog_ca
         }
     })
     .await;
-    let heads: Vec<(String, u64)> = binance
-        .iter()
-        .map(|s| {
-            (
-                trade_stream(s),
-                sim.report().streams[&trade_stream(s)].generated.unwrap().1,
-            )
-        })
-        .collect();
-    until("the streams to move on", LIMIT, || async {
-        let now = sim.report();
-        let slow = heads
-            .iter()
-            .filter(|(name, head)| {
-                now.streams[name]
-                    .ranges
-                    .last()
-                    .is_none_or(|r| r.1 < head + 20)
-            })
-            .count();
-        if slow == 0 {
-            Ok(())
-        } else {
-            Err(format!("{slow} behind"))
-        }
-    })
-    .await;
+    until_streams_move_on(&sim, &binance, 20).await;
     sim.pause();
     // Together the two stores hold every id generated for the moved streams, each store each
     // id at most once (the key makes a second row impossible; counts compare rows to ids).

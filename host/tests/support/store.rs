@@ -281,3 +281,38 @@ pub async fn every_generated_id_stored_once(
     )
     .await;
 }
+
+/// Wait until every Binance source's stream has sent `by` more ids than its head now: a fault's
+/// gaps are then seen (a connector learns of a gap from the next live trade) and fetched.
+pub async fn until_streams_move_on(sim: &FeedSim, binance: &[Value], by: u64) {
+    let heads: Vec<(String, u64)> = binance
+        .iter()
+        .map(|s| {
+            let name = trade_stream(s);
+            let head = sim.report().streams[&name].generated.map_or(0, |g| g.1);
+            (name, head)
+        })
+        .collect();
+    until(
+        "the streams to move on",
+        Duration::from_secs(60),
+        || async {
+            let now = sim.report();
+            let behind = heads
+                .iter()
+                .filter(|(name, head)| {
+                    now.streams[name]
+                        .ranges
+                        .last()
+                        .is_none_or(|r| r.1 < head + by)
+                })
+                .count();
+            if behind == 0 {
+                Ok(())
+            } else {
+                Err(format!("{behind} streams behind"))
+            }
+        },
+    )
+    .await;
+}
