@@ -1,18 +1,16 @@
 //! The `anode` command line.
 
+mod plugins;
 mod status;
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::plugin::{self, Installed, Kind, PluginManifest, PluginRuntime, PluginStore};
+use crate::plugin;
 
 /// aNode: a decentralised data-ingestion mesh with WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -257,7 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             demo(config, nodes, sources, rate)
         }
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
-        Command::Plugin(command) => plugin_command(&config, command),
+        Command::Plugin(command) => plugins::plugin_command(&config, command),
         Command::Source(command) => source_command(command),
         Command::Status { remote } => tokio_runtime()?.block_on(status::status(&remote.url)),
         Command::Tail { args, remote } => {
@@ -500,148 +498,6 @@ fn print_sources(sources: &serde_json::Value) {
     print_rows(&header, &rows);
 }
 
-fn open_store(config: &Config) -> anyhow::Result<(PluginStore, PluginRuntime)> {
-    let store = PluginStore::open(&config.data_dir)?;
-    let runtime = PluginRuntime::new(
-        config.plugins.clone(),
-        Some(PluginStore::cache_dir(&config.data_dir)),
-    )
-    .context("cannot start the WebAssembly runtime")?;
-    Ok((store, runtime))
-}
-
-fn plugin_command(config: &Config, command: PluginCommand) -> anyhow::Result<()> {
-    match command {
-        PluginCommand::New {
-            name,
-            kind,
-            dir,
-            sdk,
-        } => {
-            let kind = match kind {
-                KindArg::Connector => Kind::Connector,
-                KindArg::Transform => Kind::Transform,
-            };
-            let sdk = sdk.unwrap_or_else(plugin::scaffold::default_sdk_path);
-            let created = plugin::scaffold::create(&dir, &name, kind, &sdk)?;
-            println!("created {kind} plugin `{name}` in {}", created.display());
-            println!("next:");
-            println!("  cd {}", created.display());
-            println!("  cargo test");
-            println!("  cargo build --release --target wasm32-wasip2");
-            println!(
-                "  anode plugin install target/wasm32-wasip2/release/{}.wasm",
-                name.replace('-', "_")
-            );
-            Ok(())
-        }
-        PluginCommand::Install {
-            files,
-            digest,
-            builtin,
-        } => {
-            if digest.is_some() && files.len() != 1 {
-                bail!("--digest checks one file; give exactly one");
-            }
-            let (store, runtime) = open_store(config)?;
-            if builtin {
-                let installed = with_progress("installing built-in plugins", || {
-                    store.install_bundled(&runtime)
-                })?;
-                for item in &installed {
-                    print_installed(item, Duration::ZERO);
-                }
-                println!(
-                    "{} built-in plugin(s) installed ({} already present)",
-                    installed.len(),
-                    crate::bundled::BUNDLED.len() - installed.len()
-                );
-            }
-            for file in files {
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                let origin = file.display().to_string();
-                let started = Instant::now();
-                let (installed, _) = with_progress(&format!("compiling {origin}"), || {
-                    store.install(&runtime, &bytes, digest.as_ref(), &origin)
-                })?;
-                print_installed(&installed, started.elapsed());
-            }
-            Ok(())
-        }
-        PluginCommand::List { json } => {
-            let store = PluginStore::open(&config.data_dir)?;
-            let manifests = store.list()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&manifests)?);
-            } else if manifests.is_empty() {
-                println!(
-                    "no plugins installed in {} (try `anode plugin install --builtin`)",
-                    config.data_dir.display()
-                );
-            } else {
-                print_table(&manifests);
-            }
-            Ok(())
-        }
-        PluginCommand::Inspect { plugin } => {
-            let store = PluginStore::open(&config.data_dir)?;
-            let manifest = store.find(&plugin)?;
-            println!("{}", serde_json::to_string_pretty(&manifest)?);
-            Ok(())
-        }
-        PluginCommand::Remove { plugin } => {
-            let (store, runtime) = open_store(config)?;
-            let removed = store.remove(Some(&runtime), &plugin)?;
-            println!(
-                "removed {} {} (sha256:{})",
-                removed.name, removed.version, removed.digest
-            );
-            Ok(())
-        }
-    }
-}
-
-fn print_installed(installed: &Installed, took: Duration) {
-    let m = &installed.manifest;
-    let state = if installed.already_present {
-        "already installed"
-    } else {
-        "installed"
-    };
-    println!(
-        "{state} {} {} ({}) sha256:{} {} KiB{}",
-        m.name,
-        m.version,
-        m.kind,
-        m.digest,
-        m.size.div_ceil(1024),
-        if took.is_zero() {
-            String::new()
-        } else {
-            format!(", ready in {:.2} s", took.as_secs_f64())
-        }
-    );
-}
-
-fn print_table(manifests: &[PluginManifest]) {
-    let rows: Vec<[String; 6]> = manifests
-        .iter()
-        .map(|m| {
-            [
-                m.name.clone(),
-                m.version.clone(),
-                m.kind.to_string(),
-                m.digest.short(),
-                format!("{} KiB", m.size.div_ceil(1024)),
-                m.description.clone(),
-            ]
-        })
-        .collect();
-    let header = ["NAME", "VERSION", "KIND", "DIGEST", "SIZE", "DESCRIPTION"].map(String::from);
-    print_rows(&header, &rows);
-}
-
 /// Print aligned columns (the last column is not padded).
 pub(crate) fn print_rows<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
     print!("{}", format_rows(header, rows));
@@ -671,41 +527,4 @@ pub(crate) fn format_rows<const N: usize>(header: &[String; N], rows: &[[String;
         text.push_str(&line(row));
     }
     text
-}
-
-/// Run `work` on a thread while a spinner shows on a terminal (a single line otherwise).
-fn with_progress<T: Send>(label: &str, work: impl FnOnce() -> T + Send) -> T {
-    let tty = std::io::stderr().is_terminal();
-    if !tty {
-        eprintln!("{label} …");
-    }
-    std::thread::scope(|scope| {
-        let (done_tx, done) = mpsc::channel();
-        let handle = scope.spawn(move || {
-            let result = work();
-            let _ = done_tx.send(());
-            result
-        });
-        let started = Instant::now();
-        const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-        let mut frame = 0usize;
-        // The channel wait is the spinner's frame clock and the completion signal.
-        while let Err(mpsc::RecvTimeoutError::Timeout) =
-            done.recv_timeout(Duration::from_millis(100))
-        {
-            if tty {
-                eprint!(
-                    "\r{} {label} {:.1} s",
-                    FRAMES[frame % FRAMES.len()],
-                    started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-                frame += 1;
-            }
-        }
-        if tty {
-            eprint!("\r{}\r", " ".repeat(label.chars().count() + 16));
-        }
-        handle.join().expect("the worker thread does not panic")
-    })
 }
