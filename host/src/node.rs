@@ -136,6 +136,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         fetch_done: tokio::sync::broadcast::channel(16).0,
         reconciling: tokio::sync::Mutex::new(()),
         handing_over: Mutex::new(HashMap::new()),
+        leaving: std::sync::atomic::AtomicBool::new(false),
         peer_reports: tokio::sync::Mutex::new(None),
     });
     state.events.push(
@@ -213,6 +214,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 impl NodeHandle {
     /// Stop every source, drain the store, stop the API; waits for all tasks.
     pub async fn shutdown(self) {
+        self.state
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // Leave first, so that peers take the sources over while this node drains.
         self.state.cluster.leave().await;
         // Make-before-break: the peers take the sources over while this node still runs them.

@@ -116,8 +116,12 @@ async fn plugin_bytes(State(state): State<AppState>, Path(digest): Path<String>)
     }
 }
 
-async fn local_sources(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!(state.reports.local_reports().await))
+async fn local_sources(State(state): State<AppState>) -> Response {
+    if state.reports.leaving() {
+        // Peers must not wait for this node to take sources over.
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node is leaving").into_response();
+    }
+    Json(json!(state.reports.local_reports().await)).into_response()
 }
 
 fn request(cluster: &Cluster, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -244,18 +248,45 @@ pub async fn fetch_plugin(
 /// Sources reported by each live peer (their own running ones), fetched concurrently.
 pub async fn peer_sources(cluster: &Cluster, http: &reqwest::Client) -> Vec<SourceReport> {
     let view = cluster.view();
-    let calls = view.live_peers().map(|peer| {
-        let url = format!("{}/cluster/v1/sources", peer.url());
-        let req = request(cluster, http.get(url)).timeout(Duration::from_millis(1500));
-        async move {
-            let reply = req.send().await.ok()?.error_for_status().ok()?;
-            reply.json::<Vec<SourceReport>>().await.ok()
-        }
-    });
+    let calls = view
+        .live_peers()
+        .map(|peer| sources_of(cluster, http, peer));
     futures_util::future::join_all(calls)
         .await
         .into_iter()
-        .flatten()
+        .filter_map(Result::ok)
         .flatten()
         .collect()
+}
+
+/// Why a peer gave no source reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAnswer {
+    /// It is shutting down: it takes no source over.
+    Leaving,
+    /// It did not answer (in time, or at all).
+    Silent,
+}
+
+/// One peer's own source reports.
+pub async fn sources_of(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    peer: &Peer,
+) -> Result<Vec<SourceReport>, PeerAnswer> {
+    let url = format!("{}/cluster/v1/sources", peer.url());
+    let reply = request(cluster, http.get(url))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await
+        .map_err(|_| PeerAnswer::Silent)?;
+    if reply.status() == StatusCode::SERVICE_UNAVAILABLE {
+        return Err(PeerAnswer::Leaving);
+    }
+    reply
+        .error_for_status()
+        .map_err(|_| PeerAnswer::Silent)?
+        .json::<Vec<SourceReport>>()
+        .await
+        .map_err(|_| PeerAnswer::Silent)
 }

@@ -118,6 +118,8 @@ pub trait SourceReports: Send + Sync {
     fn local_reports(
         &self,
     ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::source::SourceReport>> + Send + '_>>;
+    /// Whether this node is shutting down (it takes no source over).
+    fn leaving(&self) -> bool;
 }
 
 /// The owner of `source` among `nodes` (stable ids), by rendezvous hashing.

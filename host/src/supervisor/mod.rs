@@ -89,6 +89,8 @@ pub struct NodeState {
     /// Sources this node runs but no longer owns, since when: they stop once the new owner
     /// runs them (make-before-break).
     pub(crate) handing_over: Mutex<HashMap<String, Instant>>,
+    /// Set when the node starts shutting down: peers then do not wait for it to take over.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
     /// Peers' source reports, briefly cached.
     pub(crate) peer_reports:
         tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
@@ -99,6 +101,10 @@ impl crate::cluster::SourceReports for NodeState {
         &self,
     ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::source::SourceReport>> + Send + '_>> {
         Box::pin(self.local_sources())
+    }
+
+    fn leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{HANDOVER_CHECK_EVERY, NodeState, RECONCILE_EVERY, lock, source_key};
-use crate::source::{SourceSpec, SourceState};
+use crate::cluster::http::PeerAnswer;
+use crate::source::{SourceReport, SourceSpec, SourceState};
 
 impl NodeState {
     /// Start what this node owns and does not run; stop what it runs and does not own (or
@@ -141,11 +142,22 @@ impl NodeState {
     /// stay report this node's sources live, or cannot run them.
     pub(crate) async fn await_new_owners(&self) {
         let view = self.cluster.view();
-        if view.live_peers().next().is_none() {
+        // Only peers that answer and stay take sources over: not those leaving too (a whole
+        // cluster stopping) nor those already gone.
+        let mut staying = Vec::new();
+        for peer in view.live_peers() {
+            if crate::cluster::http::sources_of(&self.cluster, &self.ingest.http, peer)
+                .await
+                .is_ok()
+            {
+                staying.push(peer.clone());
+            }
+        }
+        if staying.is_empty() {
             return;
         }
         let mine: Vec<(String, String)> = {
-            let peers: Vec<&str> = view.live_peers().map(|p| p.id.as_str()).collect();
+            let peers: Vec<&str> = staying.iter().map(|p| p.id.as_str()).collect();
             self.sources
                 .lock()
                 .await
@@ -159,8 +171,24 @@ impl NodeState {
         let deadline =
             Instant::now() + Duration::from_millis(self.config.cluster.handover_timeout_ms);
         while Instant::now() < deadline {
-            let reports =
-                crate::cluster::http::peer_sources(&self.cluster, &self.ingest.http).await;
+            let mut reports = Vec::new();
+            for peer in &staying {
+                match crate::cluster::http::sources_of(&self.cluster, &self.ingest.http, peer).await
+                {
+                    Ok(theirs) => reports.extend(theirs),
+                    // It started leaving, or went, meanwhile: it will not take its share.
+                    Err(PeerAnswer::Leaving | PeerAnswer::Silent) => {
+                        reports.extend(mine.iter().filter(|(_, o)| *o == peer.id).map(
+                            |(id, o)| SourceReport {
+                                id: id.clone(),
+                                node: Some(o.clone()),
+                                state: SourceState::Failed,
+                                ..SourceReport::default()
+                            },
+                        ));
+                    }
+                }
+            }
             let waiting = mine.iter().any(|(id, owner)| {
                 !reports.iter().any(|r| {
                     r.id == *id
