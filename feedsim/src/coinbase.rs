@@ -1,5 +1,8 @@
 //! Coinbase Exchange WebSocket feed: `subscribe` within a deadline, then `match`, `ticker`
 //! and `heartbeat` messages per product.
+//!
+//! A `match`'s `time` is when trade `n` became due (stable per run), so the REST route
+//! `products/{product_id}/trades` (`coinbase_rest`) reports the same time for the same id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use crate::streams::Kind;
 use crate::ws::{self, CLOSE_POLICY, Protocol, Reply, Subscription};
 
 /// Venue name in stream names and reports.
-const VENUE: &str = "coinbase";
+pub(crate) const VENUE: &str = "coinbase";
 /// Period of heartbeat messages.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Channels the simulator serves.
@@ -84,7 +87,8 @@ fn error(reason: &str) -> String {
     json!({"type": "error", "message": "Failed to subscribe", "reason": reason}).to_string()
 }
 
-fn parse_product(product: &str) -> Result<String, String> {
+/// A product id (`BASE-QUOTE`), checked and uppercased.
+pub(crate) fn parse_product(product: &str) -> Result<String, String> {
     let valid = product.split_once('-').is_some_and(|(base, quote)| {
         [base, quote]
             .iter()
@@ -96,6 +100,38 @@ fn parse_product(product: &str) -> Result<String, String> {
         Err(format!(
             "{product} is not a valid product (expected BASE-QUOTE, e.g. ETH-USD)"
         ))
+    }
+}
+
+/// The instrument of a product (validated, uppercase): the same for WebSocket and REST.
+pub(crate) fn instrument(seed: u64, product: &str) -> Instrument {
+    let (base, quote) = product.split_once('-').expect("validated product");
+    Instrument::new(seed, format!("{VENUE}:{product}"), base, quote)
+}
+
+/// Name of a product's `matches` stream in reports (`coinbase/ETH-USD/matches`). The REST
+/// `products/{product_id}/trades` route records the ids it serves under it too.
+pub(crate) fn matches_stream_name(product: &str) -> String {
+    format!("{VENUE}/{product}/matches")
+}
+
+/// The trade fields `match` messages and REST trades share for trade `n`.
+pub(crate) struct MatchTrade {
+    /// When the trade became due (RFC 3339, µs), so WebSocket and REST agree.
+    pub(crate) time: String,
+    pub(crate) price: String,
+    pub(crate) size: String,
+    /// The maker's side: a buyer-maker trade means the maker bought.
+    pub(crate) side: &'static str,
+}
+
+pub(crate) fn match_trade(sim: &Sim, instrument: &Instrument, n: u64) -> MatchTrade {
+    let t = instrument.trade(sim.seed(), n);
+    MatchTrade {
+        time: rfc3339_us(sim.event_wall_us(n)),
+        price: decimal(t.price),
+        size: decimal(t.qty),
+        side: if t.buyer_maker { "buy" } else { "sell" },
     }
 }
 
@@ -150,7 +186,11 @@ impl Coinbase {
                 _ => continue,
             };
             for product in products {
-                let name = format!("{VENUE}/{product}/{channel}");
+                let name = if message == Message::Match {
+                    matches_stream_name(product)
+                } else {
+                    format!("{VENUE}/{product}/{channel}")
+                };
                 let kind = if message == Message::Match {
                     Kind::Trades
                 } else {
@@ -160,13 +200,7 @@ impl Coinbase {
                     .streams
                     .get(&name, VENUE, kind)
                     .map_err(|e| e.to_string())?;
-                let (base, quote) = product.split_once('-').expect("validated product");
-                let instrument = Arc::new(Instrument::new(
-                    sim.seed(),
-                    format!("{VENUE}:{product}"),
-                    base,
-                    quote,
-                ));
+                let instrument = Arc::new(instrument(sim.seed(), product));
                 let output = Output {
                     product: product.clone(),
                     instrument,
@@ -266,10 +300,9 @@ impl Protocol for Coinbase {
 
     fn render(&self, output: &Output, n: u64, sim: &Sim) -> String {
         let seed = sim.seed();
-        let time = rfc3339_us(wall_now_us());
         match output.message {
             Message::Match => {
-                let t = output.instrument.trade(seed, n);
+                let t = match_trade(sim, &output.instrument, n);
                 let key = output.instrument.key();
                 json!({
                     "type": "match",
@@ -277,12 +310,12 @@ impl Protocol for Coinbase {
                     "sequence": 2 * n,
                     "maker_order_id": crate::content::uuid_like(seed, &format!("{key}:maker"), n),
                     "taker_order_id": crate::content::uuid_like(seed, &format!("{key}:taker"), n),
-                    "time": time,
+                    // When the trade happened (as REST `products/{id}/trades` reports it).
+                    "time": t.time,
                     "product_id": output.product,
-                    "size": decimal(t.qty),
-                    "price": decimal(t.price),
-                    // The maker's side: a buyer-maker trade means the maker bought.
-                    "side": if t.buyer_maker { "buy" } else { "sell" },
+                    "size": t.size,
+                    "price": t.price,
+                    "side": t.side,
                 })
             }
             Message::Ticker => {
@@ -303,7 +336,7 @@ impl Protocol for Coinbase {
                     "best_ask_size": decimal(q.ask_qty),
                     // The taker's side.
                     "side": if q.trade.buyer_maker { "sell" } else { "buy" },
-                    "time": time,
+                    "time": rfc3339_us(wall_now_us()),
                     "trade_id": n,
                     "last_size": decimal(q.trade.qty),
                 })

@@ -49,10 +49,11 @@ pub struct SimConfig {
     pub coinbase_subscribe_timeout_ms: u64,
     /// Period of server-side WebSocket pings, in ms.
     pub ping_interval_ms: u64,
-    /// How many of the most recent trades per symbol the Binance REST endpoints serve: with
-    /// head `h`, ids `h - history_retention + 1 ..= h`. Older ids are gone, as on a venue that
-    /// keeps a bounded history: `historicalTrades` with an older `fromId` starts at the oldest
-    /// id kept, and `trades` returns no id older than that.
+    /// How many of the most recent trades per symbol (or product) the Binance and Coinbase
+    /// REST endpoints serve: with head `h`, ids `h - history_retention + 1 ..= h`. Older ids
+    /// are gone, as on a venue that keeps a bounded history: `historicalTrades` with an older
+    /// `fromId` starts at the oldest id kept, and `trades` and Coinbase
+    /// `products/{product_id}/trades` return no id older than that.
     pub history_retention: u64,
     /// Fault injection (all off by default).
     pub faults: Faults,

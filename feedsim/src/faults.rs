@@ -103,11 +103,17 @@ pub(crate) async fn http_faults(State(sim): State<Arc<Sim>>, req: Request, next:
     let faults = &sim.config.faults;
     if hits(faults.http_429_every, n) {
         FaultCounters::bump(&sim.faults.http_429);
-        let body = serde_json::json!({
-            "code": -1003,
-            "msg": format!("Too many requests (simulated every {} requests); retry after {} s.",
-                faults.http_429_every.unwrap_or_default(), faults.retry_after_s),
-        });
+        let msg = format!(
+            "Too many requests (simulated every {} requests); retry after {} s.",
+            faults.http_429_every.unwrap_or_default(),
+            faults.retry_after_s
+        );
+        // In the venue's error shape: Coinbase `{"message"}`, Binance `{"code","msg"}`.
+        let body = if req.uri().path().starts_with("/coinbase/") {
+            serde_json::json!({ "message": msg })
+        } else {
+            serde_json::json!({ "code": -1003, "msg": msg })
+        };
         let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
         response
             .headers_mut()

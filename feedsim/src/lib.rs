@@ -14,8 +14,11 @@
 //!   protocols: `binance` (raw, combined, SUBSCRIBE), `coinbase` (matches, ticker,
 //!   heartbeat) and `kraken` (v2 ticker).
 //! - `rest` (Binance REST `ticker/price`, `trades`), `history` (Binance `historicalTrades`,
-//!   trades by id within [`SimConfig::history_retention`]) and `evm` (JSON-RPC 2.0) over
-//!   plain HTTP.
+//!   trades by id within [`SimConfig::history_retention`]), `coinbase_rest` (Coinbase
+//!   `GET /coinbase/products/{product_id}/trades?limit=N&after=X`: newest first, ids below
+//!   `after`, `cb-before`/`cb-after` headers, same retention window) and `evm` (JSON-RPC 2.0)
+//!   over plain HTTP. REST routes share the HTTP fault layer (request counts, 429s, slow
+//!   responses).
 //! - `faults`: deterministic "every Nth" drops, malformed and truncated frames, 429s and
 //!   slow responses.
 //! - [`report`]: [`Report`], the same data as `GET /report`.
@@ -29,13 +32,17 @@
 //! i.e. the lowest subscription start or lowest id sent, to the head when the report is made).
 //! [`StreamReport::missing`] is the difference: ids the venue produced that no client got.
 //! Binance trade ids served by `historicalTrades` count as sent for the WebSocket stream
-//! `binance/<symbol>@trade` (and for `binance-rest/<SYMBOL>/trades`), so a consumer that
-//! backfills its gaps can be checked against `generated`.
+//! `binance/<symbol>@trade` (and for `binance-rest/<SYMBOL>/trades`), and Coinbase trade ids
+//! served by `products/{product_id}/trades` count as sent for the `matches` stream
+//! `coinbase/<PRODUCT>/matches`, so a consumer that backfills its gaps can be checked against
+//! `generated`. Both venues' REST trades equal the WebSocket's for the same id, time included
+//! (the time trade `n` became due).
 
 mod binance;
 pub mod cli;
 mod clock;
 mod coinbase;
+mod coinbase_rest;
 pub mod config;
 mod content;
 mod evm;

@@ -8,7 +8,7 @@ use axum::{Json, Router, middleware};
 
 use crate::report::Report;
 use crate::sim::Sim;
-use crate::{binance, coinbase, evm, faults, history, kraken, rest};
+use crate::{binance, coinbase, coinbase_rest, evm, faults, history, kraken, rest};
 
 /// All routes. HTTP faults apply to the REST and EVM routes only.
 pub(crate) fn router(sim: Arc<Sim>) -> Router {
@@ -18,6 +18,19 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route(
             "/binance/api/v3/historicalTrades",
             get(history::historical_trades),
+        )
+        .route(
+            "/coinbase/products/{product_id}/trades",
+            get(coinbase_rest::trades),
+        )
+        // Other Coinbase product routes are not simulated: Coinbase's 404 body.
+        .route(
+            "/coinbase/products/{product_id}",
+            get(coinbase_rest::not_found),
+        )
+        .route(
+            "/coinbase/products/{product_id}/{endpoint}",
+            get(coinbase_rest::not_found),
         )
         .route("/evm/{chain}", post(evm::handler))
         .layer(middleware::from_fn_with_state(

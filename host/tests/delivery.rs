@@ -7,6 +7,7 @@
 //!   nothing twice — with the embedded store and with PostgreSQL;
 //! - a subscriber with `after=stored` sees only stored records, each once;
 //! - a candles transform closes its window on time when no further trade comes;
+//! - Coinbase sources resume the same way, their gap fetched from the REST trades;
 //! - with embedded stores (one per node), a source's new owner after `kill -9` resumes from the
 //!   cursor the catalog carries, and the two stores together hold every generated id.
 
@@ -352,4 +353,70 @@ async fn with_embedded_stores_a_new_owner_resumes_from_the_cursor_the_catalog_ca
     .await;
     sim.shutdown().await;
     drop((first, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinbase_sources_resume_after_a_restart_through_backfill() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(30.0).await;
+    let mut node = NodeProc::start(root.path(), "cr", &NodeOptions::default());
+    let stored = Stored::Sqlite(root.path().join("cr").join("records.sqlite"));
+    let coinbase: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"id": format!("cbr-{i}"), "plugin": "coinbase", "config": {
+                "base_url": format!("{}/coinbase", sim.ws_url()),
+                "product_ids": [format!("R{i}-USD")], "channels": ["matches"]}})
+        })
+        .collect();
+    add_all(&node, &coinbase).await;
+    for spec in &coinbase {
+        stored
+            .until_at_least(spec["id"].as_str().unwrap(), 20)
+            .await;
+    }
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "the node exits cleanly on SIGTERM: {status}"
+    );
+    // The committed cursor of each product is its last stored trade id.
+    let cursors = stored.cursors().await;
+    for (i, spec) in coinbase.iter().enumerate() {
+        let id = spec["id"].as_str().unwrap();
+        let cursor: Value = serde_json::from_str(&cursors[id]).unwrap();
+        let last = stored.ids(id).await.into_iter().max().unwrap();
+        assert_eq!(
+            cursor[format!("R{i}-USD")].as_u64(),
+            Some(last),
+            "{id}: {cursor}"
+        );
+    }
+    // A gap while the node is away, filled through the REST trades on restart.
+    let head = |r: &anode_feedsim::Report| {
+        coinbase
+            .iter()
+            .map(|s| r.streams[&trade_stream(s)].generated.map_or(0, |g| g.1))
+            .min()
+            .unwrap()
+    };
+    let before = head(&sim.report());
+    until(
+        "the venue to move on while the node is down",
+        LIMIT,
+        || async {
+            let now = head(&sim.report());
+            if now >= before + 40 {
+                Ok(())
+            } else {
+                Err(format!("head {now}"))
+            }
+        },
+    )
+    .await;
+    node.restart();
+    until_streams_move_on(&sim, &coinbase, 20).await;
+    sim.pause();
+    every_generated_id_stored_once(&sim, &stored, &coinbase, &[]).await;
+    sim.shutdown().await;
+    drop(node);
 }

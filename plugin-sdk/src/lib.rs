@@ -37,6 +37,7 @@ pub mod testing;
 pub mod time;
 mod transform;
 mod types;
+pub mod watermark;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

@@ -214,15 +214,22 @@ pub fn evm_source(sim: &FeedSim, id: &str, chain: &str) -> Value {
         "url": format!("{}/evm/{chain}", sim.http_url()), "chain": chain, "interval_ms": 100}})
 }
 
-/// The simulator stream a Binance raw source reads.
+/// The simulator stream a trade source reads: a Binance raw source's `<symbol>@trade`, or a
+/// Coinbase source's `matches` of its first product.
 pub fn trade_stream(spec: &Value) -> String {
-    format!(
-        "binance/{}@trade",
-        spec["config"]["symbols"][0].as_str().unwrap()
-    )
+    match spec["plugin"].as_str() {
+        Some("coinbase") => format!(
+            "coinbase/{}/matches",
+            spec["config"]["product_ids"][0].as_str().unwrap()
+        ),
+        _ => format!(
+            "binance/{}@trade",
+            spec["config"]["symbols"][0].as_str().unwrap()
+        ),
+    }
 }
 
-/// Every id the simulator generated for each Binance source's stream is stored exactly
+/// Every id the simulator generated for each trade source's stream is stored exactly
 /// once, and each EVM source's blocks are one run with no hole up to the chain's head.
 /// Polls until true: the simulator must be paused.
 pub async fn every_generated_id_stored_once(
