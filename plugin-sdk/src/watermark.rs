@@ -88,6 +88,11 @@ impl Track {
         self.done
     }
 
+    /// The ids emitted past a gap: ascending `(first, last)` runs with a gap before each.
+    pub fn runs(&self) -> &[(u64, u64)] {
+        &self.runs
+    }
+
     /// The first gap, `(first, last)` missing ids, if there is one.
     pub fn gap(&self) -> Option<(u64, u64)> {
         let (first, _) = *self.runs.first()?;

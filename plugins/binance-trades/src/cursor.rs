@@ -1,34 +1,16 @@
 //! The cursor: per symbol, the highest trade id up to which every trade was emitted, as a
 //! JSON object keyed by the uppercase raw symbol: `{"BTCUSDT":123,"ETHUSDT":456}`.
 
-use serde_json::Value;
+use anode_plugin_sdk::watermark::{self, CursorMarks};
 
-/// A cursor as read back.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Marks {
-    /// `(SYMBOL, watermark)`, keys uppercased.
-    pub(crate) marks: Vec<(String, u64)>,
-    /// Entries left out because their value is not a trade id.
-    pub(crate) ignored: Vec<String>,
-}
-
-/// Read a cursor. Anything but a JSON object is an error (the caller starts afresh); entries
-/// whose value is not a whole number (or a string of digits) are left out.
-pub(crate) fn parse(text: &str) -> Result<Marks, String> {
-    let Ok(Value::Object(entries)) = serde_json::from_str::<Value>(text) else {
-        return Err("not a JSON object of trade ids per symbol".to_owned());
-    };
-    let mut read = Marks::default();
-    for (symbol, value) in entries {
-        let id = match &value {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        };
-        match id {
-            Some(id) => read.marks.push((symbol.to_ascii_uppercase(), id)),
-            None => read.ignored.push(symbol),
-        }
+/// Read a cursor ([`watermark::parse_cursor`]), keys uppercased. Anything but a JSON object
+/// is an error (the caller starts afresh); entries whose value is not a whole number (or a
+/// string of digits) are left out.
+pub(crate) fn parse(text: &str) -> Result<CursorMarks, String> {
+    let mut read = watermark::parse_cursor(text)
+        .map_err(|_| "not a JSON object of trade ids per symbol".to_owned())?;
+    for (symbol, _) in &mut read.marks {
+        symbol.make_ascii_uppercase();
     }
     Ok(read)
 }

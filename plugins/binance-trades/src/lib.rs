@@ -19,7 +19,9 @@ use std::collections::HashMap;
 
 use anode_plugin_sdk::prelude::*;
 
-use crate::backfill::{HistoricalTrade, Page, Track};
+use anode_plugin_sdk::watermark::Track;
+
+use crate::backfill::HistoricalTrade;
 use crate::cursor::CursorText;
 
 /// How to reach the streams.
@@ -252,8 +254,8 @@ impl BinanceTrades {
         let mut moved = state.track.live(id);
         match &self.rest_url {
             Some(rest_url) => {
-                if let Some(page) = state.track.next_page(now) {
-                    out.request(page.request(rest_url, &state.name));
+                if let Some(page) = backfill::next_page(&mut state.track, now) {
+                    out.request(backfill::request(page, rest_url, &state.name));
                 }
             }
             None => {
@@ -366,11 +368,11 @@ impl BinanceTrades {
                 next = last + 1;
             }
         }
-        let moved = state.track.fill_to(next - 1);
+        let moved = backfill::fill_to(&mut state.track, next - 1);
         if let Some(rest_url) = &self.rest_url
-            && let Some(page) = state.track.next_page(response.received_at)
+            && let Some(page) = backfill::next_page(&mut state.track, response.received_at)
         {
-            out.request(page.request(rest_url, &state.name));
+            out.request(backfill::request(page, rest_url, &state.name));
         }
         if moved {
             self.write_cursor(i, out);
@@ -517,7 +519,7 @@ impl Connector for BinanceTrades {
     ) -> Result<(), PluginError> {
         let unknown =
             || PluginError::bad_input(format!("response with unknown tag `{}`", response.tag));
-        let (symbol, page) = Page::from_tag(&response.tag).ok_or_else(unknown)?;
+        let (symbol, page) = backfill::from_tag(&response.tag).ok_or_else(unknown)?;
         let &i = self.index.get(symbol).ok_or_else(unknown)?;
         if !self.symbols[i].track.answered(page) {
             // Asked again after a timeout and answered twice, or overtaken: already handled.
