@@ -11,7 +11,82 @@
 //! The cursor is a JSON object of watermarks by key (`{"BTC-USD":123}`): see [`parse_cursor`]
 //! and [`render_cursor`].
 
+use std::collections::HashMap;
+
 use serde_json::Value;
+
+use crate::host::{self, LogLevel};
+use crate::types::PluginError;
+
+/// Where a connector's backfill pages come from, or `None` when backfill is off.
+///
+/// `rest_url` must be `http(s)://`. Without it the REST base is derived from the stream URL:
+/// `venue_rest` when `base_url` is one of the venue's own stream URLs (`venue_streams`), else
+/// the same host and path over HTTP (`ws://h:1/binance` → `http://h:1/binance`).
+pub fn rest_base(
+    rest_url: Option<&str>,
+    base_url: &str,
+    backfill: bool,
+    venue_streams: &[&str],
+    venue_rest: &str,
+) -> Result<Option<String>, PluginError> {
+    let url = match rest_url {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_owned()
+        }
+        Some(url) => {
+            return Err(PluginError::fatal(format!(
+                "invalid config: `rest_url` is `{url}`; it must start with http:// or https://"
+            )));
+        }
+        None if !backfill => return Ok(None),
+        None => {
+            let base = base_url.trim_end_matches('/');
+            let derived = if venue_streams.contains(&base) {
+                Some(venue_rest.to_owned())
+            } else if let Some(rest) = base.strip_prefix("wss://") {
+                Some(format!("https://{rest}"))
+            } else {
+                base.strip_prefix("ws://")
+                    .map(|rest| format!("http://{rest}"))
+            };
+            derived.ok_or_else(|| {
+                PluginError::fatal(format!(
+                    "invalid config: no `rest_url` can be derived from `base_url` `{base_url}`; set one"
+                ))
+            })?
+        }
+    };
+    Ok(backfill.then_some(url))
+}
+
+/// The watermarks of a cursor read by `parse` (such as [`parse_cursor`]), by uppercase key. A
+/// cursor that cannot be read (written by an older version, damaged) must not stop the
+/// source: it is logged and read as none.
+pub fn marks_or_none(read: Result<CursorMarks, String>, text: &str) -> HashMap<String, u64> {
+    match read {
+        Ok(read) => {
+            for key in read.ignored {
+                host::log(
+                    LogLevel::Warn,
+                    &format!("cursor entry `{key}` is not a trade id; ignored"),
+                );
+            }
+            read.marks
+                .into_iter()
+                .map(|(key, id)| (key.to_ascii_uppercase(), id))
+                .collect()
+        }
+        Err(why) => {
+            let shown: String = text.chars().take(200).collect();
+            host::log(
+                LogLevel::Warn,
+                &format!("cursor `{shown}` ignored ({why}); starting at the live trades"),
+            );
+            HashMap::new()
+        }
+    }
+}
 
 /// A request unanswered for this long (dropped by the host) is asked for again.
 pub const ANSWER_TIMEOUT_US: i64 = 30_000_000;

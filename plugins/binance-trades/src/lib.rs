@@ -19,10 +19,19 @@ use std::collections::HashMap;
 
 use anode_plugin_sdk::prelude::*;
 
-use anode_plugin_sdk::watermark::Track;
+use anode_plugin_sdk::watermark::{self, Track};
 
 use crate::backfill::HistoricalTrade;
 use crate::cursor::CursorText;
+
+/// The venue's own stream URLs, whose REST API is [`VENUE_REST`] (for other stream URLs it is
+/// the same host and path over HTTP).
+const VENUE_STREAMS: &[&str] = &[
+    "wss://stream.binance.com",
+    "wss://stream.binance.com:443",
+    "wss://stream.binance.com:9443",
+];
+const VENUE_REST: &str = "https://api.binance.com";
 
 /// How to reach the streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -57,70 +66,6 @@ fn default_base_url() -> String {
 
 fn default_backfill() -> bool {
     true
-}
-
-/// The REST API that goes with a stream URL: Binance's own for Binance's stream, otherwise
-/// the same host and path over HTTP (`ws://h:1/binance` → `http://h:1/binance`).
-fn default_rest_url(base_url: &str) -> Option<String> {
-    let base = base_url.trim_end_matches('/');
-    if let Some(port) = base.strip_prefix("wss://stream.binance.com")
-        && matches!(port, "" | ":443" | ":9443")
-    {
-        return Some("https://api.binance.com".to_owned());
-    }
-    if let Some(rest) = base.strip_prefix("wss://") {
-        Some(format!("https://{rest}"))
-    } else {
-        base.strip_prefix("ws://")
-            .map(|rest| format!("http://{rest}"))
-    }
-}
-
-/// Where backfill pages come from: `rest_url`, or one derived from `base_url`; `None` when
-/// backfill is off.
-fn backfill_rest_url(config: &Config) -> Result<Option<String>, PluginError> {
-    let url = match &config.rest_url {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-            url.trim_end_matches('/').to_owned()
-        }
-        Some(url) => {
-            return Err(PluginError::fatal(format!(
-                "invalid config: `rest_url` is `{url}`; it must start with http:// or https://"
-            )));
-        }
-        None if !config.backfill => return Ok(None),
-        None => default_rest_url(&config.base_url).ok_or_else(|| {
-            PluginError::fatal(format!(
-                "invalid config: no `rest_url` can be derived from `base_url` `{}`; set one",
-                config.base_url
-            ))
-        })?,
-    };
-    Ok(config.backfill.then_some(url))
-}
-
-/// The watermarks of a cursor, by uppercase symbol. A cursor that cannot be read (written by
-/// an older version, damaged) must not stop the source: it is logged and read as none.
-fn read_cursor(text: &str) -> HashMap<String, u64> {
-    match cursor::parse(text) {
-        Ok(read) => {
-            for symbol in read.ignored {
-                host::log(
-                    LogLevel::Warn,
-                    &format!("cursor entry `{symbol}` is not a trade id; ignored"),
-                );
-            }
-            read.marks.into_iter().collect()
-        }
-        Err(why) => {
-            let shown: String = text.chars().take(200).collect();
-            host::log(
-                LogLevel::Warn,
-                &format!("cursor `{shown}` ignored ({why}); starting at the live trades"),
-            );
-            HashMap::new()
-        }
-    }
 }
 
 /// One Binance message: a trade, a combined-stream wrapper around one, or a method reply.
@@ -427,8 +372,16 @@ impl Connector for BinanceTrades {
                 "invalid config: mode `raw` takes exactly one symbol; use `combined` for more",
             ));
         }
-        let rest_url = backfill_rest_url(&config)?;
-        let mut marks = cursor.map(read_cursor).unwrap_or_default();
+        let rest_url = watermark::rest_base(
+            config.rest_url.as_deref(),
+            &config.base_url,
+            config.backfill,
+            VENUE_STREAMS,
+            VENUE_REST,
+        )?;
+        let mut marks = cursor
+            .map(|text| watermark::marks_or_none(cursor::parse(text), text))
+            .unwrap_or_default();
         let mut connector = BinanceTrades {
             rest_url,
             symbols: Vec::with_capacity(config.symbols.len()),

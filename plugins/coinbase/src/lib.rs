@@ -29,6 +29,14 @@ use std::collections::HashMap;
 use anode_plugin_sdk::prelude::*;
 use anode_plugin_sdk::watermark::{self, Page, PageOrder, Track};
 
+/// The venue's own stream URLs, whose REST API is [`VENUE_REST`] (for other stream URLs it is
+/// the same host and path over HTTP).
+const VENUE_STREAMS: &[&str] = &[
+    "wss://ws-feed.exchange.coinbase.com",
+    "wss://ws-feed.exchange.coinbase.com:443",
+];
+const VENUE_REST: &str = "https://api.exchange.coinbase.com";
+
 /// A Coinbase channel this connector can subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,74 +68,6 @@ fn default_backfill() -> bool {
 const PAGE_LIMIT: u64 = 1000;
 /// Request tags: `backfill:<PRODUCT>:<first id>-<last id>`.
 const TAG_PREFIX: &str = "backfill:";
-
-/// The REST API that goes with a feed URL: Coinbase's own for Coinbase's feed, otherwise the
-/// same host and path over HTTP (`ws://h:1/coinbase` → `http://h:1/coinbase`).
-fn default_rest_url(base_url: &str) -> Option<String> {
-    let base = base_url.trim_end_matches('/');
-    if matches!(
-        base,
-        "wss://ws-feed.exchange.coinbase.com" | "wss://ws-feed.exchange.coinbase.com:443"
-    ) {
-        return Some("https://api.exchange.coinbase.com".to_owned());
-    }
-    if let Some(rest) = base.strip_prefix("wss://") {
-        Some(format!("https://{rest}"))
-    } else {
-        base.strip_prefix("ws://")
-            .map(|rest| format!("http://{rest}"))
-    }
-}
-
-/// Where backfill pages come from: `rest_url`, or one derived from `base_url`; `None` when
-/// backfill is off.
-fn backfill_rest_url(config: &Config) -> Result<Option<String>, PluginError> {
-    let url = match &config.rest_url {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-            url.trim_end_matches('/').to_owned()
-        }
-        Some(url) => {
-            return Err(PluginError::fatal(format!(
-                "invalid config: `rest_url` is `{url}`; it must start with http:// or https://"
-            )));
-        }
-        None if !config.backfill => return Ok(None),
-        None => default_rest_url(&config.base_url).ok_or_else(|| {
-            PluginError::fatal(format!(
-                "invalid config: no `rest_url` can be derived from `base_url` `{}`; set one",
-                config.base_url
-            ))
-        })?,
-    };
-    Ok(config.backfill.then_some(url))
-}
-
-/// The watermarks of a cursor, by uppercase product id. A cursor that cannot be read (written
-/// by an older version, damaged) must not stop the source: it is logged and read as none.
-fn read_cursor(text: &str) -> HashMap<String, u64> {
-    match watermark::parse_cursor(text) {
-        Ok(read) => {
-            for product in read.ignored {
-                host::log(
-                    LogLevel::Warn,
-                    &format!("cursor entry `{product}` is not a trade id; ignored"),
-                );
-            }
-            read.marks
-                .into_iter()
-                .map(|(product, id)| (product.to_ascii_uppercase(), id))
-                .collect()
-        }
-        Err(why) => {
-            let shown: String = text.chars().take(200).collect();
-            host::log(
-                LogLevel::Warn,
-                &format!("cursor `{shown}` ignored ({why}); starting at the live trades"),
-            );
-            HashMap::new()
-        }
-    }
-}
 
 /// The request for `page` of `product`'s trades: Coinbase returns the trades before `after`,
 /// newest first.
@@ -567,8 +507,16 @@ impl Connector for Coinbase {
                 "invalid config: `channels` is empty; name at least one of matches, ticker, heartbeat",
             ));
         }
-        let rest_url = backfill_rest_url(&config)?;
-        let mut marks = cursor.map(read_cursor).unwrap_or_default();
+        let rest_url = watermark::rest_base(
+            config.rest_url.as_deref(),
+            &config.base_url,
+            config.backfill,
+            VENUE_STREAMS,
+            VENUE_REST,
+        )?;
+        let mut marks = cursor
+            .map(|text| watermark::marks_or_none(watermark::parse_cursor(text), text))
+            .unwrap_or_default();
         let mut connector = Coinbase {
             rest_url,
             products: Vec::with_capacity(config.product_ids.len()),
