@@ -8,7 +8,8 @@
 //! A source never waits for its own acknowledgements batch by batch: up to
 //! `sources.acks_in_flight` batches are in the store's hands at once, and [`acknowledge`]
 //! follows them in order. Plugin calls are synchronous and bounded by the sandbox deadline;
-//! they run on tokio's blocking pool so a slow plugin never stalls the network tasks.
+//! each instance runs on its own thread behind a bounded queue ([`Worker`]), so a slow plugin
+//! never stalls the network tasks.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_us;
 use crate::fanout::{Hub, Stage};
 use crate::plugin::{
-    CallError, ConnectorInstance, Event, Plan, PluginError, SessionId, TransformInstance,
+    CallError, ConnectorInstance, Event, HttpRequest, Plan, PluginError, SessionId,
+    TransformInstance, Worker,
 };
 use crate::record::{RecentIds, Record, RecordId, Stamp};
 use crate::sink::{Batch, Receipt, StoreHandle};
@@ -65,8 +67,16 @@ impl CursorShelf {
 
 /// A plugin instance shared by several sources, with the session of one of them.
 pub(crate) struct Bound<I> {
-    pub(crate) instance: Arc<Mutex<I>>,
+    pub(crate) worker: Worker<I>,
     pub(crate) session: SessionId,
+}
+
+impl<I: Send + 'static> Bound<I> {
+    /// Close the session on the instance's thread, without waiting.
+    pub(crate) fn close(&self, close: fn(&mut I, SessionId)) {
+        let session = self.session;
+        self.worker.post(move |i| close(i, session));
+    }
 }
 
 /// Everything one running source needs.
@@ -89,15 +99,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Chain = Vec<(Arc<Mutex<TransformInstance>>, SessionId)>;
+type Chain = [Bound<TransformInstance>];
 
-/// Run events through the chain from step `from` on.
-fn run_chain(chain: &Chain, from: usize, mut events: Vec<Event>) -> Result<Vec<Event>, CallError> {
-    for (instance, step) in &chain[from..] {
+/// Run events through the chain from step `from` on, one call per step on its instance.
+async fn run_chain(
+    chain: &Chain,
+    from: usize,
+    mut events: Vec<Event>,
+) -> Result<Vec<Event>, CallError> {
+    for step in &chain[from..] {
         if events.is_empty() {
             break;
         }
-        events = lock(instance).process(*step, &events)?;
+        let session = step.session;
+        events = step
+            .worker
+            .call(move |t| t.process(session, &events))
+            .await?;
     }
     Ok(events)
 }
@@ -115,21 +133,24 @@ fn keep_json(events: &mut Vec<Event>) -> usize {
 }
 
 impl SourceCtx {
-    fn chain(&self) -> Chain {
-        self.chain
-            .iter()
-            .map(|b| (b.instance.clone(), b.session))
-            .collect()
-    }
-
     /// Ask the connector how to reach the source.
     pub(crate) async fn plan(&self) -> Result<Plan, Problem> {
-        let instance = self.connector.instance.clone();
         let session = self.connector.session;
-        let result = tokio::task::spawn_blocking(move || lock(&instance).plan(session))
+        self.connector
+            .worker
+            .call(move |c| c.plan(session))
             .await
-            .map_err(|e| Problem::Retry(format!("plugin call aborted: {e}")))?;
-        result.map_err(|e| self.call_problem(e))
+            .map_err(|e| self.call_problem(e))
+    }
+
+    /// Ask the connector for the requests it wants made as the source starts.
+    pub(crate) async fn backfill(&self) -> Result<Vec<HttpRequest>, Problem> {
+        let session = self.connector.session;
+        self.connector
+            .worker
+            .call(move |c| c.backfill(session))
+            .await
+            .map_err(|e| self.call_problem(e))
     }
 
     /// Run one batch through the connector, the repeat filter and the chain; publish,
@@ -140,27 +161,20 @@ impl SourceCtx {
             Input::Responses(r) => r.len(),
         };
         self.status.inputs.fetch_add(inputs as u64, Relaxed);
-        let connector = self.connector.instance.clone();
         let session = self.connector.session;
-        let decoded = tokio::task::spawn_blocking(move || {
-            let mut connector = lock(&connector);
-            match &input {
+        let decoded = self
+            .connector
+            .worker
+            .call(move |connector| match &input {
                 Input::Frames(frames) => connector.on_frames(session, frames),
                 Input::Responses(responses) => connector.on_responses(session, responses),
-            }
-        })
-        .await;
+            })
+            .await;
         let decoded = match decoded {
-            Ok(Ok(decoded)) => decoded,
-            Ok(Err(error)) => {
+            Ok(decoded) => decoded,
+            Err(error) => {
                 return Outcome {
                     problem: Some(self.call_problem(error)),
-                    ..Outcome::default()
-                };
-            }
-            Err(join) => {
-                return Outcome {
-                    problem: Some(Problem::Retry(format!("plugin call aborted: {join}"))),
                     ..Outcome::default()
                 };
             }
@@ -232,10 +246,8 @@ impl SourceCtx {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let chain = self.chain();
-        let out = tokio::task::spawn_blocking(move || run_chain(&chain, 0, fresh))
+        let out = run_chain(&self.chain, 0, fresh)
             .await
-            .map_err(|e| Problem::Retry(format!("plugin call aborted: {e}")))?
             .map_err(|e| self.call_problem(e))?;
         Ok(self.stamp(out, now))
     }
@@ -271,27 +283,25 @@ impl SourceCtx {
         if self.chain.is_empty() {
             return;
         }
-        let chain = self.chain();
         let now = now_us();
-        let ticked = tokio::task::spawn_blocking(move || {
+        let ticked = async {
             let mut out = Vec::new();
-            for (i, (instance, step)) in chain.iter().enumerate() {
-                let due = lock(instance).tick(*step, now)?;
-                out.extend(run_chain(&chain, i + 1, due)?);
+            for (i, step) in self.chain.iter().enumerate() {
+                let session = step.session;
+                let due = step.worker.call(move |t| t.tick(session, now)).await?;
+                out.extend(run_chain(&self.chain, i + 1, due).await?);
             }
             Ok::<_, CallError>(out)
-        })
-        .await;
-        match ticked {
-            Ok(Ok(events)) if !events.is_empty() => {
+        };
+        match ticked.await {
+            Ok(events) if !events.is_empty() => {
                 let records = self.stamp(events, now);
                 self.emit(records, None).await;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
+            Ok(_) => {}
+            Err(error) => {
                 self.call_problem(error);
             }
-            Err(join) => self.status.error(format!("tick aborted: {join}")),
         }
     }
 
@@ -360,9 +370,9 @@ impl SourceCtx {
 
     /// Close the source's sessions (on removal).
     pub(crate) fn close(&self) {
-        lock(&self.connector.instance).close(self.connector.session);
+        self.connector.close(ConnectorInstance::close);
         for step in &self.chain {
-            lock(&step.instance).close(step.session);
+            step.close(TransformInstance::close);
         }
     }
 }

@@ -66,7 +66,7 @@ fn install_list_inspect_remove() {
     let inspected: serde_json::Value =
         serde_json::from_str(&ok(dir, &["plugin", "inspect", "binance-trades"])).unwrap();
     assert_eq!(inspected["kind"], "connector");
-    assert_eq!(inspected["wit"], "anode:plugin@0.1.0");
+    assert_eq!(inspected["wit"], "anode:plugin@0.2.0");
     assert_eq!(inspected["digest"].as_str().unwrap().len(), 64);
 
     let out = ok(dir, &["plugin", "remove", "hostile"]);

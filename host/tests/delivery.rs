@@ -8,6 +8,7 @@
 //! - a subscriber with `after=stored` sees only stored records, each once;
 //! - a candles transform closes its window on time when no further trade comes;
 //! - Coinbase sources resume the same way, their gap fetched from the REST trades;
+//! - a Binance venue that went quiet while the node was away is caught up as the sources start;
 //! - with embedded stores (one per node), a source's new owner after `kill -9` resumes from the
 //!   cursor the catalog carries, and the two stores together hold every generated id.
 
@@ -20,7 +21,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::cluster::{NodeOptions, NodeProc, post};
 use support::store::{
-    Stored, every_generated_id_stored_once, evm_source, trade_stream, until_streams_move_on,
+    Stored, every_generated_id_stored_once, evm_source, trade_stream, until_generated_moves_on,
+    until_streams_move_on,
 };
 use support::{TestDb, binance_sources, simulator, until};
 use tokio_tungstenite::tungstenite::Message;
@@ -31,6 +33,21 @@ async fn add_all(node: &NodeProc, specs: &[Value]) {
     for spec in specs {
         post(&format!("{}/api/v1/sources", node.api), spec).await;
     }
+}
+
+/// Add `specs`, wait until each has stored 20 records, then stop the node with SIGTERM.
+async fn store_some_then_terminate(node: &mut NodeProc, stored: &Stored, specs: &[Value]) {
+    add_all(node, specs).await;
+    for spec in specs {
+        stored
+            .until_at_least(spec["id"].as_str().unwrap(), 20)
+            .await;
+    }
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "the node exits cleanly on SIGTERM: {status}"
+    );
 }
 
 /// The cursor a binance-trades source committed: `{"SYMBOL": last id}`.
@@ -61,19 +78,8 @@ async fn sigterm_then_restart_resumes_every_source(
     );
     let binance = binance_sources(&sim, 6, "rs");
     let evm = vec![evm_source(&sim, "chain-a", "resume-a")];
-    add_all(&node, &binance).await;
-    add_all(&node, &evm).await;
-    for spec in binance.iter().chain(&evm) {
-        stored
-            .until_at_least(spec["id"].as_str().unwrap(), 20)
-            .await;
-    }
-
-    let status = node.terminate();
-    assert!(
-        status.success(),
-        "the node exits cleanly on SIGTERM: {status}"
-    );
+    let all: Vec<Value> = binance.iter().chain(&evm).cloned().collect();
+    store_some_then_terminate(&mut node, &stored, &all).await;
     // Everything acknowledged is stored, and each cursor is the last id stored.
     let cursors = stored.cursors().await;
     for spec in &binance {
@@ -91,28 +97,7 @@ async fn sigterm_then_restart_resumes_every_source(
     }
 
     // The venues go on while the node is away: a gap to fill on restart.
-    let before = sim.report();
-    until(
-        "the streams to move on while the node is down",
-        LIMIT,
-        || async {
-            let now = sim.report();
-            let behind: Vec<String> = binance
-                .iter()
-                .map(trade_stream)
-                .filter(|s| {
-                    let at = |r: &anode_feedsim::Report| r.streams[s].generated.map_or(0, |g| g.1);
-                    at(&now) < at(&before) + 40
-                })
-                .collect();
-            if behind.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{behind:?}"))
-            }
-        },
-    )
-    .await;
+    until_generated_moves_on(&sim, &binance, 40).await;
     node.restart();
     // Every source is live again and has stored past the gap before the venue pauses.
     let heads: HashMap<String, u64> = binance
@@ -368,17 +353,7 @@ async fn coinbase_sources_resume_after_a_restart_through_backfill() {
                 "product_ids": [format!("R{i}-USD")], "channels": ["matches"]}})
         })
         .collect();
-    add_all(&node, &coinbase).await;
-    for spec in &coinbase {
-        stored
-            .until_at_least(spec["id"].as_str().unwrap(), 20)
-            .await;
-    }
-    let status = node.terminate();
-    assert!(
-        status.success(),
-        "the node exits cleanly on SIGTERM: {status}"
-    );
+    store_some_then_terminate(&mut node, &stored, &coinbase).await;
     // The committed cursor of each product is its last stored trade id.
     let cursors = stored.cursors().await;
     for (i, spec) in coinbase.iter().enumerate() {
@@ -392,31 +367,30 @@ async fn coinbase_sources_resume_after_a_restart_through_backfill() {
         );
     }
     // A gap while the node is away, filled through the REST trades on restart.
-    let head = |r: &anode_feedsim::Report| {
-        coinbase
-            .iter()
-            .map(|s| r.streams[&trade_stream(s)].generated.map_or(0, |g| g.1))
-            .min()
-            .unwrap()
-    };
-    let before = head(&sim.report());
-    until(
-        "the venue to move on while the node is down",
-        LIMIT,
-        || async {
-            let now = head(&sim.report());
-            if now >= before + 40 {
-                Ok(())
-            } else {
-                Err(format!("head {now}"))
-            }
-        },
-    )
-    .await;
+    until_generated_moves_on(&sim, &coinbase, 40).await;
     node.restart();
     until_streams_move_on(&sim, &coinbase, 20).await;
     sim.pause();
     every_generated_id_stored_once(&sim, &stored, &coinbase, &[]).await;
+    sim.shutdown().await;
+    drop(node);
+}
+
+/// A venue that goes quiet while the node is away sends no live trade to reveal the gap: the
+/// connector asks for it as it starts (`session.backfill`, WIT 0.2.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_venue_is_caught_up_from_the_cursor_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(40.0).await;
+    let mut node = NodeProc::start(root.path(), "qv", &NodeOptions::default());
+    let stored = Stored::Sqlite(root.path().join("qv").join("records.sqlite"));
+    let binance = binance_sources(&sim, 3, "qv");
+    store_some_then_terminate(&mut node, &stored, &binance).await;
+    until_generated_moves_on(&sim, &binance, 40).await;
+    // From here on the venue sends nothing live.
+    sim.pause();
+    node.restart();
+    every_generated_id_stored_once(&sim, &stored, &binance, &[]).await;
     sim.shutdown().await;
     drop(node);
 }

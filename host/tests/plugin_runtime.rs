@@ -227,6 +227,63 @@ fn wrong_digest_is_rejected_before_compiling() {
 }
 
 #[test]
+fn a_plugin_built_against_wit_0_1_0_still_loads_and_runs() {
+    let runtime = runtime(None);
+    let (plugin, _) = runtime
+        .load(&wasm("legacy-connector-plugin"), None)
+        .expect("a 0.1.0 component loads");
+    let manifest = plugin.manifest();
+    assert_eq!(manifest.wit, "anode:plugin@0.1.0");
+    assert_eq!(
+        (manifest.name.as_str(), manifest.kind),
+        ("legacy-ticks", Kind::Connector)
+    );
+    let mut instance = runtime.connector(&plugin).unwrap();
+    let session = instance
+        .open(r#"{"url":"ws://127.0.0.1:1/ticks"}"#, Some("6"))
+        .unwrap();
+    assert!(
+        instance.backfill(session).unwrap().is_empty(),
+        "0.1.0 has no backfill: nothing is asked for at start"
+    );
+    match instance.plan(session).unwrap() {
+        Plan::Websocket(ws) => assert_eq!(ws.url, "ws://127.0.0.1:1/ticks"),
+        other => panic!("expected a WebSocket plan, got {other:?}"),
+    }
+    let decoded = instance
+        .on_frames(session, &frames(&["7", "8", "x"]))
+        .unwrap();
+    let ids: Vec<_> = decoded
+        .events
+        .iter()
+        .map(|e| e.upstream_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["7", "8"]);
+    assert_eq!(decoded.events[1].payload, br#"{"n":8}"#);
+    assert_eq!(decoded.errors.len(), 1, "the bad frame is reported");
+    assert_eq!(decoded.cursor.as_deref(), Some("8"));
+    assert_eq!(instance.cursor(session), Some("8"));
+    let refused = instance.open("{}", None).unwrap_err();
+    assert!(refused.to_string().contains("ws://"), "{refused}");
+
+    // A current plugin asks for its backfill at start through the same call.
+    let mut binance = connector(&runtime, "binance-trades");
+    let session = binance
+        .open(
+            r#"{"base_url":"ws://127.0.0.1:1/binance","symbols":["btcusdt"]}"#,
+            Some(r#"{"BTCUSDT":41}"#),
+        )
+        .unwrap();
+    assert_eq!(binance.plugin().manifest().wit, "anode:plugin@0.2.0");
+    let asked = binance.backfill(session).unwrap();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].url,
+        "http://127.0.0.1:1/binance/api/v3/historicalTrades?symbol=BTCUSDT&fromId=42&limit=1000"
+    );
+}
+
+#[test]
 fn non_components_and_other_worlds_get_clear_errors() {
     let runtime = runtime(None);
     let load = |bytes: &[u8]| runtime.load(bytes, None).map(|_| ()).unwrap_err();
@@ -240,7 +297,7 @@ fn non_components_and_other_worlds_get_clear_errors() {
         PluginLoadError::WrongWorld { exports } => assert!(exports.contains("add"), "{exports}"),
         e => panic!("expected WrongWorld, got {e}"),
     }
-    assert!(other.to_string().contains("anode:plugin/source@0.1.0"));
+    assert!(other.to_string().contains("anode:plugin/source@0.2.0"));
     // A component header with garbage after it.
     let mut broken = wasm("binance-trades");
     broken.truncate(broken.len() / 2);

@@ -168,6 +168,15 @@ impl<C: Connector> wit_source::Guest for ConnectorGlue<C> {
 }
 
 impl<C: Connector> wit_source::GuestSession for SessionGlue<C> {
+    fn backfill(&self) -> Vec<wit_source::HttpRequest> {
+        self.0
+            .borrow_mut()
+            .backfill()
+            .into_iter()
+            .map(request_to_wit)
+            .collect()
+    }
+
     fn plan(&self) -> wit_source::Plan {
         plan_to_wit(self.0.borrow().plan())
     }

@@ -15,6 +15,14 @@ pub trait Connector: Sized + 'static {
     /// with [`crate::json::config`]); `cursor` is the last cursor the source reported.
     fn open(config: &str, cursor: Option<&str>) -> Result<Self, PluginError>;
 
+    /// HTTP requests to make as the source starts, before and alongside its first connection:
+    /// typically the backfill from the cursor given to `open`, so a source catches up even
+    /// when its venue stays quiet. Asked once per start, before `plan`; the answers come to
+    /// [`Connector::on_response`]. The default asks for nothing.
+    fn backfill(&mut self) -> Vec<HttpRequest> {
+        Vec::new()
+    }
+
     /// How the host should reach the data; asked after `open` and after every reconnect.
     fn plan(&self) -> Plan;
 

@@ -266,6 +266,27 @@ impl Track {
         Some(page)
     }
 
+    /// The page after the watermark, `done + 1` on, when nothing later is known yet: what a
+    /// connector opened with a cursor asks for as it starts (see `Connector::backfill`), and
+    /// again while such pages come back full. `None` without a watermark, once a live id
+    /// opened a gap (then [`Track::next_page`] takes over), or while a request is in flight.
+    pub fn probe(&mut self, now: i64, limit: u64) -> Option<Page> {
+        let done = self.done?;
+        if !self.runs.is_empty()
+            || self
+                .asked
+                .is_some_and(|(_, at)| now.saturating_sub(at) < ANSWER_TIMEOUT_US)
+        {
+            return None;
+        }
+        let page = Page {
+            from: done.saturating_add(1),
+            to: done.saturating_add(limit.max(1)),
+        };
+        self.asked = Some((page, now));
+        Some(page)
+    }
+
     /// Whether `page` is the request in flight; if so it no longer is. An answer to anything
     /// else (asked again after a timeout and answered twice) is stale.
     pub fn answered(&mut self, page: Page) -> bool {
@@ -375,6 +396,31 @@ mod tests {
         assert_eq!((t.done(), t.gap()), (Some(11), Some((12, 12))));
         assert!(t.live(12));
         assert_eq!((t.done(), t.gap()), (Some(15), None));
+    }
+
+    #[test]
+    fn a_probe_asks_past_the_watermark_until_a_gap_is_known() {
+        assert_eq!(
+            Track::default().probe(0, 100),
+            None,
+            "no cursor, nothing to resume"
+        );
+        let mut t = Track::resume(41);
+        let page = t.probe(0, 100).unwrap();
+        assert_eq!(page, Page { from: 42, to: 141 });
+        assert_eq!(t.probe(1, 100), None, "one request in flight");
+        assert_eq!(t.next_page(1, 100, PageOrder::OldestFirst), None);
+        assert!(t.answered(page));
+        assert!(t.emitted(42, 141));
+        assert_eq!(t.probe(2, 100), Some(Page { from: 142, to: 241 }));
+        assert!(t.answered(Page { from: 142, to: 241 }));
+        // A live id past the watermark: the gap is known, pages come from next_page.
+        t.live(500);
+        assert_eq!(t.probe(3, 100), None);
+        assert_eq!(
+            t.next_page(3, 100, PageOrder::OldestFirst),
+            Some(Page { from: 142, to: 241 })
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub enum PluginLoadError {
     Compile(String),
     #[error(
         "the component does not implement an aNode plugin world: it exports [{exports}], but \
-         a connector exports `{}` and a transform exports `{}` (see wit/plugin.wit)",
+         a connector exports `{}` and a transform exports `{}` (see wit/plugin.wit; \
+         `@0.1.0` plugins are loaded too)",
         super::wit::CONNECTOR_EXPORT,
         super::wit::TRANSFORM_EXPORT
     )]

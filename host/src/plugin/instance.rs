@@ -14,75 +14,17 @@ use wasmtime::component::ResourceAny;
 use wasmtime::{Store, Trap};
 
 use super::error::CallError;
-use super::manifest::Kind;
 use super::metrics::PluginMetrics;
 use super::runtime::{Plugin, Pre, RuntimeInner};
 use super::sandbox::Sandbox;
-use super::wit::{self, Decoded, Event, Frame, HttpResponse, Plan, PluginError, WitManifest};
+use super::wit::{
+    Decoded, Event, Frame, HttpRequest, HttpResponse, Plan, PluginError, WitManifest,
+};
+use super::worlds::{ConnectorWorld, TransformWorld, World};
 use crate::backoff::Backoff;
 
 /// Identifies a session on an instance; stable across instance restarts.
 pub type SessionId = u64;
-
-/// The calls common to both plugin worlds.
-pub(crate) trait World: Sized {
-    const KIND: Kind;
-    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>>;
-    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest>;
-    fn open(
-        &self,
-        store: &mut Store<Sandbox>,
-        config: &str,
-        cursor: Option<&str>,
-    ) -> wasmtime::Result<Result<ResourceAny, PluginError>>;
-}
-
-impl World for wit::connector::Connector {
-    const KIND: Kind = Kind::Connector;
-    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>> {
-        match pre {
-            Pre::Connector(pre) => Some(pre.instantiate(store)),
-            Pre::Transform(_) => None,
-        }
-    }
-
-    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest> {
-        self.anode_plugin_source().call_describe(store)
-    }
-
-    fn open(
-        &self,
-        store: &mut Store<Sandbox>,
-        config: &str,
-        cursor: Option<&str>,
-    ) -> wasmtime::Result<Result<ResourceAny, PluginError>> {
-        self.anode_plugin_source().call_open(store, config, cursor)
-    }
-}
-
-impl World for wit::transform::Transform {
-    const KIND: Kind = Kind::Transform;
-    fn start(pre: &Pre, store: &mut Store<Sandbox>) -> Option<wasmtime::Result<Self>> {
-        match pre {
-            Pre::Transform(pre) => Some(pre.instantiate(store)),
-            Pre::Connector(_) => None,
-        }
-    }
-
-    fn describe(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<WitManifest> {
-        self.anode_plugin_transformer().call_describe(store)
-    }
-
-    fn open(
-        &self,
-        store: &mut Store<Sandbox>,
-        config: &str,
-        _cursor: Option<&str>,
-    ) -> wasmtime::Result<Result<ResourceAny, PluginError>> {
-        self.anode_plugin_transformer()
-            .call_configure(store, config)
-    }
-}
 
 /// Call `describe()` on a throwaway instance (used when a plugin is loaded).
 pub(crate) fn describe(
@@ -98,15 +40,15 @@ pub(crate) fn describe(
         metrics,
     };
     match pre {
-        Pre::Connector(_) => {
+        Pre::Connector(_) | Pre::ConnectorV0_1(_) => {
             let w = ctx.guard(&mut store, 0, |s| {
-                wit::connector::Connector::start(pre, s).expect("matching world")
+                ConnectorWorld::start(pre, s).expect("matching world")
             })?;
             ctx.guard(&mut store, 0, |s| w.describe(s))
         }
-        Pre::Transform(_) => {
+        Pre::Transform(_) | Pre::TransformV0_1(_) => {
             let w = ctx.guard(&mut store, 0, |s| {
-                wit::transform::Transform::start(pre, s).expect("matching world")
+                TransformWorld::start(pre, s).expect("matching world")
             })?;
             ctx.guard(&mut store, 0, |s| w.describe(s))
         }
@@ -358,7 +300,7 @@ impl<W: World> Instance<W> {
 }
 
 /// An instance of a connector plugin; one session per source.
-pub struct ConnectorInstance(Instance<wit::connector::Connector>);
+pub struct ConnectorInstance(Instance<ConnectorWorld>);
 
 impl ConnectorInstance {
     pub(crate) fn new(plugin: Plugin) -> Option<Self> {
@@ -372,18 +314,20 @@ impl ConnectorInstance {
 
     /// How the host should reach the source.
     pub fn plan(&mut self, id: SessionId) -> Result<Plan, CallError> {
-        self.0.call_session(id, 0, |w, s, h| {
-            w.anode_plugin_source().session().call_plan(s, h)
-        })
+        self.0.call_session(id, 0, |w, s, h| w.plan(s, h))
+    }
+
+    /// The requests the connector wants made as the source starts (its backfill from the
+    /// cursor); empty for a `0.1.0` plugin.
+    pub fn backfill(&mut self, id: SessionId) -> Result<Vec<HttpRequest>, CallError> {
+        self.0.call_session(id, 0, |w, s, h| w.backfill(s, h))
     }
 
     /// Decode a batch of WebSocket frames.
     pub fn on_frames(&mut self, id: SessionId, frames: &[Frame]) -> Result<Decoded, CallError> {
-        let result = self.0.call_session(id, frames.len(), |w, s, h| {
-            w.anode_plugin_source()
-                .session()
-                .call_on_frames(s, h, frames)
-        })?;
+        let result = self
+            .0
+            .call_session(id, frames.len(), |w, s, h| w.on_frames(s, h, frames))?;
         self.decoded(id, result)
     }
 
@@ -394,9 +338,7 @@ impl ConnectorInstance {
         responses: &[HttpResponse],
     ) -> Result<Decoded, CallError> {
         let result = self.0.call_session(id, responses.len(), |w, s, h| {
-            w.anode_plugin_source()
-                .session()
-                .call_on_responses(s, h, responses)
+            w.on_responses(s, h, responses)
         })?;
         self.decoded(id, result)
     }
@@ -435,7 +377,7 @@ impl ConnectorInstance {
 }
 
 /// An instance of a transform plugin; one session per place in a chain.
-pub struct TransformInstance(Instance<wit::transform::Transform>);
+pub struct TransformInstance(Instance<TransformWorld>);
 
 impl TransformInstance {
     pub(crate) fn new(plugin: Plugin) -> Option<Self> {
@@ -449,21 +391,15 @@ impl TransformInstance {
 
     /// Run a batch through a configured step.
     pub fn process(&mut self, id: SessionId, events: &[Event]) -> Result<Vec<Event>, CallError> {
-        let result = self.0.call_session(id, events.len(), |w, s, h| {
-            w.anode_plugin_transformer()
-                .chain_step()
-                .call_process(s, h, events)
-        })?;
+        let result = self
+            .0
+            .call_session(id, events.len(), |w, s, h| w.process(s, h, events))?;
         self.output(result)
     }
 
     /// Let a step close windows when no event came for a while.
     pub fn tick(&mut self, id: SessionId, now_us: i64) -> Result<Vec<Event>, CallError> {
-        let result = self.0.call_session(id, 0, |w, s, h| {
-            w.anode_plugin_transformer()
-                .chain_step()
-                .call_tick(s, h, now_us)
-        })?;
+        let result = self.0.call_session(id, 0, |w, s, h| w.tick(s, h, now_us))?;
         self.output(result)
     }
 

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::digest::Digest;
 use super::wit::{PluginKind, WitManifest};
 
-/// The WIT package every plugin of this host targets.
-pub const WIT_PACKAGE: &str = "anode:plugin@0.1.0";
+/// The WIT package plugins are built against now (a host also loads `anode:plugin@0.1.0`).
+pub const WIT_PACKAGE: &str = "anode:plugin@0.2.0";
 
 /// Connector or transform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,6 +73,7 @@ impl PluginManifest {
     pub(crate) fn from_wit(
         wit: WitManifest,
         world: Kind,
+        package: &str,
         digest: Digest,
         size: u64,
     ) -> Result<Self, ManifestError> {
@@ -117,7 +118,7 @@ impl PluginManifest {
             size,
             config_schema,
             config_example,
-            wit: WIT_PACKAGE.to_owned(),
+            wit: package.to_owned(),
         })
     }
 }

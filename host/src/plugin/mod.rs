@@ -17,6 +17,8 @@ mod sandbox;
 pub mod scaffold;
 mod store;
 mod wit;
+mod worker;
+mod worlds;
 
 pub use digest::{BadDigestError, Digest};
 pub use error::{CallError, PluginLoadError};
@@ -27,6 +29,8 @@ pub use metrics::{PluginMetrics, PluginMetricsSnapshot};
 pub use runtime::{CompileSource, Plugin, PluginRuntime};
 pub use store::{Installed, PluginStore, StoreError};
 pub use wit::{
-    CONNECTOR_EXPORT, Decoded, Event, Frame, Heartbeat, HttpPlan, HttpRequest, HttpResponse, Plan,
-    PluginError, TRANSFORM_EXPORT, WebsocketPlan,
+    CONNECTOR_EXPORT, CONNECTOR_EXPORT_0_1, Decoded, Event, Frame, Heartbeat, HttpPlan,
+    HttpRequest, HttpResponse, Plan, PluginError, TRANSFORM_EXPORT, TRANSFORM_EXPORT_0_1,
+    WIT_VERSION, WebsocketPlan,
 };
+pub use worker::{WORKER_QUEUE, Worker};

@@ -17,10 +17,12 @@ use super::PluginLimits;
 use super::digest::Digest;
 use super::error::PluginLoadError;
 use super::instance::{ConnectorInstance, TransformInstance, describe};
-use super::manifest::{Kind, PluginManifest};
+use super::manifest::{Kind, PluginManifest, WIT_PACKAGE};
 use super::metrics::PluginMetrics;
 use super::sandbox::{Sandbox, SandboxLimits};
-use super::wit::{self, CONNECTOR_EXPORT, TRANSFORM_EXPORT};
+use super::wit::{
+    self, CONNECTOR_EXPORT, CONNECTOR_EXPORT_0_1, TRANSFORM_EXPORT, TRANSFORM_EXPORT_0_1,
+};
 
 /// Compiles and runs plugins. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
@@ -57,6 +59,8 @@ pub(crate) struct PluginInner {
 pub(crate) enum Pre {
     Connector(wit::connector::ConnectorPre<Sandbox>),
     Transform(wit::transform::TransformPre<Sandbox>),
+    ConnectorV0_1(wit::v0_1::connector::ConnectorPre<Sandbox>),
+    TransformV0_1(wit::v0_1::transform::TransformPre<Sandbox>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -103,6 +107,11 @@ impl PluginRuntime {
             &mut linker,
             |s| s,
         )?;
+        // Plugins built against 0.1.0 import its `host` (the same functions) and `types`.
+        wit::v0_1::connector::Connector::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
+            &mut linker,
+            |s| s,
+        )?;
         let tick = limits.epoch_tick();
         let deadline_ticks = (limits.call_timeout().as_nanos() / tick.as_nanos()).max(1) as u64;
         let engine_tag = {
@@ -145,24 +154,36 @@ impl PluginRuntime {
             });
         }
         let (component, source) = self.component(&digest, bytes)?;
-        let kind = world_of(&self.inner.engine, &component)?;
+        let (kind, version) = world_of(&self.inner.engine, &component)?;
         let instance_pre = self
             .inner
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginLoadError::Link(format!("{e:#}")))?;
         let link = |e: wasmtime::Error| PluginLoadError::Link(format!("{e:#}"));
-        let pre = match kind {
-            Kind::Connector => {
+        let pre = match (kind, version) {
+            (Kind::Connector, WitVersion::Now) => {
                 Pre::Connector(wit::connector::ConnectorPre::new(instance_pre).map_err(link)?)
             }
-            Kind::Transform => {
+            (Kind::Transform, WitVersion::Now) => {
                 Pre::Transform(wit::transform::TransformPre::new(instance_pre).map_err(link)?)
             }
+            (Kind::Connector, WitVersion::V0_1) => Pre::ConnectorV0_1(
+                wit::v0_1::connector::ConnectorPre::new(instance_pre).map_err(link)?,
+            ),
+            (Kind::Transform, WitVersion::V0_1) => Pre::TransformV0_1(
+                wit::v0_1::transform::TransformPre::new(instance_pre).map_err(link)?,
+            ),
         };
         let metrics = Arc::new(PluginMetrics::default());
         let described = describe(&self.inner, &pre, &metrics).map_err(PluginLoadError::Describe)?;
-        let manifest = PluginManifest::from_wit(described, kind, digest, bytes.len() as u64)?;
+        let manifest = PluginManifest::from_wit(
+            described,
+            kind,
+            version.package(),
+            digest,
+            bytes.len() as u64,
+        )?;
         let name: Arc<str> = manifest.name.as_str().into();
         Ok((
             Plugin {
@@ -253,18 +274,42 @@ fn check_header(bytes: &[u8]) -> Result<(), PluginLoadError> {
     Ok(())
 }
 
-/// Which of our worlds the component implements, by its exports.
-fn world_of(engine: &Engine, component: &Component) -> Result<Kind, PluginLoadError> {
+/// Which WIT version a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WitVersion {
+    Now,
+    V0_1,
+}
+
+impl WitVersion {
+    fn package(self) -> &'static str {
+        match self {
+            WitVersion::Now => WIT_PACKAGE,
+            WitVersion::V0_1 => "anode:plugin@0.1.0",
+        }
+    }
+}
+
+/// Which of our worlds (and versions) the component implements, by its exports.
+fn world_of(engine: &Engine, component: &Component) -> Result<(Kind, WitVersion), PluginLoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name.to_owned())
         .collect();
-    let has = |name: &str| exports.iter().any(|e| e == name);
-    match (has(CONNECTOR_EXPORT), has(TRANSFORM_EXPORT)) {
-        (true, false) => Ok(Kind::Connector),
-        (false, true) => Ok(Kind::Transform),
+    let found: Vec<(Kind, WitVersion)> = [
+        (CONNECTOR_EXPORT, Kind::Connector, WitVersion::Now),
+        (TRANSFORM_EXPORT, Kind::Transform, WitVersion::Now),
+        (CONNECTOR_EXPORT_0_1, Kind::Connector, WitVersion::V0_1),
+        (TRANSFORM_EXPORT_0_1, Kind::Transform, WitVersion::V0_1),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| exports.iter().any(|e| e == name))
+    .map(|(_, kind, version)| (kind, version))
+    .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
         _ => Err(PluginLoadError::WrongWorld {
             exports: ty
                 .exports(engine)

@@ -106,6 +106,29 @@ impl Host for Sandbox {
 
 impl super::wit::TypesHost for Sandbox {}
 
+/// Plugins built against `0.1.0` import the same two functions under that version.
+impl super::wit::v0_1::connector::anode::plugin::host::Host for Sandbox {
+    fn log(
+        &mut self,
+        level: super::wit::v0_1::connector::anode::plugin::host::LogLevel,
+        message: String,
+    ) {
+        use super::wit::v0_1::connector::anode::plugin::host::LogLevel as Old;
+        let level = match level {
+            Old::Trace => LogLevel::Trace,
+            Old::Debug => LogLevel::Debug,
+            Old::Info => LogLevel::Info,
+            Old::Warn => LogLevel::Warn,
+            Old::Error => LogLevel::Error,
+        };
+        Host::log(self, level, message)
+    }
+
+    fn now(&mut self) -> i64 {
+        Host::now(self)
+    }
+}
+
 /// Caps the linear memory of an instance and remembers whether the cap was hit, so a trap
 /// can be reported as "out of memory" rather than a bare `unreachable`.
 pub(crate) struct MemoryCap {

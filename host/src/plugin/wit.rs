@@ -1,7 +1,9 @@
-//! The one place the WIT contract becomes Rust: host bindings of both plugin worlds.
+//! The one place the WIT contract becomes Rust: host bindings of both plugin worlds, of the
+//! current version (`wit/plugin.wit`) and of the frozen `0.1.0` (`wit/versions/0.1.0`).
 //!
-//! The transform world reuses the connector world's `types` and `host` bindings, so an
-//! [`Event`] is the same type whichever kind of plugin made it.
+//! The transform world reuses the connector world's `types` and `host` bindings, and both
+//! `0.1.0` worlds reuse the current `types`, so an [`Event`] is the same type whichever kind
+//! and version of plugin made it (the component model types records by shape, not by name).
 
 /// Bindings of the `connector` world (and the shared `types` and `host` interfaces).
 pub(crate) mod connector {
@@ -23,6 +25,31 @@ pub(crate) mod transform {
     });
 }
 
+/// Bindings of the `0.1.0` worlds. Their `types` are the current ones; their `host` interface
+/// and the records of their `source` interface are their own (see `legacy.rs`).
+pub(crate) mod v0_1 {
+    pub(crate) mod connector {
+        wasmtime::component::bindgen!({
+            world: "connector",
+            path: "../wit/versions/0.1.0",
+            with: {
+                "anode:plugin/types": crate::plugin::wit::connector::anode::plugin::types,
+            },
+        });
+    }
+
+    pub(crate) mod transform {
+        wasmtime::component::bindgen!({
+            world: "transform",
+            path: "../wit/versions/0.1.0",
+            with: {
+                "anode:plugin/types": crate::plugin::wit::connector::anode::plugin::types,
+                "anode:plugin/host": super::connector::anode::plugin::host,
+            },
+        });
+    }
+}
+
 pub(crate) use connector::anode::plugin::host::{Host, LogLevel};
 pub(crate) use connector::anode::plugin::types::Host as TypesHost;
 pub(crate) use connector::anode::plugin::types::Manifest as WitManifest;
@@ -31,7 +58,12 @@ pub use connector::exports::anode::plugin::source::{
     Decoded, Frame, Heartbeat, HttpPlan, HttpRequest, HttpResponse, Plan, WebsocketPlan,
 };
 
-/// The export a connector component must have.
-pub const CONNECTOR_EXPORT: &str = "anode:plugin/source@0.1.0";
-/// The export a transform component must have.
-pub const TRANSFORM_EXPORT: &str = "anode:plugin/transformer@0.1.0";
+/// The WIT package version plugins are built against now.
+pub const WIT_VERSION: &str = "0.2.0";
+/// The export a connector component has.
+pub const CONNECTOR_EXPORT: &str = "anode:plugin/source@0.2.0";
+/// The export a transform component has.
+pub const TRANSFORM_EXPORT: &str = "anode:plugin/transformer@0.2.0";
+/// The same exports in `0.1.0`, still loaded.
+pub const CONNECTOR_EXPORT_0_1: &str = "anode:plugin/source@0.1.0";
+pub const TRANSFORM_EXPORT_0_1: &str = "anode:plugin/transformer@0.1.0";

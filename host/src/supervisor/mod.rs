@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::events::EventLog;
 use crate::pipeline::Ingest;
 use crate::plugin::{
-    ConnectorInstance, Digest, Plugin, PluginRuntime, PluginStore, TransformInstance,
+    ConnectorInstance, Digest, Plugin, PluginRuntime, PluginStore, TransformInstance, Worker,
 };
 use crate::source::{SourceSpec, SourceStatus};
 
@@ -52,8 +52,8 @@ pub enum NodeError {
 /// A loaded plugin and its instance pool.
 pub(crate) struct Loaded {
     pub(crate) plugin: Plugin,
-    pub(crate) connectors: Vec<Arc<Mutex<ConnectorInstance>>>,
-    pub(crate) transforms: Vec<Arc<Mutex<TransformInstance>>>,
+    pub(crate) connectors: Vec<Worker<ConnectorInstance>>,
+    pub(crate) transforms: Vec<Worker<TransformInstance>>,
 }
 
 pub(crate) struct Running {

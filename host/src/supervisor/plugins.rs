@@ -2,11 +2,11 @@
 //! pooled per plugin, fetched from peers when the catalog names one this node lacks; and a
 //! source's sessions opened on them.
 
-use std::sync::{Arc, Mutex};
-
 use super::{Loaded, NodeError, NodeState, lock, stable_hash};
 use crate::pipeline::Bound;
-use crate::plugin::{CallError, ConnectorInstance, Digest, Kind, Plugin, TransformInstance};
+use crate::plugin::{
+    CallError, ConnectorInstance, Digest, Kind, Plugin, TransformInstance, Worker,
+};
 use crate::source::SourceSpec;
 
 impl NodeState {
@@ -39,14 +39,14 @@ impl NodeState {
         Ok(digest)
     }
 
-    /// The pool member a source uses, created on first use.
-    pub(super) fn instance<I>(
+    /// The pool member a source uses, created (on its own thread) on first use.
+    pub(super) fn instance<I: Send + 'static>(
         &self,
         digest: &Digest,
         source: &str,
-        pool: impl Fn(&mut Loaded) -> &mut Vec<Arc<Mutex<I>>>,
+        pool: impl Fn(&mut Loaded) -> &mut Vec<Worker<I>>,
         make: impl Fn(&Plugin) -> Option<I>,
-    ) -> Arc<Mutex<I>> {
+    ) -> Result<Worker<I>, NodeError> {
         let size = self.config.sources.instances_per_plugin.max(1);
         let slot = (stable_hash(source) % size as u64) as usize;
         let mut loaded = lock(&self.loaded);
@@ -54,9 +54,16 @@ impl NodeState {
         let plugin = entry.plugin.clone();
         let pool = pool(entry);
         while pool.len() < size {
-            pool.push(Arc::new(Mutex::new(make(&plugin).expect("kind checked"))));
+            let instance = make(&plugin).expect("kind checked");
+            let worker = Worker::spawn(&plugin.manifest().name, instance).map_err(|e| {
+                NodeError::Startup(format!(
+                    "cannot start a thread for plugin `{}`: {e}",
+                    plugin.manifest().name
+                ))
+            })?;
+            pool.push(worker);
         }
-        pool[slot].clone()
+        Ok(pool[slot].clone())
     }
 
     /// Whether the cluster can run `spec`: it is well formed, its plugins exist (here or in
@@ -105,31 +112,31 @@ impl NodeState {
             &spec.id,
             |l| &mut l.connectors,
             |p| self.runtime.connector(p),
-        );
+        )?;
         let config = spec.config.to_string();
-        let session = open_blocking(connector.clone(), move |c| {
-            c.open(&config, cursor.as_deref())
-        })
-        .await
-        .map_err(|e| refused(spec, &e))?;
+        let session = connector
+            .call(move |c| c.open(&config, cursor.as_deref()))
+            .await
+            .map_err(|e| refused(spec, &e))?;
         let mut chain = Vec::new();
         for step in &spec.transforms {
             let digest = self.plugin(&step.plugin, Kind::Transform).await?;
-            let instance = self.instance(
+            let worker = self.instance(
                 &digest,
                 &spec.id,
                 |l| &mut l.transforms,
                 |p| self.runtime.transform(p),
-            );
+            )?;
             let config = step.config.to_string();
-            let session = open_blocking(instance.clone(), move |t| t.configure(&config))
+            let session = worker
+                .call(move |t| t.configure(&config))
                 .await
                 .map_err(|e| refused(spec, &e))?;
-            chain.push(Bound { instance, session });
+            chain.push(Bound { worker, session });
         }
         Ok(Prepared {
             connector: Bound {
-                instance: connector,
+                worker: connector,
                 session,
             },
             chain,
@@ -204,20 +211,6 @@ fn refused(spec: &SourceSpec, error: &CallError) -> NodeError {
     ))
 }
 
-pub(super) async fn open_blocking<I: Send + 'static>(
-    instance: Arc<Mutex<I>>,
-    f: impl FnOnce(&mut I) -> Result<u64, CallError> + Send + 'static,
-) -> Result<u64, CallError> {
-    tokio::task::spawn_blocking(move || f(&mut lock(&instance)))
-        .await
-        .unwrap_or_else(|e| {
-            Err(CallError::Instantiate {
-                plugin: "?".into(),
-                message: e.to_string(),
-            })
-        })
-}
-
 /// A source's sessions, opened and ready to run.
 pub(super) struct Prepared {
     pub(super) connector: Bound<ConnectorInstance>,
@@ -226,9 +219,9 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn close(self) {
-        lock(&self.connector.instance).close(self.connector.session);
-        for step in self.chain {
-            lock(&step.instance).close(step.session);
+        self.connector.close(ConnectorInstance::close);
+        for step in &self.chain {
+            step.close(TransformInstance::close);
         }
     }
 }

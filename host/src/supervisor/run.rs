@@ -163,6 +163,19 @@ async fn drive(ctx: &SourceCtx) {
         Duration::from_millis(settings.reconnect_max_ms),
         stable_hash(&ctx.spec.id),
     );
+    if let Some(problem) = start_backfill(ctx).await {
+        match problem {
+            Problem::Fatal(message) => {
+                tracing::error!(source = %ctx.spec.id, "source failed: {message}");
+                ctx.status.fail(SourceState::Failed, message);
+                ctx.cancel.cancelled().await;
+                return;
+            }
+            Problem::Retry(message) => ctx
+                .status
+                .error(format!("the backfill asked for at start failed: {message}")),
+        }
+    }
     let mut attempts = 0u64;
     loop {
         if ctx.cancel.is_cancelled() {
@@ -198,5 +211,21 @@ async fn drive(ctx: &SourceCtx) {
                 }
             }
         }
+    }
+}
+
+/// Make the requests the connector asks for as it starts (its backfill from the cursor), and
+/// their follow-ups, before the first connection: one batch at a time, so the cursors the
+/// store commits keep their order.
+async fn start_backfill(ctx: &SourceCtx) -> Option<Problem> {
+    let requests = match ctx.backfill().await {
+        Ok(requests) if requests.is_empty() => return None,
+        Ok(requests) => requests,
+        Err(problem) => return Some(problem),
+    };
+    ctx.status.set_state(SourceState::Connecting);
+    match source::http::follow(ctx, requests, source::http::Failed::Answer).await {
+        Ok(()) | Err(None) => None,
+        Err(Some(problem)) => Some(problem),
     }
 }

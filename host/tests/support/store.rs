@@ -289,6 +289,36 @@ pub async fn every_generated_id_stored_once(
     .await;
 }
 
+/// Wait until every source's trade stream has generated `by` more ids than now, whether or not
+/// anyone is connected to receive them (the venue moves on while a node is away).
+pub async fn until_generated_moves_on(sim: &FeedSim, sources: &[Value], by: u64) {
+    let head = |r: &anode_feedsim::Report, s: &Value| {
+        r.streams
+            .get(&trade_stream(s))
+            .and_then(|s| s.generated)
+            .map_or(0, |g| g.1)
+    };
+    let before = sim.report();
+    until(
+        "the streams to generate more while no one listens",
+        Duration::from_secs(60),
+        || async {
+            let now = sim.report();
+            let behind: Vec<String> = sources
+                .iter()
+                .filter(|s| head(&now, s) < head(&before, s) + by)
+                .map(trade_stream)
+                .collect();
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{behind:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// Wait until every Binance source's stream has sent `by` more ids than its head now: a fault's
 /// gaps are then seen (a connector learns of a gap from the next live trade) and fetched.
 pub async fn until_streams_move_on(sim: &FeedSim, binance: &[Value], by: u64) {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use anode_plugin_sdk::prelude::*;
 
-use anode_plugin_sdk::watermark::{self, Track};
+use anode_plugin_sdk::watermark::{self, Page, Track};
 
 use crate::backfill::HistoricalTrade;
 use crate::cursor::CursorText;
@@ -223,9 +223,10 @@ impl BinanceTrades {
 
     /// A page of symbol `i`'s old trades answered the page in flight: emit the trades of
     /// the gap, report the ids the venue did not have, ask for the next page.
-    fn on_page(&mut self, i: usize, response: &HttpResponse, out: &mut Output) {
+    fn on_page(&mut self, i: usize, page: Page, response: &HttpResponse, out: &mut Output) {
         let state = &mut self.symbols[i];
         let Some((first, last)) = state.track.gap() else {
+            self.on_probe(i, page, response, out);
             return;
         };
         let status = response.status;
@@ -266,42 +267,7 @@ impl BinanceTrades {
                 }
             };
             state.track.succeeded();
-            trades.sort_unstable_by_key(|t| t.id);
-            for trade in &trades {
-                if trade.id < next {
-                    continue; // Emitted already, or asked for before the gap.
-                }
-                if trade.id > last {
-                    break; // From the live trades on: emitted already.
-                }
-                if trade.id > next {
-                    out.errors.push(backfill::unavailable(
-                        &state.name,
-                        next,
-                        trade.id - 1,
-                        "not in the venue's answer",
-                    ));
-                }
-                next = trade.id + 1;
-                if !json::is_decimal(&trade.price) || !json::is_decimal(&trade.qty) {
-                    out.errors.push(PluginError::bad_input(format!(
-                        "{}: backfilled trade {} has a price or size that is not a decimal",
-                        state.name, trade.id
-                    )));
-                    continue;
-                }
-                let payload = Trade {
-                    exchange: "binance",
-                    symbol: &state.normalised,
-                    price: &trade.price,
-                    size: &trade.qty,
-                    taker_side: taker_side(trade.is_buyer_maker),
-                    trade_id: trade.id,
-                    event_timestamp: trade.time,
-                    atom_timestamp: response.received_at,
-                };
-                out.emit(payload.event());
-            }
+            next = state.emit_page(&mut trades, next, last, response.received_at, out);
             if next == first {
                 // Nothing of the gap (an empty page): the venue no longer has it.
                 out.errors.push(backfill::unavailable(
@@ -322,6 +288,114 @@ impl BinanceTrades {
         if moved {
             self.write_cursor(i, out);
         }
+    }
+
+    /// An answer to a page asked for at start (no live trade seen yet, so no known end):
+    /// emit the trades past the watermark in order, and ask for the next page while pages
+    /// come back full. A failure is left to the first live trade, which asks for its gap.
+    fn on_probe(&mut self, i: usize, page: Page, response: &HttpResponse, out: &mut Output) {
+        let state = &mut self.symbols[i];
+        let Some(done) = state.track.done() else {
+            return;
+        };
+        let status = response.status;
+        if !(200..300).contains(&status) {
+            if status == 429 || status >= 500 {
+                state.track.failed(response.received_at);
+            }
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "{}: backfill from trade {} at start got HTTP {status}; the first live \
+                     trade asks again",
+                    state.name,
+                    done + 1
+                ),
+            );
+            return;
+        }
+        let mut trades: Vec<HistoricalTrade> = match json::decode(&response.body) {
+            Ok(trades) => trades,
+            Err(e) => {
+                out.errors.push(PluginError::bad_input(format!(
+                    "{}: backfill page from {}: {}",
+                    state.name,
+                    done + 1,
+                    e.message()
+                )));
+                return;
+            }
+        };
+        state.track.succeeded();
+        let next = state.emit_page(&mut trades, done + 1, u64::MAX, response.received_at, out);
+        let moved = backfill::fill_to(&mut state.track, next - 1);
+        if trades.len() as u64 >= page.len()
+            && let Some(rest_url) = &self.rest_url
+            && let Some(page) = state
+                .track
+                .probe(response.received_at, backfill::PAGE_LIMIT)
+        {
+            out.request(backfill::request(page, rest_url, &state.name));
+        }
+        if moved {
+            self.write_cursor(i, out);
+        }
+    }
+}
+
+impl SymbolState {
+    /// Emit the trades of a page from id `next` up to `last` in id order, reporting the ids
+    /// missing between them. Returns the id after the last one emitted (or `next`).
+    fn emit_page(
+        &self,
+        trades: &mut [HistoricalTrade],
+        mut next: u64,
+        last: u64,
+        received_at: i64,
+        out: &mut Output,
+    ) -> u64 {
+        trades.sort_unstable_by_key(|t| t.id);
+        for trade in trades.iter() {
+            if trade.id < next {
+                continue; // Emitted already, asked for before the gap, or a repeat.
+            }
+            if trade.id > last {
+                break; // From the live trades on: emitted already.
+            }
+            if trade.id > next {
+                out.errors.push(backfill::unavailable(
+                    &self.name,
+                    next,
+                    trade.id - 1,
+                    "not in the venue's answer",
+                ));
+            }
+            next = trade.id + 1;
+            self.backfilled(trade, received_at, out);
+        }
+        next
+    }
+
+    /// Emit backfilled `trade`, the same event as had it come live.
+    fn backfilled(&self, trade: &HistoricalTrade, received_at: i64, out: &mut Output) {
+        if !json::is_decimal(&trade.price) || !json::is_decimal(&trade.qty) {
+            out.errors.push(PluginError::bad_input(format!(
+                "{}: backfilled trade {} has a price or size that is not a decimal",
+                self.name, trade.id
+            )));
+            return;
+        }
+        let payload = Trade {
+            exchange: "binance",
+            symbol: &self.normalised,
+            price: &trade.price,
+            size: &trade.qty,
+            taker_side: taker_side(trade.is_buyer_maker),
+            trade_id: trade.id,
+            event_timestamp: trade.time,
+            atom_timestamp: received_at,
+        };
+        out.emit(payload.event());
     }
 }
 
@@ -406,6 +480,21 @@ impl Connector for BinanceTrades {
         Ok(connector)
     }
 
+    /// With a cursor, ask for the trades after it at once, so a quiet venue still catches up.
+    fn backfill(&mut self) -> Vec<HttpRequest> {
+        let Some(rest_url) = &self.rest_url else {
+            return Vec::new();
+        };
+        let now = host::now_us();
+        self.symbols
+            .iter_mut()
+            .filter_map(|state| {
+                let page = state.track.probe(now, backfill::PAGE_LIMIT)?;
+                Some(backfill::request(page, rest_url, &state.name))
+            })
+            .collect()
+    }
+
     fn plan(&self) -> Plan {
         let base = self.config.base_url.trim_end_matches('/');
         let streams = self.stream_names();
@@ -482,7 +571,7 @@ impl Connector for BinanceTrades {
             );
             return Ok(());
         }
-        self.on_page(i, response, out);
+        self.on_page(i, page, response, out);
         Ok(())
     }
 }

@@ -576,3 +576,84 @@ fn the_manifest_describes_the_new_fields_and_its_example_opens() {
     assert!(manifest.description.contains("historicalTrades"));
     assert!(BinanceTrades::open(&manifest.config_example, None).is_ok());
 }
+
+#[test]
+fn a_cursor_asks_for_the_trades_after_it_at_start() {
+    let mut c: BinanceTrades = testing::open_at(&config(""), Some(r#"{"BTCUSDT":100}"#));
+    let asked_at_start: Vec<(String, String)> =
+        c.backfill().into_iter().map(|r| (r.url, r.tag)).collect();
+    assert_eq!(
+        asked_at_start,
+        [(
+            historical("BTCUSDT", 101, 1000),
+            "backfill:BTCUSDT:101-1100".to_owned()
+        )],
+        "only the symbol with a cursor entry is asked for"
+    );
+    // A full page: emitted in order, the cursor moves, the next page is asked for.
+    let out = testing::responses(
+        &mut c,
+        &[HttpResponse::ok(
+            "backfill:BTCUSDT:101-1100",
+            &page(101..=1100),
+        )],
+    );
+    assert_clean(&out);
+    assert_eq!(ids(&out), (101..=1100).collect::<Vec<_>>());
+    assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1100})));
+    assert_eq!(
+        asked(&out),
+        [(
+            historical("BTCUSDT", 1101, 1000),
+            "backfill:BTCUSDT:1101-2100".to_owned()
+        )]
+    );
+    // A short page: the venue's newest trade; nothing more is asked.
+    let out = testing::responses(
+        &mut c,
+        &[HttpResponse::ok(
+            "backfill:BTCUSDT:1101-2100",
+            &page(1101..=1150),
+        )],
+    );
+    assert_clean(&out);
+    assert_eq!(ids(&out).len(), 50);
+    assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1150})));
+    assert!(out.requests.is_empty());
+    let out = feed(&mut c, &[live("BTCUSDT", 1151)]);
+    assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1151})));
+    assert!(out.requests.is_empty());
+}
+
+#[test]
+fn a_live_trade_during_the_start_backfill_waits_for_it_then_asks_for_the_rest() {
+    let mut c: BinanceTrades = testing::open_at(&config(""), Some(r#"{"BTCUSDT":100}"#));
+    assert_eq!(c.backfill().len(), 1);
+    // No cursor without a backfill: nothing is asked for.
+    let mut fresh: BinanceTrades = testing::open(&config(""));
+    assert!(fresh.backfill().is_empty());
+    let mut off: BinanceTrades =
+        testing::open_at(&config(r#","backfill":false"#), Some(r#"{"BTCUSDT":100}"#));
+    assert!(off.backfill().is_empty());
+
+    let out = feed(&mut c, &[live("BTCUSDT", 1300)]);
+    assert!(out.requests.is_empty(), "the start page is still in flight");
+    assert_eq!(out.cursor, None);
+    let out = testing::responses(
+        &mut c,
+        &[HttpResponse::ok(
+            "backfill:BTCUSDT:101-1100",
+            &page(101..=1100),
+        )],
+    );
+    assert_clean(&out);
+    assert_eq!(ids(&out).len(), 1000);
+    assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1100})));
+    assert_eq!(
+        asked(&out),
+        [(
+            historical("BTCUSDT", 1101, 199),
+            "backfill:BTCUSDT:1101-1299".to_owned()
+        )]
+    );
+}
