@@ -2,10 +2,10 @@
 //! hub, the gossip cluster and its catalog, the supervisor of sources, the HTTP API, all under
 //! one shutdown signal. Only wiring lives here; each part owns its state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -13,14 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_us;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::events::EventLog;
 use crate::fanout::Hub;
 use crate::pipeline::Ingest;
 use crate::plugin::{Digest, PluginRuntime, PluginStore};
-use crate::supervisor::{
-    EVENT_LOG_LEN, SharedCursor, cursor_key, plugin_key, reconcile_loop, sample_rates, source_key,
-};
 pub use crate::supervisor::{NodeError, NodeState};
+use crate::supervisor::{Parts, reconcile_loop, sample_rates, share_cursors};
 
 /// A started node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
@@ -118,63 +115,30 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     .await
     .map_err(|e| NodeError::Startup(e.to_string()))?;
     let specs = config.source_specs.clone();
-    let state = Arc::new(NodeState {
+    let state = Arc::new(NodeState::new(Parts {
         node_id,
         config,
-        started: Instant::now(),
         runtime,
         plugin_store,
-        loaded: Mutex::new(HashMap::new()),
-        sources: tokio::sync::Mutex::new(BTreeMap::new()),
         ingest,
         shutdown: shutdown.clone(),
         cluster,
-        events: EventLog::new(EVENT_LOG_LEN),
-        failed: Mutex::new(BTreeMap::new()),
         bundled,
-        fetching: Arc::new(Mutex::new(HashSet::new())),
-        fetch_done: tokio::sync::broadcast::channel(16).0,
-        reconciling: tokio::sync::Mutex::new(()),
-        handing_over: Mutex::new(HashMap::new()),
-        leaving: std::sync::atomic::AtomicBool::new(false),
-        peer_reports: tokio::sync::Mutex::new(None),
-    });
-    state.events.push(
-        &state.node_id,
+    }));
+    state.log_event(
         "join",
         format!(
             "node started (gossip {}, API {})",
-            state.cluster.gossip_addr, addr
+            state.cluster().gossip_addr,
+            addr
         ),
     );
-    // Sources in the config join the catalog (unless it holds them already, as written).
-    for spec in specs {
-        let id = spec.id.clone();
-        state
-            .check_source(&spec)
-            .await
-            .map_err(|e| NodeError::Startup(format!("source `{id}` in the config: {e}")))?;
-        let value = serde_json::to_value(&spec).expect("specs serialise");
-        let current = state.cluster.catalog.get(&source_key(&id));
-        if current.and_then(|e| e.value) != Some(value.clone()) {
-            state.cluster.catalog.put(&source_key(&id), Some(value));
-        }
-    }
-    // Plugins installed here (not built in) join the catalog, so that peers fetch them.
-    for manifest in state.plugin_store.list().unwrap_or_default() {
-        let key = plugin_key(&manifest.digest);
-        if !state.bundled.contains(&manifest.digest) && state.cluster.catalog.get(&key).is_none() {
-            state.cluster.catalog.put(
-                &key,
-                Some(serde_json::to_value(&manifest).expect("manifests serialise")),
-            );
-        }
-    }
+    state.seed_catalog(specs).await?;
     let api = crate::api::serve(listener, state.clone());
     let sampler = tokio::spawn(sample_rates(state.clone()));
     let sync = tokio::spawn(crate::cluster::http::anti_entropy(
-        state.cluster.clone(),
-        state.ingest.http.clone(),
+        state.cluster().clone(),
+        state.ingest().http.clone(),
         shutdown.child_token(),
     ));
     let links = tokio::spawn(crate::cluster::relay::run_links(
@@ -182,7 +146,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         shutdown.child_token(),
     ));
     let reconciler = tokio::spawn(reconcile_loop(state.clone()));
-    let cursors = match state.ingest.cursor_shelf.clone() {
+    let cursors = match state.ingest().cursor_shelf.clone() {
         Some(shelf) => tokio::spawn(share_cursors(state.clone(), shelf)),
         None => tokio::spawn(async {}),
     };
@@ -214,15 +178,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 impl NodeHandle {
     /// Stop every source, drain the store, stop the API; waits for all tasks.
     pub async fn shutdown(self) {
-        self.state
-            .leaving
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        // Leave first, so that peers take the sources over while this node drains.
-        self.state.cluster.leave().await;
-        // Make-before-break: the peers take the sources over while this node still runs them.
-        self.state.await_new_owners().await;
-        self.state.stop_all().await;
-        self.state.shutdown.cancel();
+        self.state.leave_and_stop().await;
         for task in self.tasks {
             let _ = task.await;
         }
@@ -240,30 +196,7 @@ impl NodeHandle {
         for task in &self.tasks {
             task.abort();
         }
-        self.state.shutdown.cancel();
-    }
-}
-
-/// With the embedded store: every `cluster.cursor_share_ms`, write the cursors committed
-/// since the last time into the catalog, so that whichever node runs a source next resumes
-/// where this one got to.
-async fn share_cursors(state: Arc<NodeState>, shelf: crate::pipeline::CursorShelf) {
-    let period = Duration::from_millis(state.config.cluster.cursor_share_ms.max(100));
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            () = state.shutdown.cancelled() => true,
-            _ = interval.tick() => false,
-        };
-        for (source, cursor, at_us) in shelf.take() {
-            let value = serde_json::to_value(SharedCursor { cursor, at_us }).expect("plain data");
-            let entry = state.cluster.catalog.put(&cursor_key(&source), Some(value));
-            state.cluster.spread(entry, &state.ingest.http).await;
-        }
-        if stopping {
-            return;
-        }
+        self.state.cancel();
     }
 }
 

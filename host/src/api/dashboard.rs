@@ -135,7 +135,7 @@ async fn live(
         (state, ticks, 0u64),
         |(state, mut ticks, after)| async move {
             tokio::select! {
-                () = state.shutdown.cancelled() => return None,
+                () = state.stopping() => return None,
                 _ = ticks.tick() => {}
             }
             let (body, after) = snapshot(&state, after).await;

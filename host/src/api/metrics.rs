@@ -95,7 +95,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "Time spent inside a plugin.",
         per_plugin(&|m| m.busy_ns as f64 / 1e9),
     );
-    let store = state.ingest.store.stats();
+    let store = state.store_stats();
     let kind = format!("{{store=\"{}\"}}", store.kind);
     family(
         "anode_store_rows_written_total",
@@ -127,7 +127,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "1 when the store is reachable.",
         vec![(kind, f64::from(u8::from(store.connected)))],
     );
-    let fanout = state.ingest.hub.stats();
+    let fanout = state.fanout_stats();
     family(
         "anode_fanout_subscribers",
         "gauge",

@@ -36,7 +36,7 @@ const SUBSCRIBER_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve the API on `listener` until the node shuts down.
 pub(crate) fn serve(listener: TcpListener, state: AppState) -> JoinHandle<()> {
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.stop_token();
     let app = router(state);
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
@@ -104,13 +104,13 @@ async fn require_token(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if let (true, Some(token)) = (mutating, &state.config.api.token) {
+    if let (true, Some(token)) = (mutating, state.api_token()) {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if given != Some(token) {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "this route changes the node: send `Authorization: Bearer <api.token>` \
@@ -123,7 +123,7 @@ async fn require_token(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.ingest.store.stats();
+    let store = state.store_stats();
     let ready = store.connected;
     let body = Json(
         json!({ "ready": ready, "store_connected": store.connected, "store_error": store.last_error }),
@@ -141,13 +141,13 @@ pub fn status_json(state: &NodeState) -> Value {
         "node": {
             "id": state.node_id(),
             "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": state.started.elapsed().as_secs(),
-            "api": state.config.api.bind.to_string(),
+            "uptime_s": state.uptime().as_secs(),
+            "api": state.api_bind().to_string(),
             "gossip": state.cluster().gossip_addr.to_string(),
         },
         "plugins": plugins_json(state),
-        "store": state.ingest.store.stats(),
-        "fanout": state.ingest.hub.stats(),
+        "store": state.store_stats(),
+        "fanout": state.fanout_stats(),
         "gossip": state.cluster().stats.snapshot(),
     })
 }
@@ -214,7 +214,7 @@ async fn list_sources(State(state): State<AppState>) -> Json<Value> {
 
 /// The event log after `after` (`/api/v1/events?after=N`).
 pub fn events_json(state: &NodeState, after: u64) -> Value {
-    json!({ "events": state.events.after(after) })
+    json!({ "events": state.events_after(after) })
 }
 
 async fn events(
@@ -307,7 +307,7 @@ pub fn plugins_json(state: &NodeState) -> Value {
         .into_iter()
         .map(|p| (p.manifest().digest.to_hex(), json!(p.metrics().snapshot())))
         .collect();
-    let installed = state.plugin_store.list().unwrap_or_default();
+    let installed = state.installed_plugins();
     Value::Array(
         installed
             .into_iter()
@@ -359,14 +359,8 @@ pub fn plugins_on_nodes(mut plugins: Value, sources: &Value) -> Value {
 }
 
 async fn install_plugin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let (store, runtime) = (state.plugin_store.clone(), state.runtime.clone());
-    let installed =
-        tokio::task::spawn_blocking(move || store.install(&runtime, &body, None, "upload"))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    state.announce_plugin(&installed.0.manifest).await;
-    Ok((StatusCode::CREATED, Json(json!(installed.0.manifest))).into_response())
+    let manifest = state.install_plugin(body).await?;
+    Ok((StatusCode::CREATED, Json(json!(manifest))).into_response())
 }
 
 async fn ws(
@@ -384,7 +378,7 @@ async fn ws(
 /// Stream records to one subscriber until it leaves, the node stops, or it falls behind.
 async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
     let (mut tx, mut rx) = socket.split();
-    let mut subscription = match state.ingest.hub.subscribe(filter.clone()) {
+    let mut subscription = match state.subscribe(filter.clone()) {
         Ok(s) => s,
         Err(e) => {
             let _ = tx
@@ -403,7 +397,7 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
     let mut notified_drops = 0u64;
     loop {
         let outgoing: Vec<String> = tokio::select! {
-            () = state.shutdown.cancelled() => {
+            () = state.stopping() => {
                 let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
                 return;
             }

@@ -9,6 +9,7 @@
 pub mod assign;
 pub mod catalog;
 mod envelope;
+mod gossip;
 pub mod http;
 pub mod relay;
 mod settings;
@@ -19,8 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use foca::{Config as FocaConfig, Foca, Identity, PostcardCodec, Timer};
-use futures_util::StreamExt;
+use foca::{Config as FocaConfig, Foca, Identity, PostcardCodec};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 pub use catalog::{Catalog, Entry};
+use gossip::{CatalogBroadcasts, Gossip};
 
 pub use settings::{ClusterSettings, DEFAULT_GOSSIP_PORT};
 
@@ -220,55 +221,6 @@ impl GossipStats {
 }
 
 pub use envelope::{Envelope, PROTOCOL, Rejected};
-
-/// The catalog as foca's custom-broadcast handler: an entry is spread on while it is news.
-struct CatalogBroadcasts {
-    catalog: Arc<Catalog>,
-    stats: Arc<GossipStats>,
-}
-
-/// Identifies a broadcast entry: a newer version of the same key replaces an older one in
-/// foca's backlog.
-#[derive(Debug)]
-pub struct BroadcastKey {
-    key: String,
-    clock: u64,
-    node: String,
-}
-
-impl foca::Invalidates for BroadcastKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.key == other.key && (self.clock, &self.node) >= (other.clock, &other.node)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("a catalog broadcast could not be decoded: {0}")]
-pub struct BadBroadcast(String);
-
-impl foca::BroadcastHandler<Peer> for CatalogBroadcasts {
-    type Key = BroadcastKey;
-    type Error = BadBroadcast;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        sender: Option<&Peer>,
-    ) -> Result<Option<BroadcastKey>, BadBroadcast> {
-        let entry: Entry = serde_json::from_slice(data).map_err(|e| BadBroadcast(e.to_string()))?;
-        let key = BroadcastKey {
-            key: entry.key.clone(),
-            clock: entry.clock,
-            node: entry.node.clone(),
-        };
-        if sender.is_none() {
-            // Our own write, applied already: spread it.
-            return Ok(Some(key));
-        }
-        self.stats.broadcasts_received.fetch_add(1, Relaxed);
-        Ok(self.catalog.merge(entry).then_some(key))
-    }
-}
 
 /// Something that happened in the cluster, for the event log.
 #[derive(Debug, Clone)]
@@ -470,186 +422,6 @@ impl Cluster {
         if self.commands.send(Command::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
-    }
-}
-
-struct Gossip {
-    foca: Foca<Peer, PostcardCodec, rand::rngs::StdRng, CatalogBroadcasts>,
-    socket: Arc<UdpSocket>,
-    envelope: Envelope,
-    stats: Arc<GossipStats>,
-    seeds: Vec<SocketAddr>,
-    seed_names: Vec<String>,
-    timers: DelayQueue<Timer<Peer>>,
-    view: watch::Sender<View>,
-    events: mpsc::UnboundedSender<ClusterEvent>,
-    runtime: foca::AccumulatingRuntime<Peer>,
-    announce_every: Duration,
-}
-
-impl Gossip {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut buf = vec![0u8; 65_536];
-        let mut announce = tokio::time::interval(self.announce_every);
-        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let socket = self.socket.clone();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    self.leave().await;
-                    break;
-                }
-                received = socket.recv_from(&mut buf) => {
-                    let Ok((len, _from)) = received else { continue };
-                    self.stats.packets_in.fetch_add(1, Relaxed);
-                    match self.envelope.open(&buf[..len]) {
-                        Ok(body) => {
-                            let backlog = self.foca.custom_broadcast_backlog();
-                            if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
-                                self.stats.rejected_invalid.fetch_add(1, Relaxed);
-                                tracing::debug!("gossip packet refused: {e}");
-                            } else if self.foca.custom_broadcast_backlog() > backlog {
-                                // News: pass it on now rather than at the next gossip round.
-                                self.spread_now();
-                            }
-                        }
-                        Err(why) => {
-                            let counter = match why {
-                                Rejected::Garbage => &self.stats.rejected_garbage,
-                                Rejected::Foreign => &self.stats.rejected_foreign,
-                                Rejected::Auth => &self.stats.rejected_auth,
-                            };
-                            counter.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
-                    if let Err(e) = self.foca.handle_timer(expired.into_inner(), &mut self.runtime) {
-                        tracing::debug!("gossip timer: {e}");
-                    }
-                }
-                command = commands.recv() => match command {
-                    Some(Command::Broadcast(bytes)) => {
-                        match self.foca.add_broadcast(&bytes) {
-                            Ok(true) => self.spread_now(),
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!("catalog broadcast not queued: {e}"),
-                        }
-                    }
-                    Some(Command::Leave(done)) => {
-                        self.leave().await;
-                        let _ = done.send(());
-                        break;
-                    }
-                    None => break,
-                },
-                _ = announce.tick() => {
-                    if self.foca.num_members() == 0 {
-                        self.announce().await;
-                    }
-                }
-            }
-            self.drain().await;
-        }
-    }
-
-    async fn announce(&mut self) {
-        if self.seeds.len() < self.seed_names.len() {
-            // Some seeds did not resolve at start (a host still starting): try again.
-            let me = self.foca.identity().gossip;
-            for name in &self.seed_names {
-                if let Ok(addr) = resolve("cluster.seeds entry", name).await
-                    && addr != me
-                    && !self.seeds.contains(&addr)
-                {
-                    self.seeds.push(addr);
-                }
-            }
-        }
-        for seed in self.seeds.clone() {
-            if let Err(e) = self.foca.announce(Peer::seed(seed), &mut self.runtime) {
-                tracing::debug!("announce to {seed}: {e}");
-            }
-        }
-    }
-
-    fn spread_now(&mut self) {
-        if let Err(e) = self.foca.broadcast(&mut self.runtime) {
-            tracing::debug!("broadcast: {e}");
-        }
-    }
-
-    async fn leave(&mut self) {
-        if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
-            tracing::debug!("leaving: {e}");
-        }
-        self.drain().await;
-    }
-
-    /// Send what foca wants sent, schedule its timers, act on its notifications, and publish
-    /// the view when it changed.
-    async fn drain(&mut self) {
-        while let Some((to, data)) = self.runtime.to_send() {
-            let packet = self.envelope.seal(&data);
-            self.stats.packets_out.fetch_add(1, Relaxed);
-            let _ = self.socket.send_to(&packet, to.gossip).await;
-        }
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timers.insert(timer, after);
-        }
-        while let Some(notification) = self.runtime.to_notify() {
-            let event = match notification {
-                foca::OwnedNotification::MemberUp(p) => Some(ClusterEvent::Joined(p)),
-                foca::OwnedNotification::MemberDown(p) => Some(ClusterEvent::Down(p)),
-                foca::OwnedNotification::Rename(old, new) => {
-                    Some(ClusterEvent::Replaced { old, new })
-                }
-                foca::OwnedNotification::Idle => Some(ClusterEvent::Isolated),
-                foca::OwnedNotification::Rejoin(p) => Some(ClusterEvent::Rejoined(p)),
-                _ => None,
-            };
-            if let Some(event) = event {
-                let _ = self.events.send(event);
-            }
-        }
-        let me = self.foca.identity().clone();
-        let mut latest: std::collections::BTreeMap<&str, Member> = Default::default();
-        for m in self.foca.iter_membership_state() {
-            let peer = m.id();
-            if peer.id == me.id {
-                continue;
-            }
-            let state = match m.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            };
-            let newer = latest.get(peer.id.as_str()).is_none_or(|have| {
-                (peer.generation, state != MemberState::Down)
-                    > (have.peer.generation, have.state != MemberState::Down)
-            });
-            if newer {
-                latest.insert(
-                    &peer.id,
-                    Member {
-                        peer: peer.clone(),
-                        state,
-                    },
-                );
-            }
-        }
-        let view = View {
-            me,
-            others: latest.into_values().collect(),
-        };
-        self.view.send_if_modified(|current| {
-            if *current == view {
-                false
-            } else {
-                *current = view;
-                true
-            }
-        });
     }
 }
 

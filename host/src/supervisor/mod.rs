@@ -7,16 +7,19 @@
 //! (rendezvous hashing over the live members) and stops the ones it no longer owns once their
 //! new owner runs them (make-before-break).
 //!
+//! - `facade`: what the API and the wiring may ask and tell the node;
 //! - `reconcile`: the loop, hand-overs, plugin fetches;
 //! - `plugins`: loading plugins and opening a source's sessions;
 //! - `run`: a running source's life (drive, tick, acknowledge, stop);
 //! - `reports`: what the sources report, here and cluster-wide.
 
+mod facade;
 mod plugins;
 mod reconcile;
 mod reports;
 mod run;
 
+pub(crate) use facade::{Parts, share_cursors};
 pub(crate) use reconcile::reconcile_loop;
 pub(crate) use reports::sample_rates;
 
@@ -63,37 +66,37 @@ pub(crate) struct Running {
     pub(crate) task: JoinHandle<()>,
 }
 
-/// Shared state of a node, used by the API.
+/// The state of a node's supervisor. Its fields are private to this module tree: the API and
+/// the wiring use the queries and commands of `facade.rs` and the methods here.
 pub struct NodeState {
-    pub(crate) node_id: String,
-    pub(crate) config: Config,
-    pub(crate) started: Instant,
-    pub(crate) runtime: PluginRuntime,
-    pub(crate) plugin_store: PluginStore,
-    pub(crate) loaded: Mutex<HashMap<Digest, Loaded>>,
-    pub(crate) sources: tokio::sync::Mutex<BTreeMap<String, Running>>,
-    pub(crate) ingest: Arc<Ingest>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) cluster: Cluster,
+    node_id: String,
+    config: Config,
+    started: Instant,
+    runtime: PluginRuntime,
+    plugin_store: PluginStore,
+    loaded: Mutex<HashMap<Digest, Loaded>>,
+    sources: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    ingest: Arc<Ingest>,
+    shutdown: CancellationToken,
+    cluster: Cluster,
     /// Joins, failures, hand-overs, plugin installs, sink outages.
-    pub events: EventLog,
+    events: EventLog,
     /// Sources this node owns but could not start, with the reason.
-    pub(crate) failed: Mutex<BTreeMap<String, String>>,
+    failed: Mutex<BTreeMap<String, String>>,
     /// Plugins built into the binary (never spread: every node has them).
-    pub(crate) bundled: HashSet<Digest>,
+    bundled: HashSet<Digest>,
     /// Plugins being fetched from peers.
-    pub(crate) fetching: Arc<Mutex<HashSet<Digest>>>,
+    fetching: Arc<Mutex<HashSet<Digest>>>,
     /// Tells the reconcile loop that a fetch ended.
-    pub(crate) fetch_done: tokio::sync::broadcast::Sender<Digest>,
-    pub(crate) reconciling: tokio::sync::Mutex<()>,
+    fetch_done: tokio::sync::broadcast::Sender<Digest>,
+    reconciling: tokio::sync::Mutex<()>,
     /// Sources this node runs but no longer owns, since when: they stop once the new owner
     /// runs them (make-before-break).
-    pub(crate) handing_over: Mutex<HashMap<String, Instant>>,
+    handing_over: Mutex<HashMap<String, Instant>>,
     /// Set when the node starts shutting down: peers then do not wait for it to take over.
-    pub(crate) leaving: std::sync::atomic::AtomicBool,
+    leaving: std::sync::atomic::AtomicBool,
     /// Peers' source reports, briefly cached.
-    pub(crate) peer_reports:
-        tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
+    peer_reports: tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
 }
 
 impl crate::cluster::SourceReports for NodeState {

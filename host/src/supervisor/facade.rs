@@ -1,0 +1,199 @@
+//! The node as the API and the wiring see it: a narrow set of queries and commands over the
+//! supervisor's state, whose fields stay private to this module tree.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use super::{
+    EVENT_LOG_LEN, NodeError, NodeState, SharedCursor, cursor_key, plugin_key, source_key,
+};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::events::{Event, EventLog};
+use crate::fanout::{FanoutStats, Filter, Subscription, TooManySubscribersError};
+use crate::pipeline::{CursorShelf, Ingest};
+use crate::plugin::{Digest, PluginManifest, PluginRuntime, PluginStore};
+use crate::sink::StoreStats;
+use crate::source::SourceSpec;
+
+/// What a node's supervisor is made of; the rest of its state starts empty.
+pub(crate) struct Parts {
+    pub(crate) node_id: String,
+    pub(crate) config: Config,
+    pub(crate) runtime: PluginRuntime,
+    pub(crate) plugin_store: PluginStore,
+    pub(crate) ingest: Arc<Ingest>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) cluster: Cluster,
+    /// Digests of the plugins built into the binary (not spread through the catalog).
+    pub(crate) bundled: HashSet<Digest>,
+}
+
+impl NodeState {
+    pub(crate) fn new(parts: Parts) -> Self {
+        NodeState {
+            node_id: parts.node_id,
+            config: parts.config,
+            started: Instant::now(),
+            runtime: parts.runtime,
+            plugin_store: parts.plugin_store,
+            loaded: Mutex::new(HashMap::new()),
+            sources: tokio::sync::Mutex::new(BTreeMap::new()),
+            ingest: parts.ingest,
+            shutdown: parts.shutdown,
+            cluster: parts.cluster,
+            events: EventLog::new(EVENT_LOG_LEN),
+            failed: Mutex::new(BTreeMap::new()),
+            bundled: parts.bundled,
+            fetching: Arc::new(Mutex::new(HashSet::new())),
+            fetch_done: tokio::sync::broadcast::channel(16).0,
+            reconciling: tokio::sync::Mutex::new(()),
+            handing_over: Mutex::new(HashMap::new()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            peer_reports: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// At start: the config's sources and the plugins installed here (not built in) join the
+    /// catalog, unless it holds them already as written.
+    pub(crate) async fn seed_catalog(&self, specs: Vec<SourceSpec>) -> Result<(), NodeError> {
+        for spec in specs {
+            let id = spec.id.clone();
+            self.check_source(&spec)
+                .await
+                .map_err(|e| NodeError::Startup(format!("source `{id}` in the config: {e}")))?;
+            let value = serde_json::to_value(&spec).expect("specs serialise");
+            let current = self.cluster.catalog.get(&source_key(&id));
+            if current.and_then(|e| e.value) != Some(value.clone()) {
+                self.cluster.catalog.put(&source_key(&id), Some(value));
+            }
+        }
+        for manifest in self.plugin_store.list().unwrap_or_default() {
+            let key = plugin_key(&manifest.digest);
+            if !self.bundled.contains(&manifest.digest) && self.cluster.catalog.get(&key).is_none()
+            {
+                self.cluster.catalog.put(
+                    &key,
+                    Some(serde_json::to_value(&manifest).expect("manifests serialise")),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Leave the cluster, wait (bounded) for the new owners to run this node's sources, stop
+    /// every source (draining what they submitted), then signal every task to stop.
+    pub(crate) async fn leave_and_stop(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Leave first, so that peers take the sources over while this node drains.
+        self.cluster.leave().await;
+        // Make-before-break: the peers take the sources over while this node still runs them.
+        self.await_new_owners().await;
+        self.stop_all().await;
+        self.shutdown.cancel();
+    }
+
+    /// Signal every task to stop, without leaving or draining.
+    pub(crate) fn cancel(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token cancelled when the node stops, for tasks the wiring starts.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Resolves when the node stops.
+    pub fn stopping(&self) -> WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// The parts of the record path every source shares.
+    pub(crate) fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
+    }
+
+    /// How long the node has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Where the API was asked to listen.
+    pub fn api_bind(&self) -> SocketAddr {
+        self.config.api.bind
+    }
+
+    /// The token changes need, if one is set.
+    pub fn api_token(&self) -> Option<&str> {
+        self.config.api.token.as_deref()
+    }
+
+    pub fn store_stats(&self) -> StoreStats {
+        self.ingest.store.stats()
+    }
+
+    pub fn fanout_stats(&self) -> FanoutStats {
+        self.ingest.hub.stats()
+    }
+
+    /// A new subscriber to this node's records.
+    pub fn subscribe(&self, filter: Filter) -> Result<Subscription, TooManySubscribersError> {
+        self.ingest.hub.subscribe(filter)
+    }
+
+    /// The event log after sequence number `after`.
+    pub fn events_after(&self, after: u64) -> Vec<Event> {
+        self.events.after(after)
+    }
+
+    /// Log an event of this node.
+    pub fn log_event(&self, kind: &'static str, message: String) {
+        self.events.push(&self.node_id, kind, message);
+    }
+
+    /// The plugins installed here.
+    pub fn installed_plugins(&self) -> Vec<PluginManifest> {
+        self.plugin_store.list().unwrap_or_default()
+    }
+
+    /// Verify, compile and store an uploaded plugin, then announce it to the cluster.
+    pub async fn install_plugin(&self, bytes: bytes::Bytes) -> Result<PluginManifest, NodeError> {
+        let (store, runtime) = (self.plugin_store.clone(), self.runtime.clone());
+        let installed =
+            tokio::task::spawn_blocking(move || store.install(&runtime, &bytes, None, "upload"))
+                .await
+                .map_err(|e| NodeError::BadRequest(format!("installing the plugin: {e}")))?
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let manifest = installed.0.manifest;
+        self.announce_plugin(&manifest).await;
+        Ok(manifest)
+    }
+}
+
+/// With the embedded store: every `cluster.cursor_share_ms`, write the cursors committed
+/// since the last time into the catalog, so that whichever node runs a source next resumes
+/// where this one got to.
+pub(crate) async fn share_cursors(state: Arc<NodeState>, shelf: CursorShelf) {
+    let period = Duration::from_millis(state.config.cluster.cursor_share_ms.max(100));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            () = state.shutdown.cancelled() => true,
+            _ = interval.tick() => false,
+        };
+        for (source, cursor, at_us) in shelf.take() {
+            let value = serde_json::to_value(SharedCursor { cursor, at_us }).expect("plain data");
+            let entry = state.cluster.catalog.put(&cursor_key(&source), Some(value));
+            state.cluster.spread(entry, &state.ingest.http).await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
