@@ -75,7 +75,15 @@
     const t = tokenInput.value.trim();
     if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
     toast(t ? 'token saved in this browser' : 'token cleared');
+    connectLive();
   });
+
+  // EventSource and WebSocket cannot send headers: they carry the token in the query.
+  function withToken(path) {
+    const token = tokenInput.value.trim();
+    if (!token) return path;
+    return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+  }
 
   async function api(method, path, body, contentType) {
     const headers = {};
@@ -120,8 +128,11 @@
     conn.className = 'conn ' + cls;
   }
 
+  let liveSource = null;
   function connectLive() {
-    const source = new EventSource('/api/v1/live');
+    if (liveSource) liveSource.close();
+    const source = new EventSource(withToken('/api/v1/live'));
+    liveSource = source;
     source.addEventListener('open', () => {
       // A new stream resends every event the node keeps: start the log afresh.
       eventLog.reset();
@@ -137,7 +148,11 @@
       render(snap);
       dash.renderMs = performance.now() - started;
     });
-    source.addEventListener('error', () => setConn('reconnecting…', 'conn-wait'));
+    source.addEventListener('error', () => {
+      // A refused stream (401: a read token is needed) is not retried by the browser.
+      if (source.readyState === EventSource.CLOSED) setConn('needs the API token (top right)', 'conn-bad');
+      else setConn('reconnecting…', 'conn-wait');
+    });
   }
   setInterval(() => {
     const stale = lastSnapshotAt > 0 && Date.now() - lastSnapshotAt > STALE_AFTER_MS;
@@ -728,7 +743,7 @@
       if (f.sources.length) q.set('source', f.sources.join(','));
       if (f.streams.length) q.set('stream', f.streams.join(','));
       if (f.keys.length) q.set('key', f.keys.join(','));
-      const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws' + (q.toString() ? '?' + q : '');
+      const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + withToken('/ws' + (q.toString() ? '?' + q : ''));
       const ws = new WebSocket(url);
       socket = ws;
       status('connecting…');

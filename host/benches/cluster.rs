@@ -109,6 +109,7 @@ async fn catalog_propagation() {
             let settings = ClusterSettings {
                 bind: "127.0.0.1:0".parse().unwrap(),
                 seeds: seed.iter().cloned().collect(),
+                key: vec!["bench-cluster-key-0123456789".into()],
                 ..ClusterSettings::default()
             };
             let catalog = Arc::new(Catalog::open(&format!("n{i}"), None).unwrap());

@@ -66,8 +66,11 @@ pub struct NodeSettings {
 pub struct ApiSettings {
     /// Address of the API, dashboard, `/ws` and `/metrics`.
     pub bind: std::net::SocketAddr,
-    /// Bearer token for mutating routes; required when `bind` is not a loopback address.
+    /// Bearer token for changes (and reads); required when `bind` is not a loopback address.
     pub token: Option<String>,
+    /// Bearer token for reads: every `GET` of `/api/v1`, `/ws`, `/api/v1/live`, `/metrics`
+    /// (`api.token` reads too). Without it reads are open, which only a loopback API allows.
+    pub read_token: Option<String>,
     /// `host:port` other nodes reach this API at; default `bind`.
     pub advertise: Option<String>,
 }
@@ -77,6 +80,7 @@ impl Default for ApiSettings {
         ApiSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
             token: None,
+            read_token: None,
             advertise: None,
         }
     }
@@ -133,6 +137,8 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        // Values that read as TOML numbers or booleans but may be meant as text.
+        let mut typed_guesses = Vec::new();
         for (var, value) in env {
             let Some(key) = var.strip_prefix("ANODE_") else {
                 continue;
@@ -141,19 +147,67 @@ impl Config {
             if !key.contains("__") && !TOP_LEVEL_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| {
-                ConfigError::Env {
-                    var: var.clone(),
-                    key: path.join("."),
-                    message,
+            let mut path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let env_error = |key: &[String], message: String| ConfigError::Env {
+                var: var.clone(),
+                key: key.join("."),
+                message,
+            };
+            // `…_FILE`: the value is in that file (container secrets), taken as text.
+            let file_value = match path.last().and_then(|l| l.strip_suffix("_file")) {
+                Some(field) if !field.is_empty() => {
+                    let field = field.to_owned();
+                    *path.last_mut().expect("not empty") = field;
+                    let text = std::fs::read_to_string(&value).map_err(|e| {
+                        env_error(&path, format!("cannot read the file `{value}`: {e}"))
+                    })?;
+                    Some(text.trim_end_matches(['\r', '\n']).to_owned())
                 }
-            })?;
+                _ => None,
+            };
+            let parsed = match file_value {
+                Some(text) => toml::Value::String(text),
+                None => parse_env_value(&value),
+            };
+            if !parsed.is_str() && !parsed.is_table() && !parsed.is_array() {
+                typed_guesses.push((path.clone(), value.clone()));
+            }
+            set_path(&mut table, &path, parsed).map_err(|m| env_error(&path, m))?;
         }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+        let invalid = |e: toml::de::Error| ConfigError::Invalid {
             origin: path.map(Path::to_owned),
             message: e.to_string(),
-        })
+        };
+        let mut result = Config::deserialize(toml::Value::Table(table.clone()));
+        // `ANODE_API__TOKEN=123456` is a token, not a number: where a value read as a number
+        // or boolean does not fit its field, it is taken as the text it was.
+        // Errors come one at a time, in the deserializer's order: go round until none helps.
+        let mut progressed = true;
+        while progressed && !typed_guesses.is_empty() {
+            progressed = false;
+            let Err(error) = &result else { break };
+            let error = error.to_string();
+            let Some(at) = typed_guesses
+                .iter()
+                .position(|(key, _)| error.contains(&format!("`{}`", key.join("."))))
+            else {
+                break;
+            };
+            let (key, raw) = typed_guesses.swap_remove(at);
+            let mut retry = table.clone();
+            set_path(&mut retry, &key, toml::Value::String(raw)).expect("set before");
+            let again = Config::deserialize(toml::Value::Table(retry.clone()));
+            let fixed = match &again {
+                Ok(_) => true,
+                Err(e) => !e.to_string().contains(&format!("`{}`", key.join("."))),
+            };
+            if fixed {
+                table = retry;
+                result = again;
+                progressed = true;
+            }
+        }
+        result.map_err(invalid)
     }
 }
 
@@ -192,6 +246,39 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn environment_values_take_their_field_type_and_files_hold_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("key");
+        std::fs::write(&secret, "a-cluster-key-from-a-file\n").unwrap();
+        let config = Config::load(
+            None,
+            env(&[
+                ("ANODE_API__TOKEN", "123456"),
+                ("ANODE_API__READ_TOKEN", "true"),
+                ("ANODE_PLUGINS__MEMORY_LIMIT_MIB", "32"),
+                ("ANODE_CLUSTER__KEY_FILE", secret.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.api.token.as_deref(), Some("123456"));
+        assert_eq!(config.api.read_token.as_deref(), Some("true"));
+        assert_eq!(config.plugins.memory_limit_mib, 32);
+        assert_eq!(config.cluster.key, ["a-cluster-key-from-a-file"]);
+        // A number where a number belongs but out of its range still names the key.
+        let err = Config::load(None, env(&[("ANODE_PLUGINS__MEMORY_LIMIT_MIB", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory_limit_mib"), "{err}");
+        let err = Config::load(None, env(&[("ANODE_API__TOKEN_FILE", "/no/such/file")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.token") && err.contains("/no/such/file"),
+            "{err}"
+        );
     }
 
     #[test]

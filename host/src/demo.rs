@@ -85,9 +85,15 @@ pub fn mixed_sources(ws_url: &str, http_url: &str, n: usize) -> Vec<MixedSource>
 /// The configurations of a local demo cluster of `nodes` nodes derived from `base`: node `i`
 /// (from 1) is `demo-i`, keeps its data in `<data_dir>/demo/node-i`, serves its API on the
 /// base API port + i − 1 and gossips on 127.0.0.1:(7946 + i − 1); every node joins the first.
-/// They share the PostgreSQL URL when one is set, else each has its embedded store.
+/// They share the PostgreSQL URL when one is set, else each has its embedded store, and the
+/// cluster key when one is set, else a random one made for this run.
 pub fn cluster_configs(base: &crate::config::Config, nodes: usize) -> Vec<crate::config::Config> {
     let gossip_base = crate::cluster::DEFAULT_GOSSIP_PORT;
+    let key = if base.cluster.key.is_empty() {
+        vec![hex::encode(rand::random::<[u8; 32]>())]
+    } else {
+        base.cluster.key.clone()
+    };
     let first_gossip = std::net::SocketAddr::from(([127, 0, 0, 1], gossip_base));
     (0..nodes)
         .map(|i| {
@@ -98,6 +104,7 @@ pub fn cluster_configs(base: &crate::config::Config, nodes: usize) -> Vec<crate:
             c.api.advertise = None;
             c.cluster.bind = std::net::SocketAddr::from(([127, 0, 0, 1], gossip_base + i as u16));
             c.cluster.advertise = None;
+            c.cluster.key = key.clone();
             c.cluster.seeds = if i == 0 {
                 Vec::new()
             } else {

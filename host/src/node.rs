@@ -38,10 +38,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             &e,
         )
     })?;
-    if !config.api.bind.ip().is_loopback() && config.api.token.is_none() {
+    if !config.api.bind.ip().is_loopback()
+        && (config.api.token.is_none() || config.api.read_token.is_none())
+    {
         return Err(NodeError::Startup(format!(
-            "api.bind is {} (beyond loopback) but no api.token is set: set one (or ANODE_API__TOKEN) \
-             so that only holders of the token can change the node",
+            "api.bind is {} (beyond loopback) but api.token and api.read_token are not both set: \
+             set them (or ANODE_API__TOKEN and ANODE_API__READ_TOKEN) so that only holders of \
+             the tokens can change or read the node",
             config.api.bind
         )));
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::cluster::{NodeOptions, NodeProc, converged, get, live_members, post, running_on};
+use support::cluster::{
+    NodeOptions, NodeProc, converged, get, live_members, metric, post, running_on,
+};
 use support::store::{
     Stored, Subscriber, every_generated_id_stored_once, evm_source, until_streams_move_on,
 };
@@ -348,20 +350,6 @@ async fn a_plugin_installed_on_one_node_runs_on_the_others_and_on_late_joiners()
     sim.shutdown().await;
 }
 
-async fn metric(node: &NodeProc, line_start: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cluster_key_is_refused_and_garbage_is_counted() {
     let root = tempfile::tempdir().unwrap();
@@ -370,11 +358,11 @@ async fn a_wrong_cluster_key_is_refused_and_garbage_is_counted() {
         key: Some(key.into()),
         ..NodeOptions::default()
     };
-    let first = NodeProc::start(root.path(), "w1", &keyed(vec![], "right"));
+    let first = NodeProc::start(root.path(), "w1", &keyed(vec![], "the-right-cluster-key"));
     let second = NodeProc::start(
         root.path(),
         "w2",
-        &keyed(vec![first.gossip.clone()], "right"),
+        &keyed(vec![first.gossip.clone()], "the-right-cluster-key"),
     );
     until("w1 and w2 to meet", SETTLE, || async {
         let m = live_members(&first).await;
@@ -388,7 +376,7 @@ async fn a_wrong_cluster_key_is_refused_and_garbage_is_counted() {
     let intruder = NodeProc::start(
         root.path(),
         "w3",
-        &keyed(vec![first.gossip.clone()], "wrong"),
+        &keyed(vec![first.gossip.clone()], "the-wrong-cluster-key"),
     );
     until("w1 to refuse w3's packets", SETTLE, || async {
         let refused = metric(

@@ -24,6 +24,7 @@ const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "api.bind",
     "api.token",
+    "api.read_token",
     "api.advertise",
     "store.postgres_url",
     "cluster.bind",
@@ -285,7 +286,7 @@ fn install_sh_dry_run_creates_nothing_and_bad_flags_are_refused() {
         "--join",
         "10.0.0.5:7946",
         "--cluster-key",
-        "k",
+        "a-cluster-key-0123456789",
         "--bind",
         "0.0.0.0:7400",
     ]);
@@ -360,7 +361,7 @@ fn install_sh_writes_the_cluster_and_api_settings_it_is_given() {
         "--join",
         "node-b.internal:7946",
         "--cluster-key",
-        "s3cr\"et",
+        "s3cr\"et-0123456789abcdef",
         "--advertise",
         "10.0.0.9",
     ]);
@@ -371,12 +372,18 @@ fn install_sh_writes_the_cluster_and_api_settings_it_is_given() {
         .parse()
         .expect("the written config is TOML");
     assert_eq!(table["api"]["bind"].as_str(), Some("0.0.0.0:7400"));
-    // Beyond loopback a node needs a token: one was generated.
+    // Beyond loopback a node needs a write and a read token: both were generated.
     let token = table["api"]["token"].as_str().expect("a token is written");
-    assert!(
-        token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{token}"
-    );
+    let read_token = table["api"]["read_token"]
+        .as_str()
+        .expect("a read token is written");
+    for t in [token, read_token] {
+        assert!(
+            t.len() >= 32 && t.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{t}"
+        );
+    }
+    assert_ne!(token, read_token);
     assert_eq!(
         table["store"]["postgres_url"].as_str(),
         Some("postgres://anode:pw@db.internal:5432/anode")
@@ -388,7 +395,10 @@ fn install_sh_writes_the_cluster_and_api_settings_it_is_given() {
         .map(|s| s.as_str().unwrap())
         .collect();
     assert_eq!(seeds, ["10.0.0.5:7946", "node-b.internal:7946"]);
-    assert_eq!(table["cluster"]["key"].as_str(), Some("s3cr\"et"));
+    assert_eq!(
+        table["cluster"]["key"].as_str(),
+        Some("s3cr\"et-0123456789abcdef")
+    );
     // Peers reach this node's gossip and API at the advertised address.
     assert_eq!(table["cluster"]["bind"].as_str(), Some("0.0.0.0:7946"));
     assert_eq!(
@@ -629,10 +639,18 @@ fn interpolate(value: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').expect("closed ${") + start;
         let inner = &rest[start + 2..end];
-        let (_, default) = inner
-            .split_once(":-")
-            .unwrap_or_else(|| panic!("`${{{inner}}}` has no default: give every variable one"));
-        out.push_str(default);
+        // A default (`:-`), or a required secret (`:?message`): a value the operator gives.
+        let value = match (inner.split_once(":-"), inner.split_once(":?")) {
+            (Some((_, default)), _) => default,
+            (None, Some((_, message))) => {
+                assert!(!message.is_empty(), "`${{{inner}}}`: say what to set");
+                "an-operator-given-secret-0123456789"
+            }
+            (None, None) => {
+                panic!("`${{{inner}}}` has no default: give it one, or require it with `:?`")
+            }
+        };
+        out.push_str(value);
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -727,6 +745,7 @@ fn compose_file_matches_the_image_and_the_configuration() {
         assert_eq!(get("ANODE_API__ADVERTISE"), format!("{name}:7400"));
         assert_eq!(get("ANODE_CLUSTER__ADVERTISE"), format!("{name}:7946"));
         assert!(!get("ANODE_API__TOKEN").is_empty());
+        assert!(!get("ANODE_API__READ_TOKEN").is_empty());
         assert!(!get("ANODE_CLUSTER__KEY").is_empty());
         let api_port = port_of(get("ANODE_API__BIND"));
         assert!(

@@ -178,13 +178,29 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     family(
         "anode_gossip_packets_rejected_total",
         "counter",
-        "Gossip packets dropped: not ours (garbage), another cluster (foreign), bad or missing HMAC (auth), undecodable (invalid).",
-        ["garbage", "foreign", "auth", "invalid"]
+        "Gossip packets dropped: not ours (garbage), another cluster (foreign), bad or missing HMAC (auth), sealed outside the time window (stale), seen before (replay), undecodable (invalid).",
+        ["garbage", "foreign", "auth", "stale", "replay", "invalid"]
             .iter()
             .map(|r| {
                 (
                     format!("{{reason=\"{r}\"}}"),
                     gossip[format!("rejected_{r}")].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "anode_cluster_requests_refused_total",
+        "counter",
+        "Node-to-node HTTP requests refused: unsigned or wrongly signed (auth), made outside the time window (stale), seen before (replay), a write to a node without cluster.key (no_key).",
+        ["auth", "stale", "replay", "no_key"]
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{r}\"}}"),
+                    gossip[format!("requests_refused_{r}")]
+                        .as_f64()
+                        .unwrap_or(0.0),
                 )
             })
             .collect(),
@@ -228,6 +244,18 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             vec![(String::new(), gossip[key].as_f64().unwrap_or(0.0))],
         );
     }
+    family(
+        "anode_api_requests_refused_total",
+        "counter",
+        "API requests refused for want of the right token (api.token, api.read_token).",
+        vec![(String::new(), state.refused_requests() as f64)],
+    );
+    family(
+        "anode_catalog_entries_refused_total",
+        "counter",
+        "Catalog entries from peers refused by the checks (key shape, value, size, clock too far ahead).",
+        vec![(String::new(), state.cluster().catalog.refused() as f64)],
+    );
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,

@@ -237,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.cluster.bind = gossip;
             }
             config.cluster.seeds.extend(join);
-            up(config)
+            up(config, cli.config)
         }
         Command::Demo {
             nodes,
@@ -271,7 +271,7 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn up(config: Config) -> anyhow::Result<()> {
+fn up(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     tokio_runtime()?.block_on(async move {
         let node = crate::node::start(config).await?;
         let url = node.url();
@@ -290,11 +290,33 @@ fn up(config: Config) -> anyhow::Result<()> {
         println!("  records    ws://{}/ws", node.addr);
         println!("  metrics    {url}/metrics");
         println!("Ctrl-C stops it.");
-        stop_signal().await?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                stopped = &mut stop => { stopped?; break; }
+                _ = hangup.recv() => reload_keys(&node, config_path.as_deref()),
+            }
+        }
         eprintln!("stopping: draining sources and the store …");
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUP: read the configuration again and take its `cluster.key` list (a key roll, node by
+/// node, without a restart). Nothing else is reloaded.
+fn reload_keys(node: &crate::node::NodeHandle, config_path: Option<&std::path::Path>) {
+    let keys = Config::load(config_path, std::env::vars()).map(|c| c.cluster.key);
+    let result = keys
+        .map_err(|e| e.to_string())
+        .and_then(|keys| node.state.reload_cluster_keys(&keys).map(|()| keys.len()));
+    match result {
+        Ok(n) => eprintln!("SIGHUP: cluster keys reloaded ({n}; the first signs)"),
+        Err(e) => eprintln!("SIGHUP: cluster keys not reloaded: {e}"),
+    }
 }
 
 /// Wait for Ctrl-C (SIGINT) or SIGTERM (what service managers and container engines send).

@@ -63,6 +63,8 @@ pub struct Catalog {
     path: Option<PathBuf>,
     inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
+    /// Peers' entries refused by the checks.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -98,6 +100,7 @@ impl Catalog {
                 dirty: false,
             }),
             changes: watch::channel(0).0,
+            refused: Default::default(),
         })
     }
 
@@ -113,7 +116,7 @@ impl Catalog {
     pub fn put(&self, key: &str, value: Option<Value>) -> Entry {
         let entry = {
             let mut inner = self.lock();
-            inner.clock += 1;
+            inner.clock = inner.clock.saturating_add(1);
             let entry = Entry {
                 key: key.to_owned(),
                 clock: inner.clock,
@@ -128,10 +131,24 @@ impl Catalog {
         entry
     }
 
-    /// Take a peer's entry if it is newer than ours; returns whether it was.
+    /// Take a peer's entry if it passes the checks (see `checks.rs`) and is newer than ours;
+    /// returns whether it was taken. A refused entry is counted and logged.
     pub fn merge(&self, entry: Entry) -> bool {
         let applied = {
             let mut inner = self.lock();
+            if let Some(why) = super::checks::refusal(
+                &entry.key,
+                entry.clock,
+                &entry.node,
+                entry.value.as_ref(),
+                inner.clock,
+            ) {
+                drop(inner);
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(from = %entry.node, "catalog entry refused: {why}");
+                return false;
+            }
             inner.clock = inner.clock.max(entry.clock);
             let newer = inner
                 .entries
@@ -155,6 +172,11 @@ impl Catalog {
             .into_iter()
             .filter(|e| self.merge(e.clone()))
             .count()
+    }
+
+    /// How many peers' entries the checks refused.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The entry under `key`, tombstone or not.
@@ -270,13 +292,43 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A value peers' entries may carry (a shared cursor).
+    fn v(n: impl std::fmt::Display) -> Value {
+        json!({"cursor": n.to_string(), "at_us": 0})
+    }
+
+    #[test]
+    fn a_refused_entry_changes_nothing_and_is_counted() {
+        let a = Catalog::open("a", None).unwrap();
+        let good = a.put("cursor/x", Some(v(1)));
+        let b = Catalog::open("b", None).unwrap();
+        assert!(b.merge(good.clone()));
+        let pinned = Entry {
+            clock: u64::MAX,
+            ..good.clone()
+        };
+        assert!(!b.merge(pinned), "a clock far ahead is refused");
+        let bad = Entry {
+            clock: good.clock + 1,
+            value: Some(json!({"anything": true})),
+            ..good
+        };
+        assert!(!b.merge(bad), "a value of the wrong shape is refused");
+        assert_eq!(b.refused(), 2);
+        assert_eq!(b.get("cursor/x").unwrap().value, Some(v(1)));
+        assert!(
+            b.put("cursor/y", None).clock < 1000,
+            "the clock did not jump"
+        );
+    }
+
     #[test]
     fn the_later_writer_wins_in_any_order_and_tombstones_delete() {
         let a = Catalog::open("a", None).unwrap();
         let b = Catalog::open("b", None).unwrap();
-        let first = a.put("source/x", Some(json!(1)));
+        let first = a.put("cursor/x", Some(v(1)));
         b.merge(first.clone());
-        let second = b.put("source/x", Some(json!(2)));
+        let second = b.put("cursor/x", Some(v(2)));
         assert!(second.clock > first.clock);
         // Arrivals in either order end the same.
         let c = Catalog::open("c", None).unwrap();
@@ -284,39 +336,39 @@ mod tests {
         assert!(!c.merge(first.clone()), "an older entry must not win");
         assert!(a.merge(second.clone()));
         assert_eq!(a.fingerprint(), c.fingerprint());
-        let gone = a.put("source/x", None);
+        let gone = a.put("cursor/x", None);
         c.merge(gone);
-        assert!(c.live("source/").is_empty());
-        assert_eq!(c.get("source/x").unwrap().value, None);
+        assert!(c.live("cursor/").is_empty());
+        assert_eq!(c.get("cursor/x").unwrap().value, None);
     }
 
     #[test]
     fn ties_on_the_clock_go_to_the_greater_node_id() {
         let a = Catalog::open("a", None).unwrap();
         let b = Catalog::open("b", None).unwrap();
-        let from_a = a.put("k", Some(json!("a")));
-        let from_b = b.put("k", Some(json!("b")));
+        let from_a = a.put("cursor/k", Some(v("a")));
+        let from_b = b.put("cursor/k", Some(v("b")));
         assert_eq!(from_a.clock, from_b.clock);
         a.merge(from_b.clone());
         b.merge(from_a);
-        assert_eq!(a.get("k").unwrap().value, Some(json!("b")));
-        assert_eq!(b.get("k").unwrap().value, Some(json!("b")));
+        assert_eq!(a.get("cursor/k").unwrap().value, Some(v("b")));
+        assert_eq!(b.get("cursor/k").unwrap().value, Some(v("b")));
     }
 
     #[test]
     fn diff_gives_what_the_peer_lacks_and_wants_what_it_has() {
         let a = Catalog::open("a", None).unwrap();
         let b = Catalog::open("b", None).unwrap();
-        a.put("only-a", Some(json!(1)));
-        b.put("only-b", Some(json!(2)));
-        let shared = a.put("shared", Some(json!(3)));
+        a.put("cursor/only-a", Some(v(1)));
+        b.put("cursor/only-b", Some(v(2)));
+        let shared = a.put("cursor/shared", Some(v(3)));
         b.merge(shared);
         let (give, want) = a.diff(&b.versions());
         assert_eq!(
             give.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
-            ["only-a"]
+            ["cursor/only-a"]
         );
-        assert_eq!(want, ["only-b"]);
+        assert_eq!(want, ["cursor/only-b"]);
         b.merge_all(give);
         a.merge_all(b.entries(&want));
         assert_eq!(a.fingerprint(), b.fingerprint());

@@ -1,91 +1,96 @@
-//! The envelope of every gossip packet: magic, protocol version, cluster id, body, and an
-//! HMAC-SHA256 when a cluster key is set. Packets of other clusters, other versions or with a
-//! wrong tag are refused before foca sees them.
+//! The envelope of every gossip packet: magic, protocol version, cluster id, the time it was
+//! sealed and a random nonce, the body, and an HMAC-SHA256 over all of it when a cluster key
+//! is set. Packets of other clusters, other versions, with a wrong tag, stale or seen before
+//! are refused before foca sees them (see [`super::auth`]).
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use super::auth::{Keys, Refused};
 
 const MAGIC: &[u8; 2] = b"AN";
-/// Version of the envelope and of what is inside it.
-pub const PROTOCOL: u8 = 1;
+/// Version of the envelope and of what is inside it (2: time and nonce, key lists).
+pub const PROTOCOL: u8 = 2;
 const TAG_LEN: usize = 32;
+/// Time (ms, big-endian) and nonce after the cluster id.
+const FRESHNESS_LEN: usize = 16;
 
 /// Seals and opens gossip packets.
 #[derive(Clone)]
 pub struct Envelope {
-    cluster_id: Vec<u8>,
-    key: Option<Vec<u8>>,
+    keys: Keys,
 }
 
 /// Why a packet was dropped.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
     Garbage,
     Foreign,
     Auth,
+    Stale,
+    Replayed,
+}
+
+impl From<Refused> for Rejected {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Auth => Rejected::Auth,
+            Refused::Stale => Rejected::Stale,
+            Refused::Replayed => Rejected::Replayed,
+        }
+    }
 }
 
 impl Envelope {
-    pub fn new(cluster_id: &str, key: Option<&str>) -> Envelope {
-        Envelope {
-            cluster_id: cluster_id.as_bytes().to_vec(),
-            key: key.map(|k| k.as_bytes().to_vec()),
-        }
+    pub fn new(keys: Keys) -> Envelope {
+        Envelope { keys }
     }
 
-    fn mac(&self, key: &[u8]) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length")
+    /// The keys, for signing node-to-node requests.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
-    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + self.cluster_id.len() + body.len() + TAG_LEN);
+    pub fn seal(&self, body: &[u8], now_ms: i64) -> Vec<u8> {
+        let id = self.keys.cluster_id();
+        let mut out = Vec::with_capacity(4 + id.len() + FRESHNESS_LEN + body.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(PROTOCOL);
-        out.push(self.cluster_id.len() as u8);
-        out.extend_from_slice(&self.cluster_id);
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&now_ms.to_be_bytes());
+        out.extend_from_slice(&rand::random::<u64>().to_be_bytes());
         out.extend_from_slice(body);
-        if let Some(key) = &self.key {
-            let mut mac = self.mac(key);
-            mac.update(&out);
-            out.extend_from_slice(&mac.finalize().into_bytes());
+        if let Some(tag) = self.keys.tag(&[&out]) {
+            out.extend_from_slice(&tag);
         }
         out
     }
 
-    pub fn open<'a>(&self, packet: &'a [u8]) -> Result<&'a [u8], Rejected> {
+    /// The body of a packet made by a node of this cluster, once.
+    pub fn open<'a>(&self, packet: &'a [u8], now_ms: i64) -> Result<&'a [u8], Rejected> {
         if packet.len() < 4 || &packet[..2] != MAGIC || packet[2] != PROTOCOL {
             return Err(Rejected::Garbage);
         }
         let id_len = packet[3] as usize;
-        let body_start = 4 + id_len;
+        let fresh_start = 4 + id_len;
+        let body_start = fresh_start + FRESHNESS_LEN;
         if packet.len() < body_start {
             return Err(Rejected::Garbage);
         }
-        if packet[4..body_start] != self.cluster_id[..] {
+        if packet[4..fresh_start] != *self.keys.cluster_id() {
             return Err(Rejected::Foreign);
         }
-        match &self.key {
-            None => Ok(&packet[body_start..]),
-            Some(key) => {
-                if packet.len() < body_start + TAG_LEN {
-                    return Err(Rejected::Auth);
-                }
-                let (signed, tag) = packet.split_at(packet.len() - TAG_LEN);
-                let mut mac = self.mac(key);
-                mac.update(signed);
-                mac.verify_slice(tag).map_err(|_| Rejected::Auth)?;
-                Ok(&signed[body_start..])
-            }
+        if !self.keys.any() {
+            return Ok(&packet[body_start..]);
         }
-    }
-
-    /// The token node-to-node HTTP requests carry (`x-anode-cluster`): derived from the key,
-    /// so only nodes holding it pass. `None` without a key.
-    pub fn http_token(&self) -> Option<String> {
-        let key = self.key.as_ref()?;
-        let mut mac = self.mac(key);
-        mac.update(b"anode-http/");
-        mac.update(&self.cluster_id);
-        Some(hex::encode(mac.finalize().into_bytes()))
+        if packet.len() < body_start + TAG_LEN {
+            return Err(Rejected::Auth);
+        }
+        let (signed, tag) = packet.split_at(packet.len() - TAG_LEN);
+        if !self.keys.verify(&[signed], tag) {
+            return Err(Rejected::Auth);
+        }
+        let at_ms = i64::from_be_bytes(packet[fresh_start..fresh_start + 8].try_into().expect("8"));
+        let nonce = u64::from_be_bytes(packet[fresh_start + 8..body_start].try_into().expect("8"));
+        self.keys.fresh(at_ms, nonce, now_ms)?;
+        Ok(&signed[body_start..])
     }
 }

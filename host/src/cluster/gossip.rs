@@ -101,7 +101,7 @@ impl Gossip {
                 received = socket.recv_from(&mut buf) => {
                     let Ok((len, _from)) = received else { continue };
                     self.stats.packets_in.fetch_add(1, Relaxed);
-                    match self.envelope.open(&buf[..len]) {
+                    match self.envelope.open(&buf[..len], crate::clock::now_us() / 1000) {
                         Ok(body) => {
                             let backlog = self.foca.custom_broadcast_backlog();
                             if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
@@ -117,6 +117,8 @@ impl Gossip {
                                 Rejected::Garbage => &self.stats.rejected_garbage,
                                 Rejected::Foreign => &self.stats.rejected_foreign,
                                 Rejected::Auth => &self.stats.rejected_auth,
+                                Rejected::Stale => &self.stats.rejected_stale,
+                                Rejected::Replayed => &self.stats.rejected_replay,
                             };
                             counter.fetch_add(1, Relaxed);
                         }
@@ -189,7 +191,7 @@ impl Gossip {
     /// the view when it changed.
     async fn drain(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
-            let packet = self.envelope.seal(&data);
+            let packet = self.envelope.seal(&data, crate::clock::now_us() / 1000);
             self.stats.packets_out.fetch_add(1, Relaxed);
             let _ = self.socket.send_to(&packet, to.gossip).await;
         }

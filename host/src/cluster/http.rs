@@ -1,12 +1,15 @@
 //! Node-to-node HTTP under `/cluster/v1`: push-pull anti-entropy of the catalog, plugin
 //! bytes by digest, each node's own source reports, and the record stream of the data plane.
-//! With a cluster key, every request carries a token derived from it (`x-anode-cluster`).
+//! With a cluster key, every request is signed (`x-anode-auth`, see [`super::auth`]): method,
+//! path, body digest, time and nonce; unsigned, stale and replayed requests are refused and
+//! counted. Without a key these routes refuse writes, and answer reads on a loopback API only.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,12 +20,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Entry, Version};
-use super::{Cluster, Peer, PeerContext};
+use super::{AUTH_HEADER, Cluster, Peer, PeerContext, Refused};
 use crate::plugin::Digest;
 use crate::source::SourceReport;
 
-/// The header node-to-node requests authenticate with.
-pub const TOKEN_HEADER: &str = "x-anode-cluster";
+/// Largest node-to-node request body (a catalog push).
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Bounds every node-to-node request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,30 +65,65 @@ pub fn routes(state: AppState) -> Router {
 }
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.cluster.envelope.http_token() {
-        Some(token) => {
-            let given = request
-                .headers()
-                .get(TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok());
-            if given != Some(token.as_str()) {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": "node-to-node route: the cluster key does not match"})),
-                )
-                    .into_response();
-            }
-        }
-        None if !state.loopback_only => {
-            return (
+    let stats = &state.cluster.stats;
+    let keys = state.cluster.envelope.keys();
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if !keys.any() {
+        if write {
+            stats.requests_refused_no_key.fetch_add(1, Relaxed);
+            return refuse(
                 StatusCode::FORBIDDEN,
-                Json(json!({"error": "node-to-node routes beyond loopback need cluster.key"})),
-            )
-                .into_response();
+                "node-to-node writes need cluster.key: set the same key on every node",
+            );
         }
-        None => {}
+        if !state.loopback_only {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "node-to-node routes beyond loopback need cluster.key",
+            );
+        }
+        return next.run(request).await;
     }
-    next.run(request).await
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "node-to-node request body too large",
+        );
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let header = parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok());
+    let now_ms = crate::clock::now_us() / 1000;
+    match keys.verify_request(header, parts.method.as_str(), path, &body, now_ms) {
+        Ok(()) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Err(why) => {
+            let (counter, message) = match why {
+                Refused::Auth => (
+                    &stats.requests_refused_auth,
+                    "node-to-node route: the request is not signed with this cluster's key (cluster.key)",
+                ),
+                Refused::Stale => (
+                    &stats.requests_refused_stale,
+                    "node-to-node route: the request was made outside the time window \
+                     (cluster.auth_window_ms); check that the nodes' clocks agree",
+                ),
+                Refused::Replayed => (
+                    &stats.requests_refused_replay,
+                    "node-to-node route: this request was seen before (a replay)",
+                ),
+            };
+            counter.fetch_add(1, Relaxed);
+            tracing::warn!(path, "{message}");
+            refuse(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 async fn sync(State(state): State<AppState>, Json(request): Json<SyncRequest>) -> Response {
@@ -124,12 +162,34 @@ async fn local_sources(State(state): State<AppState>) -> Response {
     Json(json!(state.reports.local_reports().await)).into_response()
 }
 
-fn request(cluster: &Cluster, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    let builder = builder.timeout(REQUEST_TIMEOUT);
-    match cluster.envelope.http_token() {
-        Some(token) => builder.header(TOKEN_HEADER, token),
-        None => builder,
+/// Send a node-to-node request, signed with the cluster key when there is one.
+pub(crate) async fn send(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    builder: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let mut request = builder.build()?;
+    let url = request.url();
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let body = request
+        .body()
+        .and_then(|b| b.as_bytes())
+        .unwrap_or_default();
+    let now_ms = crate::clock::now_us() / 1000;
+    if let Some(value) =
+        cluster
+            .envelope
+            .keys()
+            .sign_request(request.method().as_str(), &path, body, now_ms)
+    {
+        request
+            .headers_mut()
+            .insert(AUTH_HEADER, value.parse().expect("the signature is ASCII"));
     }
+    http.execute(request).await
 }
 
 /// Send entries to one peer.
@@ -140,9 +200,11 @@ pub async fn push(
     entries: &[Entry],
 ) -> Result<(), String> {
     let url = format!("{}/cluster/v1/catalog/push", peer.url());
-    request(cluster, http.post(&url))
-        .json(&json!({ "entries": entries }))
-        .send()
+    let builder = http
+        .post(&url)
+        .timeout(REQUEST_TIMEOUT)
+        .json(&json!({ "entries": entries }));
+    send(cluster, http, builder)
         .await
         .and_then(reqwest::Response::error_for_status)
         .map(|_| ())
@@ -162,9 +224,8 @@ pub async fn sync_with(
         versions: catalog.versions(),
     };
     let url = format!("{}/cluster/v1/catalog/sync", peer.url());
-    let reply: SyncResponse = request(cluster, http.post(&url))
-        .json(&body)
-        .send()
+    let builder = http.post(&url).timeout(REQUEST_TIMEOUT).json(&body);
+    let reply: SyncResponse = send(cluster, http, builder)
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(|e| format!("sync with {}: {e}", peer.id))?
@@ -221,9 +282,8 @@ pub async fn fetch_plugin(
         cluster.stats.plugin_fetches.fetch_add(1, Relaxed);
         let url = format!("{}/cluster/v1/plugins/{}", peer.url(), digest.to_hex());
         let got = async {
-            let response = request(cluster, http.get(&url))
-                .timeout(Duration::from_secs(30))
-                .send()
+            let builder = http.get(&url).timeout(Duration::from_secs(30));
+            let response = send(cluster, http, builder)
                 .await
                 .and_then(reqwest::Response::error_for_status)
                 .map_err(|e| e.to_string())?;
@@ -275,9 +335,8 @@ pub async fn sources_of(
     peer: &Peer,
 ) -> Result<Vec<SourceReport>, PeerAnswer> {
     let url = format!("{}/cluster/v1/sources", peer.url());
-    let reply = request(cluster, http.get(url))
-        .timeout(Duration::from_millis(1500))
-        .send()
+    let builder = http.get(url).timeout(Duration::from_millis(1500));
+    let reply = send(cluster, http, builder)
         .await
         .map_err(|_| PeerAnswer::Silent)?;
     if reply.status() == StatusCode::SERVICE_UNAVAILABLE {

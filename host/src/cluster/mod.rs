@@ -7,7 +7,9 @@
 //! set. Packets that fail any of those checks are dropped and counted, never handed to foca.
 
 pub mod assign;
+mod auth;
 pub mod catalog;
+mod checks;
 mod envelope;
 mod gossip;
 pub mod http;
@@ -186,8 +188,19 @@ pub struct GossipStats {
     pub rejected_foreign: AtomicU64,
     /// Packets whose HMAC is missing or wrong (another key, or forged).
     pub rejected_auth: AtomicU64,
+    /// Authenticated packets sealed outside the time window (`cluster.auth_window_ms`).
+    pub rejected_stale: AtomicU64,
+    /// Authenticated packets seen before: replays.
+    pub rejected_replay: AtomicU64,
     /// Authenticated packets foca could not decode or refused.
     pub rejected_invalid: AtomicU64,
+    /// Node-to-node HTTP requests refused: unsigned or wrongly signed, stale, replayed, or a
+    /// write without a cluster key.
+    pub requests_refused_auth: AtomicU64,
+    pub requests_refused_stale: AtomicU64,
+    pub requests_refused_replay: AtomicU64,
+    pub requests_refused_no_key: AtomicU64,
+
     pub broadcasts_received: AtomicU64,
     /// Records received from peers for this node's subscribers.
     pub records_relayed_in: AtomicU64,
@@ -208,7 +221,14 @@ impl GossipStats {
             "rejected_garbage": g(&self.rejected_garbage),
             "rejected_foreign": g(&self.rejected_foreign),
             "rejected_auth": g(&self.rejected_auth),
+            "rejected_stale": g(&self.rejected_stale),
+            "rejected_replay": g(&self.rejected_replay),
             "rejected_invalid": g(&self.rejected_invalid),
+            "requests_refused_auth": g(&self.requests_refused_auth),
+            "requests_refused_stale": g(&self.requests_refused_stale),
+            "requests_refused_replay": g(&self.requests_refused_replay),
+            "requests_refused_no_key": g(&self.requests_refused_no_key),
+
             "broadcasts_received": g(&self.broadcasts_received),
             "records_relayed_in": g(&self.records_relayed_in),
             "pushed_over_http": g(&self.pushed_over_http),
@@ -220,6 +240,7 @@ impl GossipStats {
     }
 }
 
+pub use auth::{AUTH_HEADER, Keys, Refused};
 pub use envelope::{Envelope, PROTOCOL, Rejected};
 
 /// Something that happened in the cluster, for the event log.
@@ -269,6 +290,13 @@ pub enum ClusterError {
          ANODE_CLUSTER__KEY) so that only nodes holding it can join"
     )]
     NoKey(SocketAddr),
+    #[error(
+        "cluster.seeds are set but no cluster.key: nodes sign their gossip and node-to-node \
+         requests with it, so a cluster needs one. Set the same secret on every node \
+         (`[cluster] key`, ANODE_CLUSTER__KEY, or ANODE_CLUSTER__KEY_FILE; make one with \
+         `openssl rand -hex 32`)"
+    )]
+    NoKeyToJoin,
 }
 
 /// Resolve `host:port` to one socket address.
@@ -295,8 +323,11 @@ impl Cluster {
         events: mpsc::UnboundedSender<ClusterEvent>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, tokio::task::JoinHandle<()>), ClusterError> {
-        if !settings.bind.ip().is_loopback() && settings.key.is_none() {
+        if !settings.bind.ip().is_loopback() && settings.key.is_empty() {
             return Err(ClusterError::NoKey(settings.bind));
+        }
+        if !settings.seeds.is_empty() && settings.key.is_empty() {
+            return Err(ClusterError::NoKeyToJoin);
         }
         let socket = UdpSocket::bind(settings.bind)
             .await
@@ -320,7 +351,11 @@ impl Cluster {
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let stats = Arc::new(GossipStats::default());
-        let envelope = Envelope::new(&settings.cluster_id, settings.key.as_deref());
+        let envelope = Envelope::new(Keys::new(
+            &settings.cluster_id,
+            &settings.key,
+            settings.auth_window_ms,
+        ));
         let mut config = FocaConfig::new_lan(std::num::NonZeroU32::new(3).expect("3 > 0"));
         config.probe_period = Duration::from_millis(settings.probe_period_ms.max(10));
         config.probe_rtt = Duration::from_millis(

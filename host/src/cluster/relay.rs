@@ -199,10 +199,17 @@ async fn link(
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    if let Some(token) = state.cluster.envelope.http_token() {
+    let now_ms = crate::clock::now_us() / 1000;
+    if let Some(signature) =
+        state
+            .cluster
+            .envelope
+            .keys()
+            .sign_request("GET", "/cluster/v1/stream", b"", now_ms)
+    {
         request.headers_mut().insert(
-            super::http::TOKEN_HEADER,
-            token.parse().map_err(|_| "bad token header")?,
+            super::AUTH_HEADER,
+            signature.parse().map_err(|_| "bad signature header")?,
         );
     }
     let (ws, _) = tokio::time::timeout(

@@ -15,9 +15,18 @@ pub struct ClusterSettings {
     /// Gossip addresses (`host:port`) of nodes to join; a list, or one comma-separated string.
     #[serde(deserialize_with = "list_or_csv")]
     pub seeds: Vec<String>,
-    /// Shared secret: packets and node-to-node HTTP are authenticated with it. Required when
-    /// `bind` is beyond loopback.
-    pub key: Option<String>,
+    /// Shared secret: gossip packets and node-to-node HTTP requests are signed with it. One
+    /// key, or a list to roll keys without downtime: the first signs, every one verifies.
+    /// Required for a cluster (seeds set) and when `bind` is beyond loopback; without it,
+    /// `/cluster/v1` refuses writes.
+    #[serde(
+        deserialize_with = "one_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub key: Vec<String>,
+    /// A signed message made longer ago (or further ahead) than this is refused as stale;
+    /// within it, a repeated one is refused as a replay. Node clocks must agree this well.
+    pub auth_window_ms: u64,
     /// Name of the cluster; packets of other clusters are dropped.
     pub cluster_id: String,
     /// SWIM probe period.
@@ -53,7 +62,8 @@ impl Default for ClusterSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_GOSSIP_PORT)),
             advertise: None,
             seeds: Vec::new(),
-            key: None,
+            key: Vec::new(),
+            auth_window_ms: 30_000,
             cluster_id: "anode".into(),
             probe_period_ms: 1000,
             probe_rtt_ms: 500,
@@ -66,6 +76,26 @@ impl Default for ClusterSettings {
             cursor_share_ms: 1000,
         }
     }
+}
+
+/// One key, or a list of keys (a key may hold commas, so a string is never split).
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    let keys = match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::One(key) => vec![key],
+    };
+    if keys.iter().any(|k| k.len() < 16) {
+        return Err(serde::de::Error::custom(
+            "a cluster key must be at least 16 characters: make one with `openssl rand -hex 32`",
+        ));
+    }
+    Ok(keys)
 }
 
 fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -76,6 +76,30 @@ impl SourceSpec {
     }
 }
 
+/// What replaces a secret value in reads.
+pub const REDACTED: &str = "<redacted>";
+
+/// `config` with the values its plugin's JSON Schema marks secret (`"writeOnly": true` or
+/// `"x-secret": true`, at any depth of `properties`) replaced by [`REDACTED`].
+pub fn redacted(config: &serde_json::Value, schema: &serde_json::Value) -> serde_json::Value {
+    let (Some(object), Some(properties)) = (config.as_object(), schema["properties"].as_object())
+    else {
+        return config.clone();
+    };
+    let mut out = object.clone();
+    for (name, value) in out.iter_mut() {
+        let Some(property) = properties.get(name) else {
+            continue;
+        };
+        if property["writeOnly"] == true || property["x-secret"] == true {
+            *value = serde_json::Value::from(REDACTED);
+        } else if value.is_object() {
+            *value = redacted(value, property);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 /// Where a source is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -272,6 +296,23 @@ impl SourceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_the_schema_marks_are_redacted_at_any_depth() {
+        let schema = serde_json::json!({"properties": {
+            "url": {"type": "string"},
+            "headers": {"type": "object", "writeOnly": true},
+            "auth": {"type": "object", "properties": {"key": {"x-secret": true}, "user": {}}},
+        }});
+        let config = serde_json::json!({"url": "http://h", "headers": {"X-Key": "k"},
+            "auth": {"key": "s", "user": "u"}, "other": 1});
+        assert_eq!(
+            redacted(&config, &schema),
+            serde_json::json!({"url": "http://h", "headers": REDACTED,
+                "auth": {"key": REDACTED, "user": "u"}, "other": 1})
+        );
+        assert_eq!(redacted(&config, &serde_json::json!({})), config);
+    }
 
     #[test]
     fn spec_validation_names_the_problem() {

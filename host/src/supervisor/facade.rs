@@ -55,6 +55,7 @@ impl NodeState {
             handing_over: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
             peer_reports: tokio::sync::Mutex::new(None),
+            refused_requests: Default::default(),
         }
     }
 
@@ -133,6 +134,23 @@ impl NodeState {
         self.config.api.token.as_deref()
     }
 
+    /// The token reads need, if one is set.
+    pub fn read_token(&self) -> Option<&str> {
+        self.config.api.read_token.as_deref()
+    }
+
+    /// Count an API request refused for want of a token.
+    pub fn count_refused_request(&self) {
+        self.refused_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// API requests refused for want of a token.
+    pub fn refused_requests(&self) -> u64 {
+        self.refused_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn store_stats(&self) -> StoreStats {
         self.ingest.store.stats()
     }
@@ -154,6 +172,19 @@ impl NodeState {
     /// Log an event of this node.
     pub fn log_event(&self, kind: &'static str, message: String) {
         self.events.push(&self.node_id, kind, message);
+    }
+
+    /// Take a new list of cluster keys (a key roll); logged as an event.
+    pub fn reload_cluster_keys(&self, keys: &[String]) -> Result<(), String> {
+        self.cluster.envelope.keys().replace(keys)?;
+        self.log_event(
+            "cluster",
+            format!(
+                "cluster keys reloaded: {} key(s), the first signs",
+                keys.len()
+            ),
+        );
+        Ok(())
     }
 
     /// The plugins installed here.

@@ -95,6 +95,8 @@ pub struct NodeState {
     handing_over: Mutex<HashMap<String, Instant>>,
     /// Set when the node starts shutting down: peers then do not wait for it to take over.
     leaving: std::sync::atomic::AtomicBool,
+    /// API requests refused for want of a token.
+    refused_requests: std::sync::atomic::AtomicU64,
     /// Peers' source reports, briefly cached.
     peer_reports: tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
 }

@@ -90,9 +90,19 @@ impl NodeState {
         reports
     }
 
-    /// One source's spec and report.
+    /// One source's spec (secrets its plugins' schemas mark redacted) and report.
     pub async fn source(&self, id: &str) -> Option<(SourceSpec, ClusterSource)> {
-        let spec = self.catalog_spec(id).ok()?;
+        let mut spec = self.catalog_spec(id).ok()?;
+        let schema = |plugin: &str| {
+            self.plugin_store
+                .find(plugin)
+                .map(|m| m.config_schema)
+                .unwrap_or_default()
+        };
+        spec.config = crate::source::redacted(&spec.config, &schema(&spec.plugin));
+        for step in &mut spec.transforms {
+            step.config = crate::source::redacted(&step.config, &schema(&step.plugin));
+        }
         let report = self
             .cluster_sources()
             .await

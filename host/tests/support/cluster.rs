@@ -25,16 +25,21 @@ pub struct NodeProc {
     child: Option<Child>,
 }
 
+/// The cluster key of test nodes unless a test gives its own.
+pub const TEST_KEY: &str = "test-cluster-key-0123456789";
+
 /// What a node is started with.
 #[derive(Clone, Default)]
 pub struct NodeOptions {
     pub seeds: Vec<String>,
-    /// `[cluster] key`
+    /// `[cluster] key`; [`TEST_KEY`] when `None`, no key when `Some("")`.
     pub key: Option<String>,
     /// PostgreSQL URL; without one, the embedded store.
     pub postgres: Option<String>,
     /// Keep the default gossip timings instead of [`FAST_GOSSIP`].
     pub default_timing: bool,
+    /// The body of `[api]` instead of `bind = "127.0.0.1:0"`.
+    pub api_section: Option<String>,
 }
 
 impl NodeProc {
@@ -45,10 +50,14 @@ impl NodeProc {
         let config = dir.join("anode.toml");
         let seeds: Vec<String> = options.seeds.iter().map(|s| format!("{s:?}")).collect();
         let mut text = format!(
-            "data_dir = {:?}\n[node]\nid = {id:?}\n[api]\nbind = \"127.0.0.1:0\"\n\
+            "data_dir = {:?}\n[node]\nid = {id:?}\n[api]\n{}\n\
              [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\n\
              [store]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
-            dir.display().to_string()
+            dir.display().to_string(),
+            options
+                .api_section
+                .as_deref()
+                .unwrap_or("bind = \"127.0.0.1:0\"")
         );
         if let Some(url) = &options.postgres {
             text.push_str(&format!("postgres_url = {url:?}\n"));
@@ -62,8 +71,10 @@ impl NodeProc {
                 FAST_GOSSIP
             }
         ));
-        if let Some(key) = &options.key {
-            text.push_str(&format!("key = {key:?}\n"));
+        // `Some("")`: a node without a key.
+        match options.key.as_deref().unwrap_or(TEST_KEY) {
+            "" => {}
+            key => text.push_str(&format!("key = {key:?}\n")),
         }
         std::fs::write(&config, text).unwrap();
         let mut node = NodeProc {
@@ -116,7 +127,10 @@ impl NodeProc {
             let mut words = line.split_whitespace();
             match words.next() {
                 Some("dashboard") => {
-                    api = words.next().map(|u| u.trim_end_matches('/').to_owned());
+                    // A node bound to every interface is reached on loopback.
+                    api = words
+                        .next()
+                        .map(|u| u.trim_end_matches('/').replace("0.0.0.0", "127.0.0.1"));
                 }
                 Some("gossip") => gossip = words.next().map(str::to_owned),
                 _ => {}
@@ -136,6 +150,27 @@ impl NodeProc {
     }
 
     /// SIGTERM, then wait (bounded) for the process to drain and exit; returns its status.
+    /// Rewrite the node's `[cluster] key` list in its config file and send it SIGHUP, which
+    /// makes it take the new keys without a restart.
+    pub fn roll_keys(&self, keys: &[&str]) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let list: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("key = ") {
+                    format!("key = [{}]", list.join(", "))
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
+        let pid = self.child.as_ref().expect("the node runs").id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid}");
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the node runs");
         let pid = child.id().to_string();
@@ -222,8 +257,7 @@ pub async fn members_in(node: &NodeProc, states: &[&str]) -> BTreeSet<String> {
 
 /// The sources a node runs itself, by id, with their reports.
 pub async fn running_on(node: &NodeProc) -> BTreeMap<String, Value> {
-    node.get("/cluster/v1/sources")
-        .await
+    node.get("/api/v1/status").await["sources"]
         .as_array()
         .into_iter()
         .flatten()
@@ -294,4 +328,23 @@ pub async fn converged(nodes: &[&NodeProc], sources: &BTreeSet<String>) -> Resul
         }
     }
     Ok(())
+}
+
+/// The value of the first `/metrics` line starting with `line_start` (0 when absent).
+pub async fn metric(node: &NodeProc, line_start: &str) -> f64 {
+    metric_as(node, line_start, None).await
+}
+
+/// [`metric`] of a node whose reads need `token`.
+pub async fn metric_as(node: &NodeProc, line_start: &str, token: Option<&str>) -> f64 {
+    let mut request = reqwest::Client::new().get(format!("{}/metrics", node.api));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let text = request.send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

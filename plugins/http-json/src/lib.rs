@@ -36,6 +36,9 @@ struct Config {
     id_field: Option<String>,
     time_field: Option<String>,
     fields: Option<BTreeMap<String, String>>,
+    /// Headers sent with every request (an API key); secret: the host redacts them in reads.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 fn default_interval_ms() -> u32 {
@@ -206,6 +209,12 @@ impl Connector for HttpJson {
                     "type": "object",
                     "additionalProperties": {"type": "string"},
                     "description": "output field name → JSON pointer into the item"
+                },
+                "headers": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "writeOnly": true,
+                    "description": "headers sent with every request (an API key); never shown in reads"
                 }
             }
         }))
@@ -253,7 +262,15 @@ impl Connector for HttpJson {
 
     fn plan(&self) -> Plan {
         Plan::http(
-            vec![HttpRequest::get(&self.config.url, POLL_TAG)],
+            vec![HttpRequest {
+                headers: self
+                    .config
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ..HttpRequest::get(&self.config.url, POLL_TAG)
+            }],
             self.config.interval_ms,
         )
     }
@@ -443,6 +460,14 @@ mod tests {
             panic!("expected an HTTP plan");
         };
         assert_eq!(plan.interval_ms, 1000);
+        let Plan::Http(plan) = open(r#"{"url":"http://h/x","headers":{"X-Key":"k1"}}"#).plan()
+        else {
+            panic!("expected an HTTP plan");
+        };
+        assert_eq!(
+            plan.requests[0].headers,
+            [("X-Key".to_owned(), "k1".to_owned())]
+        );
     }
 
     #[test]

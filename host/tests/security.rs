@@ -1,0 +1,398 @@
+//! Node-to-node security, every node its own `anode up` process on loopback and every wait a
+//! poll with a deadline:
+//!
+//! - a signed node-to-node request is taken once: replayed, unsigned, wrongly signed or old,
+//!   it is refused and counted; forged catalog entries over a valid signature (a clock far
+//!   ahead, a wrong shape, an unknown kind) change nothing; a node without a key refuses writes;
+//! - a replayed or stale gossip packet is dropped and counted, and membership is unchanged;
+//! - the cluster key rolls across three live nodes (SIGHUP) with no member ever down, after
+//!   which a node holding only the old key is refused.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anode::cluster::{Envelope, Keys};
+use serde_json::{Value, json};
+use support::cluster::{NodeOptions, NodeProc, TEST_KEY, live_members, metric, metric_as};
+use support::until;
+
+const SETTLE: Duration = Duration::from_secs(60);
+const NEXT_KEY: &str = "the-next-cluster-key-9876543210";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn keys(key: &str) -> Keys {
+    Keys::new("anode", &[key.to_owned()], 30_000)
+}
+
+fn joined(seed: &NodeProc) -> NodeOptions {
+    NodeOptions {
+        seeds: vec![seed.gossip.clone()],
+        ..NodeOptions::default()
+    }
+}
+
+async fn until_all_see_each_other(nodes: &[&NodeProc]) {
+    let want: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    until("every node to see every other alive", SETTLE, || async {
+        for node in nodes {
+            let seen = live_members(node).await;
+            if seen != want {
+                return Err(format!("{} sees {seen:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+async fn fingerprint(node: &NodeProc) -> String {
+    node.get("/api/v1/cluster").await["catalog"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// POST a catalog push to `node` with `signature` (if any); the status and the body.
+async fn push(node: &NodeProc, body: &str, signature: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/cluster/v1/catalog/push", node.api))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("x-anode-auth", signature);
+    }
+    let reply = request.send().await.unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
+}
+
+fn signed(key: &str, body: &str, at_ms: i64) -> String {
+    keys(key)
+        .sign_request("POST", "/cluster/v1/catalog/push", body.as_bytes(), at_ms)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_to_node_requests_are_signed_fresh_and_used_once() {
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(root.path(), "s1", &NodeOptions::default());
+    let b = NodeProc::start(root.path(), "s2", &joined(&a));
+    until_all_see_each_other(&[&a, &b]).await;
+
+    // A well-formed entry, signed with the cluster key: taken, and spread to the other node.
+    let entry = json!({"key": "cursor/sec-test", "clock": 1, "node": "s9",
+        "value": {"cursor": "7", "at_us": 0}});
+    let body = json!({ "entries": [entry] }).to_string();
+    let captured = signed(TEST_KEY, &body, now_ms());
+    let (status, reply) = push(&a, &body, Some(&captured)).await;
+    assert_eq!((status, &reply["applied"]), (200, &json!(1)), "{reply}");
+    let taken = fingerprint(&a).await;
+    until("the entry to reach s2", SETTLE, || async {
+        let fp = fingerprint(&b).await;
+        if fp == taken { Ok(()) } else { Err(fp) }
+    })
+    .await;
+
+    // The same request again, as captured: refused.
+    let (status, reply) = push(&a, &body, Some(&captured)).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("seen before"),
+        "{reply}"
+    );
+    // Unsigned, signed with another key, signed for another body, or made long ago: refused.
+    let (status, reply) = push(&a, &body, None).await;
+    assert_eq!(status, 401, "{reply}");
+    let forged = signed("some-other-cluster-key-0000", &body, now_ms());
+    assert_eq!(push(&a, &body, Some(&forged)).await.0, 401);
+    let other_body = body.replace("\"7\"", "\"8\"");
+    let for_other = signed(TEST_KEY, &body, now_ms());
+    assert_eq!(push(&a, &other_body, Some(&for_other)).await.0, 401);
+    let old = signed(TEST_KEY, &body, now_ms() - 120_000);
+    let (status, reply) = push(&a, &body, Some(&old)).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("time window"),
+        "{reply}"
+    );
+    let refused = |reason: &'static str| {
+        let a = &a;
+        async move {
+            metric(
+                a,
+                &format!("anode_cluster_requests_refused_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    assert_eq!(refused("replay").await, 1.0);
+    assert_eq!(refused("auth").await, 3.0);
+    assert_eq!(refused("stale").await, 1.0);
+
+    // Forged entries under a valid signature: a clock that would pin the key for ever, a
+    // source whose value is not a source, an unknown kind. Nothing changes anywhere.
+    let forged_entries = json!({"entries": [
+        {"key": "cursor/sec-test", "clock": u64::MAX, "node": "s9",
+            "value": {"cursor": "666", "at_us": 0}},
+        {"key": "source/evil", "clock": 5, "node": "s9", "value": {"id": "other", "plugin": "x"}},
+        {"key": "secrets/x", "clock": 5, "node": "s9", "value": null},
+    ]})
+    .to_string();
+    let signature = signed(TEST_KEY, &forged_entries, now_ms());
+    let (status, reply) = push(&a, &forged_entries, Some(&signature)).await;
+    assert_eq!((status, &reply["applied"]), (200, &json!(0)), "{reply}");
+    assert_eq!(metric(&a, "anode_catalog_entries_refused_total").await, 3.0);
+    assert_eq!(fingerprint(&a).await, taken);
+    assert_eq!(fingerprint(&b).await, taken);
+
+    // A node without a cluster key takes no writes from anyone.
+    let keyless = NodeProc::start(
+        root.path(),
+        "s3",
+        &NodeOptions {
+            key: Some(String::new()),
+            ..NodeOptions::default()
+        },
+    );
+    let (status, reply) = push(&keyless, &body, None).await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("cluster.key"),
+        "{reply}"
+    );
+    assert_eq!(
+        metric(
+            &keyless,
+            "anode_cluster_requests_refused_total{reason=\"no_key\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_gossip_packet_is_dropped_and_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(root.path(), "g1", &NodeOptions::default());
+    let b = NodeProc::start(root.path(), "g2", &joined(&a));
+    until_all_see_each_other(&[&a, &b]).await;
+    let rejected = |reason: &'static str| {
+        let a = &a;
+        async move {
+            metric(
+                a,
+                &format!("anode_gossip_packets_rejected_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    let (replays, stale) = (rejected("replay").await, rejected("stale").await);
+    // A packet sealed with the cluster key (what a capture off the wire holds), sent twice:
+    // the first passes the envelope (and foca refuses its body), the second is a replay.
+    let envelope = Envelope::new(keys(TEST_KEY));
+    let packet = envelope.seal(b"captured gossip", now_ms());
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&packet, &a.gossip).unwrap();
+    socket.send_to(&packet, &a.gossip).unwrap();
+    socket
+        .send_to(&envelope.seal(b"old gossip", now_ms() - 120_000), &a.gossip)
+        .unwrap();
+    until(
+        "g1 to drop the replay and the stale packet",
+        SETTLE,
+        || async {
+            let now = (rejected("replay").await, rejected("stale").await);
+            if now.0 >= replays + 1.0 && now.1 >= stale + 1.0 {
+                Ok(())
+            } else {
+                Err(format!("replay, stale: {now:?}"))
+            }
+        },
+    )
+    .await;
+    until_all_see_each_other(&[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_rolls_across_three_live_nodes_with_no_member_down() {
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(root.path(), "k1", &NodeOptions::default());
+    let b = NodeProc::start(root.path(), "k2", &joined(&a));
+    let c = NodeProc::start(root.path(), "k3", &joined(&a));
+    let nodes = [&a, &b, &c];
+    until_all_see_each_other(&nodes).await;
+    let steps: [&[&str]; 3] = [
+        &[TEST_KEY, NEXT_KEY], // every node also verifies the new key,
+        &[NEXT_KEY, TEST_KEY], // then signs with it,
+        &[NEXT_KEY],           // then forgets the old one.
+    ];
+    for (step, keys) in steps.iter().enumerate() {
+        for node in nodes {
+            node.roll_keys(keys);
+            until("the node to reload its keys", SETTLE, || async {
+                let events = node.get("/api/v1/events").await;
+                let reloads = events["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| {
+                        e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("cluster keys reloaded"))
+                    })
+                    .count();
+                if reloads == step + 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{} reloads", reloads))
+                }
+            })
+            .await;
+        }
+        until_all_see_each_other(&nodes).await;
+    }
+    // Gossip flowed under the new key the whole time: no node ever saw another down.
+    for node in nodes {
+        let events = node.get("/api/v1/events").await;
+        let downs: Vec<&Value> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "down")
+            .collect();
+        assert!(downs.is_empty(), "{}: {downs:?}", node.id);
+    }
+    // A node with only the old key is now a stranger.
+    let refused_before = metric(&a, "anode_gossip_packets_rejected_total{reason=\"auth\"}").await;
+    let stranger = NodeProc::start(
+        root.path(),
+        "k4",
+        &NodeOptions {
+            seeds: vec![a.gossip.clone()],
+            key: Some(TEST_KEY.into()),
+            ..NodeOptions::default()
+        },
+    );
+    until("k1 to refuse the old key", SETTLE, || async {
+        let refused = metric(&a, "anode_gossip_packets_rejected_total{reason=\"auth\"}").await;
+        if refused > refused_before {
+            Ok(())
+        } else {
+            Err(format!("{refused}"))
+        }
+    })
+    .await;
+    assert_eq!(live_members(&stranger).await, ["k4".to_owned()].into());
+}
+
+const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+
+/// GET `path` of `node` with `token` as a bearer (if any); the status and the body.
+async fn read(node: &NodeProc, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(format!("{}{path}", node.api));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let reply = request.send().await.unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_reads_need_the_read_token_and_secrets_are_redacted() {
+    let root = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(
+        root.path(),
+        "r1",
+        &NodeOptions {
+            api_section: Some(format!(
+                "bind = \"0.0.0.0:0\"\ntoken = {WRITE_TOKEN:?}\nread_token = {READ_TOKEN:?}"
+            )),
+            ..NodeOptions::default()
+        },
+    );
+    // Probes and the dashboard's page stay open; data does not.
+    assert_eq!(read(&node, "/healthz", None).await.0, 200);
+    for path in [
+        "/api/v1/status",
+        "/api/v1/sources",
+        "/api/v1/events",
+        "/metrics",
+        "/api/v1/live",
+    ] {
+        let (status, reply) = read(&node, path, None).await;
+        assert_eq!(status, 401, "{path}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("read_token"),
+            "{reply}"
+        );
+        assert_eq!(
+            read(&node, path, Some("not-the-token")).await.0,
+            401,
+            "{path}"
+        );
+    }
+    let ws =
+        tokio_tungstenite::connect_async(format!("{}/ws", node.api.replace("http://", "ws://")))
+            .await;
+    assert!(ws.is_err(), "/ws without a token must be refused");
+    let ws = tokio_tungstenite::connect_async(format!(
+        "{}/ws?token={READ_TOKEN}",
+        node.api.replace("http://", "ws://")
+    ))
+    .await;
+    assert!(ws.is_ok(), "/ws with the read token in the query");
+    assert_eq!(read(&node, "/api/v1/status", Some(READ_TOKEN)).await.0, 200);
+    assert_eq!(
+        read(&node, "/api/v1/status", Some(WRITE_TOKEN)).await.0,
+        200
+    );
+    let status = reqwest::get(format!("{}/api/v1/status?token={READ_TOKEN}", node.api))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+
+    // Changes need the write token; the read token is not enough.
+    let spec = json!({"id": "keyed", "plugin": "http-json", "config": {
+        "url": "http://10.255.255.1:9/prices", "headers": {"X-Api-Key": "very-secret-value"}}});
+    let add = |token: &'static str| {
+        let (url, spec) = (format!("{}/api/v1/sources", node.api), spec.clone());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&spec)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(add(READ_TOKEN).await, 401);
+    assert_eq!(add(WRITE_TOKEN).await, 201);
+    // The secret the plugin's schema marks is never read back.
+    let (status, source) = read(&node, "/api/v1/sources/keyed", Some(READ_TOKEN)).await;
+    assert_eq!(status, 200, "{source}");
+    assert_eq!(
+        source["spec"]["config"]["headers"], "<redacted>",
+        "{source}"
+    );
+    assert_eq!(
+        source["spec"]["config"]["url"],
+        "http://10.255.255.1:9/prices"
+    );
+    assert!(!source.to_string().contains("very-secret-value"));
+    let refused = metric_as(&node, "anode_api_requests_refused_total", Some(READ_TOKEN)).await;
+    assert!(refused >= 12.0, "{refused} refusals counted");
+}
