@@ -171,7 +171,8 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[api]\nbind = \"127.0.0.1:{port}\"\n{extra}\n{sources}",
+                "data_dir = {:?}\n[api]\nbind = \"127.0.0.1:{port}\"\n\
+                 [sources]\nallow = [\"127.0.0.0/8\"]\n{extra}\n{sources}",
                 data.path().join("data")
             ),
         )

@@ -70,23 +70,6 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let (store, store_task) =
         crate::sink::spawn_store(&config.store, &config.data_dir, shutdown.child_token())
             .map_err(|e| startup("store", &e))?;
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| startup("HTTP client", &e))?;
-    let ingest = Arc::new(Ingest {
-        node: node_id.clone(),
-        store,
-        hub: Hub::new(config.fanout.clone()),
-        http,
-        settings: config.sources.clone(),
-        drain_timeout: Duration::from_millis(config.store.drain_timeout_ms),
-        cursor_shelf: config
-            .store
-            .postgres_url
-            .is_none()
-            .then(crate::pipeline::CursorShelf::default),
-    });
     let listener = tokio::net::TcpListener::bind(config.api.bind)
         .await
         .map_err(|e| {
@@ -96,6 +79,30 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             )
         })?;
     let addr = listener.local_addr().map_err(|e| startup("listener", &e))?;
+    // Redirects are not followed: a redirect could lead a source past the egress policy, and
+    // a plugin sees the 3xx and may ask for the new location, which is checked.
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| startup("HTTP client", &e))?;
+    let egress =
+        crate::source::Egress::new(&config.sources.allow, &config.sources.deny, Some(addr))
+            .map_err(NodeError::Startup)?;
+    let ingest = Arc::new(Ingest {
+        node: node_id.clone(),
+        store,
+        hub: Hub::new(config.fanout.clone()),
+        http,
+        settings: config.sources.clone(),
+        egress,
+        drain_timeout: Duration::from_millis(config.store.drain_timeout_ms),
+        cursor_shelf: config
+            .store
+            .postgres_url
+            .is_none()
+            .then(crate::pipeline::CursorShelf::default),
+    });
     let api_advertised = match &config.api.advertise {
         Some(a) => crate::cluster::resolve("api.advertise", a)
             .await

@@ -36,6 +36,8 @@ pub(crate) struct Ingest {
     pub(crate) hub: Hub,
     pub(crate) http: reqwest::Client,
     pub(crate) settings: SourceSettings,
+    /// What sources may reach.
+    pub(crate) egress: crate::source::Egress,
     /// On shutdown, how long a stopping source may wait for the store.
     pub(crate) drain_timeout: Duration,
     /// With the embedded store, committed cursors also go to the cluster's catalog, so that
@@ -392,6 +394,9 @@ impl Feed for SourceCtx {
     }
     fn http(&self) -> &reqwest::Client {
         &self.ingest.http
+    }
+    fn egress(&self) -> &crate::source::Egress {
+        &self.ingest.egress
     }
 }
 

@@ -6,7 +6,11 @@
 //!   ahead, a wrong shape, an unknown kind) change nothing; a node without a key refuses writes;
 //! - a replayed or stale gossip packet is dropped and counted, and membership is unchanged;
 //! - the cluster key rolls across three live nodes (SIGHUP) with no member ever down, after
-//!   which a node holding only the old key is refused.
+//!   which a node holding only the old key is refused;
+//! - beyond loopback, reads need the read token (changes the write token) and secrets a
+//!   plugin's schema marks are redacted;
+//! - sources pointed at loopback outside the allow list, a link-local metadata address or the
+//!   node's own API fail with a clear error and fetch nothing.
 
 mod support;
 
@@ -395,4 +399,115 @@ async fn beyond_loopback_reads_need_the_read_token_and_secrets_are_redacted() {
     assert!(!source.to_string().contains("very-secret-value"));
     let refused = metric_as(&node, "anode_api_requests_refused_total", Some(READ_TOKEN)).await;
     assert!(refused >= 12.0, "{refused} refusals counted");
+}
+
+/// A source's state and last error as its node reports them.
+async fn source_state(api: &str, id: &str) -> (String, String, u64) {
+    let source = support::get_json(&format!("{api}/api/v1/sources/{id}")).await;
+    let status = &source["status"];
+    (
+        status["state"].as_str().unwrap_or_default().to_owned(),
+        status["last_error"].as_str().unwrap_or_default().to_owned(),
+        status["inputs"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_reach_only_what_the_egress_policy_allows() {
+    let allowed = support::simulator(20.0).await;
+    let elsewhere = support::simulator(20.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = support::node_config(data.path());
+    // Only the one simulator: loopback otherwise stays refused.
+    config.sources.allow = vec![allowed.addr().to_string()];
+    let node = support::start_node(config).await;
+    let api = node.url();
+    let sources = [
+        (
+            "ok",
+            json!({"plugin": "binance-trades", "config": {
+            "base_url": format!("{}/binance", allowed.ws_url()), "symbols": ["eg1usdt"], "mode": "raw"}}),
+        ),
+        (
+            "other-port",
+            json!({"plugin": "binance-trades", "config": {
+            "base_url": format!("{}/binance", elsewhere.ws_url()), "symbols": ["eg2usdt"], "mode": "raw"}}),
+        ),
+        (
+            "other-port-http",
+            json!({"plugin": "http-json", "config": {
+            "url": format!("{}/binance/api/v3/ticker/price", elsewhere.http_url())}}),
+        ),
+        (
+            "metadata",
+            json!({"plugin": "http-json", "config": {
+            "url": "http://169.254.169.254/latest/meta-data/"}}),
+        ),
+        (
+            "itself",
+            json!({"plugin": "http-json", "config": {
+            "url": format!("{api}/api/v1/sources")}}),
+        ),
+    ];
+    for (id, spec) in &sources {
+        let mut spec = spec.clone();
+        spec["id"] = json!(id);
+        support::cluster::post(&format!("{api}/api/v1/sources"), &spec).await;
+    }
+    until(
+        "the refused sources to fail and the allowed one to run",
+        SETTLE,
+        || async {
+            let mut off = Vec::new();
+            for (id, _) in &sources {
+                let (state, error, inputs) = source_state(&api, id).await;
+                let fine = match *id {
+                    "ok" => state == "live" && inputs > 0,
+                    _ => state == "failed" && error.contains("egress policy"),
+                };
+                if !fine {
+                    off.push(format!("{id}: {state} {error}"));
+                }
+            }
+            if off.is_empty() {
+                Ok(())
+            } else {
+                Err(off.join("; "))
+            }
+        },
+    )
+    .await;
+    for (id, why) in [
+        ("other-port", "loopback"),
+        ("metadata", "169.254.169.254"),
+        ("itself", "own API"),
+    ] {
+        let (_, error, inputs) = source_state(&api, id).await;
+        assert!(error.contains(why), "{id}: {error}");
+        assert_eq!(inputs, 0, "{id} fetched something");
+    }
+    // Nothing reached the simulator outside the allow list.
+    let report = elsewhere.report();
+    assert_eq!(
+        (report.faults.connections, report.faults.http_requests),
+        (0, 0),
+        "{:?}",
+        report.faults
+    );
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("anode_egress_refused_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(count >= 4.0, "{count} refusals counted");
+    node.shutdown().await;
+    allowed.shutdown().await;
+    elsewhere.shutdown().await;
 }

@@ -245,6 +245,12 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         );
     }
     family(
+        "anode_egress_refused_total",
+        "counter",
+        "URLs sources were refused by the egress policy (sources.allow, sources.deny, loopback, link-local, this node's API).",
+        vec![(String::new(), state.egress_refused() as f64)],
+    );
+    family(
         "anode_api_requests_refused_total",
         "counter",
         "API requests refused for want of the right token (api.token, api.read_token).",

@@ -341,7 +341,12 @@ fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Resu
         })
         .await
         .context("cannot start the feed simulator")?;
-        let configs = crate::demo::cluster_configs(&config, nodes);
+        let mut configs = crate::demo::cluster_configs(&config, nodes);
+        // The demo's sources read the simulator, on loopback, which sources may not reach
+        // unless allowed.
+        for c in &mut configs {
+            c.sources.allow.push(sim.addr().to_string());
+        }
         let mut handles = Vec::new();
         for node_config in configs {
             let what = format!(

@@ -41,4 +41,6 @@ pub(crate) trait Feed: Sync {
     fn cancel(&self) -> &CancellationToken;
     fn settings(&self) -> &SourceSettings;
     fn http(&self) -> &reqwest::Client;
+    /// What the source may reach.
+    fn egress(&self) -> &super::Egress;
 }

@@ -120,6 +120,12 @@ async fn fetch_all(
 
 async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, Problem> {
     let settings = &ctx.settings();
+    // A URL the egress policy refuses stops the source: an operator must allow it, or fix
+    // the source (or the plugin that asked for it).
+    ctx.egress()
+        .check(&request.url)
+        .await
+        .map_err(|refused| Problem::Fatal(refused.to_string()))?;
     let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
         Problem::Fatal(format!(
             "the plugin asked for HTTP method `{}`",

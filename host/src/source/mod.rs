@@ -2,11 +2,13 @@
 //! the drivers that carry out a connector's plan — [`ws`] keeps a WebSocket open, [`http`]
 //! polls — while the connector decodes.
 
+pub mod egress;
 mod feed;
 pub(crate) mod http;
 mod settings;
 pub(crate) mod ws;
 
+pub use egress::Egress;
 pub(crate) use feed::{Feed, Input, Outcome, Problem};
 pub use settings::SourceSettings;
 

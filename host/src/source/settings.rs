@@ -42,6 +42,12 @@ pub struct SourceSettings {
     pub acks_in_flight: usize,
     /// How often a source's transforms are ticked, so time windows close without new events.
     pub tick_ms: u64,
+    /// Egress policy: what sources may reach beyond the defaults (see `egress.rs`): schemes
+    /// (`https:`), host names (`api.example.com`, `*.example.com`), addresses or networks
+    /// (`127.0.0.1:9100`, `10.0.0.0/8`), each with an optional `:port`.
+    pub allow: Vec<String>,
+    /// What sources may never reach, in the same forms; deny wins over allow.
+    pub deny: Vec<String>,
 }
 
 impl Default for SourceSettings {
@@ -63,6 +69,8 @@ impl Default for SourceSettings {
             dedupe_window: 2048,
             acks_in_flight: 4096,
             tick_ms: 1000,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }

@@ -23,6 +23,9 @@ pub(crate) async fn run(
 ) -> Option<Problem> {
     let settings = &ctx.settings();
     ctx.status().set_target(&plan.url);
+    if let Err(refused) = ctx.egress().check(&plan.url).await {
+        return Some(Problem::Fatal(refused.to_string()));
+    }
     let connect = tokio_tungstenite::connect_async(plan.url.as_str());
     let connected = tokio::select! {
         () = ctx.cancel().cancelled() => return None,

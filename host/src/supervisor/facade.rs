@@ -151,6 +151,11 @@ impl NodeState {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// URLs the egress policy refused to sources.
+    pub fn egress_refused(&self) -> u64 {
+        self.ingest.egress.refused()
+    }
+
     pub fn store_stats(&self) -> StoreStats {
         self.ingest.store.stats()
     }

@@ -51,7 +51,7 @@ impl NodeProc {
         let seeds: Vec<String> = options.seeds.iter().map(|s| format!("{s:?}")).collect();
         let mut text = format!(
             "data_dir = {:?}\n[node]\nid = {id:?}\n[api]\n{}\n\
-             [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\n\
+             [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\nallow = [\"127.0.0.0/8\"]\n\
              [store]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
             dir.display().to_string(),
             options

@@ -302,7 +302,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Defaults for a test node: loopback port 0, a data dir of its own, fast reconnects.
+/// What test nodes allow their sources to reach: the feed simulator on loopback.
+pub const LOOPBACK: &str = "127.0.0.0/8";
+
+/// Defaults for a test node: loopback port 0, a data dir of its own, fast reconnects, and
+/// loopback allowed to sources (the feed simulator runs there).
 pub fn node_config(data_dir: &Path) -> Config {
     let mut config = Config {
         data_dir: data_dir.to_owned(),
@@ -312,6 +316,7 @@ pub fn node_config(data_dir: &Path) -> Config {
     config.cluster.bind = "127.0.0.1:0".parse().unwrap();
     config.sources.reconnect_min_ms = 50;
     config.sources.reconnect_max_ms = 1000;
+    config.sources.allow = vec![LOOPBACK.into()];
     config.store.reconnect_min_ms = 50;
     config.store.reconnect_max_ms = 500;
     config
