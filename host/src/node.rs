@@ -49,8 +49,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         )));
     }
     let node_id = node_id(&config).map_err(|e| startup("cannot read or write the node id", &e))?;
-    let plugin_store =
-        PluginStore::open(&config.data_dir).map_err(|e| startup("plugin store", &e))?;
+    let plugin_store = PluginStore::open(&config.data_dir)
+        .map_err(|e| startup("plugin store", &e))?
+        .with_trust(crate::plugin::Trust::new(&config.plugins.trusted_keys));
     let runtime = PluginRuntime::new(
         config.plugins.clone(),
         Some(PluginStore::cache_dir(&config.data_dir)),

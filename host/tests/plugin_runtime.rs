@@ -205,7 +205,7 @@ fn wrong_digest_is_rejected_before_compiling() {
     let bytes = wasm("binance-trades");
     let wrong = Digest::of(b"something else");
     let error = store
-        .install(&runtime, &bytes, Some(&wrong), "binance.wasm")
+        .install(&runtime, &bytes, Some(&wrong), None, "binance.wasm")
         .unwrap_err();
     match &error {
         StoreError::Load {
@@ -354,11 +354,11 @@ fn store_installs_lists_finds_and_removes() {
     );
 
     let (again, _) = store
-        .install(&runtime, &wasm("binance-trades"), None, "again")
+        .install(&runtime, &wasm("binance-trades"), None, None, "again")
         .unwrap();
     assert!(again.already_present);
     let (hostile, _) = store
-        .install(&runtime, &wasm("hostile-plugin"), None, "hostile")
+        .install(&runtime, &wasm("hostile-plugin"), None, None, "hostile")
         .unwrap();
     let names: Vec<String> = store.list().unwrap().into_iter().map(|m| m.name).collect();
     assert!(names.contains(&"hostile".to_owned()) && names.contains(&"binance-trades".to_owned()));

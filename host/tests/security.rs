@@ -10,7 +10,9 @@
 //! - beyond loopback, reads need the read token (changes the write token) and secrets a
 //!   plugin's schema marks are redacted;
 //! - sources pointed at loopback outside the allow list, a link-local metadata address or the
-//!   node's own API fail with a clear error and fetch nothing.
+//!   node's own API fail with a clear error and fetch nothing;
+//! - with `plugins.trusted_keys`, unsigned and tampered plugins are refused at upload and at
+//!   fetch from a peer, while a signed one is taken and spread with its signature.
 
 mod support;
 
@@ -510,4 +512,136 @@ async fn sources_reach_only_what_the_egress_policy_allows() {
     node.shutdown().await;
     allowed.shutdown().await;
     elsewhere.shutdown().await;
+}
+
+fn anode(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anode"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "anode {args:?}: {text}");
+    text
+}
+
+/// Upload `bytes` to `node` with a `key:signature` header (if any); the status and the body.
+async fn upload(node: &NodeProc, bytes: Vec<u8>, signature: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/api/v1/plugins", node.api))
+        .body(bytes);
+    if let Some(signature) = signature {
+        request = request.header("x-anode-plugin-signature", signature.trim());
+    }
+    let reply = request.send().await.unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
+}
+
+async fn events_text(node: &NodeProc) -> String {
+    node.get("/api/v1/events").await.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_and_tampered_plugins_are_refused_where_keys_are_trusted() {
+    let root = tempfile::tempdir().unwrap();
+    let wasm_dir = std::path::Path::new(env!("ANODE_WASM_DIR"));
+    let dir = root.path().join("publisher");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("publisher.key");
+    let printed = anode(&["plugin", "keygen", "--out", key.to_str().unwrap()]);
+    let public = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap()
+        .to_owned();
+    let signed = dir.join("hostile.wasm");
+    std::fs::copy(wasm_dir.join("hostile_plugin.wasm"), &signed).unwrap();
+    anode(&[
+        "plugin",
+        "sign",
+        signed.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let signature = std::fs::read_to_string(dir.join("hostile.wasm.sig")).unwrap();
+    let unsigned = std::fs::read(wasm_dir.join("legacy_connector_plugin.wasm")).unwrap();
+
+    let trusting = NodeProc::start(
+        root.path(),
+        "t1",
+        &NodeOptions {
+            extra: format!("[plugins]\ntrusted_keys = [{public:?}]\n"),
+            ..NodeOptions::default()
+        },
+    );
+    let open = NodeProc::start(root.path(), "t2", &joined(&trusting));
+    until_all_see_each_other(&[&trusting, &open]).await;
+
+    // On the trusting node: unsigned, and signed for other bytes (tampered), are refused.
+    let (status, reply) = upload(&trusting, unsigned.clone(), None).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("not signed"),
+        "{reply}"
+    );
+    let (status, reply) = upload(&trusting, unsigned.clone(), Some(&signature)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("does not match"),
+        "{reply}"
+    );
+    assert!(
+        events_text(&trusting)
+            .await
+            .contains("plugin upload refused: it is not signed")
+    );
+    // Signed by the trusted key: taken, and spread with its signature.
+    let (status, reply) =
+        upload(&trusting, std::fs::read(&signed).unwrap(), Some(&signature)).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["signature"]["key"], json!(public));
+
+    // A node that trusts no key takes the unsigned plugin; the trusting one refuses to fetch it.
+    let (status, reply) = upload(&open, unsigned, None).await;
+    assert_eq!(status, 201, "{reply}");
+    until(
+        "t1 to refuse the unsigned plugin t2 spread",
+        SETTLE,
+        || async {
+            let events = events_text(&trusting).await;
+            if events.contains("plugin legacy-ticks")
+                && events.contains("refused: it is not signed")
+            {
+                Ok(())
+            } else {
+                Err(events)
+            }
+        },
+    )
+    .await;
+    until("t2 to fetch the signed plugin", SETTLE, || async {
+        let plugins = open.get("/api/v1/plugins").await.to_string();
+        if plugins.contains("\"hostile\"") {
+            Ok(())
+        } else {
+            Err(plugins)
+        }
+    })
+    .await;
+    let on_trusting = trusting.get("/api/v1/plugins").await;
+    let names: Vec<&str> = on_trusting
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["loaded_on"].as_array().is_some())
+        .filter_map(|p| p["manifest"]["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"hostile") && !names.contains(&"legacy-ticks"),
+        "{names:?}"
+    );
 }

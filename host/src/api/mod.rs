@@ -408,8 +408,28 @@ pub fn plugins_on_nodes(mut plugins: Value, sources: &Value) -> Value {
     plugins
 }
 
-async fn install_plugin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let manifest = state.install_plugin(body).await?;
+/// The header an upload's publisher signature comes in: `<public key hex>:<signature hex>`
+/// (what `anode plugin sign` writes to `<file>.sig`).
+const SIGNATURE_HEADER: &str = "x-anode-plugin-signature";
+
+async fn install_plugin(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|e| e.to_string())
+                .and_then(crate::plugin::PluginSignature::from_text)
+                .map_err(|e| {
+                    ApiError(StatusCode::BAD_REQUEST, format!("{SIGNATURE_HEADER}: {e}"))
+                })?,
+        ),
+    };
+    let manifest = state.install_plugin(body, signature).await?;
     Ok((StatusCode::CREATED, Json(json!(manifest))).into_response())
 }
 

@@ -91,7 +91,8 @@ struct Remote {
     /// The node's API.
     #[arg(long, env = "ANODE_URL", default_value = "http://127.0.0.1:7400")]
     url: String,
-    /// Bearer token for changes (when the node has `api.token`).
+    /// Bearer token: `api.token` for changes, `api.read_token` (or `api.token`) for reads when
+    /// the node has them.
     #[arg(long, env = "ANODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -177,6 +178,22 @@ enum PluginCommand {
         /// Name, digest or digest prefix.
         plugin: String,
     },
+    /// Make a publisher key pair for signing plugins: the secret key goes to `--out` (keep it
+    /// secret), the public key is printed (put it in `plugins.trusted_keys`).
+    Keygen {
+        /// Where to write the secret key; refused if the file exists.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a plugin's digest with a publisher's secret key: writes `<file>.sig`, which
+    /// `anode plugin install` and uploads take along.
+    Sign {
+        /// The component file.
+        file: PathBuf,
+        /// The secret key file from `anode plugin keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -257,9 +274,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugins::plugin_command(&config, command),
         Command::Source(command) => source_command(command),
-        Command::Status { remote } => tokio_runtime()?.block_on(status::status(&remote.url)),
+        Command::Status { remote } => {
+            tokio_runtime()?.block_on(status::status(&remote.url, remote.token.as_deref()))
+        }
         Command::Tail { args, remote } => {
-            tokio_runtime()?.block_on(status::tail(&remote.url, args))
+            tokio_runtime()?.block_on(status::tail(&remote.url, remote.token.as_deref(), args))
         }
     }
 }
@@ -421,7 +440,8 @@ fn source_command(command: SourceCommand) -> anyhow::Result<()> {
                 println!("source `{id}` {}", if replace { "replaced" } else { "added" });
             }
             SourceCommand::List { json, remote } => {
-                let sources = call(client.get(format!("{}/api/v1/sources", remote.url)), &remote.url).await?;
+                let request = client.get(format!("{}/api/v1/sources", remote.url));
+                let sources = call(authorised(request, &remote), &remote.url).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&sources)?);
                 } else {

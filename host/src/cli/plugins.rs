@@ -1,6 +1,7 @@
 //! `anode plugin …`: scaffold, install, list, inspect and remove plugins in the local store.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use crate::config::Config;
 use crate::plugin::{self, Installed, Kind, PluginManifest, PluginRuntime, PluginStore};
 
 fn open_store(config: &Config) -> anyhow::Result<(PluginStore, PluginRuntime)> {
-    let store = PluginStore::open(&config.data_dir)?;
+    let store = PluginStore::open(&config.data_dir)?
+        .with_trust(plugin::Trust::new(&config.plugins.trusted_keys));
     let runtime = PluginRuntime::new(
         config.plugins.clone(),
         Some(PluginStore::cache_dir(&config.data_dir)),
@@ -71,9 +73,16 @@ pub(super) fn plugin_command(config: &Config, command: PluginCommand) -> anyhow:
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let origin = file.display().to_string();
+                let signature = read_signature(&file)?;
                 let started = Instant::now();
                 let (installed, _) = with_progress(&format!("compiling {origin}"), || {
-                    store.install(&runtime, &bytes, digest.as_ref(), &origin)
+                    store.install(
+                        &runtime,
+                        &bytes,
+                        digest.as_ref(),
+                        signature.as_ref(),
+                        &origin,
+                    )
                 })?;
                 print_installed(&installed, started.elapsed());
             }
@@ -100,6 +109,38 @@ pub(super) fn plugin_command(config: &Config, command: PluginCommand) -> anyhow:
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
+        PluginCommand::Keygen { out } => {
+            let (secret, public) = plugin::keygen();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600) // only the owner may read a secret key
+                .open(&out)
+                .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+            writeln!(file, "{secret}")?;
+            println!("secret key written to {} (keep it secret)", out.display());
+            println!("public key: {public}");
+            println!("trust it on every node: [plugins] trusted_keys = [\"{public}\"]");
+            Ok(())
+        }
+        PluginCommand::Sign { file, key } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let secret = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the key {}", key.display()))?;
+            let digest = plugin::Digest::of(&bytes);
+            let signature = plugin::sign(&secret, &digest)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let out = signature_path(&file);
+            std::fs::write(&out, signature.to_text() + "\n")
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "signed sha256:{digest} with key {} → {}",
+                signature.key,
+                out.display()
+            );
+            Ok(())
+        }
         PluginCommand::Remove { plugin } => {
             let (store, runtime) = open_store(config)?;
             let removed = store.remove(Some(&runtime), &plugin)?;
@@ -109,6 +150,25 @@ pub(super) fn plugin_command(config: &Config, command: PluginCommand) -> anyhow:
             );
             Ok(())
         }
+    }
+}
+
+/// Where a plugin file's signature is kept: `<file>.sig`.
+fn signature_path(file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sig");
+    name.into()
+}
+
+/// The signature beside a plugin file, if there is one.
+fn read_signature(file: &std::path::Path) -> anyhow::Result<Option<plugin::PluginSignature>> {
+    let path = signature_path(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => plugin::PluginSignature::from_text(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

@@ -31,10 +31,17 @@ pub(crate) struct TailArgs {
 }
 
 /// `anode status`: members from `/api/v1/cluster`, sources from `/api/v1/sources`.
-pub(crate) async fn status(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn status(url: &str, token: Option<&str>) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let cluster = call(client.get(format!("{url}/api/v1/cluster")), url).await?;
-    let sources = call(client.get(format!("{url}/api/v1/sources")), url).await?;
+    let get = |path: &str| {
+        let request = client.get(format!("{url}{path}"));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    let cluster = call(get("/api/v1/cluster"), url).await?;
+    let sources = call(get("/api/v1/sources"), url).await?;
     let mut out = String::new();
     write_status(&mut out, &cluster, &sources);
     print!("{out}");
@@ -171,9 +178,13 @@ fn ws_url(api: &str, args: &TailArgs) -> anyhow::Result<reqwest::Url> {
 }
 
 /// `anode tail`: print records until Ctrl-C, the limit, or the node closing the stream.
-pub(crate) async fn tail(api: &str, args: TailArgs) -> anyhow::Result<()> {
+pub(crate) async fn tail(api: &str, token: Option<&str>, args: TailArgs) -> anyhow::Result<()> {
     let url = ws_url(api, &args)?;
-    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+    let mut with_token = url.clone();
+    if let Some(token) = token {
+        with_token.query_pairs_mut().append_pair("token", token);
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(with_token.as_str())
         .await
         .with_context(|| {
             format!(

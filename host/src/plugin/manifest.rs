@@ -42,6 +42,9 @@ pub struct PluginManifest {
     pub config_example: serde_json::Value,
     /// The WIT package the component was built against.
     pub wit: String,
+    /// The publisher's signature of the digest, when the plugin was installed with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<super::signature::PluginSignature>,
 }
 
 /// `describe()` returned something the host cannot accept.
@@ -119,6 +122,7 @@ impl PluginManifest {
             config_schema,
             config_example,
             wit: package.to_owned(),
+            signature: None,
         })
     }
 }

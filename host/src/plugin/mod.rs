@@ -15,6 +15,7 @@ mod metrics;
 mod runtime;
 mod sandbox;
 pub mod scaffold;
+mod signature;
 mod store;
 mod wit;
 mod worker;
@@ -27,6 +28,7 @@ pub use limits::PluginLimits;
 pub use manifest::{Kind, ManifestError, PluginManifest, WIT_PACKAGE};
 pub use metrics::{PluginMetrics, PluginMetricsSnapshot};
 pub use runtime::{CompileSource, Plugin, PluginRuntime};
+pub use signature::{PluginSignature, Trust, keygen, sign};
 pub use store::{Installed, PluginStore, StoreError};
 pub use wit::{
     CONNECTOR_EXPORT, CONNECTOR_EXPORT_0_1, Decoded, Event, Frame, Heartbeat, HttpPlan,

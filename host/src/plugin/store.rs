@@ -15,6 +15,7 @@ use super::digest::Digest;
 use super::error::PluginLoadError;
 use super::manifest::PluginManifest;
 use super::runtime::{CompileSource, Plugin, PluginRuntime};
+use super::signature::{PluginSignature, Trust};
 
 /// A store operation failed; the store is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum StoreError {
     Ambiguous { query: String, matches: String },
     #[error("stored manifest {path} is unreadable: {message}")]
     BadManifest { path: PathBuf, message: String },
+    #[error("{origin}: refused: {why}")]
+    Untrusted { origin: String, why: String },
 }
 
 /// The result of an install.
@@ -50,6 +53,8 @@ pub struct Installed {
 #[derive(Debug, Clone)]
 pub struct PluginStore {
     dir: PathBuf,
+    /// Whose signatures a plugin needs to be installed.
+    trust: Trust,
 }
 
 impl PluginStore {
@@ -60,7 +65,21 @@ impl PluginStore {
             path: dir.clone(),
             source,
         })?;
-        Ok(PluginStore { dir })
+        Ok(PluginStore {
+            dir,
+            trust: Trust::default(),
+        })
+    }
+
+    /// Whose signatures a plugin needs.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The same store, installing only plugins signed by a key `trust` holds.
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Where compiled artefacts go for a store in `data_dir`.
@@ -70,12 +89,30 @@ impl PluginStore {
 
     /// Verify, compile, describe and store `bytes`. `origin` names the bytes in errors (a
     /// file path, a peer). With `expected`, bytes hashing to anything else are refused before
-    /// compiling.
+    /// compiling; so are bytes without a `signature` the store's trust accepts.
     pub fn install(
         &self,
         runtime: &PluginRuntime,
         bytes: &[u8],
         expected: Option<&Digest>,
+        signature: Option<&PluginSignature>,
+        origin: &str,
+    ) -> Result<(Installed, Plugin), StoreError> {
+        self.trust
+            .check(&Digest::of(bytes), signature)
+            .map_err(|why| StoreError::Untrusted {
+                origin: origin.to_owned(),
+                why,
+            })?;
+        self.install_trusted(runtime, bytes, expected, signature, origin)
+    }
+
+    fn install_trusted(
+        &self,
+        runtime: &PluginRuntime,
+        bytes: &[u8],
+        expected: Option<&Digest>,
+        signature: Option<&PluginSignature>,
         origin: &str,
     ) -> Result<(Installed, Plugin), StoreError> {
         let (plugin, compiled_from) =
@@ -85,7 +122,8 @@ impl PluginStore {
                     origin: origin.to_owned(),
                     source,
                 })?;
-        let manifest = plugin.manifest().clone();
+        let mut manifest = plugin.manifest().clone();
+        manifest.signature = signature.cloned();
         let wasm = self.wasm_path(&manifest.digest);
         let already_present = wasm.exists() && self.manifest_path(&manifest.digest).exists();
         if !already_present {
@@ -205,7 +243,11 @@ impl PluginStore {
                 continue;
             }
             let origin = format!("built-in plugin {name}");
-            installed.push(self.install(runtime, bytes, Some(&digest), &origin)?.0);
+            // Built into the binary: trusted as such.
+            installed.push(
+                self.install_trusted(runtime, bytes, Some(&digest), None, &origin)?
+                    .0,
+            );
         }
         Ok(installed)
     }

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::events::{Event, EventLog};
 use crate::fanout::{FanoutStats, Filter, Subscription, TooManySubscribersError};
 use crate::pipeline::{CursorShelf, Ingest};
-use crate::plugin::{Digest, PluginManifest, PluginRuntime, PluginStore};
+use crate::plugin::{Digest, PluginManifest, PluginRuntime, PluginSignature, PluginStore};
 use crate::sink::StoreStats;
 use crate::source::SourceSpec;
 
@@ -49,6 +49,7 @@ impl NodeState {
             events: EventLog::new(EVENT_LOG_LEN),
             failed: Mutex::new(BTreeMap::new()),
             bundled: parts.bundled,
+            untrusted: Mutex::new(HashMap::new()),
             fetching: Arc::new(Mutex::new(HashSet::new())),
             fetch_done: tokio::sync::broadcast::channel(16).0,
             reconciling: tokio::sync::Mutex::new(()),
@@ -197,14 +198,28 @@ impl NodeState {
         self.plugin_store.list().unwrap_or_default()
     }
 
-    /// Verify, compile and store an uploaded plugin, then announce it to the cluster.
-    pub async fn install_plugin(&self, bytes: bytes::Bytes) -> Result<PluginManifest, NodeError> {
+    /// Verify (digest, signature when trusted keys are set), compile and store an uploaded
+    /// plugin, then announce it to the cluster. A refusal is logged as an event.
+    pub async fn install_plugin(
+        &self,
+        bytes: bytes::Bytes,
+        signature: Option<PluginSignature>,
+    ) -> Result<PluginManifest, NodeError> {
         let (store, runtime) = (self.plugin_store.clone(), self.runtime.clone());
-        let installed =
-            tokio::task::spawn_blocking(move || store.install(&runtime, &bytes, None, "upload"))
-                .await
-                .map_err(|e| NodeError::BadRequest(format!("installing the plugin: {e}")))?
-                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let installed = tokio::task::spawn_blocking(move || {
+            store.install(&runtime, &bytes, None, signature.as_ref(), "upload")
+        })
+        .await
+        .map_err(|e| NodeError::BadRequest(format!("installing the plugin: {e}")))?;
+        let installed = match installed {
+            Ok(installed) => installed,
+            Err(e) => {
+                if let crate::plugin::StoreError::Untrusted { why, .. } = &e {
+                    self.log_event("plugin", format!("plugin upload refused: {why}"));
+                }
+                return Err(NodeError::BadRequest(e.to_string()));
+            }
+        };
         let manifest = installed.0.manifest;
         self.announce_plugin(&manifest).await;
         Ok(manifest)

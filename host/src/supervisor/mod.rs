@@ -85,6 +85,9 @@ pub struct NodeState {
     failed: Mutex<BTreeMap<String, String>>,
     /// Plugins built into the binary (never spread: every node has them).
     bundled: HashSet<Digest>,
+    /// Plugins the cluster names that this node refuses (unsigned, or not by a trusted key):
+    /// name and why.
+    untrusted: Mutex<HashMap<Digest, (String, String)>>,
     /// Plugins being fetched from peers.
     fetching: Arc<Mutex<HashSet<Digest>>>,
     /// Tells the reconcile loop that a fetch ended.

@@ -5,7 +5,7 @@
 use super::{Loaded, NodeError, NodeState, lock, stable_hash};
 use crate::pipeline::Bound;
 use crate::plugin::{
-    CallError, ConnectorInstance, Digest, Kind, Plugin, TransformInstance, Worker,
+    CallError, ConnectorInstance, Digest, Kind, Plugin, PluginSignature, TransformInstance, Worker,
 };
 use crate::source::SourceSpec;
 
@@ -153,14 +153,32 @@ impl NodeState {
             else {
                 continue;
             };
-            if self.plugin_store.bytes(&digest).is_ok() || !lock(&self.fetching).insert(digest) {
+            if self.plugin_store.bytes(&digest).is_ok()
+                || lock(&self.untrusted).contains_key(&digest)
+            {
+                continue;
+            }
+            let name = value["name"].as_str().unwrap_or("?").to_owned();
+            // Checked before fetching: the catalog carries the signature (if any).
+            let signature: Option<PluginSignature> = value
+                .get("signature")
+                .and_then(|s| serde_json::from_value(s.clone()).ok());
+            if let Err(why) = self.plugin_store.trust().check(&digest, signature.as_ref()) {
+                self.events.push(
+                    &self.node_id,
+                    "plugin",
+                    format!("plugin {name} (sha256:{digest}) refused: {why}"),
+                );
+                lock(&self.untrusted).insert(digest, (name, why));
+                continue;
+            }
+            if !lock(&self.fetching).insert(digest) {
                 continue;
             }
             let (cluster, http) = (self.cluster.clone(), self.ingest.http.clone());
             let (store, runtime) = (self.plugin_store.clone(), self.runtime.clone());
             let events = self.events.clone();
             let node = self.node_id.clone();
-            let name = value["name"].as_str().unwrap_or("?").to_owned();
             let writer = entry.node.clone();
             let done = self.fetch_done.clone();
             let fetching = self.fetching.clone();
@@ -170,8 +188,15 @@ impl NodeState {
                         .await
                     {
                         Ok((bytes, from)) => tokio::task::spawn_blocking(move || {
+                            let origin = format!("peer {from}");
                             store
-                                .install(&runtime, &bytes, Some(&digest), &format!("peer {from}"))
+                                .install(
+                                    &runtime,
+                                    &bytes,
+                                    Some(&digest),
+                                    signature.as_ref(),
+                                    &origin,
+                                )
                                 .map(|_| from)
                                 .map_err(|e| e.to_string())
                         })

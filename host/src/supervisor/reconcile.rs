@@ -68,10 +68,15 @@ impl NodeState {
         let mut started = Vec::new();
         for (id, spec) in wanted {
             if !self.plugins_present(&spec) {
-                lock(&self.failed).insert(
-                    id.clone(),
-                    format!("waiting for plugin `{}` to arrive from a peer", spec.plugin),
-                );
+                let refused = lock(&self.untrusted)
+                    .values()
+                    .find(|(name, _)| *name == spec.plugin)
+                    .map(|(_, why)| why.clone());
+                let reason = match refused {
+                    Some(why) => format!("plugin `{}` is refused on this node: {why}", spec.plugin),
+                    None => format!("waiting for plugin `{}` to arrive from a peer", spec.plugin),
+                };
+                lock(&self.failed).insert(id.clone(), reason);
                 continue;
             }
             match self.start_source(spec).await {

@@ -40,6 +40,8 @@ pub struct NodeOptions {
     pub default_timing: bool,
     /// The body of `[api]` instead of `bind = "127.0.0.1:0"`.
     pub api_section: Option<String>,
+    /// More TOML appended at the end (whole sections, such as `[plugins]`).
+    pub extra: String,
 }
 
 impl NodeProc {
@@ -76,6 +78,7 @@ impl NodeProc {
             "" => {}
             key => text.push_str(&format!("key = {key:?}\n")),
         }
+        text.push_str(&options.extra);
         std::fs::write(&config, text).unwrap();
         let mut node = NodeProc {
             id: id.to_owned(),
