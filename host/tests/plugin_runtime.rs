@@ -164,6 +164,25 @@ fn an_infinite_loop_is_interrupted_and_other_plugins_keep_working() {
 }
 
 #[test]
+fn a_plugin_that_waits_in_a_wasi_call_is_stopped_at_once() {
+    let runtime = runtime(None);
+    let mut hostile = connector(&runtime, "hostile-plugin");
+    let mut healthy = connector(&runtime, "binance-trades");
+    let healthy_session = healthy.open(r#"{"symbols":["bnbbtc"]}"#, None).unwrap();
+    let sleeping = hostile.open(r#"{"mode":"sleep"}"#, None).unwrap();
+    let started = Instant::now();
+    let error = hostile.on_frames(sleeping, &frames(&["x"])).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, CallError::Trap { .. }), "{error}");
+    assert!(error.to_string().contains("may not block"), "{error}");
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    let decoded = healthy
+        .on_frames(healthy_session, &frames(&[TRADE]))
+        .unwrap();
+    assert_eq!(decoded.events.len(), 1, "another plugin is unaffected");
+}
+
+#[test]
 fn a_memory_bomb_traps_at_the_cap() {
     let runtime = runtime(None);
     let mut hostile = connector(&runtime, "hostile-plugin");

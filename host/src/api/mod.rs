@@ -29,6 +29,8 @@ use crate::supervisor::{NodeError, NodeState};
 
 type AppState = Arc<NodeState>;
 
+/// Largest message a `/ws` subscriber may send (a filter).
+const SUBSCRIBER_MESSAGE_MAX: usize = 64 * 1024;
 /// Largest plugin upload.
 const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 /// How long a send to a subscriber may take before it counts as stuck.
@@ -442,7 +444,11 @@ async fn ws(
         Ok(filter) => filter,
         Err(message) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),
     };
-    upgrade.on_upgrade(move |socket| serve_subscriber(socket, state, filter))
+    // A subscriber sends only small filter messages.
+    upgrade
+        .max_message_size(SUBSCRIBER_MESSAGE_MAX)
+        .max_frame_size(SUBSCRIBER_MESSAGE_MAX)
+        .on_upgrade(move |socket| serve_subscriber(socket, state, filter))
 }
 
 /// Stream records to one subscriber until it leaves, the node stops, or it falls behind.

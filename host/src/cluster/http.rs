@@ -267,11 +267,13 @@ pub async fn anti_entropy(cluster: Cluster, http: reqwest::Client, shutdown: Can
 }
 
 /// Fetch a plugin's bytes by digest from the peers, `first` tried first; bytes whose sha256
-/// is not `digest` are refused and the next peer is tried.
+/// is not `digest`, or that run past `size` (the manifest's), are refused and the next peer is
+/// tried.
 pub async fn fetch_plugin(
     cluster: &Cluster,
     http: &reqwest::Client,
     digest: &Digest,
+    size: usize,
     first: &str,
 ) -> Result<(Vec<u8>, String), String> {
     let view = cluster.view();
@@ -287,12 +289,19 @@ pub async fn fetch_plugin(
                 .await
                 .and_then(reqwest::Response::error_for_status)
                 .map_err(|e| e.to_string())?;
-            response.bytes().await.map_err(|e| e.to_string())
+            crate::source::http::read_capped(response, size)
+                .await
+                .map_err(|e| match e {
+                    crate::source::http::BodyError::TooLarge => {
+                        format!("more than the manifest's {size} bytes, refused")
+                    }
+                    crate::source::http::BodyError::Failed(e) => e.to_string(),
+                })
         }
         .await;
         match got {
             Ok(bytes) if Digest::of(&bytes) == *digest => {
-                return Ok((bytes.to_vec(), peer.id.clone()));
+                return Ok((bytes, peer.id.clone()));
             }
             Ok(_) => problems.push(format!("{}: sha256 mismatch, refused", peer.id)),
             Err(e) => problems.push(format!("{}: {e}", peer.id)),

@@ -76,7 +76,10 @@ fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
 
 /// `GET /cluster/v1/stream`: stream this node's records to a peer.
 pub async fn serve(State(state): State<PeerContext>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| stream_to_peer(socket, state))
+    // A peer sends only filter updates.
+    upgrade
+        .max_message_size(1024 * 1024)
+        .on_upgrade(move |socket| stream_to_peer(socket, state))
 }
 
 async fn stream_to_peer(socket: WebSocket, state: PeerContext) {

@@ -103,6 +103,7 @@ impl PluginRuntime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        refuse_blocking(&mut linker)?;
         wit::connector::Connector::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
             &mut linker,
             |s| s,
@@ -318,6 +319,25 @@ fn world_of(engine: &Engine, component: &Component) -> Result<(Kind, WitVersion)
                 .join(", "),
         }),
     }
+}
+
+/// What a guest that tries to block is told (its call traps, its instance restarts).
+pub(crate) const BLOCKING_REFUSED: &str = "plugins may not block: waiting on a WASI pollable \
+    (a sleep, a timer) is refused, since no call deadline reaches into the host; the host \
+    makes all I/O for a plugin";
+
+/// The call deadline interrupts guest code, not a host call the guest waits in: the WASI
+/// functions that wait (`poll`, `pollable.block`) are replaced with ones that trap at once.
+fn refuse_blocking(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_, _, _, _| {
+            Err(wasmtime::Error::msg(BLOCKING_REFUSED))
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) {

@@ -161,23 +161,23 @@ async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, P
                         .map(Duration::from_secs);
                     (format!("{}: HTTP {status}", request.url), retry_after)
                 } else {
-                    match response.bytes().await {
-                        Ok(body) if body.len() <= settings.http_max_body_bytes => {
+                    match read_capped(response, settings.http_max_body_bytes).await {
+                        Ok(body) => {
                             return Ok(HttpResponse {
                                 tag: request.tag.clone(),
                                 status: status.as_u16(),
-                                body: body.to_vec(),
+                                body,
                                 received_at: now_us(),
                             });
                         }
-                        Ok(body) => {
+                        Err(BodyError::TooLarge) => {
                             return Err(Problem::Retry(format!(
-                                "{}: response of {} bytes is over sources.http_max_body_bytes",
-                                request.url,
-                                body.len()
+                                "{}: the response is over sources.http_max_body_bytes ({} bytes); \
+                                 it was not read further",
+                                request.url, settings.http_max_body_bytes
                             )));
                         }
-                        Err(e) => (
+                        Err(BodyError::Failed(e)) => (
                             format!("{}: reading the body failed: {e}", request.url),
                             None,
                         ),
@@ -201,5 +201,88 @@ async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, P
             () = tokio::time::sleep(wait) => {}
         }
         ctx.status().set_state(SourceState::Live);
+    }
+}
+
+/// Why a body was not read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// It is longer than allowed; reading stopped there.
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Read a response body of at most `max` bytes, chunk by chunk, stopping as soon as it is
+/// known to be longer (a declared length over `max` is refused before reading).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Failed)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serve one response of `total` bytes, chunked (no length given); returns how many bytes
+    /// of it were written before the client went away.
+    async fn endless(total: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/big", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut written = 0;
+            while written < total {
+                let frame = format!("{:x}\r\n", chunk.len());
+                let sent = async {
+                    socket.write_all(frame.as_bytes()).await?;
+                    socket.write_all(&chunk).await?;
+                    socket.write_all(b"\r\n").await
+                };
+                if sent.await.is_err() {
+                    break;
+                }
+                written += chunk.len();
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+            written
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_stops_being_read_at_the_cap() {
+        let (url, served) = endless(256 * 1024 * 1024).await;
+        let response = reqwest::get(&url).await.unwrap();
+        let read = read_capped(response, 1024 * 1024).await;
+        assert!(matches!(read, Err(BodyError::TooLarge)), "{read:?}");
+        let written = served.await.unwrap();
+        assert!(
+            written < 64 * 1024 * 1024,
+            "the server wrote {written} bytes: the body was read far past the cap"
+        );
+        let (url, served) = endless(512 * 1024).await;
+        let body = read_capped(reqwest::get(&url).await.unwrap(), 1024 * 1024)
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 512 * 1024);
+        assert_eq!(served.await.unwrap(), 512 * 1024);
     }
 }

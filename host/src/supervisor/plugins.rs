@@ -159,6 +159,10 @@ impl NodeState {
                 continue;
             }
             let name = value["name"].as_str().unwrap_or("?").to_owned();
+            // The bytes may not run past the size the manifest gives (64 MiB at most).
+            let size = value["size"]
+                .as_u64()
+                .map_or(MAX_PLUGIN_BYTES, |s| (s as usize).min(MAX_PLUGIN_BYTES));
             // Checked before fetching: the catalog carries the signature (if any).
             let signature: Option<PluginSignature> = value
                 .get("signature")
@@ -183,27 +187,22 @@ impl NodeState {
             let done = self.fetch_done.clone();
             let fetching = self.fetching.clone();
             tokio::spawn(async move {
-                let result =
-                    match crate::cluster::http::fetch_plugin(&cluster, &http, &digest, &writer)
-                        .await
-                    {
-                        Ok((bytes, from)) => tokio::task::spawn_blocking(move || {
-                            let origin = format!("peer {from}");
-                            store
-                                .install(
-                                    &runtime,
-                                    &bytes,
-                                    Some(&digest),
-                                    signature.as_ref(),
-                                    &origin,
-                                )
-                                .map(|_| from)
-                                .map_err(|e| e.to_string())
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string())),
-                        Err(e) => Err(e),
-                    };
+                let result = match crate::cluster::http::fetch_plugin(
+                    &cluster, &http, &digest, size, &writer,
+                )
+                .await
+                {
+                    Ok((bytes, from)) => tokio::task::spawn_blocking(move || {
+                        let origin = format!("peer {from}");
+                        store
+                            .install(&runtime, &bytes, Some(&digest), signature.as_ref(), &origin)
+                            .map(|_| from)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string())),
+                    Err(e) => Err(e),
+                };
                 match result {
                     Ok(from) => events.push(
                         &node,
@@ -228,6 +227,9 @@ impl NodeState {
             .all(|p| self.plugin_store.find(p).is_ok())
     }
 }
+
+/// Largest plugin fetched from a peer.
+const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
 fn refused(spec: &SourceSpec, error: &CallError) -> NodeError {
     NodeError::BadRequest(format!(
