@@ -73,6 +73,9 @@ pub struct ApiSettings {
     pub read_token: Option<String>,
     /// `host:port` other nodes reach this API at; default `bind`.
     pub advertise: Option<String>,
+    /// Connections held open at most (HTTP, `/ws`, dashboard, node-to-node); past it new
+    /// ones wait to be accepted until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ApiSettings {
@@ -82,6 +85,7 @@ impl Default for ApiSettings {
             token: None,
             read_token: None,
             advertise: None,
+            max_connections: 16_384,
         }
     }
 }

@@ -228,3 +228,57 @@ async fn the_source_cli_drives_a_running_node() {
     assert!(text(&out).contains("no source `cli-1`"), "{}", text(&out));
     node.shutdown().await;
 }
+
+/// A fresh client (no pooled connection) asking `/healthz` within `wait`.
+async fn healthz_within(api: &str, wait: Duration) -> bool {
+    reqwest::Client::new()
+        .get(format!("{api}/healthz"))
+        .timeout(wait)
+        .send()
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.api.max_connections = 3;
+    let node = start_node(config).await;
+    let api = node.url();
+    let ws = api.replace("http://", "ws://") + "/ws";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio_tungstenite::connect_async(&ws).await.unwrap().0);
+    }
+    // A fourth connection is not served while three are open.
+    assert!(!healthz_within(&api, Duration::from_millis(700)).await);
+    drop(held.pop());
+    until(
+        "a connection to be served again",
+        Duration::from_secs(10),
+        || async {
+            if healthz_within(&api, Duration::from_secs(2)).await {
+                Ok(())
+            } else {
+                Err("still waiting".to_owned())
+            }
+        },
+    )
+    .await;
+    drop(held);
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waited: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("anode_api_connections_waited_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(waited >= 1.0, "{metrics}");
+    node.shutdown().await;
+}

@@ -2,7 +2,10 @@
 
 use super::*;
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    connections: Option<axum::Extension<std::sync::Arc<super::limited::ConnectionStats>>>,
+) -> Response {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -242,6 +245,21 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             "counter",
             help,
             vec![(String::new(), gossip[key].as_f64().unwrap_or(0.0))],
+        );
+    }
+    if let Some(axum::Extension(connections)) = connections {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            "anode_api_connections_open",
+            "gauge",
+            "API connections open (HTTP, /ws, dashboard, node-to-node).",
+            vec![(String::new(), connections.open.load(Relaxed) as f64)],
+        );
+        family(
+            "anode_api_connections_waited_total",
+            "counter",
+            "Times a new connection waited because api.max_connections were open.",
+            vec![(String::new(), connections.waited.load(Relaxed) as f64)],
         );
     }
     family(

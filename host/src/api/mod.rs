@@ -3,6 +3,7 @@
 //! token is configured (it must be when the API listens beyond loopback).
 
 pub mod dashboard;
+mod limited;
 mod metrics;
 
 use std::collections::HashMap;
@@ -36,10 +37,13 @@ const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 /// How long a send to a subscriber may take before it counts as stuck.
 const SUBSCRIBER_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve the API on `listener` until the node shuts down.
+/// Serve the API on `listener` until the node shuts down, with at most `api.max_connections`
+/// connections open at once.
 pub(crate) fn serve(listener: TcpListener, state: AppState) -> JoinHandle<()> {
     let shutdown = state.stop_token();
-    let app = router(state);
+    let stats = Arc::new(limited::ConnectionStats::default());
+    let listener = limited::LimitedListener::new(listener, state.max_connections(), stats.clone());
+    let app = router(state).layer(axum::Extension(stats));
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -135,6 +135,11 @@ impl NodeState {
         self.config.api.token.as_deref()
     }
 
+    /// Connections the API holds open at most.
+    pub fn max_connections(&self) -> usize {
+        self.config.api.max_connections
+    }
+
     /// The token reads need, if one is set.
     pub fn read_token(&self) -> Option<&str> {
         self.config.api.read_token.as_deref()
