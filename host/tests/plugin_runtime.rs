@@ -183,6 +183,38 @@ fn a_plugin_that_waits_in_a_wasi_call_is_stopped_at_once() {
 }
 
 #[test]
+fn fuel_bounds_a_call_even_when_the_clock_would_not() {
+    let runtime = PluginRuntime::new(
+        PluginLimits {
+            call_timeout_ms: 600_000,
+            fuel_per_call: 50_000_000,
+            ..test_limits()
+        },
+        None,
+    )
+    .unwrap();
+    let mut hostile = connector(&runtime, "hostile-plugin");
+    let looping = hostile.open(r#"{"mode":"loop"}"#, None).unwrap();
+    let started = Instant::now();
+    let error = hostile.on_frames(looping, &frames(&["x"])).unwrap_err();
+    assert!(matches!(error, CallError::OutOfFuel { .. }), "{error}");
+    assert!(error.to_string().contains("fuel_per_call"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Ordinary work fits the same budget.
+    let mut healthy = connector(&runtime, "binance-trades");
+    let session = healthy.open(r#"{"symbols":["bnbbtc"]}"#, None).unwrap();
+    let trades: Vec<&str> = std::iter::repeat_n(TRADE, 500).collect();
+    assert_eq!(
+        healthy
+            .on_frames(session, &frames(&trades))
+            .unwrap()
+            .events
+            .len(),
+        500
+    );
+}
+
+#[test]
 fn a_memory_bomb_traps_at_the_cap() {
     let runtime = runtime(None);
     let mut hostile = connector(&runtime, "hostile-plugin");

@@ -49,6 +49,11 @@ pub enum CallError {
     )]
     Timeout { plugin: String, limit: Duration },
     #[error(
+        "plugin `{plugin}` ran past its {fuel} units of fuel in one call and was stopped; it \
+         will be restarted (raise `plugins.fuel_per_call` if it needs more)"
+    )]
+    OutOfFuel { plugin: String, fuel: u64 },
+    #[error(
         "plugin `{plugin}` tried to use more than its memory limit of {limit_mib} MiB and was \
          stopped; it will be restarted (raise `plugins.memory_limit_mib` if it needs more)"
     )]
@@ -78,7 +83,10 @@ impl CallError {
     pub fn is_crash(&self) -> bool {
         matches!(
             self,
-            CallError::Timeout { .. } | CallError::OutOfMemory { .. } | CallError::Trap { .. }
+            CallError::Timeout { .. }
+                | CallError::OutOfFuel { .. }
+                | CallError::OutOfMemory { .. }
+                | CallError::Trap { .. }
         )
     }
 }

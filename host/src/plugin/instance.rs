@@ -80,6 +80,10 @@ impl CallCtx<'_> {
         f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         store.set_epoch_deadline(self.runtime.deadline_ticks);
+        if self.runtime.limits.fuel_per_call > 0 {
+            // Cannot fail: fuel is on in the engine whenever the limit is set.
+            let _ = store.set_fuel(self.runtime.limits.fuel_per_call);
+        }
         store.data_mut().log_budget = self.runtime.limits.log_lines_per_call;
         let started = Instant::now();
         let result = f(store);
@@ -95,6 +99,13 @@ impl CallCtx<'_> {
             return CallError::Timeout {
                 plugin,
                 limit: self.runtime.limits.call_timeout(),
+            };
+        }
+        if trap == Some(Trap::OutOfFuel) {
+            self.metrics.timeout();
+            return CallError::OutOfFuel {
+                plugin,
+                fuel: self.runtime.limits.fuel_per_call,
             };
         }
         if store.data().memory.hit {
@@ -292,6 +303,10 @@ impl<W: World> Instance<W> {
             // next restart, so it is logged, not raised.
             live.store
                 .set_epoch_deadline(self.plugin.inner.runtime.deadline_ticks);
+            let fuel = self.plugin.inner.runtime.limits.fuel_per_call;
+            if fuel > 0 {
+                let _ = live.store.set_fuel(fuel);
+            }
             if let Err(e) = handle.resource_drop(&mut live.store) {
                 tracing::debug!(plugin = %self.plugin.inner.name, "closing a session failed: {e:#}");
             }
