@@ -21,6 +21,17 @@ elif ! rustc --print target-list | grep -qx wasm32-wasip2; then
     die "rustc cannot target wasm32-wasip2 and rustup is not available to add it"
 fi
 
+# openssl makes the certificates of the PostgreSQL-over-TLS test.
+if ! command -v openssl >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing openssl (the TLS tests make certificates with it)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null \
+            || die "could not install openssl; install it and run again"
+    else
+        die "openssl is missing: install it (Debian: sudo apt-get install openssl)"
+    fi
+fi
+
 # PostgreSQL: the ingestion tests write to a real server (ANODE_TEST_PG, default the local
 # one on 5432) and start private servers of their own with initdb/pg_ctl to stop and restart.
 pg_bin() {

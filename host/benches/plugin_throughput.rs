@@ -60,21 +60,21 @@ fn main() {
             received_at: f.received_at,
         })
         .collect();
-    // The same plugin with fuel metering off, for its cost (the default limits meter fuel).
-    let unmetered = PluginRuntime::new(
+    // The same plugin with fuel metering on (`plugins.fuel_per_call`), for its cost.
+    let metering = PluginRuntime::new(
         PluginLimits {
-            fuel_per_call: 0,
+            fuel_per_call: 10_000_000_000,
             ..PluginLimits::default()
         },
         None,
     )
     .expect("runtime");
-    let (unmetered_plugin, _) = unmetered.load(&bytes, None).expect("loads");
-    let mut no_fuel = unmetered.connector(&unmetered_plugin).expect("connector");
-    let no_fuel_session = no_fuel.open(CONFIG, None).expect("opens");
+    let (metered_plugin, _) = metering.load(&bytes, None).expect("loads");
+    let mut metered = metering.connector(&metered_plugin).expect("connector");
+    let metered_session = metered.open(CONFIG, None).expect("opens");
     let mut native_rates = Vec::new();
     let mut wasm_rates = Vec::new();
-    let mut no_fuel_rates = Vec::new();
+    let mut metered_rates = Vec::new();
     for _ in 0..ROUNDS {
         let mut native = binance_trades::BinanceTrades::open(CONFIG, None).expect("opens");
         let started = Instant::now();
@@ -104,17 +104,17 @@ fn main() {
         let started = Instant::now();
         let mut events = 0usize;
         for batch in frames.chunks(BATCH) {
-            events += no_fuel
-                .on_frames(no_fuel_session, batch)
+            events += metered
+                .on_frames(metered_session, batch)
                 .expect("decodes")
                 .events
                 .len();
         }
-        no_fuel_rates.push(events as f64 / started.elapsed().as_secs_f64());
+        metered_rates.push(events as f64 / started.elapsed().as_secs_f64());
     }
     let native = median(&mut native_rates);
     let wasm = median(&mut wasm_rates);
-    let unmetered_rate = median(&mut no_fuel_rates);
+    let metered_rate = median(&mut metered_rates);
     println!(
         "decode: native {:.0} events/s, wasm {:.0} events/s, ratio wasm/native {:.2}",
         native,
@@ -122,9 +122,9 @@ fn main() {
         wasm / native
     );
     println!(
-        "  fuel metering: wasm without it {:.0} events/s; metered/unmetered {:.2}",
-        unmetered_rate,
-        wasm / unmetered_rate
+        "  fuel metering: wasm with it {:.0} events/s; metered/unmetered {:.2}",
+        metered_rate,
+        metered_rate / wasm
     );
     for batch in [1usize, 16, 64, 1024] {
         let n = (frames.len() / 4).max(batch);

@@ -537,3 +537,81 @@ async fn sources_added_and_removed_at_runtime_take_effect() {
     node.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_stores_and_a_wrong_authority_is_refused() {
+    let (pg, ca) = tokio::task::spawn_blocking(PrivatePg::start_with_tls)
+        .await
+        .unwrap();
+    let db = TestDb::create(&pg.server()).await;
+    let sim = simulator(50.0).await;
+    let start = |ca: std::path::PathBuf| {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = node_config(data.path());
+        config.store.postgres_url = Some(db.url.clone());
+        config.store.postgres_tls = anode::sink::PostgresTls::VerifyFull;
+        config.store.postgres_ca_file = Some(ca);
+        async move { (start_node(config).await, data) }
+    };
+    let (node, _data) = start(ca).await;
+    let api = node.url();
+    for spec in support::binance_sources(&sim, 2, "tls") {
+        add_source(&api, &spec).await;
+    }
+    until(
+        "records stored over TLS",
+        Duration::from_secs(60),
+        || async {
+            let status = get_json(&format!("{api}/api/v1/status")).await;
+            let written = status["store"]["rows_written"].as_u64().unwrap_or(0);
+            if written >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{written} rows; store {}", status["store"]))
+            }
+        },
+    )
+    .await;
+    let tls_connections: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'anode'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_connections >= 1, "no TLS connection from the node");
+    node.shutdown().await;
+
+    // A server certificate from another authority: refused, and the store says why.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = PrivatePg::make_ca(other.path(), "another-ca");
+    let (node, _data) = start(stranger).await;
+    let api = node.url();
+    until(
+        "the store to report the refused certificate",
+        Duration::from_secs(60),
+        || async {
+            let ready = reqwest::get(format!("{api}/readyz")).await.unwrap();
+            let status = ready.status().as_u16();
+            let body: Value = ready.json().await.unwrap();
+            let error = body["store_error"].as_str().unwrap_or_default().to_owned();
+            if status == 503
+                && error.contains("TLS")
+                && error.to_lowercase().contains("certificate")
+            {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    )
+    .await;
+    node.shutdown().await;
+    sim.shutdown().await;
+    db.drop_db().await;
+    drop(pg);
+}

@@ -22,6 +22,7 @@
 mod buffer;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod tls;
 mod writer;
 
 pub use buffer::{Batch, Committed, Receipt, StoreClosedError};
@@ -62,6 +63,20 @@ pub struct StoreSettings {
     /// How PostgreSQL batches are written: `unnest` (one `INSERT … SELECT FROM UNNEST`) or
     /// `copy` (binary `COPY` into a staging table, then one `INSERT … SELECT`).
     pub postgres_method: PostgresMethod,
+    /// `disable` (the default), or `verify-full`: TLS, with the server's certificate checked
+    /// against `postgres_ca_file` (or the public web roots) and its name against the URL's host.
+    pub postgres_tls: PostgresTls,
+    /// PEM file of the certificate authority that signed the server's certificate.
+    pub postgres_ca_file: Option<PathBuf>,
+}
+
+/// TLS to PostgreSQL; see `StoreSettings::postgres_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresTls {
+    #[default]
+    Disable,
+    VerifyFull,
 }
 
 /// The PostgreSQL write method; see `StoreSettings::postgres_method`.
@@ -86,6 +101,8 @@ impl Default for StoreSettings {
             reconnect_max_ms: 5_000,
             drain_timeout_ms: 10_000,
             postgres_method: PostgresMethod::default(),
+            postgres_tls: PostgresTls::default(),
+            postgres_ca_file: None,
         }
     }
 }
@@ -97,6 +114,8 @@ pub enum SinkError {
     BadUrl { url: String, message: String },
     #[error("cannot open the embedded store {path}: {message}")]
     Sqlite { path: PathBuf, message: String },
+    #[error("store.postgres_tls: {0}")]
+    Tls(String),
 }
 
 /// Why a write failed, which decides what the writer does next.
@@ -339,8 +358,8 @@ pub fn spawn_store(
 ) -> Result<(StoreHandle, JoinHandle<()>), SinkError> {
     match &settings.postgres_url {
         Some(url) => {
-            let backend = postgres::Postgres::new(url, settings.postgres_method)?;
-            let reader = postgres::Postgres::new(url, settings.postgres_method)?;
+            let backend = postgres::Postgres::new(url, settings)?;
+            let reader = postgres::Postgres::new(url, settings)?;
             Ok(spawn_writer(backend, reader, "postgres", settings, cancel))
         }
         None => {

@@ -17,7 +17,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
-use super::{Backend, CURSORS, PostgresMethod, Resume, SinkError, TABLE, WriteError, Written};
+use super::{
+    Backend, CURSORS, PostgresMethod, PostgresTls, Resume, SinkError, StoreSettings, TABLE,
+    WriteError, Written,
+};
 use crate::record::Record;
 use crate::record::RecordId;
 
@@ -61,6 +64,8 @@ pub(crate) struct Postgres {
     config: tokio_postgres::Config,
     display: String,
     method: PostgresMethod,
+    /// TLS, when `store.postgres_tls` asks for it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     live: Option<Live>,
 }
 
@@ -78,7 +83,15 @@ impl Drop for Live {
 }
 
 impl Postgres {
-    pub(crate) fn new(url: &str, method: PostgresMethod) -> Result<Self, SinkError> {
+    pub(crate) fn new(url: &str, settings: &StoreSettings) -> Result<Self, SinkError> {
+        let method = settings.postgres_method;
+        let tls = match settings.postgres_tls {
+            PostgresTls::Disable => None,
+            PostgresTls::VerifyFull => Some(
+                super::tls::connector(settings.postgres_ca_file.as_deref())
+                    .map_err(SinkError::Tls)?,
+            ),
+        };
         let mut config: tokio_postgres::Config =
             url.parse()
                 .map_err(|e: tokio_postgres::Error| SinkError::BadUrl {
@@ -93,8 +106,20 @@ impl Postgres {
             config,
             display,
             method,
+            tls,
             live: None,
         })
+    }
+}
+
+/// Drive a connection until it ends.
+async fn run_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!("PostgreSQL connection ended: {e}");
     }
 }
 
@@ -135,7 +160,17 @@ fn classify(error: tokio_postgres::Error) -> WriteError {
     });
     let message = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => error.to_string(),
+        None => {
+            // The causes say what went wrong (a refused certificate, a reset connection).
+            let mut message = error.to_string();
+            let mut cause = std::error::Error::source(&error);
+            while let Some(e) = cause {
+                message.push_str(": ");
+                message.push_str(&e.to_string());
+                cause = e.source();
+            }
+            message
+        }
     };
     if rejected {
         WriteError::Rejected(message)
@@ -147,18 +182,26 @@ fn classify(error: tokio_postgres::Error) -> WriteError {
 impl Backend for Postgres {
     async fn connect(&mut self) -> Result<(), WriteError> {
         self.live = None;
-        let (mut client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+        let connected = match &self.tls {
+            None => self
+                .config
+                .connect(NoTls)
+                .await
+                .map(|(client, connection)| (client, tokio::spawn(run_connection(connection)))),
+            Some(tls) => self
+                .config
+                .connect(tls.clone())
+                .await
+                .map(|(client, connection)| (client, tokio::spawn(run_connection(connection)))),
+        };
+        let (mut client, connection) = connected.map_err(|e| {
             WriteError::Connection(format!(
-                "cannot connect to {}: {}",
+                "cannot connect to {}{}: {}",
                 self.display,
+                if self.tls.is_some() { " (TLS)" } else { "" },
                 classify(e)
             ))
         })?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("PostgreSQL connection ended: {e}");
-            }
-        });
         let tx = client.transaction().await.map_err(classify)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await
@@ -400,12 +443,25 @@ mod tests {
             redact("postgres://anode:secret@db:5432/x"),
             "postgres://anode:***@db:5432/x"
         );
-        let pg =
-            Postgres::new("postgres://anode:secret@db:5433/x", PostgresMethod::Unnest).unwrap();
+        let settings = StoreSettings::default();
+        let pg = Postgres::new("postgres://anode:secret@db:5433/x", &settings).unwrap();
         assert_eq!(pg.describe(), "postgres://anode@db:5433/x");
-        let err = Postgres::new("postgres://a:b@h:notaport/x", PostgresMethod::Unnest)
+        let err = Postgres::new("postgres://a:b@h:notaport/x", &settings)
             .err()
             .unwrap();
         assert!(!err.to_string().contains(":b@"), "{err}");
+        let tls = StoreSettings {
+            postgres_tls: PostgresTls::VerifyFull,
+            postgres_ca_file: Some("/no/such/ca.pem".into()),
+            ..StoreSettings::default()
+        };
+        let err = Postgres::new("postgres://a@h/x", &tls)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("postgres_ca_file") && err.contains("/no/such/ca.pem"),
+            "{err}"
+        );
     }
 }

@@ -145,6 +145,18 @@ fn pg_bin_dir() -> PathBuf {
         })
 }
 
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed to make test certificates: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -172,6 +184,41 @@ impl PrivatePg {
     }
 
     pub fn start() -> PrivatePg {
+        Self::start_with(false).0
+    }
+
+    /// A server that also speaks TLS, with a certificate for `127.0.0.1` and `localhost`
+    /// signed by a test CA; returns the CA's PEM file.
+    pub fn start_with_tls() -> (PrivatePg, PathBuf) {
+        let (pg, ca) = Self::start_with(true);
+        (pg, ca.expect("made with TLS"))
+    }
+
+    /// A certificate authority of its own in `dir` (`<name>.crt`, `<name>.key`).
+    pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+        ]);
+        crt
+    }
+
+    fn start_with(tls: bool) -> (PrivatePg, Option<PathBuf>) {
         let bin = pg_bin_dir();
         let temp = tempfile::Builder::new()
             .prefix("anode-pg")
@@ -211,8 +258,73 @@ impl PrivatePg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let ca = tls.then(|| pg.serve_tls());
         pg.pg_ctl_start();
-        pg
+        (pg, ca)
+    }
+
+    /// Make a CA and a server certificate signed by it, and turn TLS on; returns the CA file.
+    fn serve_tls(&self) -> PathBuf {
+        let data = self.data_dir();
+        let ca = Self::make_ca(&self.dir, "anode-test-ca");
+        let ca_key = self.dir.join("anode-test-ca.key");
+        let (crt, key, csr, ext) = (
+            data.join("server.crt"),
+            data.join("server.key"),
+            self.dir.join("server.csr"),
+            self.dir.join("server.ext"),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+        ]);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            ca.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            crt.to_str().unwrap(),
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        if is_root() {
+            for file in [&crt, &key] {
+                let status = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(file)
+                    .status();
+                assert!(status.unwrap().success(), "chown {}", file.display());
+            }
+        }
+        let status = Command::new("chmod").arg("600").arg(&key).status().unwrap();
+        assert!(status.success());
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        ca
     }
 
     fn data_dir(&self) -> PathBuf {
