@@ -267,18 +267,8 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     )
     .await;
     drop(held);
-    let metrics = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let waited: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("anode_api_connections_waited_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(waited >= 1.0, "{metrics}");
+    let waited =
+        support::cluster::metric_at(&api, "anode_api_connections_waited_total", None).await;
+    assert!(waited >= 1.0, "{waited} waits counted");
     node.shutdown().await;
 }

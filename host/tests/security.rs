@@ -496,18 +496,7 @@ async fn sources_reach_only_what_the_egress_policy_allows() {
         "{:?}",
         report.faults
     );
-    let metrics = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("anode_egress_refused_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let count = support::cluster::metric_at(&api, "anode_egress_refused_total", None).await;
     assert!(count >= 4.0, "{count} refusals counted");
     node.shutdown().await;
     allowed.shutdown().await;

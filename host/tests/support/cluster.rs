@@ -340,7 +340,13 @@ pub async fn metric(node: &NodeProc, line_start: &str) -> f64 {
 
 /// [`metric`] of a node whose reads need `token`.
 pub async fn metric_as(node: &NodeProc, line_start: &str, token: Option<&str>) -> f64 {
-    let mut request = reqwest::Client::new().get(format!("{}/metrics", node.api));
+    metric_at(&node.api, line_start, token).await
+}
+
+/// The value of the first `/metrics` line of the node at `api` that starts with `line_start`
+/// (0 when absent), read with `token` when the node needs one.
+pub async fn metric_at(api: &str, line_start: &str, token: Option<&str>) -> f64 {
+    let mut request = reqwest::Client::new().get(format!("{api}/metrics"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
