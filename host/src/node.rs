@@ -80,21 +80,30 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             )
         })?;
     let addr = listener.local_addr().map_err(|e| startup("listener", &e))?;
-    // Redirects are not followed: a redirect could lead a source past the egress policy, and
-    // a plugin sees the 3xx and may ask for the new location, which is checked.
+    let egress =
+        crate::source::Egress::new(&config.sources.allow, &config.sources.deny, Some(addr))
+            .map_err(NodeError::Startup)?;
+    // Node-to-node requests.
     let http = reqwest::Client::builder()
         .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| startup("HTTP client", &e))?;
-    let egress =
-        crate::source::Egress::new(&config.sources.allow, &config.sources.deny, Some(addr))
-            .map_err(NodeError::Startup)?;
+    // Sources' requests: names resolve only to addresses the egress policy allows (checked
+    // and connected to are the same), and redirects are not followed (a plugin sees the 3xx
+    // and may ask for the new location, which is checked).
+    let source_http = reqwest::Client::builder()
+        .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(egress.resolver())
+        .build()
+        .map_err(|e| startup("HTTP client", &e))?;
     let ingest = Arc::new(Ingest {
         node: node_id.clone(),
         store,
         hub: Hub::new(config.fanout.clone()),
         http,
+        source_http,
         settings: config.sources.clone(),
         egress,
         drain_timeout: Duration::from_millis(config.store.drain_timeout_ms),

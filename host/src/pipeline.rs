@@ -34,7 +34,10 @@ pub(crate) struct Ingest {
     pub(crate) node: String,
     pub(crate) store: StoreHandle,
     pub(crate) hub: Hub,
+    /// Node-to-node requests.
     pub(crate) http: reqwest::Client,
+    /// Sources' requests, resolved through the egress policy.
+    pub(crate) source_http: reqwest::Client,
     pub(crate) settings: SourceSettings,
     /// What sources may reach.
     pub(crate) egress: crate::source::Egress,
@@ -393,7 +396,7 @@ impl Feed for SourceCtx {
         &self.ingest.settings
     }
     fn http(&self) -> &reqwest::Client {
-        &self.ingest.http
+        &self.ingest.source_http
     }
     fn egress(&self) -> &crate::source::Egress {
         &self.ingest.egress

@@ -82,6 +82,69 @@ impl Egress {
         decided
     }
 
+    /// The addresses `host` resolves to that sources may reach, for connecting to: what was
+    /// checked is what is connected to, so a name that resolves elsewhere on a second lookup
+    /// (DNS rebinding) cannot lead a source past the policy. `Err` when none is left.
+    pub async fn resolve_allowed(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refused> {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let refuse = |why: String| {
+            self.refused.fetch_add(1, Relaxed);
+            Refused {
+                url: format!("{host}:{port}"),
+                why,
+            }
+        };
+        let found: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| refuse(format!("cannot resolve it: {e}")))?
+                .collect(),
+        };
+        let name = Host::Name(host.clone());
+        let allowed: Vec<SocketAddr> = found
+            .iter()
+            .copied()
+            .filter(|addr| {
+                let ips = [addr.ip()];
+                let target = Target {
+                    scheme: "",
+                    host: &name,
+                    ips: &ips,
+                    port: addr.port(),
+                };
+                let by_rule = |rules: &[Rule]| {
+                    rules
+                        .iter()
+                        .any(|r| !matches!(r, Rule::Scheme(_)) && r.matches(&target))
+                };
+                let own_api = self.own_api.is_some_and(|api| {
+                    (addr.port() == 0 || addr.port() == api.port())
+                        && is_own_api(api, addr.ip(), api.port())
+                });
+                !by_rule(&self.deny)
+                    && (by_rule(&self.allow) || (!denied_by_default(addr.ip()) && !own_api))
+            })
+            .collect();
+        if allowed.is_empty() {
+            let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+            return Err(refuse(format!(
+                "it resolves to [{}], none of which sources may reach",
+                shown.join(", ")
+            )));
+        }
+        Ok(allowed)
+    }
+
+    /// A resolver for the sources' HTTP client that returns only the addresses
+    /// [`Egress::resolve_allowed`] keeps.
+    pub fn resolver(&self) -> Arc<Egress> {
+        Arc::new(self.clone())
+    }
+
     /// Whether `url` may be reached, resolving its host to see where it really leads.
     async fn decide(&self, url: &str) -> Result<(), Refused> {
         let refuse = |why: String| Refused {
@@ -164,6 +227,18 @@ impl Egress {
 enum Host {
     Name(String),
     Ip(IpAddr),
+}
+
+impl reqwest::dns::Resolve for Egress {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let egress = self.clone();
+        Box::pin(async move {
+            // The port is not known here; the URL's was checked before the request.
+            let addrs = egress.resolve_allowed(name.as_str(), 0).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 struct Target<'a> {
@@ -278,7 +353,8 @@ impl Rule {
     }
 
     fn matches(&self, t: &Target<'_>) -> bool {
-        let port_ok = |port: &Option<u16>| port.is_none_or(|p| p == t.port);
+        // Port 0: not known (a resolver sees names only); the URL's port was checked before.
+        let port_ok = |port: &Option<u16>| port.is_none_or(|p| t.port == 0 || p == t.port);
         match self {
             Rule::Scheme(s) => s == t.scheme,
             Rule::Host { name, port } => {
@@ -406,6 +482,29 @@ mod tests {
         let schemes = policy(&["https:", "wss:"], &[]);
         assert!(schemes.check("http://10.0.0.1/").await.is_err());
         assert!(schemes.check("https://10.0.0.1/").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn names_are_pinned_to_the_addresses_that_pass() {
+        // `localhost` resolves to loopback: refused at connection time too, whatever a later
+        // lookup would say.
+        let p = policy(&[], &[]);
+        let refused = p.resolve_allowed("localhost", 9100).await.unwrap_err();
+        assert!(refused.why.contains("none of which"), "{refused}");
+        assert!(p.resolve_allowed("localhost", 0).await.is_err());
+        let allowed = policy(&["127.0.0.1:9100"], &[]);
+        let addrs = allowed.resolve_allowed("127.0.0.1", 9100).await.unwrap();
+        assert_eq!(addrs, ["127.0.0.1:9100".parse::<SocketAddr>().unwrap()]);
+        assert!(
+            allowed.resolve_allowed("127.0.0.1", 7400).await.is_err(),
+            "own API"
+        );
+        assert!(
+            policy(&["localhost"], &[])
+                .resolve_allowed("localhost", 9100)
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

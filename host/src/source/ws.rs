@@ -26,7 +26,7 @@ pub(crate) async fn run(
     if let Err(refused) = ctx.egress().check(&plan.url).await {
         return Some(Problem::Fatal(refused.to_string()));
     }
-    let connect = tokio_tungstenite::connect_async(plan.url.as_str());
+    let connect = connect(ctx.egress(), &plan.url);
     let connected = tokio::select! {
         () = ctx.cancel().cancelled() => return None,
         r = tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), connect) => r,
@@ -44,7 +44,7 @@ pub(crate) async fn run(
                 plan.url
             )));
         }
-        Ok(Ok((socket, _response))) => socket,
+        Ok(Ok(socket)) => socket,
     };
     let (mut sink, mut stream) = socket.split();
     for message in &plan.on_connect {
@@ -153,4 +153,38 @@ pub(crate) async fn run(
             return Some(problem);
         }
     }
+}
+
+/// Connect to `url` at an address the egress policy allows (the one resolved and checked is
+/// the one connected to), then speak WebSocket over it, with TLS for `wss://`.
+async fn connect(
+    egress: &super::Egress,
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    let host = parsed.host_str().ok_or("the URL has no host")?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the URL has no port")?;
+    let addrs = egress
+        .resolve_allowed(host, port)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return tokio_tungstenite::client_async_tls(url, stream)
+                    .await
+                    .map(|(socket, _response)| socket)
+                    .map_err(|e| e.to_string());
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
 }
