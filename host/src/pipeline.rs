@@ -395,7 +395,7 @@ impl Feed for SourceCtx {
     fn settings(&self) -> &SourceSettings {
         &self.ingest.settings
     }
-    fn http(&self) -> &reqwest::Client {
+    fn source_http(&self) -> &reqwest::Client {
         &self.ingest.source_http
     }
     fn egress(&self) -> &crate::source::Egress {

@@ -40,7 +40,7 @@ pub(crate) trait Feed: Sync {
     /// Set when the source must stop.
     fn cancel(&self) -> &CancellationToken;
     fn settings(&self) -> &SourceSettings;
-    fn http(&self) -> &reqwest::Client;
+    fn source_http(&self) -> &reqwest::Client;
     /// What the source may reach.
     fn egress(&self) -> &super::Egress;
 }

@@ -140,7 +140,7 @@ async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, P
     loop {
         attempt += 1;
         let mut builder = ctx
-            .http()
+            .source_http()
             .request(method.clone(), &request.url)
             .timeout(Duration::from_millis(settings.http_timeout_ms));
         for (name, value) in &request.headers {
