@@ -272,3 +272,57 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     assert!(waited >= 1.0, "{waited} waits counted");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_demo_while_it_is_still_adding_sources() {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["demo", "--nodes", "1", "--sources", "20000", "--bind"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("ANODE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    until(
+        "the demo to be adding sources",
+        Duration::from_secs(60),
+        || async {
+            let count = reqwest::get(format!("{api}/api/v1/sources"))
+                .await
+                .map_err(|e| e.to_string())?
+                .json::<Value>()
+                .await
+                .map_err(|e| e.to_string())?
+                .as_array()
+                .map_or(0, Vec::len);
+            if count > 0 {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
+        },
+    )
+    .await;
+    let sent = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = demo.kill();
+            panic!("the demo did not stop within 15 s of Ctrl-C while seeding");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -376,21 +376,36 @@ fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Resu
             );
             handles.push(crate::node::start(node_config).await.context(what)?);
         }
-        // Let the nodes find each other before adding sources, so that few move afterwards.
         let first = handles[0].state.clone();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while first.cluster().view().live_ids().len() < nodes
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let specs = crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources);
-        for mixed in specs {
-            let id = mixed.spec.id.clone();
-            match first.add_source(mixed.spec, true).await {
-                Ok(()) => {}
-                Err(e) => eprintln!("demo source {id} refused: {e}"),
+        // Ctrl-C is heard from here on, seeding included.
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let seed = async {
+            // Let the nodes find each other before adding sources, so that few move afterwards.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while first.cluster().view().live_ids().len() < nodes
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            let specs = crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources);
+            for mixed in specs {
+                let id = mixed.spec.id.clone();
+                match first.add_source(mixed.spec, true).await {
+                    Ok(()) => {}
+                    Err(e) => eprintln!("demo source {id} refused: {e}"),
+                }
+            }
+        };
+        let interrupted = tokio::select! {
+            stopped = &mut stop => { stopped?; true }
+            () = seed => false,
+        };
+        if interrupted {
+            eprintln!("stopping while the sources were being added: the nodes leave and drain …");
+            futures_util::future::join_all(handles.into_iter().map(|h| h.shutdown())).await;
+            sim.shutdown().await;
+            return Ok(());
         }
         println!(
             "aNode demo: {nodes} node(s), {sources} sources on the feed simulator at {} ({rate} events/s per stream), store: {}",
@@ -408,7 +423,7 @@ fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Resu
         }
         println!("  simulator  {}/report", sim.http_url());
         println!("Ctrl-C stops everything.");
-        stop_signal().await?;
+        stop.await?;
         eprintln!("stopping: the nodes leave the cluster and drain their stores …");
         futures_util::future::join_all(handles.into_iter().map(|h| h.shutdown())).await;
         sim.shutdown().await;

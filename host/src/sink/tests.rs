@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 struct Flaky {
     up: Arc<AtomicBool>,
+    /// Write calls made.
+    writes: Arc<std::sync::atomic::AtomicUsize>,
     stored: Arc<Mutex<Vec<RecordId>>>,
     cursors: Arc<Mutex<Vec<(String, String)>>>,
 }
@@ -13,6 +15,7 @@ impl Flaky {
     fn new(up: bool) -> Self {
         Flaky {
             up: Arc::new(AtomicBool::new(up)),
+            writes: Arc::default(),
             stored: Arc::default(),
             cursors: Arc::default(),
         }
@@ -35,6 +38,7 @@ impl Backend for Flaky {
         if !self.up.load(Relaxed) {
             return Err(WriteError::Connection("down".into()));
         }
+        self.writes.fetch_add(1, Relaxed);
         // All or nothing, like a transaction.
         if batch.iter().any(|r| r.source == "bad") {
             return Err(WriteError::Rejected("bad row".into()));
@@ -269,4 +273,36 @@ async fn a_store_that_stays_down_tells_waiting_receipts_at_shutdown() {
     cancel.cancel();
     task.await.unwrap();
     assert!(receipt.committed().await.is_err());
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_split_in_halves_and_only_the_bad_rows_are_lost() {
+    let settings = StoreSettings {
+        batch_max: 1024,
+        flush_ms: 1,
+        ..StoreSettings::default()
+    };
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(true);
+    let (writes, stored) = (backend.writes.clone(), backend.stored.clone());
+    let (store, task) = spawn_writer(
+        backend.clone(),
+        backend,
+        "memory",
+        &settings,
+        cancel.clone(),
+    );
+    let mut records: Vec<Record> = (0..1023).map(|n| record("a", n)).collect();
+    records.insert(700, record("bad", 0));
+    let receipt = store.submit(batch(records)).await.unwrap();
+    receipt.committed().await.unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.rows_written, stats.rows_rejected), (1023, 1));
+    assert_eq!(lock(&stored).len(), 1023);
+    // The whole, then two halves per level down to the bad row (10 levels), then the cursor:
+    // about 2·log2(1024), where row by row took 1025.
+    let made = writes.load(Relaxed);
+    assert!(made <= 2 + 2 * 10, "{made} writes");
+    cancel.cancel();
+    task.await.unwrap();
 }
