@@ -98,6 +98,15 @@ fn record(source: &str, n: u64) -> Record {
     }
 }
 
+/// A store writing to `backend` (which also serves reads).
+fn in_memory(
+    backend: Flaky,
+    settings: &StoreSettings,
+    cancel: &CancellationToken,
+) -> (StoreHandle, JoinHandle<()>) {
+    spawn_writer(backend.clone(), backend, "memory", settings, cancel.clone())
+}
+
 async fn until(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
@@ -119,13 +128,7 @@ async fn outage_buffers_then_pushes_back_and_loses_nothing() {
     let cancel = CancellationToken::new();
     let backend = Flaky::new(false);
     let (up, stored) = (backend.up.clone(), backend.stored.clone());
-    let (store, task) = spawn_writer(
-        backend.clone(),
-        backend,
-        "memory",
-        &settings,
-        cancel.clone(),
-    );
+    let (store, task) = in_memory(backend, &settings, &cancel);
     let first = store
         .submit(batch((0..10).map(|n| record("a", n)).collect()))
         .await
@@ -178,13 +181,7 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
     let cancel = CancellationToken::new();
     let backend = Flaky::new(false);
     let up = backend.up.clone();
-    let (store, task) = spawn_writer(
-        backend.clone(),
-        backend,
-        "memory",
-        &settings,
-        cancel.clone(),
-    );
+    let (store, task) = in_memory(backend, &settings, &cancel);
     let receipt = store
         .submit(Batch {
             source: "a".into(),
@@ -235,13 +232,7 @@ async fn shutdown_drains_the_buffer() {
         batch_max: 1000,
         ..StoreSettings::default()
     };
-    let (store, task) = spawn_writer(
-        backend.clone(),
-        backend,
-        "memory",
-        &settings,
-        cancel.clone(),
-    );
+    let (store, task) = in_memory(backend, &settings, &cancel);
     let receipt = store
         .submit(batch((0..7).map(|n| record("a", n)).collect()))
         .await
@@ -262,13 +253,7 @@ async fn a_store_that_stays_down_tells_waiting_receipts_at_shutdown() {
         drain_timeout_ms: 50,
         ..StoreSettings::default()
     };
-    let (store, task) = spawn_writer(
-        backend.clone(),
-        backend,
-        "memory",
-        &settings,
-        cancel.clone(),
-    );
+    let (store, task) = in_memory(backend, &settings, &cancel);
     let receipt = store.submit(batch(vec![record("a", 1)])).await.unwrap();
     cancel.cancel();
     task.await.unwrap();
@@ -285,13 +270,7 @@ async fn a_refused_batch_is_split_in_halves_and_only_the_bad_rows_are_lost() {
     let cancel = CancellationToken::new();
     let backend = Flaky::new(true);
     let (writes, stored) = (backend.writes.clone(), backend.stored.clone());
-    let (store, task) = spawn_writer(
-        backend.clone(),
-        backend,
-        "memory",
-        &settings,
-        cancel.clone(),
-    );
+    let (store, task) = in_memory(backend, &settings, &cancel);
     let mut records: Vec<Record> = (0..1023).map(|n| record("a", n)).collect();
     records.insert(700, record("bad", 0));
     let receipt = store.submit(batch(records)).await.unwrap();
