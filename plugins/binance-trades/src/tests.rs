@@ -181,6 +181,19 @@ fn historical(symbol: &str, from: u64, limit: u64) -> String {
     format!("{REST}/api/v3/historicalTrades?symbol={symbol}&fromId={from}&limit={limit}")
 }
 
+/// The backfill request for `limit` trades of `symbol` from `from`: (URL, tag).
+fn asking(symbol: &str, from: u64, limit: u64) -> (String, String) {
+    (
+        historical(symbol, from, limit),
+        format!("backfill:{symbol}:{from}-{}", from + limit - 1),
+    )
+}
+
+/// Answer the request tagged `tag` with a page of the trades `ids`.
+fn answer(c: &mut BinanceTrades, tag: &str, ids: std::ops::RangeInclusive<u64>) -> Output {
+    testing::responses(c, &[HttpResponse::ok(tag, &page(ids))])
+}
+
 fn assert_clean(out: &Output) {
     assert!(out.errors.is_empty(), "{:?}", out.errors);
 }
@@ -214,13 +227,7 @@ fn a_live_trade_ahead_of_the_cursor_asks_for_the_gap_once() {
     let out = feed(&mut c, &[live("BTCUSDT", 150)]);
     assert_clean(&out);
     assert_eq!(ids(&out), [150]);
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 101, 49),
-            "backfill:BTCUSDT:101-149".to_owned()
-        )]
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 101, 49)]);
     // Trades past the gap are not covered by the cursor yet.
     assert_eq!(out.cursor, None);
     // Live trades keep flowing, without asking again; the other symbol's watermark moves.
@@ -232,13 +239,7 @@ fn a_live_trade_ahead_of_the_cursor_asks_for_the_gap_once() {
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 100, "ETHUSDT": 51})));
 
     // The page fills the gap: the watermark jumps to the newest live trade.
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:101-149",
-            &page(101..=149),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:101-149", 101..=149);
     assert_clean(&out);
     assert_eq!(ids(&out), (101..=149).collect::<Vec<_>>());
     assert!(out.requests.is_empty());
@@ -282,34 +283,13 @@ fn backfilled_trades_are_the_same_events_as_live_ones() {
 fn a_gap_over_two_pages_asks_for_the_second() {
     let mut c: BinanceTrades = testing::open_at(&config(""), Some(r#"{"BTCUSDT":0}"#));
     let out = feed(&mut c, &[live("BTCUSDT", 1502)]);
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 1, 1000),
-            "backfill:BTCUSDT:1-1000".to_owned()
-        )]
-    );
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok("backfill:BTCUSDT:1-1000", &page(1..=1000))],
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 1, 1000)]);
+    let out = answer(&mut c, "backfill:BTCUSDT:1-1000", 1..=1000);
     assert_clean(&out);
     assert_eq!(out.events.len(), 1000);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1000})));
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 1001, 501),
-            "backfill:BTCUSDT:1001-1501".to_owned()
-        )]
-    );
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:1001-1501",
-            &page(1001..=1501),
-        )],
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 1001, 501)]);
+    let out = answer(&mut c, "backfill:BTCUSDT:1001-1501", 1001..=1501);
     assert_clean(&out);
     assert_eq!(out.events.len(), 501);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1502})));
@@ -320,13 +300,7 @@ fn a_gap_over_two_pages_asks_for_the_second() {
 fn a_short_page_asks_for_the_rest() {
     let mut c: BinanceTrades = testing::open_at(&config(""), Some(r#"{"BTCUSDT":100}"#));
     feed(&mut c, &[live("BTCUSDT", 150)]);
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:101-149",
-            &page(101..=120),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:101-149", 101..=120);
     assert_clean(&out);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 120})));
     assert_eq!(out.requests[0].url, historical("BTCUSDT", 121, 29));
@@ -400,13 +374,7 @@ fn a_passing_failure_asks_again_later_without_giving_up() {
     let out = testing::frames_at(&mut c, &[&live("BTCUSDT", 151)], t0 + 1);
     assert!(out.requests.is_empty());
     let out = testing::frames_at(&mut c, &[&live("BTCUSDT", 152)], t0 + 1_000_000);
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 101, 49),
-            "backfill:BTCUSDT:101-149".to_owned()
-        )]
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 101, 49)]);
     // An unreadable page is bad input and is asked for again too.
     let garbage = HttpResponse {
         received_at: t0 + 1_000_000,
@@ -451,13 +419,7 @@ fn unknown_responses_are_bad_input() {
     );
     assert_eq!(out.errors.len(), 2, "{:?}", out.errors);
     assert!(out.events.is_empty() && out.cursor.is_none());
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:101-149",
-            &page(101..=149),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:101-149", 101..=149);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 150})));
 }
 
@@ -485,27 +447,15 @@ fn a_reconnect_gap_is_backfilled_without_reopening() {
     let out = feed(&mut c, &lives("BTCUSDT", 10..=11));
     assert_eq!(ids(&out), [10, 11]);
     assert_eq!(out.cursor, None);
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 4, 6),
-            "backfill:BTCUSDT:4-9".to_owned()
-        )]
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 4, 6)]);
     // Another drop while the page is in flight: a second gap, filled next.
     let out = feed(&mut c, &lives("BTCUSDT", 20..=21));
     assert!(out.requests.is_empty() && out.cursor.is_none());
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok("backfill:BTCUSDT:4-9", &page(4..=9))],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:4-9", 4..=9);
     assert_eq!(ids(&out), [4, 5, 6, 7, 8, 9]);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 11})));
     assert_eq!(out.requests[0].url, historical("BTCUSDT", 12, 8));
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok("backfill:BTCUSDT:12-19", &page(12..=19))],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:12-19", 12..=19);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 21})));
     assert!(out.requests.is_empty());
 }
@@ -584,38 +534,17 @@ fn a_cursor_asks_for_the_trades_after_it_at_start() {
         c.backfill().into_iter().map(|r| (r.url, r.tag)).collect();
     assert_eq!(
         asked_at_start,
-        [(
-            historical("BTCUSDT", 101, 1000),
-            "backfill:BTCUSDT:101-1100".to_owned()
-        )],
+        [asking("BTCUSDT", 101, 1000)],
         "only the symbol with a cursor entry is asked for"
     );
     // A full page: emitted in order, the cursor moves, the next page is asked for.
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:101-1100",
-            &page(101..=1100),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:101-1100", 101..=1100);
     assert_clean(&out);
     assert_eq!(ids(&out), (101..=1100).collect::<Vec<_>>());
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1100})));
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 1101, 1000),
-            "backfill:BTCUSDT:1101-2100".to_owned()
-        )]
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 1101, 1000)]);
     // A short page: the venue's newest trade; nothing more is asked.
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:1101-2100",
-            &page(1101..=1150),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:1101-2100", 1101..=1150);
     assert_clean(&out);
     assert_eq!(ids(&out).len(), 50);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1150})));
@@ -639,21 +568,9 @@ fn a_live_trade_during_the_start_backfill_waits_for_it_then_asks_for_the_rest() 
     let out = feed(&mut c, &[live("BTCUSDT", 1300)]);
     assert!(out.requests.is_empty(), "the start page is still in flight");
     assert_eq!(out.cursor, None);
-    let out = testing::responses(
-        &mut c,
-        &[HttpResponse::ok(
-            "backfill:BTCUSDT:101-1100",
-            &page(101..=1100),
-        )],
-    );
+    let out = answer(&mut c, "backfill:BTCUSDT:101-1100", 101..=1100);
     assert_clean(&out);
     assert_eq!(ids(&out).len(), 1000);
     assert_eq!(cursor(&out), Some(json!({"BTCUSDT": 1100})));
-    assert_eq!(
-        asked(&out),
-        [(
-            historical("BTCUSDT", 1101, 199),
-            "backfill:BTCUSDT:1101-1299".to_owned()
-        )]
-    );
+    assert_eq!(asked(&out), [asking("BTCUSDT", 1101, 199)]);
 }
