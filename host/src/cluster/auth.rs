@@ -91,11 +91,6 @@ impl Keys {
         !self.current().is_empty()
     }
 
-    /// How many keys verify.
-    pub fn count(&self) -> usize {
-        self.current().len()
-    }
-
     pub fn cluster_id(&self) -> &[u8] {
         &self.cluster_id
     }

@@ -33,6 +33,6 @@ pub use store::{Installed, PluginStore, StoreError};
 pub use wit::{
     CONNECTOR_EXPORT, CONNECTOR_EXPORT_0_1, Decoded, Event, Frame, Heartbeat, HttpPlan,
     HttpRequest, HttpResponse, Plan, PluginError, TRANSFORM_EXPORT, TRANSFORM_EXPORT_0_1,
-    WIT_VERSION, WebsocketPlan,
+    WebsocketPlan,
 };
-pub use worker::{WORKER_QUEUE, Worker};
+pub use worker::Worker;

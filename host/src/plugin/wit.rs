@@ -58,8 +58,6 @@ pub use connector::exports::anode::plugin::source::{
     Decoded, Frame, Heartbeat, HttpPlan, HttpRequest, HttpResponse, Plan, WebsocketPlan,
 };
 
-/// The WIT package version plugins are built against now.
-pub const WIT_VERSION: &str = "0.2.0";
 /// The export a connector component has.
 pub const CONNECTOR_EXPORT: &str = "anode:plugin/source@0.2.0";
 /// The export a transform component has.

@@ -14,7 +14,7 @@ use super::error::CallError;
 type Job<I> = Box<dyn FnOnce(&mut I) + Send>;
 
 /// Calls waiting for one instance, at most.
-pub const WORKER_QUEUE: usize = 64;
+const WORKER_QUEUE: usize = 64;
 
 /// A handle to an instance running on its own thread. Cheap to clone; the thread ends when
 /// the last handle is dropped and the queue is empty.
