@@ -1,6 +1,7 @@
 //! The HTTP surface of a node: `/api/v1` (JSON), `/ws` (records), `/metrics` (Prometheus),
-//! `/healthz`, `/readyz`. Mutating routes need `Authorization: Bearer <api.token>` when a
-//! token is configured (it must be when the API listens beyond loopback).
+//! `/healthz`, `/readyz`. Changes need `Authorization: Bearer <api.token>` and reads
+//! `api.read_token` (or `api.token`) when they are configured; both must be when the API
+//! listens beyond loopback.
 
 pub mod dashboard;
 mod limited;
@@ -569,8 +570,10 @@ async fn openapi() -> Json<Value> {
         "info": {"title": "aNode API", "version": env!("CARGO_PKG_VERSION")},
         "components": {
             "schemas": {"SourceSpec": source},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "api.token for changes; api.read_token (or api.token) for reads, when set"}}
         },
+        "security": [{"bearer": []}],
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok("alive")}}},
             "/readyz": {"get": {"summary": "Readiness (store reachable)", "responses": {"200": ok("ready"), "503": ok("not ready")}}},
@@ -597,7 +600,10 @@ async fn openapi() -> Json<Value> {
             "/api/v1/events": {"get": {"summary": "Event log (joins, failures, hand-overs, plugin installs, sink outages) after ?after=<seq>", "responses": {"200": ok("events")}}},
             "/api/v1/plugins": {
                 "get": {"summary": "Installed plugins, with metrics where loaded", "responses": {"200": ok("list")}},
-                "post": {"summary": "Install a plugin (body: the .wasm bytes)", "security": [{"bearer": []}],
+                "post": {"summary": "Install a plugin (body: the .wasm bytes; with plugins.trusted_keys, a signature is required)", "security": [{"bearer": []}],
+                    "parameters": [{"name": "x-anode-plugin-signature", "in": "header", "required": false,
+                        "description": "<public key hex>:<signature hex>, as `anode plugin sign` writes it",
+                        "schema": {"type": "string"}}],
                     "requestBody": {"content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
                     "responses": {"201": ok("installed"), "400": ok("rejected")}}
             }
