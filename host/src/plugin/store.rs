@@ -10,6 +10,8 @@
 //! the store can run.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use super::digest::Digest;
 use super::error::PluginLoadError;
@@ -55,7 +57,21 @@ pub struct PluginStore {
     dir: PathBuf,
     /// Whose signatures a plugin needs to be installed.
     trust: Trust,
+    /// The manifests last read, with the directory's modification time then: `find` runs for
+    /// every source a node starts, and reading every manifest each time made adding a source
+    /// cost as much as the store is large.
+    listing: Arc<Mutex<Option<Listing>>>,
 }
+
+#[derive(Debug)]
+struct Listing {
+    modified: SystemTime,
+    manifests: Arc<Vec<PluginManifest>>,
+}
+
+/// A listing is reused only when the directory has not changed for this long: file times are
+/// coarse (a clock tick), so two changes within one tick can leave the same time behind.
+const SETTLED: Duration = Duration::from_secs(1);
 
 impl PluginStore {
     /// The store under `<data_dir>/plugins`, created if missing.
@@ -68,6 +84,7 @@ impl PluginStore {
         Ok(PluginStore {
             dir,
             trust: Trust::default(),
+            listing: Arc::default(),
         })
     }
 
@@ -143,6 +160,38 @@ impl PluginStore {
 
     /// Every installed plugin's manifest, by name then version.
     pub fn list(&self) -> Result<Vec<PluginManifest>, StoreError> {
+        Ok(self.listing()?.as_ref().clone())
+    }
+
+    /// The manifests, read again only when the directory changed (an install by this node or
+    /// by `anode plugin install` beside it).
+    fn listing(&self) -> Result<Arc<Vec<PluginManifest>>, StoreError> {
+        let io = |source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let modified = std::fs::metadata(&self.dir)
+            .and_then(|m| m.modified())
+            .map_err(io)?;
+        let settled = modified
+            .elapsed()
+            .is_ok_and(|age| age >= SETTLED);
+        let mut cached = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(listing) = cached.as_ref()
+            && settled
+            && listing.modified == modified
+        {
+            return Ok(listing.manifests.clone());
+        }
+        let manifests = Arc::new(self.read_manifests()?);
+        *cached = Some(Listing {
+            modified,
+            manifests: manifests.clone(),
+        });
+        Ok(manifests)
+    }
+
+    fn read_manifests(&self) -> Result<Vec<PluginManifest>, StoreError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
             path: self.dir.clone(),
             source,
@@ -160,14 +209,15 @@ impl PluginStore {
 
     /// Find a plugin by name, full digest or a digest prefix of at least 6 characters.
     pub fn find(&self, query: &str) -> Result<PluginManifest, StoreError> {
-        let all = self.list()?;
+        let all = self.listing()?;
         let query_lower = query.trim_start_matches("sha256:").to_ascii_lowercase();
         let mut matches: Vec<PluginManifest> =
             all.iter().filter(|m| m.name == query).cloned().collect();
         if matches.is_empty() && query_lower.len() >= 6 {
             matches = all
-                .into_iter()
+                .iter()
                 .filter(|m| m.digest.to_hex().starts_with(&query_lower))
+                .cloned()
                 .collect();
         }
         match matches.len() {
@@ -185,6 +235,14 @@ impl PluginStore {
     }
 
     /// The stored bytes of `digest`, verified.
+    /// Whether `digest` is installed (its manifest is listed and its bytes are there); reads no
+    /// plugin's bytes.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.listing()
+            .is_ok_and(|all| all.iter().any(|m| m.digest == *digest))
+            && self.wasm_path(digest).exists()
+    }
+
     pub fn bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let path = self.wasm_path(digest);
         let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {

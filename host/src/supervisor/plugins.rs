@@ -153,7 +153,7 @@ impl NodeState {
             else {
                 continue;
             };
-            if self.plugin_store.bytes(&digest).is_ok()
+            if self.plugin_store.has(&digest)
                 || lock(&self.untrusted).contains_key(&digest)
             {
                 continue;
