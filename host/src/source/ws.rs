@@ -155,6 +155,21 @@ pub(crate) async fn run(
     }
 }
 
+/// A venue's socket: a small read buffer (tungstenite's default, 128 KiB, is zero-filled and
+/// so resident for every source; frames larger than the buffer still grow it as they need),
+/// and messages capped well under tungstenite's 64 MiB.
+fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+const READ_BUFFER: usize = 8 * 1024;
+/// The largest message a venue may send.
+const MAX_MESSAGE: usize = 16 << 20;
+
 /// Connect to `url` at an address the egress policy allows (the one resolved and checked is
 /// the one connected to), then speak WebSocket over it, with TLS for `wss://`.
 async fn connect(
@@ -178,8 +193,13 @@ async fn connect(
         match tokio::net::TcpStream::connect(addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                return tokio_tungstenite::client_async_tls(url, stream)
-                    .await
+                return tokio_tungstenite::client_async_tls_with_config(
+                    url,
+                    stream,
+                    Some(socket_config()),
+                    None,
+                )
+                .await
                     .map(|(socket, _response)| socket)
                     .map_err(|e| e.to_string());
             }
