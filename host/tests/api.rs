@@ -226,6 +226,55 @@ async fn the_source_cli_drives_a_running_node() {
     let out = cli(&["source", "remove", "cli-1"]).await;
     assert!(!out.status.success());
     assert!(text(&out).contains("no source `cli-1`"), "{}", text(&out));
+
+    // Many at once from a file: all or none.
+    let file = data.path().join("sources.toml");
+    let mut toml = String::new();
+    for n in 0..3 {
+        toml.push_str(&format!(
+            "[[source]]\nid = \"bulk-{n}\"\nplugin = \"binance-trades\"\n\
+             config = {{ symbols = [\"btcusdt\"], base_url = \"ws://127.0.0.1:9\" }}\n\n"
+        ));
+    }
+    std::fs::write(&file, &toml).unwrap();
+    let path = file.to_str().unwrap();
+    let out = cli(&["source", "add", "--file", path]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("3 sources added"), "{}", text(&out));
+    let ids = |list: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let listed = ids(&get_json(&format!("{url}/api/v1/sources")).await);
+    assert_eq!(listed, ["bulk-0", "bulk-1", "bulk-2"]);
+    // One bad spec (and one already there) in a file: nothing of it is added.
+    toml.push_str(
+        "[[source]]\nid = \"bulk-3\"\nplugin = \"binance-trades\"\n\
+         [[source]]\nid = \"bulk-4\"\nplugin = \"no-such-plugin\"\n",
+    );
+    std::fs::write(&file, &toml).unwrap();
+    let out = cli(&["source", "add", "--file", path]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("no source was added")
+            && said.contains("`bulk-0` already exists")
+            && said.contains("no-such-plugin"),
+        "{said}"
+    );
+    let listed = ids(&get_json(&format!("{url}/api/v1/sources")).await);
+    assert_eq!(listed, ["bulk-0", "bulk-1", "bulk-2"]);
+    let bad = data.path().join("bad.toml");
+    std::fs::write(&bad, "[[sources]]\nid = 1\n").unwrap();
+    let out = cli(&["source", "add", "--file", bad.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("[[source]] tables"), "{}", text(&out));
     node.shutdown().await;
 }
 

@@ -326,7 +326,18 @@ fn parse_spec(body: &Bytes) -> Result<SourceSpec, ApiError> {
     })
 }
 
+/// One spec, or an array of specs (added all together or not at all).
 async fn add_source(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let specs: Vec<SourceSpec> = serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an array of source specs ({e})"),
+            )
+        })?;
+        let added = state.add_sources(specs, false).await?;
+        return Ok((StatusCode::CREATED, Json(json!({ "added": added }))).into_response());
+    }
     let spec = parse_spec(&body)?;
     let id = spec.id.clone();
     state.add_source(spec, false).await?;
@@ -582,9 +593,11 @@ async fn openapi() -> Json<Value> {
             "/api/v1/status": {"get": {"summary": "Node, sources, plugins, store and fan-out", "responses": {"200": ok("status")}}},
             "/api/v1/sources": {
                 "get": {"summary": "Sources with their state", "responses": {"200": ok("list")}},
-                "post": {"summary": "Add a source", "security": [{"bearer": []}],
-                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/SourceSpec"}}}},
-                    "responses": {"201": ok("added"), "400": ok("invalid"), "409": ok("exists")}}
+                "post": {"summary": "Add a source, or an array of sources (all are checked first; none is added unless all pass)", "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/SourceSpec"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/SourceSpec"}}]}}}},
+                    "responses": {"201": ok("added"), "400": ok("invalid (for an array: nothing was added)"), "409": ok("exists")}}
             },
             "/api/v1/sources/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],

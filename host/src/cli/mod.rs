@@ -99,13 +99,18 @@ struct Remote {
 
 #[derive(Debug, Subcommand)]
 enum SourceCommand {
-    /// Start a source on the node.
+    /// Add a source to the cluster, or many at once with --file.
     Add {
         /// Source id: letters, digits, `-`, `_`, `.`.
-        id: String,
+        #[arg(required_unless_present = "file")]
+        id: Option<String>,
         /// Connector plugin (name or digest).
-        #[arg(long)]
-        plugin: String,
+        #[arg(long, required_unless_present = "file")]
+        plugin: Option<String>,
+        /// Add every source of a file at once (all or none): TOML with `[[source]]` tables,
+        /// as in the node's config, or a JSON array of specs.
+        #[arg(long, conflicts_with_all = ["id", "plugin", "replace"])]
+        file: Option<std::path::PathBuf>,
         /// Connector config: JSON, or @file.json (`anode plugin inspect <plugin>` shows an example).
         #[arg(long, default_value = "{}")]
         plugin_config: String,
@@ -389,11 +394,11 @@ fn demo(config: Config, nodes: usize, sources: usize, rate: f64) -> anyhow::Resu
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let specs = crate::demo::mixed_sources(&sim.ws_url(), &sim.http_url(), sources);
-            for mixed in specs {
-                let id = mixed.spec.id.clone();
-                match first.add_source(mixed.spec, true).await {
-                    Ok(()) => {}
-                    Err(e) => eprintln!("demo source {id} refused: {e}"),
+            let specs: Vec<_> = specs.into_iter().map(|mixed| mixed.spec).collect();
+            // In bulk, a few hundred at a time (Ctrl-C is heard between them).
+            for chunk in specs.chunks(500) {
+                if let Err(e) = first.add_sources(chunk.to_vec(), true).await {
+                    eprintln!("demo sources refused: {e}");
                 }
             }
         };
@@ -435,7 +440,16 @@ fn source_command(command: SourceCommand) -> anyhow::Result<()> {
     tokio_runtime()?.block_on(async move {
         let client = reqwest::Client::new();
         match command {
-            SourceCommand::Add { id, plugin, plugin_config, transforms, replace, remote } => {
+            SourceCommand::Add { file: Some(file), remote, .. } => {
+                let specs = sources_file(&file)?;
+                let request = client.post(format!("{}/api/v1/sources", remote.url));
+                let answer = call(authorised(request, &remote).json(&specs), &remote.url).await?;
+                println!("{} sources added", answer["added"]);
+            }
+            SourceCommand::Add { id, plugin, plugin_config, transforms, replace, remote, .. } => {
+                let (Some(id), Some(plugin)) = (id, plugin) else {
+                    anyhow::bail!("give a source id and --plugin, or --file");
+                };
                 let config = json_arg(&plugin_config).context("--plugin-config")?;
                 let transforms = transforms
                     .iter()
@@ -471,6 +485,28 @@ fn source_command(command: SourceCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The specs in a sources file: TOML `[[source]]` tables (as in the config), or a JSON array.
+fn sources_file(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON array of source specs", path.display()));
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        source: Vec<serde_json::Value>,
+    }
+    let file: File = toml::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a sources file: expected [[source]] tables with id, plugin and config, \
+             as in the node's config",
+            path.display()
+        )
+    })?;
+    Ok(file.source)
 }
 
 /// JSON given inline or as `@file`.

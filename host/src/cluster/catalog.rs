@@ -4,15 +4,18 @@
 //! `(clock, node)` wins everywhere, so every node that has seen the same entries holds the
 //! same catalog whatever the order they arrived in. A delete is a tombstone (an entry without
 //! a value), so it wins over the value it deletes when the two meet. The catalog is kept in
-//! `<data_dir>/catalog.json` so that a restarted node remembers it.
+//! `<data_dir>/catalog.json` and its journal `catalog.log` (see `journal.rs`) so that a
+//! restarted node remembers it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
+
+use super::journal::{Flush, Journal, Snapshot};
 
 /// One catalog entry; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,22 +48,31 @@ impl Entry {
     }
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Persisted {
-    clock: u64,
-    entries: Vec<Entry>,
-}
-
 struct Inner {
     entries: BTreeMap<String, Entry>,
     clock: u64,
-    dirty: bool,
+    /// Keys changed since the last flush.
+    unsaved: BTreeSet<String>,
+    /// Keys changed since the last `take_changes`; `None` when more changed than it keeps.
+    changed: Option<BTreeSet<String>>,
+}
+
+/// Changed keys are remembered for `take_changes` up to this many; past it, every key counts
+/// as changed.
+const CHANGES_KEPT: usize = 100_000;
+
+/// What changed since the last look.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    Keys(BTreeSet<String>),
+    /// Too much to list: look at everything.
+    All,
 }
 
 /// The catalog of one node. Share it behind an `Arc`.
 pub struct Catalog {
     node: String,
-    path: Option<PathBuf>,
+    journal: Option<Mutex<Journal>>,
     inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
     /// Peers' entries refused by the checks.
@@ -68,36 +80,32 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog kept at `path` (read when present), written by `node`.
+    /// The catalog kept at `path` and its journal (read when present), written by `node`.
     pub fn open(node: &str, path: Option<PathBuf>) -> std::io::Result<Catalog> {
-        let persisted: Persisted = match &path {
-            Some(path) if path.exists() => {
-                let text = std::fs::read(path)?;
-                serde_json::from_slice(&text).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "{} is not a catalog ({e}); move it away to start with an empty one \
-                             (peers will send theirs)",
-                            path.display()
-                        ),
-                    )
-                })?
-            }
-            _ => Persisted::default(),
+        let mut journal = path.map(Journal::new);
+        let (snapshot, changes) = match &mut journal {
+            Some(journal) => journal.read()?,
+            None => (Snapshot::default(), Vec::new()),
         };
-        let entries = persisted
-            .entries
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let mut clock = snapshot.clock;
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for entry in snapshot.entries.into_iter().chain(changes) {
+            clock = clock.max(entry.clock);
+            let newer = entries
+                .get(&entry.key)
+                .is_none_or(|have| entry.beats(have.clock, &have.node));
+            if newer {
+                entries.insert(entry.key.clone(), entry);
+            }
+        }
         Ok(Catalog {
             node: node.to_owned(),
-            path,
+            journal: journal.map(Mutex::new),
             inner: Mutex::new(Inner {
                 entries,
-                clock: persisted.clock,
-                dirty: false,
+                clock,
+                unsaved: BTreeSet::new(),
+                changed: Some(BTreeSet::new()),
             }),
             changes: watch::channel(0).0,
             refused: Default::default(),
@@ -124,7 +132,7 @@ impl Catalog {
                 value,
             };
             inner.entries.insert(key.to_owned(), entry.clone());
-            inner.dirty = true;
+            inner.touch(key);
             entry
         };
         self.changed();
@@ -155,8 +163,8 @@ impl Catalog {
                 .get(&entry.key)
                 .is_none_or(|have| entry.beats(have.clock, &have.node));
             if newer {
+                inner.touch(&entry.key);
                 inner.entries.insert(entry.key.clone(), entry);
-                inner.dirty = true;
             }
             newer
         };
@@ -261,29 +269,56 @@ impl Catalog {
         self.changes.subscribe()
     }
 
-    /// Write the catalog to its file if it changed since the last write.
+    /// The keys changed since the last call (for a reconcile that looks only at those).
+    pub fn take_changes(&self) -> Changes {
+        let mut inner = self.lock();
+        match inner.changed.replace(BTreeSet::new()) {
+            Some(keys) => Changes::Keys(keys),
+            None => Changes::All,
+        }
+    }
+
+    /// Write what changed since the last flush: appended to the journal, or folded with the
+    /// rest into a new snapshot when the journal has grown past the catalog's size.
     pub fn flush(&self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
+        let Some(journal) = &self.journal else {
             return Ok(());
         };
-        let bytes = {
+        let mut journal = journal.lock().unwrap_or_else(|p| p.into_inner());
+        let (keys, write) = {
             let mut inner = self.lock();
-            if !inner.dirty {
+            if inner.unsaved.is_empty() {
                 return Ok(());
             }
-            inner.dirty = false;
-            serde_json::to_vec(&Persisted {
-                clock: inner.clock,
-                entries: inner.entries.values().cloned().collect(),
-            })
-            .expect("catalog serialises")
+            let keys = std::mem::take(&mut inner.unsaved);
+            let write = if journal.should_fold(keys.len(), inner.entries.len()) {
+                Flush::Fold(Snapshot {
+                    clock: inner.clock,
+                    entries: inner.entries.values().cloned().collect(),
+                })
+            } else {
+                Flush::Append(keys.iter().map(|k| inner.entries[k].clone()).collect())
+            };
+            (keys, write)
         };
-        let tmp = path.with_extension("json.tmp");
-        let result = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+        let result = journal.write(write);
         if result.is_err() {
-            self.lock().dirty = true;
+            self.lock().unsaved.extend(keys);
         }
         result
+    }
+}
+
+impl Inner {
+    fn touch(&mut self, key: &str) {
+        self.unsaved.insert(key.to_owned());
+        if let Some(changed) = &mut self.changed {
+            if changed.len() >= CHANGES_KEPT {
+                self.changed = None;
+            } else {
+                changed.insert(key.to_owned());
+            }
+        }
     }
 }
 
@@ -388,5 +423,75 @@ mod tests {
         std::fs::write(&path, b"not json").unwrap();
         let err = Catalog::open("a", Some(path)).err().unwrap();
         assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn a_change_appends_one_line_and_the_journal_folds_past_the_catalog_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let log = dir.path().join("catalog.log");
+        let a = Catalog::open("a", Some(path.clone())).unwrap();
+        for n in 0..3000 {
+            a.put(&format!("source/s{n}"), Some(json!({"n": n})));
+        }
+        a.flush().unwrap();
+        let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(lines(&log), 3000);
+        assert!(!path.exists(), "no snapshot yet: 3,000 lines is under the folding bound");
+        // One more change costs one line, whatever the catalog's size.
+        a.put("source/s7", None);
+        a.flush().unwrap();
+        assert_eq!(lines(&log), 3001);
+        let again = Catalog::open("a", Some(path.clone())).unwrap();
+        assert_eq!(again.fingerprint(), a.fingerprint());
+        assert_eq!(again.get("source/s7").unwrap().value, None);
+        // Past the bound, the journal folds into a snapshot and starts empty.
+        for n in 0..1200 {
+            a.put(&format!("source/t{n}"), Some(json!({"n": n})));
+        }
+        a.flush().unwrap();
+        assert!(path.exists() && !log.exists());
+        a.put("source/t0", None);
+        a.flush().unwrap();
+        assert_eq!(lines(&log), 1);
+        let again = Catalog::open("a", Some(path)).unwrap();
+        assert_eq!(again.fingerprint(), a.fingerprint());
+        assert_eq!(again.len(), 4200);
+    }
+
+    #[test]
+    fn a_journal_line_cut_short_by_a_crash_is_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let a = Catalog::open("a", Some(path.clone())).unwrap();
+        a.put("source/x", Some(json!({"n": 1})));
+        a.put("source/y", Some(json!({"n": 2})));
+        a.flush().unwrap();
+        let log = dir.path().join("catalog.log");
+        let mut text = std::fs::read(&log).unwrap();
+        text.extend_from_slice(br#"{"key":"source/z","clo"#);
+        std::fs::write(&log, &text).unwrap();
+        let again = Catalog::open("a", Some(path.clone())).unwrap();
+        assert_eq!(again.fingerprint(), a.fingerprint());
+        // A bad line that is not the last is not a crash: the node refuses to guess.
+        text.extend_from_slice(b"\n{}\n");
+        std::fs::write(&log, &text).unwrap();
+        let err = Catalog::open("a", Some(path)).err().unwrap();
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn changes_name_the_keys_written_or_merged_since_the_last_look() {
+        let a = Catalog::open("a", None).unwrap();
+        let b = Catalog::open("b", None).unwrap();
+        a.put("cursor/x", Some(v(1)));
+        b.put("cursor/y", None);
+        assert!(b.merge(a.get("cursor/x").unwrap()));
+        assert_eq!(a.take_changes(), Changes::Keys(["cursor/x".to_owned()].into()));
+        assert_eq!(a.take_changes(), Changes::Keys(BTreeSet::new()));
+        assert_eq!(
+            b.take_changes(),
+            Changes::Keys(["cursor/x".to_owned(), "cursor/y".to_owned()].into())
+        );
     }
 }

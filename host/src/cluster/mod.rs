@@ -12,6 +12,7 @@ pub mod catalog;
 mod checks;
 mod envelope;
 mod gossip;
+mod journal;
 pub mod http;
 pub mod relay;
 mod settings;
@@ -201,6 +202,9 @@ pub struct GossipStats {
     pub requests_refused_replay: AtomicU64,
     pub requests_refused_no_key: AtomicU64,
 
+    /// Suspects declared down early because their host refused connections on their API
+    /// port (the process is gone).
+    pub confirmed_down: AtomicU64,
     pub broadcasts_received: AtomicU64,
     /// Records received from peers for this node's subscribers.
     pub records_relayed_in: AtomicU64,
@@ -229,6 +233,7 @@ impl GossipStats {
             "requests_refused_replay": g(&self.requests_refused_replay),
             "requests_refused_no_key": g(&self.requests_refused_no_key),
 
+            "confirmed_down": g(&self.confirmed_down),
             "broadcasts_received": g(&self.broadcasts_received),
             "records_relayed_in": g(&self.records_relayed_in),
             "pushed_over_http": g(&self.pushed_over_http),
@@ -373,7 +378,7 @@ impl Cluster {
         });
         let foca = Foca::with_custom_broadcast(
             me.clone(),
-            config,
+            config.clone(),
             rand::make_rng::<rand::rngs::StdRng>(),
             PostcardCodec,
             CatalogBroadcasts {
@@ -408,6 +413,11 @@ impl Cluster {
                 events,
                 runtime: foca::AccumulatingRuntime::new(),
                 announce_every: Duration::from_millis(settings.announce_ms.max(50)),
+                config,
+                suspect_base: Duration::from_millis(settings.suspect_to_down_ms.max(1)),
+                scaled_for: 1,
+                confirming: Default::default(),
+                gone: mpsc::channel(64),
             }
             .run(rx, shutdown),
         );
@@ -448,6 +458,30 @@ impl Cluster {
         for peer in peers {
             self.stats.pushed_over_http.fetch_add(1, Relaxed);
             let _ = http::push(self, http, &peer, std::slice::from_ref(&entry)).await;
+        }
+    }
+
+    /// Spread many local writes at once (a bulk add): pushed over HTTP to every live member in
+    /// a few requests, instead of one gossip broadcast each.
+    pub async fn spread_many(&self, entries: Vec<Entry>, http: &reqwest::Client) {
+        /// Entries per push: well under a peer's request-size cap.
+        const PER_PUSH: usize = 256;
+        if entries.len() <= 1 {
+            for entry in entries {
+                self.spread(entry, http).await;
+            }
+            return;
+        }
+        let peers: Vec<Peer> = self.view().live_peers().cloned().collect();
+        for peer in peers {
+            for chunk in entries.chunks(PER_PUSH) {
+                self.stats.pushed_over_http.fetch_add(1, Relaxed);
+                if let Err(e) = http::push(self, http, &peer, chunk).await {
+                    // Anti-entropy carries the rest there later.
+                    tracing::debug!("{e}");
+                    break;
+                }
+            }
         }
     }
 

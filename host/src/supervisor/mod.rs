@@ -21,6 +21,7 @@ mod run;
 
 pub(crate) use facade::{Parts, share_cursors};
 pub(crate) use reconcile::reconcile_loop;
+use reconcile::Scope;
 pub(crate) use reports::sample_rates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -210,6 +211,66 @@ impl NodeState {
         Ok(())
     }
 
+    /// Add many sources at once (`POST /api/v1/sources` with an array): every spec is checked
+    /// first and nothing is added unless all pass; then they join the catalog together, are
+    /// pushed to the peers in a few requests, and only they are reconciled. With `replace`,
+    /// sources of the same ids are replaced.
+    pub async fn add_sources(
+        &self,
+        specs: Vec<SourceSpec>,
+        replace: bool,
+    ) -> Result<usize, NodeError> {
+        let mut seen = HashSet::with_capacity(specs.len());
+        let mut problems = Vec::new();
+        for spec in &specs {
+            if !seen.insert(spec.id.as_str()) {
+                problems.push(format!("`{}` is given twice", spec.id));
+                continue;
+            }
+            if !replace
+                && self
+                    .cluster
+                    .catalog
+                    .get(&source_key(&spec.id))
+                    .is_some_and(|e| e.value.is_some())
+            {
+                problems.push(format!("source `{}` already exists", spec.id));
+                continue;
+            }
+            if let Err(e) = self.check_source(spec).await {
+                problems.push(e.to_string());
+            }
+        }
+        if let Some(first) = problems.first() {
+            const SHOWN: usize = 10;
+            let more = match problems.len() {
+                1 => String::new(),
+                n => format!(
+                    " (and {} more: {}{})",
+                    n - 1,
+                    problems[1..n.min(SHOWN)].join("; "),
+                    if n > SHOWN { "; …" } else { "" }
+                ),
+            };
+            return Err(NodeError::BadRequest(format!(
+                "no source was added: {first}{more}"
+            )));
+        }
+        let count = specs.len();
+        let entries = specs
+            .into_iter()
+            .map(|spec| {
+                let value = serde_json::to_value(&spec).expect("specs serialise");
+                self.cluster.catalog.put(&source_key(&spec.id), Some(value))
+            })
+            .collect();
+        self.cluster.spread_many(entries, &self.ingest.http).await;
+        self.reconcile(Scope::Changed).await;
+        self.events
+            .push(&self.node_id, "source", format!("{count} sources added"));
+        Ok(count)
+    }
+
     /// Remove a source from the cluster; returns its spec.
     pub async fn remove_source(&self, id: &str) -> Result<SourceSpec, NodeError> {
         let spec = self.catalog_spec(id)?;
@@ -271,7 +332,7 @@ impl NodeState {
     pub(crate) async fn write_catalog(&self, key: &str, value: Option<serde_json::Value>) {
         let entry = self.cluster.catalog.put(key, value);
         self.cluster.spread(entry, &self.ingest.http).await;
-        self.reconcile().await;
+        self.reconcile(Scope::Changed).await;
     }
 
     pub(crate) fn log_cluster_event(&self, event: ClusterEvent) {

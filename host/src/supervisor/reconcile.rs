@@ -2,25 +2,61 @@
 //! here; start what this node owns, hand over (make-before-break) what it no longer owns,
 //! fetch the plugins the catalog names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{HANDOVER_CHECK_EVERY, NodeState, RECONCILE_EVERY, lock, source_key};
+use futures_util::StreamExt;
+
+use super::{HANDOVER_CHECK_EVERY, NodeError, NodeState, RECONCILE_EVERY, lock, source_key};
+use crate::cluster::catalog::Changes;
 use crate::cluster::http::PeerAnswer;
 use crate::source::{SourceReport, SourceSpec, SourceState};
+
+/// Sources started at once by one reconcile.
+const STARTS_AT_ONCE: usize = 16;
+
+/// What a reconcile looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every source: after a change of members, a plugin's arrival, and now and then to retry.
+    All,
+    /// Only the sources whose catalog entries changed since the last reconcile: adding,
+    /// changing or removing one source costs the same however many there are.
+    Changed,
+}
 
 impl NodeState {
     /// Start what this node owns and does not run; stop what it runs and does not own (or
     /// what was removed or paused); fetch plugins the catalog names and this node lacks.
-    pub async fn reconcile(&self) {
+    pub(crate) async fn reconcile(&self, scope: Scope) {
         let _one_at_a_time = self.reconciling.lock().await;
         if self.shutdown.is_cancelled() {
             return;
         }
         let view = self.cluster.view();
+        // Taken under the lock, so that changes are looked at by exactly one reconcile.
+        let changes = self.cluster.catalog.take_changes();
+        let only: Option<BTreeSet<String>> = match (scope, changes) {
+            (Scope::Changed, Changes::Keys(keys)) => Some(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix("source/"))
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let in_scope = |id: &str| only.as_ref().is_none_or(|ids| ids.contains(id));
+        let entries = match &only {
+            None => self.cluster.catalog.live("source/"),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.cluster.catalog.get(&source_key(id)))
+                .filter(|e| e.value.is_some())
+                .collect(),
+        };
         let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
-        for entry in self.cluster.catalog.live("source/") {
+        for entry in entries {
             match serde_json::from_value::<SourceSpec>(entry.value.expect("live")) {
                 Ok(spec) if !spec.paused && view.owner(&spec.id) == self.node_id => {
                     wanted.insert(spec.id.clone(), spec);
@@ -29,13 +65,19 @@ impl NodeState {
                 Err(e) => tracing::warn!("catalog entry {} is not a source: {e}", entry.key),
             }
         }
-        let running: Vec<(String, SourceSpec)> = self
-            .sources
-            .lock()
-            .await
-            .iter()
-            .map(|(id, r)| (id.clone(), r.spec.clone()))
-            .collect();
+        let running: Vec<(String, SourceSpec)> = {
+            let sources = self.sources.lock().await;
+            match &only {
+                None => sources
+                    .iter()
+                    .map(|(id, r)| (id.clone(), r.spec.clone()))
+                    .collect(),
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| sources.get(id).map(|r| (id.clone(), r.spec.clone())))
+                    .collect(),
+            }
+        };
         let mut handed_over = Vec::new();
         for (id, spec) in &running {
             match wanted.get(id) {
@@ -64,8 +106,8 @@ impl NodeState {
             }
         }
         lock(&self.handing_over).retain(|id, _| !wanted.contains_key(id));
-        lock(&self.failed).retain(|id, _| wanted.contains_key(id));
-        let mut started = Vec::new();
+        lock(&self.failed).retain(|id, _| !in_scope(id) || wanted.contains_key(id));
+        let mut ready = Vec::new();
         for (id, spec) in wanted {
             if !self.plugins_present(&spec) {
                 let refused = lock(&self.untrusted)
@@ -79,7 +121,19 @@ impl NodeState {
                 lock(&self.failed).insert(id.clone(), reason);
                 continue;
             }
-            match self.start_source(spec).await {
+            ready.push((id, spec));
+        }
+        // Started several at a time: each waits on the store for its cursor and on its
+        // plugin for its session, and a node taking over a dead peer's share should not
+        // wait for them one after the other.
+        let outcomes: Vec<(String, Result<(), NodeError>)> = futures_util::stream::iter(ready)
+            .map(|(id, spec)| async move { (id, self.start_source(spec).await) })
+            .buffer_unordered(STARTS_AT_ONCE)
+            .collect()
+            .await;
+        let mut started = Vec::new();
+        for (id, outcome) in outcomes {
+            match outcome {
                 Ok(()) => {
                     lock(&self.failed).remove(&id);
                     started.push(id);
@@ -97,6 +151,7 @@ impl NodeState {
                 }
             }
         }
+        started.sort();
         if !handed_over.is_empty() {
             self.events.push(
                 &self.node_id,
@@ -253,15 +308,16 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
         }
     }
     let mut fetched = state.fetch_done.subscribe();
+    let mut scope = Scope::All;
     loop {
-        state.reconcile().await;
+        state.reconcile(scope).await;
         // While sources wait for their new owners, look again soon.
         let next = if state.handing_over() > 0 {
             HANDOVER_CHECK_EVERY
         } else {
             RECONCILE_EVERY
         };
-        tokio::select! {
+        scope = tokio::select! {
             () = state.shutdown.cancelled() => return,
             changed = view.changed() => {
                 if changed.is_err() {
@@ -269,10 +325,11 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
                     state.shutdown.cancelled().await;
                     return;
                 }
+                Scope::All
             }
-            _ = catalog.changed() => {}
-            _ = fetched.recv() => {}
-            () = tokio::time::sleep(next) => {}
-        }
+            _ = catalog.changed() => Scope::Changed,
+            _ = fetched.recv() => Scope::All,
+            () = tokio::time::sleep(next) => Scope::All,
+        };
     }
 }
