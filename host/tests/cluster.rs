@@ -178,6 +178,11 @@ async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back(
         Ok(())
     })
     .await;
+    // Its API port refused connections: a survivor declared it down without waiting out the
+    // suspicion, and the other heard it from there.
+    let confirmed = metric(&first, "anode_gossip_confirmed_down_total").await
+        + metric(&second, "anode_gossip_confirmed_down_total").await;
+    assert!(confirmed >= 1.0, "no survivor confirmed k3 gone");
     until_converged(
         "survivors to run every source",
         &[&first, &second],
@@ -212,6 +217,64 @@ async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back(
     if let Stored::Postgres(db) = stored {
         db.drop_db().await;
     }
+}
+
+/// A frozen process (SIGSTOP: a stand-in for one too loaded to answer) still accepts
+/// connections, so it is not declared down early: it gets the whole suspicion timeout, and
+/// once thawed it is a member again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let first = NodeProc::start(root.path(), "f1", &NodeOptions::default());
+    let options = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root.path(), "f2", &options);
+    let third = NodeProc::start(root.path(), "f3", &options);
+    until("3 members alive", SETTLE, || async {
+        for node in [&first, &second] {
+            let alive = support::cluster::members_in(node, &["alive"]).await;
+            if !["f1", "f2", "f3"]
+                .iter()
+                .all(|id| *id == node.id || alive.contains(*id))
+            {
+                return Err(format!("{} sees alive: {alive:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    third.signal("STOP");
+    until("f1 and f2 to mark the frozen f3 down", SETTLE, || async {
+        for node in [&first, &second] {
+            let down = support::cluster::members_in(node, &["down"]).await;
+            if !down.contains("f3") {
+                return Err(format!("{} sees down: {down:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for node in [&first, &second] {
+        assert_eq!(
+            metric(node, "anode_gossip_confirmed_down_total").await,
+            0.0,
+            "{} declared a frozen (not dead) node down early",
+            node.id
+        );
+    }
+    third.signal("CONT");
+    until("f3 to be alive again everywhere", SETTLE, || async {
+        for node in [&first, &second] {
+            let alive = support::cluster::members_in(node, &["alive"]).await;
+            if !alive.contains("f3") {
+                return Err(format!("{} sees alive: {alive:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// A copy of a built-in component with a custom section appended: a valid component with

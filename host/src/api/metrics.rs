@@ -235,6 +235,11 @@ pub(super) async fn metrics(
             "Plugin fetches from peers that failed or were refused (sha256 mismatch).",
         ),
         (
+            "anode_gossip_confirmed_down_total",
+            "confirmed_down",
+            "Suspects declared down early: their host refused connections on their API port.",
+        ),
+        (
             "anode_records_relayed_in_total",
             "records_relayed_in",
             "Records received from peers for this node's subscribers.",

@@ -80,7 +80,29 @@ pub(super) struct Gossip {
     pub(super) events: mpsc::UnboundedSender<ClusterEvent>,
     pub(super) runtime: foca::AccumulatingRuntime<Peer>,
     pub(super) announce_every: Duration,
+    /// foca's config as last set.
+    pub(super) config: foca::Config,
+    /// `cluster.suspect_to_down_ms`: the suspicion timeout of a cluster of up to 10 members.
+    pub(super) suspect_base: Duration,
+    /// The cluster size the suspicion timeout was last scaled for.
+    pub(super) scaled_for: usize,
+    /// Suspects whose API port is being tried (see `confirm`), and where the answers come.
+    pub(super) confirming: std::collections::HashSet<Peer>,
+    pub(super) gone: (
+        mpsc::Sender<(Peer, foca::Incarnation)>,
+        mpsc::Receiver<(Peer, foca::Incarnation)>,
+    ),
 }
+
+/// The suspicion timeout for a cluster of `members` (this node included): as SWIM's Lifeguard
+/// and memberlist scale it, `base × max(1, log10(members))`. A suspect has longer to refute
+/// in a larger cluster, where the news of its suspicion takes more rounds to reach it.
+pub fn suspicion_timeout(base: Duration, members: usize) -> Duration {
+    base.mul_f64((members.max(1) as f64).log10().max(1.0))
+}
+
+/// How long the API port of a suspect is tried.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Gossip {
     pub(super) async fn run(
@@ -129,6 +151,9 @@ impl Gossip {
                         tracing::debug!("gossip timer: {e}");
                     }
                 }
+                Some((peer, incarnation)) = self.gone.1.recv() => {
+                    self.declare_down(peer, incarnation);
+                }
                 command = commands.recv() => match command {
                     Some(Command::Broadcast(bytes)) => {
                         match self.foca.add_broadcast(&bytes) {
@@ -174,6 +199,63 @@ impl Gossip {
         }
     }
 
+    /// A suspect whose host refuses connections on its API port has no process left there
+    /// (`kill -9`, a crash): it is declared down now instead of after the suspicion timeout,
+    /// and the news spreads as any other update. A host that does not answer at all (a cut
+    /// network, a machine gone) still gets the whole timeout, and so does a member that is
+    /// only slow: a loaded process still accepts connections.
+    fn confirm(&mut self, peer: &Peer, incarnation: foca::Incarnation) {
+        if peer.api.ip().is_unspecified() || !self.confirming.insert(peer.clone()) {
+            return;
+        }
+        let gone = self.gone.0.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let tried =
+                tokio::time::timeout(CONFIRM_TIMEOUT, tokio::net::TcpStream::connect(peer.api))
+                    .await;
+            if let Ok(Err(e)) = tried
+                && e.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                let _ = gone.send((peer, incarnation)).await;
+            }
+        });
+    }
+
+    fn declare_down(&mut self, peer: Peer, incarnation: foca::Incarnation) {
+        let still_suspect = self.foca.iter_membership_state().any(|m| {
+            *m.id() == peer && m.incarnation() == incarnation && m.state() == foca::State::Suspect
+        });
+        if !still_suspect {
+            return;
+        }
+        self.stats.confirmed_down.fetch_add(1, Relaxed);
+        tracing::info!(
+            "{} refuses connections on {}: down without waiting out the suspicion",
+            peer.id,
+            peer.api
+        );
+        let down = foca::Member::new(peer, incarnation, foca::State::Down);
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(down), true, &mut self.runtime)
+        {
+            tracing::debug!("declaring a member down: {e}");
+        }
+    }
+
+    /// Scale the suspicion timeout to the cluster's size when it changed.
+    fn scale_suspicion(&mut self, members: usize) {
+        if members == self.scaled_for {
+            return;
+        }
+        self.scaled_for = members;
+        self.config.suspect_to_down_after = suspicion_timeout(self.suspect_base, members);
+        if let Err(e) = self.foca.set_config(self.config.clone()) {
+            tracing::warn!("cannot scale the suspicion timeout: {e}");
+        }
+    }
+
     fn spread_now(&mut self) {
         if let Err(e) = self.foca.broadcast(&mut self.runtime) {
             tracing::debug!("broadcast: {e}");
@@ -214,6 +296,18 @@ impl Gossip {
             }
         }
         let me = self.foca.identity().clone();
+        let suspects: Vec<(Peer, foca::Incarnation)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.confirming
+            .retain(|p| suspects.iter().any(|(s, _)| s == p));
+        for (peer, incarnation) in &suspects {
+            self.confirm(peer, *incarnation);
+        }
+        self.scale_suspicion(self.foca.num_members() + 1);
         let mut latest: std::collections::BTreeMap<&str, Member> = Default::default();
         for m in self.foca.iter_membership_state() {
             let peer = m.id();

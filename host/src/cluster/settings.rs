@@ -33,7 +33,8 @@ pub struct ClusterSettings {
     pub probe_period_ms: u64,
     /// How long a probe waits for an ack before asking others to probe.
     pub probe_rtt_ms: u64,
-    /// How long a suspect member has to refute before it is declared down.
+    /// How long a suspect member has to refute before it is declared down, in a cluster of up
+    /// to 10 members; scaled by log10(members) past that.
     pub suspect_to_down_ms: u64,
     /// Largest gossip packet; bigger catalog entries travel by HTTP instead.
     pub max_packet_bytes: usize,

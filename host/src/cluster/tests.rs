@@ -245,3 +245,20 @@ fn fuzzed_catalog_merges_converge_in_any_order() {
     }
     assert_eq!(fingerprints.len(), 1, "the orders disagree");
 }
+
+#[test]
+fn suspicion_grows_with_the_log_of_the_cluster_size() {
+    use super::gossip::suspicion_timeout;
+    let base = Duration::from_secs(4);
+    for small in [1, 2, 3, 10] {
+        assert_eq!(suspicion_timeout(base, small), base, "{small} members");
+    }
+    assert_eq!(suspicion_timeout(base, 100), base * 2);
+    let mut last = base;
+    for n in 11..2000 {
+        let t = suspicion_timeout(base, n);
+        assert!(t >= last, "never shorter for a larger cluster ({n})");
+        last = t;
+    }
+    assert!(last < base * 4, "{last:?}");
+}

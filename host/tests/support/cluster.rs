@@ -169,9 +169,17 @@ impl NodeProc {
             })
             .collect();
         std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
+        self.signal("HUP");
+    }
+
+    /// Send the process a signal by name (`STOP` freezes it, `CONT` thaws it).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("the node runs").id().to_string();
-        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -HUP {pid}");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
