@@ -12,8 +12,8 @@ pub mod catalog;
 mod checks;
 mod envelope;
 mod gossip;
-mod journal;
 pub mod http;
+mod journal;
 pub mod relay;
 mod settings;
 
@@ -448,6 +448,10 @@ impl Cluster {
     /// Spread a local catalog write: by gossip when it fits a packet, else by HTTP to every
     /// live member (anti-entropy would get it there too, later).
     pub async fn spread(&self, entry: Entry, http: &reqwest::Client) {
+        if self.view().live_peers().next().is_none() {
+            // Alone: there is no one to tell; anti-entropy brings it to whoever joins.
+            return;
+        }
         let bytes = serde_json::to_vec(&entry).expect("entries serialise");
         // Room for the envelope, foca's header and a few membership updates.
         if bytes.len() + 400 <= self.settings.max_packet_bytes {

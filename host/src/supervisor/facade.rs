@@ -243,11 +243,19 @@ pub(crate) async fn share_cursors(state: Arc<NodeState>, shelf: CursorShelf) {
             () = state.shutdown.cancelled() => true,
             _ = interval.tick() => false,
         };
-        for (source, cursor, at_us) in shelf.take() {
-            let value = serde_json::to_value(SharedCursor { cursor, at_us }).expect("plain data");
-            let entry = state.cluster.catalog.put(&cursor_key(&source), Some(value));
-            state.cluster.spread(entry, &state.ingest.http).await;
-        }
+        // Written together and pushed to the peers in a few requests: one gossip broadcast
+        // per cursor made every second cost as much as the node had sources, squared (each
+        // broadcast is checked against the backlog of the others).
+        let entries: Vec<_> = shelf
+            .take()
+            .into_iter()
+            .map(|(source, cursor, at_us)| {
+                let value =
+                    serde_json::to_value(SharedCursor { cursor, at_us }).expect("plain data");
+                state.cluster.catalog.put(&cursor_key(&source), Some(value))
+            })
+            .collect();
+        state.cluster.spread_many(entries, &state.ingest.http).await;
         if stopping {
             return;
         }
