@@ -437,7 +437,10 @@ mod tests {
         a.flush().unwrap();
         let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
         assert_eq!(lines(&log), 3000);
-        assert!(!path.exists(), "no snapshot yet: 3,000 lines is under the folding bound");
+        assert!(
+            !path.exists(),
+            "no snapshot yet: 3,000 lines is under the folding bound"
+        );
         // One more change costs one line, whatever the catalog's size.
         a.put("source/s7", None);
         a.flush().unwrap();
@@ -445,18 +448,22 @@ mod tests {
         let again = Catalog::open("a", Some(path.clone())).unwrap();
         assert_eq!(again.fingerprint(), a.fingerprint());
         assert_eq!(again.get("source/s7").unwrap().value, None);
-        // Past the bound, the journal folds into a snapshot and starts empty.
-        for n in 0..1200 {
-            a.put(&format!("source/t{n}"), Some(json!({"n": n})));
+        // Past the bound (twice the catalog's entries), the journal folds into a snapshot
+        // and starts empty.
+        for n in 0..2999 {
+            a.put(&format!("source/s{n}"), Some(json!({"n": n + 1})));
         }
         a.flush().unwrap();
-        assert!(path.exists() && !log.exists());
-        a.put("source/t0", None);
+        assert_eq!(lines(&log), 6000, "6,000 lines for 3,000 entries: not yet");
+        a.put("source/s2999", Some(json!({"n": 0})));
+        a.flush().unwrap();
+        assert!(path.exists() && !log.exists(), "folded");
+        a.put("source/s0", None);
         a.flush().unwrap();
         assert_eq!(lines(&log), 1);
         let again = Catalog::open("a", Some(path)).unwrap();
         assert_eq!(again.fingerprint(), a.fingerprint());
-        assert_eq!(again.len(), 4200);
+        assert_eq!(again.len(), 3000);
     }
 
     #[test]
@@ -487,7 +494,10 @@ mod tests {
         a.put("cursor/x", Some(v(1)));
         b.put("cursor/y", None);
         assert!(b.merge(a.get("cursor/x").unwrap()));
-        assert_eq!(a.take_changes(), Changes::Keys(["cursor/x".to_owned()].into()));
+        assert_eq!(
+            a.take_changes(),
+            Changes::Keys(["cursor/x".to_owned()].into())
+        );
         assert_eq!(a.take_changes(), Changes::Keys(BTreeSet::new()));
         assert_eq!(
             b.take_changes(),

@@ -1,7 +1,7 @@
 //! Where a node keeps its catalog: a snapshot (`catalog.json`) and a journal beside it
 //! (`catalog.log`, one entry per line) that every change is appended to. Writing a change
 //! costs as much as the change, not as much as the catalog; the journal is folded into a new
-//! snapshot once it holds more lines than the catalog has entries.
+//! snapshot once it holds more than twice as many lines as the catalog has entries.
 //!
 //! A crash can leave a half-written last line: it is skipped when the journal is read (that
 //! change is lost on this node only, and comes back from peers by anti-entropy). Reading a
@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::Entry;
 
-/// Fold the journal into the snapshot once it has this many lines or more than the catalog
-/// has entries, whichever is greater.
+/// Fold the journal into the snapshot once it has this many lines or more than twice as many
+/// as the catalog has entries, whichever is greater: each change costs at most three lines'
+/// worth of writing in all, and reading a journal at start at most twice the catalog.
 const MIN_LINES_BEFORE_FOLDING: usize = 4096;
+const LINES_PER_ENTRY_BEFORE_FOLDING: usize = 2;
 
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct Snapshot {
@@ -90,7 +92,8 @@ impl Journal {
 
     /// Whether the next flush should fold the journal into a new snapshot.
     pub(super) fn should_fold(&self, appending: usize, entries: usize) -> bool {
-        self.lines + appending > MIN_LINES_BEFORE_FOLDING.max(entries)
+        self.lines + appending
+            > MIN_LINES_BEFORE_FOLDING.max(LINES_PER_ENTRY_BEFORE_FOLDING * entries)
     }
 
     pub(super) fn write(&mut self, what: Flush) -> std::io::Result<()> {
