@@ -259,8 +259,11 @@ pub async fn anti_entropy(cluster: Cluster, http: reqwest::Client, shutdown: Can
                 tracing::debug!("{e}");
             }
         }
-        if let Err(e) = cluster.catalog.flush() {
-            tracing::warn!("cannot write the catalog: {e}");
+        // Off the async workers: a flush writes and syncs a file.
+        let catalog = cluster.catalog.clone();
+        match tokio::task::spawn_blocking(move || catalog.flush()).await {
+            Ok(Err(e)) => tracing::warn!("cannot write the catalog: {e}"),
+            Ok(Ok(())) | Err(_) => {}
         }
     }
     let _ = cluster.catalog.flush();
