@@ -19,12 +19,18 @@ const STARTS_AT_ONCE: usize = 16;
 /// What a reconcile looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
-    /// Every source: after a change of members, a plugin's arrival, and now and then to retry.
+    /// Every source: after a change of members, a plugin's arrival, and every
+    /// `FULL_EVERY` retries as a safety net.
     All,
     /// Only the sources whose catalog entries changed since the last reconcile: adding,
     /// changing or removing one source costs the same however many there are.
     Changed,
+    /// The changed ones, and those that could not start or wait for their new owner.
+    Retry,
 }
+
+/// Every this many retry rounds (`RECONCILE_EVERY` apart), a reconcile looks at every source.
+const FULL_EVERY: u32 = 15;
 
 impl NodeState {
     /// Start what this node owns and does not run; stop what it runs and does not own (or
@@ -38,13 +44,19 @@ impl NodeState {
         // Taken under the lock, so that changes are looked at by exactly one reconcile.
         let changes = self.cluster.catalog.take_changes();
         let only: Option<BTreeSet<String>> = match (scope, changes) {
-            (Scope::Changed, Changes::Keys(keys)) => Some(
-                keys.iter()
+            (Scope::All, _) | (_, Changes::All) => None,
+            (scope, Changes::Keys(keys)) => {
+                let mut ids: BTreeSet<String> = keys
+                    .iter()
                     .filter_map(|k| k.strip_prefix("source/"))
                     .map(str::to_owned)
-                    .collect(),
-            ),
-            _ => None,
+                    .collect();
+                if scope == Scope::Retry {
+                    ids.extend(lock(&self.failed).keys().cloned());
+                    ids.extend(lock(&self.handing_over).keys().cloned());
+                }
+                Some(ids)
+            }
         };
         let in_scope = |id: &str| only.as_ref().is_none_or(|ids| ids.contains(id));
         let entries = match &only {
@@ -309,6 +321,7 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
     }
     let mut fetched = state.fetch_done.subscribe();
     let mut scope = Scope::All;
+    let mut retries = 0u32;
     loop {
         state.reconcile(scope).await;
         // While sources wait for their new owners, look again soon.
@@ -329,7 +342,10 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
             }
             _ = catalog.changed() => Scope::Changed,
             _ = fetched.recv() => Scope::All,
-            () = tokio::time::sleep(next) => Scope::All,
+            () = tokio::time::sleep(next) => {
+                retries = retries.wrapping_add(1);
+                if retries % FULL_EVERY == 0 { Scope::All } else { Scope::Retry }
+            }
         };
     }
 }
