@@ -115,7 +115,7 @@ impl NodeState {
         )?;
         let config = spec.config.to_string();
         let session = connector
-            .call(move |c| c.open(&config, cursor.as_deref()))
+            .call_first(move |c| c.open(&config, cursor.as_deref()))
             .await
             .map_err(|e| refused(spec, &e))?;
         let mut chain = Vec::new();
@@ -129,7 +129,7 @@ impl NodeState {
             )?;
             let config = step.config.to_string();
             let session = worker
-                .call(move |t| t.configure(&config))
+                .call_first(move |t| t.configure(&config))
                 .await
                 .map_err(|e| refused(spec, &e))?;
             chain.push(Bound { worker, session });
@@ -153,9 +153,7 @@ impl NodeState {
             else {
                 continue;
             };
-            if self.plugin_store.has(&digest)
-                || lock(&self.untrusted).contains_key(&digest)
-            {
+            if self.plugin_store.has(&digest) || lock(&self.untrusted).contains_key(&digest) {
                 continue;
             }
             let name = value["name"].as_str().unwrap_or("?").to_owned();
