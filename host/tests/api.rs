@@ -375,3 +375,52 @@ async fn ctrl_c_stops_the_demo_while_it_is_still_adding_sources() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// `anode bench` runs the simulator and a node of its own, and reports what it measured:
+/// figures, and no id the simulator sent missing from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anode_bench_reports_throughput_latency_and_no_loss() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_anode"))
+            .args([
+                "bench",
+                "--sources",
+                "5",
+                "--rate",
+                "40",
+                "--duration",
+                "2",
+                "--subscribers",
+                "2",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let line = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{text}"))
+            .to_owned()
+    };
+    let first_number = |l: &str| -> f64 {
+        l.split_whitespace()
+            .find_map(|w| w.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no figure in `{l}`"))
+    };
+    assert!(first_number(&line("stored")) > 0.0, "{text}");
+    assert!(first_number(&line("delivered")) > 0.0, "{text}");
+    assert!(line("latency").contains("p99"), "{text}");
+    let loss = line("loss");
+    assert!(loss.contains("loss        0 of"), "{text}");
+    let sent: u64 = loss
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 0, "the simulator sent ids: {text}");
+}

@@ -1,5 +1,6 @@
 //! The `anode` command line.
 
+mod bench;
 mod plugins;
 mod status;
 
@@ -64,6 +65,9 @@ enum Command {
         #[arg(long)]
         postgres: Option<String>,
     },
+    /// Measure a node under load: the simulator, N sources at R trades/s for T seconds, K
+    /// `/ws` subscribers; prints throughput, latency, CPU per record, memory and loss.
+    Bench(bench::BenchArgs),
     /// Run the feed simulator alone (simulated venues on loopback).
     Feedsim(anode_feedsim::cli::Args),
     /// Write, install, list, inspect and remove plugins.
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             demo(config, nodes, sources, rate)
         }
+        Command::Bench(args) => bench::run(args),
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugins::plugin_command(&config, command),
         Command::Source(command) => source_command(command),
@@ -489,8 +494,8 @@ fn source_command(command: SourceCommand) -> anyhow::Result<()> {
 
 /// The specs in a sources file: TOML `[[source]]` tables (as in the config), or a JSON array.
 fn sources_file(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "json") {
         return serde_json::from_str(&text)
             .with_context(|| format!("{} is not a JSON array of source specs", path.display()));

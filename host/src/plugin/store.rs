@@ -173,9 +173,7 @@ impl PluginStore {
         let modified = std::fs::metadata(&self.dir)
             .and_then(|m| m.modified())
             .map_err(io)?;
-        let settled = modified
-            .elapsed()
-            .is_ok_and(|age| age >= SETTLED);
+        let settled = modified.elapsed().is_ok_and(|age| age >= SETTLED);
         let mut cached = self.listing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(listing) = cached.as_ref()
             && settled

@@ -200,8 +200,8 @@ async fn connect(
                     None,
                 )
                 .await
-                    .map(|(socket, _response)| socket)
-                    .map_err(|e| e.to_string());
+                .map(|(socket, _response)| socket)
+                .map_err(|e| e.to_string());
             }
             Err(e) => last = format!("{addr}: {e}"),
         }

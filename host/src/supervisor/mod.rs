@@ -20,8 +20,8 @@ mod reports;
 mod run;
 
 pub(crate) use facade::{Parts, share_cursors};
-pub(crate) use reconcile::reconcile_loop;
 use reconcile::Scope;
+pub(crate) use reconcile::reconcile_loop;
 pub(crate) use reports::sample_rates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,0 +1,443 @@
+//! `anode bench`: a load tool in the spirit of `pgbench` and `redis-benchmark`. It starts the
+//! feed simulator and one node (`anode up`, a child process, so that its CPU and memory are its
+//! own), drives N Binance trade sources at R trades/s each for T seconds with K `/ws`
+//! subscribers, and prints throughput, latency percentiles, CPU per record, memory, and loss:
+//! the ids the simulator sent against the ids the store holds, id by id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Sources, one simulated Binance trade stream each.
+    #[arg(long, default_value_t = 100)]
+    sources: usize,
+    /// Trades per second per source.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds of load measured (after the sources are live and a 2-second warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// `/ws` subscribers, each receiving every record.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// PostgreSQL URL for the node's store; default the embedded store.
+    #[arg(long)]
+    postgres: Option<String>,
+}
+
+/// What the subscribers saw.
+#[derive(Default)]
+struct Seen {
+    records: AtomicU64,
+    /// Emit → receipt, in µs (the simulator's emit times have ms resolution).
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.sources == 0 || args.rate <= 0.0 || args.duration == 0 {
+        bail!("--sources, --rate and --duration must be above 0");
+    }
+    super::tokio_runtime()?.block_on(bench(args))
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let sim = anode_feedsim::start(anode_feedsim::SimConfig {
+        bind: "127.0.0.1:0".parse().expect("an address"),
+        rate_per_stream: args.rate,
+        ..anode_feedsim::SimConfig::default()
+    })
+    .await
+    .context("cannot start the feed simulator")?;
+    let dir = std::env::temp_dir().join(format!("anode-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = measure(&args, &sim, &dir).await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> anyhow::Result<()> {
+    let api = free_port()?;
+    let gossip = free_port()?;
+    let store = match &args.postgres {
+        Some(url) => format!("[store]\npostgres_url = {url:?}\n"),
+        None => String::new(),
+    };
+    let mut config = format!(
+        "data_dir = {:?}\n{store}[api]\nbind = \"127.0.0.1:{api}\"\n[cluster]\nbind = \
+         \"127.0.0.1:{gossip}\"\n[sources]\nallow = [\"{}\"]\n",
+        dir.join("data"),
+        sim.addr()
+    );
+    let ids: Vec<String> = (0..args.sources).map(|i| format!("bench-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        config.push_str(&format!(
+            "[[source]]\nid = \"{id}\"\nplugin = \"binance-trades\"\nconfig = {{ base_url = \
+             \"{}/binance\", symbols = [\"bench{i}usdt\"], mode = \"raw\" }}\n",
+            sim.ws_url()
+        ));
+    }
+    let config_path = dir.join("anode.toml");
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.join("node.log"))?;
+    let mut node = Node {
+        child: std::process::Command::new(std::env::current_exe()?)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("up")
+            .env("ANODE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start `anode up`")?,
+        api: format!("http://127.0.0.1:{api}"),
+        log: dir.join("node.log"),
+    };
+    let outcome = drive(args, sim, &node, &ids, dir).await;
+    node.stop();
+    outcome
+}
+
+async fn drive(
+    args: &BenchArgs,
+    sim: &anode_feedsim::FeedSim,
+    node: &Node,
+    ids: &[String],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    println!(
+        "anode bench: {} sources × {} trades/s = {:.0} records/s offered, {} subscribers, {} s, \
+         {} store",
+        args.sources,
+        args.rate,
+        args.sources as f64 * args.rate,
+        args.subscribers,
+        args.duration,
+        if args.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "embedded"
+        }
+    );
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    node.until("to answer", Duration::from_secs(60), |s| s.is_some())
+        .await?;
+    node.until("every source to be live", Duration::from_secs(300), |s| {
+        s.is_some_and(|s| live(s) >= ids.len())
+    })
+    .await?;
+    println!(
+        "  {} sources live {:.1} s after start",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let seen = Arc::new(Seen::default());
+    let mut subscribers = Vec::new();
+    for _ in 0..args.subscribers {
+        let url = format!("{}/ws", node.api.replacen("http", "ws", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .context("cannot subscribe to /ws")?;
+        let seen = seen.clone();
+        subscribers.push(tokio::spawn(async move {
+            let (_tx, mut rx) = socket.split();
+            while let Some(Ok(message)) = rx.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                let Some(emitted_ms) = value["payload"]["event_timestamp"].as_f64() else {
+                    continue;
+                };
+                let latency = (crate::clock::now_us() as f64 - emitted_ms * 1000.0).max(0.0);
+                seen.records.fetch_add(1, Relaxed);
+                seen.latencies_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(latency as u64);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = Sample::take(node, &http, &seen).await?;
+    seen.latencies_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    let mut peak_rss = 0.0f64;
+    let until = Instant::now() + Duration::from_secs(args.duration);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss = peak_rss.max(node.rss_mib());
+    }
+    let after = Sample::take(node, &http, &seen).await?;
+    let mut latencies =
+        std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+    let seconds = after.at.duration_since(before.at).as_secs_f64();
+    let stored = (after.stored - before.stored) as f64;
+    let delivered = (after.received - before.received) as f64;
+    let cpu = after.cpu_s - before.cpu_s;
+
+    // Loss: stop the venues, let the node write what it holds, compare id by id.
+    sim.pause();
+    let drained = node
+        .until("its store to drain", Duration::from_secs(120), |s| {
+            s.is_some_and(|s| s["store"]["backlog"] == 0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = sim.report();
+    let stored_ids = stored_ids(dir, args.postgres.as_deref()).await?;
+    let (mut sent, mut missing) = (0u64, 0u64);
+    for i in 0..ids.len() {
+        let Some(stream) = report.streams.get(&format!("binance/bench{i}usdt@trade")) else {
+            continue;
+        };
+        let have = stored_ids.get(&ids[i]);
+        for id in stream.ids() {
+            sent += 1;
+            if !have.is_some_and(|h| h.contains(&id)) {
+                missing += 1;
+            }
+        }
+    }
+    sim.resume();
+    for s in subscribers {
+        s.abort();
+    }
+
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+            .map_or(f64::NAN, |us| *us as f64 / 1000.0)
+    };
+    println!("  stored      {:>10.0} records/s", stored / seconds);
+    println!(
+        "  delivered   {:>10.0} records/s to {} subscribers ({:.0} per subscriber)",
+        delivered / seconds,
+        args.subscribers,
+        delivered / seconds / args.subscribers.max(1) as f64
+    );
+    println!(
+        "  latency     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} records; \
+         emit times have ms resolution)",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0),
+        latencies.len()
+    );
+    println!(
+        "  node CPU    {:.0}% of a core; {:.1} µs per stored record, {:.2} µs per delivered \
+         record",
+        cpu / seconds * 100.0,
+        cpu * 1e6 / stored.max(1.0),
+        cpu * 1e6 / delivered.max(1.0)
+    );
+    println!(
+        "  node memory {:.1} MiB resident at the end, {:.1} MiB at most",
+        after.rss_mib, peak_rss
+    );
+    println!(
+        "  fan-out     {} dropped, {} subscribers disconnected for lag",
+        after.status["fanout"]["dropped"], after.status["fanout"]["disconnected_for_lag"]
+    );
+    match drained {
+        Ok(()) => println!(
+            "  loss        {missing} of {sent} ids the simulator sent are not stored{}",
+            if missing == 0 { " (none)" } else { "" }
+        ),
+        Err(e) => println!("  loss        not measured: {e}"),
+    }
+    Ok(())
+}
+
+/// Counters at one moment.
+struct Sample {
+    at: Instant,
+    stored: u64,
+    received: u64,
+    cpu_s: f64,
+    rss_mib: f64,
+    status: Value,
+}
+
+impl Sample {
+    async fn take(node: &Node, http: &reqwest::Client, seen: &Seen) -> anyhow::Result<Sample> {
+        let status: Value = http
+            .get(format!("{}/api/v1/status", node.api))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(Sample {
+            at: Instant::now(),
+            stored: status["store"]["rows_written"].as_u64().unwrap_or(0),
+            received: seen.records.load(Relaxed),
+            cpu_s: node.cpu_seconds(),
+            rss_mib: node.rss_mib(),
+            status,
+        })
+    }
+}
+
+struct Node {
+    child: std::process::Child,
+    api: String,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Poll `/api/v1/status` until `done` holds (`None`: the node does not answer yet).
+    async fn until(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(Option<&Value>) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = match reqwest::get(format!("{}/api/v1/status", self.api)).await {
+                Ok(r) => r.json::<Value>().await.ok(),
+                Err(_) => None,
+            };
+            if done(status.as_ref()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the node did not get {what} within {within:?}; its log: {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// User and system CPU time of the node so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = self.proc_file("stat");
+        // Fields after the command (which is in parentheses and may hold spaces).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |n: usize| {
+            fields
+                .get(n)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
+        (ticks(11) + ticks(12)) / clock_ticks_per_second()
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn live(status: &Value) -> usize {
+    status["sources"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| s["state"] == "live").count())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // Linux reports /proc times in USER_HZ, which is 100 on every architecture it runs on.
+    100.0
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Bound for TCP and UDP both, so that the API and gossip may take it.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+/// The upstream ids stored per source (`BENCHnUSDT:<trade id>` → the trade id).
+async fn stored_ids(
+    dir: &Path,
+    postgres: Option<&str>,
+) -> anyhow::Result<HashMap<String, BTreeSet<u64>>> {
+    let rows: Vec<(String, String)> = match postgres {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("cannot read the store back")?;
+            tokio::spawn(connection);
+            client
+                .query(
+                    "SELECT source, upstream_id FROM anode_records WHERE source LIKE 'bench-%'",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        }
+        None => {
+            let path = dir.join("data").join("records.sqlite");
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String)>> {
+                let db = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .with_context(|| format!("cannot read the store back ({})", path.display()))?;
+                let mut query = db.prepare("SELECT source, upstream_id FROM anode_records")?;
+                let rows = query
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await??
+        }
+    };
+    let mut ids: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    for (source, upstream) in rows {
+        if let Some(n) = upstream.rsplit(':').next().and_then(|n| n.parse().ok()) {
+            ids.entry(source).or_default().insert(n);
+        }
+    }
+    Ok(ids)
+}
