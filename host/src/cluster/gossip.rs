@@ -101,6 +101,9 @@ pub fn suspicion_timeout(base: Duration, members: usize) -> Duration {
     base.mul_f64((members.max(1) as f64).log10().max(1.0))
 }
 
+/// The first re-announce to the seeds of a node alone; doubled up to `cluster.announce_ms`.
+const FIRST_ANNOUNCE_RETRY: Duration = Duration::from_millis(100);
+
 /// How long the API port of a suspect is tried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -111,8 +114,13 @@ impl Gossip {
         shutdown: CancellationToken,
     ) {
         let mut buf = vec![0u8; 65_536];
-        let mut announce = tokio::time::interval(self.announce_every);
-        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While alone, announce to the seeds at once, then again after 100 ms, doubling up to
+        // `cluster.announce_ms`: nodes started together find each other as soon as the first
+        // seed listens, not a whole period later.
+        let first_retry = FIRST_ANNOUNCE_RETRY.min(self.announce_every);
+        let mut retry = first_retry;
+        let announce = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(announce);
         let socket = self.socket.clone();
         loop {
             tokio::select! {
@@ -169,9 +177,14 @@ impl Gossip {
                     }
                     None => break,
                 },
-                _ = announce.tick() => {
+                () = &mut announce => {
                     if self.foca.num_members() == 0 {
                         self.announce().await;
+                        announce.as_mut().reset(tokio::time::Instant::now() + retry);
+                        retry = (retry * 2).min(self.announce_every);
+                    } else {
+                        retry = first_retry;
+                        announce.as_mut().reset(tokio::time::Instant::now() + self.announce_every);
                     }
                 }
             }

@@ -292,20 +292,42 @@ impl PluginStore {
 
     /// Install the plugins built into this binary that are not in the store yet.
     pub fn install_bundled(&self, runtime: &PluginRuntime) -> Result<Vec<Installed>, StoreError> {
-        let mut installed = Vec::new();
-        for (name, bytes) in crate::bundled::BUNDLED {
-            let digest = Digest::of(bytes);
-            if self.manifest_path(&digest).exists() {
-                continue;
-            }
-            let origin = format!("built-in plugin {name}");
-            // Built into the binary: trusted as such.
-            installed.push(
-                self.install_trusted(runtime, bytes, Some(&digest), None, &origin)?
-                    .0,
-            );
-        }
-        Ok(installed)
+        let missing: Vec<(&str, &[u8], Digest)> = crate::bundled::BUNDLED
+            .iter()
+            .map(|(name, bytes)| (*name, *bytes, Digest::of(bytes)))
+            .filter(|(_, _, digest)| !self.manifest_path(digest).exists())
+            .collect();
+        // Compiled on every core: a fresh node spends most of its start here.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(missing.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<Installed, StoreError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, bytes, digest)) = missing.get(i) else {
+                                return done;
+                            };
+                            let origin = format!("built-in plugin {name}");
+                            // Built into the binary: trusted as such.
+                            done.push(
+                                self.install_trusted(runtime, bytes, Some(digest), None, &origin)
+                                    .map(|(installed, _)| installed),
+                            );
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a compile thread panicked"))
+                .collect()
+        });
+        results.into_iter().collect()
     }
 
     fn wasm_path(&self, digest: &Digest) -> PathBuf {
