@@ -322,14 +322,21 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
     let mut fetched = state.fetch_done.subscribe();
     let mut scope = Scope::All;
     let mut retries = 0u32;
+    // The retry round keeps its own clock: catalog changes (cursors shared every second by
+    // the peers) wake the loop far more often than the retry period and must not put it off.
+    let mut retry_at = tokio::time::Instant::now();
     loop {
         state.reconcile(scope).await;
         // While sources wait for their new owners, look again soon.
-        let next = if state.handing_over() > 0 {
+        let period = if state.handing_over() > 0 {
             HANDOVER_CHECK_EVERY
         } else {
             RECONCILE_EVERY
         };
+        let now = tokio::time::Instant::now();
+        if retry_at <= now || retry_at > now + period {
+            retry_at = now + period;
+        }
         scope = tokio::select! {
             () = state.shutdown.cancelled() => return,
             changed = view.changed() => {
@@ -342,7 +349,7 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
             }
             _ = catalog.changed() => Scope::Changed,
             _ = fetched.recv() => Scope::All,
-            () = tokio::time::sleep(next) => {
+            () = tokio::time::sleep_until(retry_at) => {
                 retries = retries.wrapping_add(1);
                 if retries % FULL_EVERY == 0 { Scope::All } else { Scope::Retry }
             }
