@@ -200,11 +200,11 @@ async fn drive(
     let report = sim.report();
     let stored_ids = stored_ids(dir, args.postgres.as_deref()).await?;
     let (mut sent, mut missing) = (0u64, 0u64);
-    for i in 0..ids.len() {
+    for (i, source) in ids.iter().enumerate() {
         let Some(stream) = report.streams.get(&format!("binance/bench{i}usdt@trade")) else {
             continue;
         };
-        let have = stored_ids.get(&ids[i]);
+        let have = stored_ids.get(source);
         for id in stream.ids() {
             sent += 1;
             if !have.is_some_and(|h| h.contains(&id)) {

@@ -88,10 +88,7 @@ pub(super) struct Gossip {
     pub(super) scaled_for: usize,
     /// Suspects whose API port is being tried (see `confirm`), and where the answers come.
     pub(super) confirming: std::collections::HashSet<Peer>,
-    pub(super) gone: (
-        mpsc::Sender<(Peer, foca::Incarnation)>,
-        mpsc::Receiver<(Peer, foca::Incarnation)>,
-    ),
+    pub(super) gone: (mpsc::Sender<Gone>, mpsc::Receiver<Gone>),
 }
 
 /// The suspicion timeout for a cluster of `members` (this node included): as SWIM's Lifeguard
@@ -100,6 +97,9 @@ pub(super) struct Gossip {
 pub fn suspicion_timeout(base: Duration, members: usize) -> Duration {
     base.mul_f64((members.max(1) as f64).log10().max(1.0))
 }
+
+/// A suspect found gone, at the incarnation it was suspected in.
+pub(super) type Gone = (Peer, foca::Incarnation);
 
 /// The first re-announce to the seeds of a node alone; doubled up to `cluster.announce_ms`.
 const FIRST_ANNOUNCE_RETRY: Duration = Duration::from_millis(100);

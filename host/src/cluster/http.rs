@@ -261,9 +261,8 @@ pub async fn anti_entropy(cluster: Cluster, http: reqwest::Client, shutdown: Can
         }
         // Off the async workers: a flush writes and syncs a file.
         let catalog = cluster.catalog.clone();
-        match tokio::task::spawn_blocking(move || catalog.flush()).await {
-            Ok(Err(e)) => tracing::warn!("cannot write the catalog: {e}"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || catalog.flush()).await {
+            tracing::warn!("cannot write the catalog: {e}");
         }
     }
     let _ = cluster.catalog.flush();

@@ -351,7 +351,7 @@ pub(crate) async fn reconcile_loop(state: Arc<NodeState>) {
             _ = fetched.recv() => Scope::All,
             () = tokio::time::sleep_until(retry_at) => {
                 retries = retries.wrapping_add(1);
-                if retries % FULL_EVERY == 0 { Scope::All } else { Scope::Retry }
+                if retries.is_multiple_of(FULL_EVERY) { Scope::All } else { Scope::Retry }
             }
         };
     }
