@@ -57,6 +57,21 @@ async fn stored_ids(stored: &Stored, node: Option<&str>) -> HashSet<String> {
         .collect()
 }
 
+/// Wait until each of `observers` sees `member` in `state`.
+async fn until_seen_as(observers: &[&NodeProc], state: &str, member: &str) {
+    let what = format!("{member} to be {state} for every observer");
+    until(&what, SETTLE, || async {
+        for node in observers {
+            let seen = support::cluster::members_in(node, &[state]).await;
+            if !seen.contains(member) {
+                return Err(format!("{} sees {state}: {seen:?}", node.id));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Wait until every source reports a committed cursor.
 async fn until_committed(node: &NodeProc, sources: &BTreeSet<String>) {
     until("every source to commit a cursor", SETTLE, || async {
@@ -168,16 +183,7 @@ async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back(
     assert!(!victims.is_empty(), "k3 owns no source to hand over");
 
     third.kill();
-    until("k1 and k2 to mark k3 down", SETTLE, || async {
-        for node in [&first, &second] {
-            let down = support::cluster::members_in(node, &["down"]).await;
-            if !down.contains("k3") {
-                return Err(format!("{} sees down: {down:?}", node.id));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    until_seen_as(&[&first, &second], "down", "k3").await;
     // Its API port refused connections: a survivor declared it down without waiting out the
     // suspicion, and the other heard it from there.
     let confirmed = metric(&first, "anode_gossip_confirmed_down_total").await
@@ -246,16 +252,7 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
     })
     .await;
     third.signal("STOP");
-    until("f1 and f2 to mark the frozen f3 down", SETTLE, || async {
-        for node in [&first, &second] {
-            let down = support::cluster::members_in(node, &["down"]).await;
-            if !down.contains("f3") {
-                return Err(format!("{} sees down: {down:?}", node.id));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    until_seen_as(&[&first, &second], "down", "f3").await;
     for node in [&first, &second] {
         assert_eq!(
             metric(node, "anode_gossip_confirmed_down_total").await,
@@ -265,16 +262,7 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
         );
     }
     third.signal("CONT");
-    until("f3 to be alive again everywhere", SETTLE, || async {
-        for node in [&first, &second] {
-            let alive = support::cluster::members_in(node, &["alive"]).await;
-            if !alive.contains("f3") {
-                return Err(format!("{} sees alive: {alive:?}", node.id));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    until_seen_as(&[&first, &second], "alive", "f3").await;
 }
 
 /// A copy of a built-in component with a custom section appended: a valid component with
