@@ -78,6 +78,7 @@ fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
 pub async fn serve(State(state): State<PeerContext>, upgrade: WebSocketUpgrade) -> Response {
     // A peer sends only filter updates.
     upgrade
+        .read_buffer_size(8 * 1024)
         .max_message_size(1024 * 1024)
         .on_upgrade(move |socket| stream_to_peer(socket, state))
 }
@@ -217,7 +218,15 @@ async fn link(
     }
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio_tungstenite::connect_async(request),
+        // A 16 KiB read buffer: tungstenite zero-fills it before every read.
+        tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(
+                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(16 * 1024),
+            ),
+            false,
+        ),
     )
     .await
     .map_err(|_| format!("connecting to {url} timed out"))?
