@@ -415,6 +415,10 @@ async fn anode_bench_reports_throughput_latency_and_no_loss() {
     assert!(first_number(&line("stored")) > 0.0, "{text}");
     assert!(first_number(&line("delivered")) > 0.0, "{text}");
     assert!(line("latency").contains("p99"), "{text}");
+    assert!(
+        first_number(&line("of which")) >= 0.0 && line("of which").contains("µs clock"),
+        "the node's own part of the latency: {text}"
+    );
     let loss = line("loss");
     assert!(loss.contains("loss        0 of"), "{text}");
     let sent: u64 = loss
