@@ -83,6 +83,17 @@ pub async fn serve(State(state): State<PeerContext>, upgrade: WebSocketUpgrade) 
         .on_upgrade(move |socket| stream_to_peer(socket, state))
 }
 
+/// Records written to a peer link before one flush, at most.
+const LINK_BATCH_MAX: usize = 256;
+
+fn peer_message(stage: Stage, json: &str) -> Message {
+    Message::text(match stage {
+        Stage::Decoded => json.to_owned(),
+        // The receiver must know which of its clients may see it.
+        Stage::Stored => format!(r#"{{"after":"stored","record":{json}}}"#),
+    })
+}
+
 async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
     let (mut tx, mut rx) = socket.split();
     let Ok(mut subscription) = state.hub.subscribe_peer(Vec::new()) else {
@@ -96,12 +107,22 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
             }
             delivery = subscription.next() => match delivery {
                 Delivery::Record { json, stage, .. } => {
-                    let text = match stage {
-                        Stage::Decoded => json.to_string(),
-                        // The receiver must know which of its clients may see it.
-                        Stage::Stored => format!(r#"{{"after":"stored","record":{json}}}"#),
+                    // Whatever else is queued goes out with it, with one flush: one write per
+                    // batch on the link, not one per record.
+                    let mut batch = vec![peer_message(stage, &json)];
+                    while batch.len() < LINK_BATCH_MAX {
+                        let Some((stage, json, _)) = subscription.try_next_staged() else {
+                            break;
+                        };
+                        batch.push(peer_message(stage, &json));
+                    }
+                    let send = async {
+                        for message in batch {
+                            tx.feed(message).await?;
+                        }
+                        tx.flush().await
                     };
-                    let sent = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::text(text))).await;
+                    let sent = tokio::time::timeout(Duration::from_secs(5), send).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }

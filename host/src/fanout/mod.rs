@@ -464,11 +464,17 @@ impl Subscription {
 
     /// A record already queued, without waiting: (JSON, records dropped so far).
     pub fn try_next(&mut self) -> Option<(Arc<str>, u64)> {
+        self.try_next_staged()
+            .map(|(_, json, dropped)| (json, dropped))
+    }
+
+    /// [`Subscription::try_next`] with the stage the record reached (for peer links).
+    pub fn try_next_staged(&mut self) -> Option<(Stage, Arc<str>, u64)> {
         if self.kick_reason().is_some() {
             return None;
         }
-        let (_, json) = self.records.try_recv().ok()?;
-        Some((json, self.shared.dropped.load(Relaxed)))
+        let (stage, json) = self.records.try_recv().ok()?;
+        Some((stage, json, self.shared.dropped.load(Relaxed)))
     }
 
     /// Resolves when the hub disconnects this subscriber (for use while a send is pending).
