@@ -235,37 +235,42 @@ async fn drive(
             .map_or(f64::NAN, |us| *us as f64 / 1000.0)
     };
     println!("  stored      {:>10.0} records/s", stored / seconds);
+    if args.subscribers > 0 {
+        println!(
+            "  delivered   {:>10.0} records/s to {} subscribers ({:.0} per subscriber)",
+            delivered / seconds,
+            args.subscribers,
+            delivered / seconds / args.subscribers as f64
+        );
+        println!(
+            "  latency     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (trade time \
+             → subscriber, {} records; ms resolution, and the simulator sends what is due \
+             every {} ms)",
+            pct(&total, 0.5),
+            pct(&total, 0.9),
+            pct(&total, 0.99),
+            pct(&total, 1.0),
+            total.len(),
+            anode_feedsim::SimConfig::default().tick_ms
+        );
+        println!(
+            "    of which  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.1} ms  (decoded in \
+             the node → subscriber, µs clock)",
+            pct(&node_path, 0.5),
+            pct(&node_path, 0.9),
+            pct(&node_path, 0.99),
+            pct(&node_path, 1.0),
+        );
+    }
+    let per_delivered = if delivered > 0.0 {
+        format!(", {:.2} µs per delivered record", cpu * 1e6 / delivered)
+    } else {
+        String::new()
+    };
     println!(
-        "  delivered   {:>10.0} records/s to {} subscribers ({:.0} per subscriber)",
-        delivered / seconds,
-        args.subscribers,
-        delivered / seconds / args.subscribers.max(1) as f64
-    );
-    println!(
-        "  latency     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (trade time → \
-         subscriber, {} records; ms resolution, and the simulator sends what is due every {} \
-         ms)",
-        pct(&total, 0.5),
-        pct(&total, 0.9),
-        pct(&total, 0.99),
-        pct(&total, 1.0),
-        total.len(),
-        anode_feedsim::SimConfig::default().tick_ms
-    );
-    println!(
-        "    of which  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.1} ms  (decoded in the \
-         node → subscriber, µs clock)",
-        pct(&node_path, 0.5),
-        pct(&node_path, 0.9),
-        pct(&node_path, 0.99),
-        pct(&node_path, 1.0),
-    );
-    println!(
-        "  node CPU    {:.0}% of a core; {:.1} µs per stored record, {:.2} µs per delivered \
-         record",
+        "  node CPU    {:.0}% of a core; {:.1} µs per stored record{per_delivered}",
         cpu / seconds * 100.0,
         cpu * 1e6 / stored.max(1.0),
-        cpu * 1e6 / delivered.max(1.0)
     );
     println!(
         "  node memory {:.1} MiB resident at the end, {:.1} MiB at most",
