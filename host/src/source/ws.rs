@@ -208,3 +208,47 @@ async fn connect(
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// A venue that sends one message of `len` bytes, then waits.
+    async fn venue(len: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let _ = socket.send(Message::text("x".repeat(len))).await;
+            let _ = socket.next().await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_venue_message_past_the_cap_fails_the_connection_and_one_under_it_arrives() {
+        let egress = super::super::Egress::new(&["127.0.0.1".into()], &[], None).unwrap();
+        let small = venue(64 * 1024).await;
+        let mut socket = super::connect(&egress, &format!("ws://{small}/"))
+            .await
+            .unwrap();
+        let got = socket.next().await.unwrap().unwrap();
+        assert_eq!(
+            got.len(),
+            64 * 1024,
+            "a message larger than the read buffer arrives"
+        );
+
+        let huge = venue(super::MAX_MESSAGE + 1).await;
+        let mut socket = super::connect(&egress, &format!("ws://{huge}/"))
+            .await
+            .unwrap();
+        let refused = socket.next().await.unwrap().unwrap_err();
+        assert!(
+            refused.to_string().contains("too long") || refused.to_string().contains("size"),
+            "{refused}"
+        );
+    }
+}
