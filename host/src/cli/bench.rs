@@ -37,11 +37,77 @@ pub struct BenchArgs {
 #[derive(Default)]
 struct Seen {
     records: AtomicU64,
-    /// Per record: (trade time → receipt, decoded → receipt), in µs. Trade times have ms
-    /// resolution, and the simulator sends what is due on a timer (`tick_ms`); the node stamps `ingest_time_us` (µs) as its connector has decoded
-    /// the frame, so the second part is the node's own path: repeat filter, stamping,
-    /// publishing, the fan-out queue, the socket write, and this client's read.
-    latencies_us: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Per record, in µs: trade time → receipt (trade times have ms resolution, and the
+    /// simulator sends what is due on a timer, `tick_ms`), and decoded → receipt (the node
+    /// stamps `ingest_time_us` as its connector has decoded the frame, so this is the node's
+    /// own path: repeat filter, stamping, publishing, the fan-out queue, the socket write, and
+    /// this client's read). Histograms, so memory stays flat however long the run.
+    latencies_us: std::sync::Mutex<(Histogram, Histogram)>,
+}
+
+/// Counts of values in logarithmic buckets, 64 to each power of two (within 1.6%).
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(v: u64) -> usize {
+        if v < 128 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize; // 7..=63
+        let m = (v >> (e - 6)) as usize; // 64..=127
+        128 + (e - 7) * 64 + (m - 64)
+    }
+
+    /// The smallest value of bucket `i`.
+    fn low(i: usize) -> u64 {
+        if i < 128 {
+            return i as u64;
+        }
+        let (e, m) = (7 + (i - 128) / 64, 64 + (i - 128) % 64);
+        (m as u64) << (e - 6)
+    }
+
+    fn record(&mut self, v: u64) {
+        self.counts[Self::bucket(v)] += 1;
+        self.max = self.max.max(v);
+    }
+
+    fn len(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The value at quantile `q` (0..=1), in ms; the exact maximum for 1.
+    fn ms(&self, q: f64) -> f64 {
+        let n = self.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        if q >= 1.0 {
+            return self.max as f64 / 1000.0;
+        }
+        let rank = ((n - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::low(i).min(self.max) as f64 / 1000.0;
+            }
+        }
+        self.max as f64 / 1000.0
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -170,19 +236,15 @@ async fn drive(
                 let total = (now as f64 - emitted_ms * 1000.0).max(0.0) as u64;
                 let node = (now - decoded_us).max(0) as u64;
                 seen.records.fetch_add(1, Relaxed);
-                seen.latencies_us
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((total, node));
+                let mut latencies = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
+                latencies.0.record(total);
+                latencies.1.record(node);
             }
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = Sample::take(node, &http, &seen).await?;
-    seen.latencies_us
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
     let mut peak_rss = 0.0f64;
     let until = Instant::now() + Duration::from_secs(args.duration);
     while Instant::now() < until {
@@ -190,7 +252,7 @@ async fn drive(
         peak_rss = peak_rss.max(node.rss_mib());
     }
     let after = Sample::take(node, &http, &seen).await?;
-    let latencies =
+    let (total, node_path) =
         std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
     let seconds = after.at.duration_since(before.at).as_secs_f64();
     let stored = (after.stored - before.stored) as f64;
@@ -225,15 +287,7 @@ async fn drive(
         s.abort();
     }
 
-    let mut total: Vec<u64> = latencies.iter().map(|l| l.0).collect();
-    let mut node_path: Vec<u64> = latencies.iter().map(|l| l.1).collect();
-    total.sort_unstable();
-    node_path.sort_unstable();
-    let pct = |sorted: &[u64], p: f64| {
-        sorted
-            .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
-            .map_or(f64::NAN, |us| *us as f64 / 1000.0)
-    };
+    let pct = |h: &Histogram, q: f64| h.ms(q);
     println!("  stored      {:>10.0} records/s", stored / seconds);
     if args.subscribers > 0 {
         println!(
@@ -466,4 +520,31 @@ async fn stored_ids(
         }
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    #[test]
+    fn histogram_quantiles_are_within_two_percent_and_the_max_is_exact() {
+        let mut h = Histogram::default();
+        for v in 1..=100_000u64 {
+            h.record(v);
+        }
+        assert_eq!(h.len(), 100_000);
+        for (q, want) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
+            let got = h.ms(q) * 1000.0;
+            assert!((got - want).abs() / want < 0.02, "q {q}: {got} for {want}");
+        }
+        assert_eq!(h.ms(1.0), 100.0);
+        assert!(Histogram::default().ms(0.5).is_nan());
+        for v in [0, 1, 127, 128, 129, 1 << 20, u64::MAX] {
+            let i = Histogram::bucket(v);
+            assert!(
+                Histogram::low(i) <= v && (i + 1 == h.counts.len() || Histogram::low(i + 1) > v),
+                "{v}"
+            );
+        }
+    }
 }
