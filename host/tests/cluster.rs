@@ -238,19 +238,9 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
     };
     let second = NodeProc::start(root.path(), "f2", &options);
     let third = NodeProc::start(root.path(), "f3", &options);
-    until("3 members alive", SETTLE, || async {
-        for node in [&first, &second] {
-            let alive = support::cluster::members_in(node, &["alive"]).await;
-            if !["f1", "f2", "f3"]
-                .iter()
-                .all(|id| *id == node.id || alive.contains(*id))
-            {
-                return Err(format!("{} sees alive: {alive:?}", node.id));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    until_seen_as(&[&second], "alive", "f1").await;
+    until_seen_as(&[&first], "alive", "f2").await;
+    until_seen_as(&[&first, &second], "alive", "f3").await;
     third.signal("STOP");
     until_seen_as(&[&first, &second], "down", "f3").await;
     for node in [&first, &second] {
