@@ -270,6 +270,15 @@ async fn the_source_cli_drives_a_running_node() {
     );
     let listed = ids(&get_json(&format!("{url}/api/v1/sources")).await);
     assert_eq!(listed, ["bulk-0", "bulk-1", "bulk-2"]);
+    // A JSON array works the same.
+    let json_file = data.path().join("more.json");
+    let more = json!([{"id": "bulk-9", "plugin": "binance-trades",
+        "config": {"symbols": ["btcusdt"], "base_url": "ws://127.0.0.1:9"}}]);
+    std::fs::write(&json_file, more.to_string()).unwrap();
+    let out = cli(&["source", "add", "--file", json_file.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = ids(&get_json(&format!("{url}/api/v1/sources")).await);
+    assert_eq!(listed, ["bulk-0", "bulk-1", "bulk-2", "bulk-9"]);
     let bad = data.path().join("bad.toml");
     std::fs::write(&bad, "[[sources]]\nid = 1\n").unwrap();
     let out = cli(&["source", "add", "--file", bad.to_str().unwrap()]).await;
