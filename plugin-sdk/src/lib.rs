@@ -18,7 +18,7 @@
 //! impl Connector for Echo {
 //!     fn manifest() -> Manifest { Manifest::new("echo", "0.1.0", "Every frame as an event") }
 //!     fn open(_config: &str, _cursor: Option<&str>) -> Result<Self, PluginError> { Ok(Echo) }
-//!     fn plan(&self) -> Plan { Plan::websocket("ws://127.0.0.1:9000/feed") }
+//!     fn plan(&self) -> Plan { Plan::websocket("ws://127.0.0.1:9000/feed").into() }
 //!     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {
 //!         let value = json::parse(&frame.data)?;
 //!         out.emit(Event::new("echo", &value));

@@ -154,21 +154,35 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// A WebSocket plan with no subscribe messages and no heartbeat.
-    pub fn websocket(url: impl Into<String>) -> Self {
-        Plan::WebSocket(WebSocketPlan {
+    /// A WebSocket plan to `url`, to build on: `Plan::websocket(url).subscribe(msg)
+    /// .heartbeat(ms, ping).into()`.
+    pub fn websocket(url: impl Into<String>) -> WebSocketPlan {
+        WebSocketPlan {
             url: url.into(),
             on_connect: Vec::new(),
             heartbeat: None,
-        })
+        }
     }
 
-    /// An HTTP polling plan: `requests` every `interval_ms`.
-    pub fn http(requests: Vec<HttpRequest>, interval_ms: u32) -> Self {
-        Plan::Http(HttpPlan {
-            requests,
+    /// An HTTP polling plan made every `interval_ms`, to build on:
+    /// `Plan::http(1000).get(url, tag).into()`.
+    pub fn http(interval_ms: u32) -> HttpPlan {
+        HttpPlan {
+            requests: Vec::new(),
             interval_ms,
-        })
+        }
+    }
+}
+
+impl From<WebSocketPlan> for Plan {
+    fn from(plan: WebSocketPlan) -> Self {
+        Plan::WebSocket(plan)
+    }
+}
+
+impl From<HttpPlan> for Plan {
+    fn from(plan: HttpPlan) -> Self {
+        Plan::Http(plan)
     }
 }
 
@@ -182,9 +196,25 @@ pub struct WebSocketPlan {
 }
 
 impl WebSocketPlan {
-    /// Add a message to send after every connect.
-    pub fn send_on_connect(mut self, message: impl Into<String>) -> Self {
+    /// Send `message` after every (re)connect, after the ones added before it.
+    pub fn subscribe(mut self, message: impl Into<String>) -> Self {
         self.on_connect.push(message.into());
+        self
+    }
+
+    /// Send `message` as JSON text after every (re)connect.
+    pub fn subscribe_json(self, message: &impl Serialize) -> Self {
+        let text = serde_json::to_string(message).expect("a JSON value serialises");
+        self.subscribe(text)
+    }
+
+    /// Send `message` every `interval_ms` while connected (an application-level ping, for
+    /// venues that want one; WebSocket pings are answered by the host in any case).
+    pub fn heartbeat(mut self, interval_ms: u32, message: impl Into<String>) -> Self {
+        self.heartbeat = Some(Heartbeat {
+            interval_ms,
+            message: message.into(),
+        });
         self
     }
 }
@@ -201,6 +231,29 @@ pub struct Heartbeat {
 pub struct HttpPlan {
     pub requests: Vec<HttpRequest>,
     pub interval_ms: u32,
+}
+
+impl HttpPlan {
+    /// Make `request` on every round, after the ones added before it.
+    pub fn request(mut self, request: HttpRequest) -> Self {
+        self.requests.push(request);
+        self
+    }
+
+    /// `GET url` on every round; the response comes back tagged `tag`.
+    pub fn get(self, url: impl Into<String>, tag: impl Into<String>) -> Self {
+        self.request(HttpRequest::get(url, tag))
+    }
+
+    /// `POST` the JSON `body` to `url` on every round; the response comes back tagged `tag`.
+    pub fn post_json(
+        self,
+        url: impl Into<String>,
+        body: &serde_json::Value,
+        tag: impl Into<String>,
+    ) -> Self {
+        self.request(HttpRequest::post_json(url, body, tag))
+    }
 }
 
 /// An HTTP request the host makes for the plugin.
@@ -239,6 +292,12 @@ impl HttpRequest {
             body: Some(body.to_string().into_bytes()),
             tag: tag.into(),
         }
+    }
+
+    /// Add a request header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -280,5 +339,50 @@ impl HttpResponse {
             body: body.as_bytes().to_vec(),
             received_at: crate::time::now_us(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_built_fluently() {
+        let subscription = serde_json::json!({"op": "sub", "args": ["a"]});
+        let plan: Plan = Plan::websocket("ws://h/ws")
+            .subscribe("hello")
+            .subscribe_json(&subscription)
+            .heartbeat(5_000, "ping")
+            .into();
+        assert_eq!(
+            plan,
+            Plan::WebSocket(WebSocketPlan {
+                url: "ws://h/ws".to_owned(),
+                on_connect: vec!["hello".to_owned(), subscription.to_string()],
+                heartbeat: Some(Heartbeat {
+                    interval_ms: 5_000,
+                    message: "ping".to_owned()
+                }),
+            })
+        );
+
+        let body = serde_json::json!({"id": 1});
+        let Plan::Http(plan) = Plan::http(250)
+            .get("http://h/a", "a")
+            .post_json("http://h/b", &body, "b")
+            .request(HttpRequest::get("http://h/c", "c").header("X-Key", "k"))
+            .into()
+        else {
+            panic!("an HTTP plan");
+        };
+        assert_eq!(plan.interval_ms, 250);
+        let tags: Vec<_> = plan.requests.iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(tags, ["a", "b", "c"]);
+        assert_eq!(plan.requests[1].method, "POST");
+        assert_eq!(plan.requests[1].body.as_deref(), Some(&br#"{"id":1}"#[..]));
+        assert_eq!(
+            plan.requests[2].headers,
+            [("X-Key".to_owned(), "k".to_owned())]
+        );
     }
 }

@@ -149,11 +149,8 @@ impl Connector for {Type} {
     }
 
     fn plan(&self) -> Plan {
-        let mut plan = WebSocketPlan { url: self.config.url.clone(), on_connect: vec![], heartbeat: None };
-        for message in &self.config.subscribe {
-            plan = plan.send_on_connect(message.to_string());
-        }
-        Plan::WebSocket(plan)
+        let plan = Plan::websocket(&self.config.url);
+        self.config.subscribe.iter().fold(plan, |plan, message| plan.subscribe_json(message)).into()
     }
 
     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {

@@ -503,16 +503,10 @@ impl Connector for BinanceTrades {
             Mode::Combined => {
                 Plan::websocket(format!("{base}/stream?streams={}", streams.join("/")))
             }
-            Mode::Subscribe => {
-                let subscribe = json!({"method": "SUBSCRIBE", "params": streams, "id": 1});
-                match Plan::websocket(format!("{base}/ws")) {
-                    Plan::WebSocket(ws) => {
-                        Plan::WebSocket(ws.send_on_connect(subscribe.to_string()))
-                    }
-                    other => other,
-                }
-            }
+            Mode::Subscribe => Plan::websocket(format!("{base}/ws"))
+                .subscribe_json(&json!({"method": "SUBSCRIBE", "params": streams, "id": 1})),
         }
+        .into()
     }
 
     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {

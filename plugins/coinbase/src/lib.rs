@@ -542,10 +542,9 @@ impl Connector for Coinbase {
             "product_ids": self.config.product_ids,
             "channels": self.config.channels,
         });
-        match Plan::websocket(&self.config.base_url) {
-            Plan::WebSocket(ws) => Plan::WebSocket(ws.send_on_connect(subscribe.to_string())),
-            other => other,
-        }
+        Plan::websocket(&self.config.base_url)
+            .subscribe_json(&subscribe)
+            .into()
     }
 
     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {

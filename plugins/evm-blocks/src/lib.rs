@@ -330,7 +330,9 @@ impl Connector for EvmBlocks {
     }
 
     fn plan(&self) -> Plan {
-        Plan::http(vec![self.head_request()], self.config.interval_ms)
+        Plan::http(self.config.interval_ms)
+            .request(self.head_request())
+            .into()
     }
 
     fn on_response(

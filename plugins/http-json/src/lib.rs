@@ -261,18 +261,11 @@ impl Connector for HttpJson {
     }
 
     fn plan(&self) -> Plan {
-        Plan::http(
-            vec![HttpRequest {
-                headers: self
-                    .config
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                ..HttpRequest::get(&self.config.url, POLL_TAG)
-            }],
-            self.config.interval_ms,
-        )
+        let request = (self.config.headers.iter()).fold(
+            HttpRequest::get(&self.config.url, POLL_TAG),
+            |request, (k, v)| request.header(k, v),
+        );
+        Plan::http(self.config.interval_ms).request(request).into()
     }
 
     fn on_response(
