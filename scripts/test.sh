@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs aNode's whole test suite: native plugin tests, host tests against real WebAssembly
 # components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL, the
-# dashboard in a headless Chromium. Installs what it can (the wasm32-wasip2 target, PostgreSQL,
-# Chromium) and says clearly what is missing otherwise.
+# dashboard in a headless Chromium, the API against schemathesis. Installs what it can (the
+# wasm32-wasip2 target, PostgreSQL, Chromium, a Python virtualenv with the contract tools) and
+# says clearly what is missing otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,6 +91,25 @@ if ! have_browser; then
     else
         die "chromium and chromedriver are missing: install them (Debian: sudo apt-get install chromium chromium-driver) or set ANODE_CHROMIUM and ANODE_CHROMEDRIVER"
     fi
+fi
+
+# Python tools the contract tests run: schemathesis (OpenAPI contract tester) and the
+# reference Prometheus client's text parser, pinned, in a virtualenv of their own.
+py_tools="$PWD/target/test-tools/py"
+py_want="schemathesis==4.32.5 prometheus-client==0.26.0"
+if [ -z "${ANODE_TEST_PYTHON:-}" ]; then
+    if [ "$(cat "$py_tools/.installed" 2>/dev/null)" != "$py_want" ]; then
+        command -v python3 >/dev/null || die "python3 is missing: install Python 3.9+ (Debian: apt-get install python3 python3-venv)"
+        say "installing $py_want into $py_tools"
+        rm -rf "$py_tools"
+        python3 -m venv "$py_tools" \
+            || die "python3 cannot make a virtualenv: install venv (Debian: apt-get install python3-venv)"
+        # shellcheck disable=SC2086
+        "$py_tools/bin/pip" install -q $py_want \
+            || die "could not install $py_want from PyPI; check the network or set ANODE_TEST_PYTHON to a Python that has them"
+        echo "$py_want" > "$py_tools/.installed"
+    fi
+    export ANODE_TEST_PYTHON="$py_tools/bin/python"
 fi
 
 say "cargo test --workspace"

@@ -1,212 +1,274 @@
-//! `/metrics`: the node's counters in Prometheus text format.
+//! `/metrics`: the node's figures in the Prometheus text format, written by the `prometheus`
+//! crate, which escapes label values and help text and keeps one series per label set.
+//!
+//! The figures are read from the node's own snapshots at each scrape into a registry made for
+//! that scrape, so a removed source or plugin leaves no stale series behind. Counters end in
+//! `_total`, durations are in seconds and say so in their names.
+
+use prometheus::{CounterVec, Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 
 use super::*;
+use crate::cluster::MemberState;
+use crate::plugin::PluginMetricsSnapshot;
+use crate::source::{SourceReport, SourceState};
+
+/// One scrape's registry.
+struct Scrape(Registry);
+
+/// A family's samples: label values (in the order of its label names) and the value.
+type Samples = Vec<(Vec<String>, f64)>;
+
+impl Scrape {
+    /// A counter family: `name` must end in `_total`.
+    fn counter(&self, name: &str, help: &str, labels: &[&str], samples: Samples) {
+        debug_assert!(name.ends_with("_total"), "{name}: counters end in _total");
+        let family = CounterVec::new(Opts::new(name, help), labels).expect("a valid family");
+        for (values, value) in samples {
+            family.with_label_values(&values).inc_by(value.max(0.0));
+        }
+        self.0
+            .register(Box::new(family))
+            .expect("each family is registered once per scrape");
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str], samples: Samples) {
+        let family = GaugeVec::new(Opts::new(name, help), labels).expect("a valid family");
+        for (values, value) in samples {
+            family.with_label_values(&values).set(value);
+        }
+        self.0
+            .register(Box::new(family))
+            .expect("each family is registered once per scrape");
+    }
+
+    /// A family with no labels and one value.
+    fn single(&self, counter: bool, name: &str, help: &str, value: f64) {
+        let samples = vec![(Vec::new(), value)];
+        if counter {
+            self.counter(name, help, &[], samples);
+        } else {
+            self.gauge(name, help, &[], samples);
+        }
+    }
+
+    fn render(&self) -> Response {
+        let encoder = TextEncoder::new();
+        let mut body = Vec::new();
+        if let Err(e) = encoder.encode(&self.0.gather(), &mut body) {
+            return ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the metrics could not be written: {e}"),
+            )
+            .into_response();
+        }
+        (
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        )
+            .into_response()
+    }
+}
+
+fn per_source(sources: &[SourceReport], f: impl Fn(&SourceReport) -> f64) -> Samples {
+    sources.iter().map(|s| (vec![s.id.clone()], f(s))).collect()
+}
 
 pub(super) async fn metrics(
     State(state): State<AppState>,
     connections: Option<axum::Extension<std::sync::Arc<super::limited::ConnectionStats>>>,
 ) -> Response {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
+    let scrape = Scrape(Registry::new());
+
     let sources = state.sources().await;
-    let per_source = |f: &dyn Fn(&crate::source::SourceReport) -> f64| {
-        sources
-            .iter()
-            .map(|s| (format!("{{source=\"{}\"}}", s.id), f(s)))
-            .collect::<Vec<_>>()
-    };
-    family(
-        "anode_source_events_total",
-        "counter",
-        "Records produced by a source.",
-        per_source(&|s| s.events as f64),
-    );
-    family(
-        "anode_source_inputs_total",
-        "counter",
-        "Frames or responses received by a source.",
-        per_source(&|s| s.inputs as f64),
-    );
-    family(
-        "anode_source_errors_total",
-        "counter",
-        "Errors of a source (bad input, failed requests).",
-        per_source(&|s| s.errors as f64),
-    );
-    family(
-        "anode_source_reconnects_total",
-        "counter",
-        "Reconnections of a source.",
-        per_source(&|s| s.reconnects as f64),
-    );
-    family(
+    for (name, help, f) in [
+        (
+            "anode_source_events_total",
+            "Records produced by a source.",
+            (|s: &SourceReport| s.events as f64) as fn(&SourceReport) -> f64,
+        ),
+        (
+            "anode_source_inputs_total",
+            "Frames or responses received by a source.",
+            |s| s.inputs as f64,
+        ),
+        (
+            "anode_source_errors_total",
+            "Errors of a source (bad input, failed requests).",
+            |s| s.errors as f64,
+        ),
+        (
+            "anode_source_reconnects_total",
+            "Reconnections of a source.",
+            |s| s.reconnects as f64,
+        ),
+    ] {
+        scrape.counter(name, help, &["source"], per_source(&sources, f));
+    }
+    scrape.gauge(
         "anode_source_live",
-        "gauge",
         "1 when the source is live.",
-        per_source(&|s| f64::from(u8::from(s.state == crate::source::SourceState::Live))),
+        &["source"],
+        per_source(&sources, |s| {
+            f64::from(u8::from(s.state == SourceState::Live))
+        }),
     );
-    let plugins = state.loaded_plugins();
-    let per_plugin = |f: &dyn Fn(&crate::plugin::PluginMetricsSnapshot) -> f64| {
-        plugins
-            .iter()
-            .map(|p| {
-                (
-                    format!("{{plugin=\"{}\"}}", p.manifest().name),
-                    f(&p.metrics().snapshot()),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    family(
-        "anode_plugin_calls_total",
-        "counter",
-        "Calls into a plugin.",
-        per_plugin(&|m| m.calls as f64),
-    );
-    family(
-        "anode_plugin_events_total",
-        "counter",
-        "Events a plugin produced.",
-        per_plugin(&|m| m.events_out as f64),
-    );
-    family(
-        "anode_plugin_errors_total",
-        "counter",
-        "Error values a plugin returned.",
-        per_plugin(&|m| m.errors as f64),
-    );
-    family(
-        "anode_plugin_traps_total",
-        "counter",
-        "Plugin crashes (traps).",
-        per_plugin(&|m| m.traps as f64),
-    );
-    family(
-        "anode_plugin_timeouts_total",
-        "counter",
-        "Plugin calls stopped at the deadline.",
-        per_plugin(&|m| m.timeouts as f64),
-    );
-    family(
-        "anode_plugin_busy_seconds_total",
-        "counter",
-        "Time spent inside a plugin.",
-        per_plugin(&|m| m.busy_ns as f64 / 1e9),
-    );
+
+    // A plugin is named by name, version and digest: two builds of one version are two series.
+    let plugins: Vec<(Vec<String>, PluginMetricsSnapshot)> = state
+        .loaded_plugins()
+        .iter()
+        .map(|p| {
+            let m = p.manifest();
+            let labels = vec![m.name.clone(), m.version.clone(), m.digest.to_hex()];
+            (labels, p.metrics().snapshot())
+        })
+        .collect();
+    for (name, help, f) in [
+        (
+            "anode_plugin_calls_total",
+            "Calls into a plugin.",
+            (|m: &PluginMetricsSnapshot| m.calls as f64) as fn(&PluginMetricsSnapshot) -> f64,
+        ),
+        (
+            "anode_plugin_events_total",
+            "Events a plugin produced.",
+            |m| m.events_out as f64,
+        ),
+        (
+            "anode_plugin_errors_total",
+            "Error values a plugin returned.",
+            |m| m.errors as f64,
+        ),
+        ("anode_plugin_traps_total", "Plugin crashes (traps).", |m| {
+            m.traps as f64
+        }),
+        (
+            "anode_plugin_timeouts_total",
+            "Plugin calls stopped at the deadline.",
+            |m| m.timeouts as f64,
+        ),
+        (
+            "anode_plugin_out_of_memory_total",
+            "Plugin calls stopped at the memory cap.",
+            |m| m.out_of_memory as f64,
+        ),
+        (
+            "anode_plugin_busy_seconds_total",
+            "Time spent inside a plugin.",
+            |m| m.busy_ns as f64 / 1e9,
+        ),
+    ] {
+        let samples = plugins.iter().map(|(l, m)| (l.clone(), f(m))).collect();
+        scrape.counter(name, help, &["plugin", "version", "digest"], samples);
+    }
+
     let store = state.store_stats();
-    let kind = format!("{{store=\"{}\"}}", store.kind);
-    family(
-        "anode_store_rows_written_total",
-        "counter",
-        "Records newly stored.",
-        vec![(kind.clone(), store.rows_written as f64)],
-    );
-    family(
-        "anode_store_duplicates_total",
-        "counter",
-        "Records skipped as already stored.",
-        vec![(kind.clone(), store.duplicates_skipped as f64)],
-    );
-    family(
-        "anode_store_backlog",
-        "gauge",
-        "Records waiting for the store.",
-        vec![(kind.clone(), store.backlog as f64)],
-    );
-    family(
-        "anode_store_write_errors_total",
-        "counter",
-        "Failed store writes (retried).",
-        vec![(kind.clone(), store.write_errors as f64)],
-    );
-    family(
-        "anode_store_connected",
-        "gauge",
-        "1 when the store is reachable.",
-        vec![(kind, f64::from(u8::from(store.connected)))],
-    );
+    let kind = || vec![store.kind.to_string()];
+    for (counter, name, help, value) in [
+        (
+            true,
+            "anode_store_rows_written_total",
+            "Records newly stored.",
+            store.rows_written as f64,
+        ),
+        (
+            true,
+            "anode_store_duplicates_total",
+            "Records skipped as already stored.",
+            store.duplicates_skipped as f64,
+        ),
+        (
+            false,
+            "anode_store_backlog",
+            "Records waiting for the store.",
+            store.backlog as f64,
+        ),
+        (
+            true,
+            "anode_store_write_errors_total",
+            "Failed store writes (retried).",
+            store.write_errors as f64,
+        ),
+        (
+            false,
+            "anode_store_connected",
+            "1 when the store is reachable.",
+            f64::from(u8::from(store.connected)),
+        ),
+    ] {
+        let samples = vec![(kind(), value)];
+        if counter {
+            scrape.counter(name, help, &["store"], samples);
+        } else {
+            scrape.gauge(name, help, &["store"], samples);
+        }
+    }
+
     let fanout = state.fanout_stats();
-    family(
+    scrape.single(
+        false,
         "anode_fanout_subscribers",
-        "gauge",
         "WebSocket subscribers.",
-        vec![(String::new(), fanout.subscribers as f64)],
+        fanout.subscribers as f64,
     );
-    family(
+    scrape.single(
+        true,
         "anode_fanout_delivered_total",
-        "counter",
         "Records queued to subscribers.",
-        vec![(String::new(), fanout.delivered as f64)],
+        fanout.delivered as f64,
     );
-    family(
+    scrape.single(
+        true,
         "anode_fanout_dropped_total",
-        "counter",
         "Records dropped for slow subscribers.",
-        vec![(String::new(), fanout.dropped as f64)],
+        fanout.dropped as f64,
     );
-    family(
+    scrape.single(
+        true,
         "anode_fanout_lag_disconnects_total",
-        "counter",
         "Subscribers disconnected for lag.",
-        vec![(String::new(), fanout.disconnected_for_lag as f64)],
+        fanout.disconnected_for_lag as f64,
     );
+
     let view = state.cluster().view();
-    let count =
-        |s: crate::cluster::MemberState| view.others.iter().filter(|m| m.state == s).count() as f64;
-    family(
+    let count = |s: MemberState| view.others.iter().filter(|m| m.state == s).count() as f64;
+    scrape.gauge(
         "anode_cluster_members",
-        "gauge",
         "Members of the cluster as this node sees them (itself included in alive).",
+        &["state"],
         vec![
-            (
-                "{state=\"alive\"}".into(),
-                1.0 + count(crate::cluster::MemberState::Alive),
-            ),
-            (
-                "{state=\"suspect\"}".into(),
-                count(crate::cluster::MemberState::Suspect),
-            ),
-            (
-                "{state=\"down\"}".into(),
-                count(crate::cluster::MemberState::Down),
-            ),
+            (vec!["alive".into()], 1.0 + count(MemberState::Alive)),
+            (vec!["suspect".into()], count(MemberState::Suspect)),
+            (vec!["down".into()], count(MemberState::Down)),
         ],
     );
     let gossip = state.cluster().stats.snapshot();
-    family(
+    let reasons = |prefix: &str, reasons: &[&str]| -> Samples {
+        reasons
+            .iter()
+            .map(|r| {
+                let value = gossip[format!("{prefix}{r}")].as_f64().unwrap_or(0.0);
+                (vec![(*r).to_owned()], value)
+            })
+            .collect()
+    };
+    scrape.counter(
         "anode_gossip_packets_rejected_total",
-        "counter",
-        "Gossip packets dropped: not ours (garbage), another cluster (foreign), bad or missing HMAC (auth), sealed outside the time window (stale), seen before (replay), undecodable (invalid).",
-        ["garbage", "foreign", "auth", "stale", "replay", "invalid"]
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{r}\"}}"),
-                    gossip[format!("rejected_{r}")].as_f64().unwrap_or(0.0),
-                )
-            })
-            .collect(),
+        "Gossip packets dropped: not ours (garbage), another cluster (foreign), bad or missing \
+         HMAC (auth), sealed outside the time window (stale), seen before (replay), undecodable \
+         (invalid).",
+        &["reason"],
+        reasons(
+            "rejected_",
+            &["garbage", "foreign", "auth", "stale", "replay", "invalid"],
+        ),
     );
-    family(
+    scrape.counter(
         "anode_cluster_requests_refused_total",
-        "counter",
-        "Node-to-node HTTP requests refused: unsigned or wrongly signed (auth), made outside the time window (stale), seen before (replay), a write to a node without cluster.key (no_key).",
-        ["auth", "stale", "replay", "no_key"]
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{r}\"}}"),
-                    gossip[format!("requests_refused_{r}")]
-                        .as_f64()
-                        .unwrap_or(0.0),
-                )
-            })
-            .collect(),
+        "Node-to-node HTTP requests refused: unsigned or wrongly signed (auth), made outside the \
+         time window (stale), seen before (replay), a write to a node without cluster.key (no_key).",
+        &["reason"],
+        reasons("requests_refused_", &["auth", "stale", "replay", "no_key"]),
     );
     for (name, key, help) in [
         (
@@ -245,50 +307,76 @@ pub(super) async fn metrics(
             "Records received from peers for this node's subscribers.",
         ),
     ] {
-        family(
-            name,
-            "counter",
-            help,
-            vec![(String::new(), gossip[key].as_f64().unwrap_or(0.0))],
-        );
+        scrape.single(true, name, help, gossip[key].as_f64().unwrap_or(0.0));
     }
     if let Some(axum::Extension(connections)) = connections {
         use std::sync::atomic::Ordering::Relaxed;
-        family(
+        scrape.single(
+            false,
             "anode_api_connections_open",
-            "gauge",
             "API connections open (HTTP, /ws, dashboard, node-to-node).",
-            vec![(String::new(), connections.open.load(Relaxed) as f64)],
+            connections.open.load(Relaxed) as f64,
         );
-        family(
+        scrape.single(
+            true,
             "anode_api_connections_waited_total",
-            "counter",
             "Times a new connection waited because api.max_connections were open.",
-            vec![(String::new(), connections.waited.load(Relaxed) as f64)],
+            connections.waited.load(Relaxed) as f64,
         );
     }
-    family(
+    scrape.single(
+        true,
         "anode_egress_refused_total",
-        "counter",
-        "URLs sources were refused by the egress policy (sources.allow, sources.deny, loopback, link-local, this node's API).",
-        vec![(String::new(), state.egress_refused() as f64)],
+        "URLs sources were refused by the egress policy (sources.allow, sources.deny, loopback, \
+         link-local, this node's API).",
+        state.egress_refused() as f64,
     );
-    family(
+    scrape.single(
+        true,
         "anode_api_requests_refused_total",
-        "counter",
         "API requests refused for want of the right token (api.token, api.read_token).",
-        vec![(String::new(), state.refused_requests() as f64)],
+        state.refused_requests() as f64,
     );
-    family(
+    scrape.single(
+        true,
         "anode_catalog_entries_refused_total",
-        "counter",
-        "Catalog entries from peers refused by the checks (key shape, value, size, clock too far ahead).",
-        vec![(String::new(), state.cluster().catalog.refused() as f64)],
+        "Catalog entries from peers refused by the checks (key shape, value, size, clock too far \
+         ahead).",
+        state.cluster().catalog.refused() as f64,
     );
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        "text/plain; version=0.0.4".parse().expect("static"),
-    );
-    (headers, out).into_response()
+    scrape.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_series_are_unique() {
+        let scrape = Scrape(Registry::new());
+        let odd = "a \"quoted\" \\ value\nsecond line".to_owned();
+        scrape.counter(
+            "t_things_total",
+            "Things, with a \\ and a\nnewline.",
+            &["name"],
+            vec![(vec![odd.clone()], 1.0), (vec![odd], 2.0)],
+        );
+        let response = scrape.render();
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            response.into_body(),
+            usize::MAX,
+        ))
+        .expect("the body is in memory")
+        .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains(r#"t_things_total{name="a \"quoted\" \\ value\nsecond line"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r"# HELP t_things_total Things, with a \\ and a\nnewline."),
+            "{text}"
+        );
+        assert_eq!(text.matches("t_things_total{").count(), 1, "{text}");
+    }
 }

@@ -9,14 +9,13 @@ mod metrics;
 mod openapi;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -338,6 +337,12 @@ async fn add_source(State(state): State<AppState>, body: Bytes) -> Result<Respon
                 format!("the body is not an array of source specs ({e})"),
             )
         })?;
+        if specs.is_empty() {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "the array is empty: give at least one source spec".into(),
+            ));
+        }
         let added = state.add_sources(specs, false).await?;
         return Ok((StatusCode::CREATED, Json(json!({ "added": added }))).into_response());
     }
