@@ -255,6 +255,11 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
     until_seen_as(&[&first, &second], "alive", "f3").await;
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// A copy of a built-in component with a custom section appended: a valid component with
 /// another digest, so it is a plugin no node has until it is installed.
 fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
@@ -280,7 +285,7 @@ fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_installed_on_one_node_runs_on_the_others_and_on_late_joiners() {
+async fn a_plugin_installed_through_one_node_runs_on_the_others_and_on_late_joiners() {
     let root = tempfile::tempdir().unwrap();
     let sim = simulator(5.0).await;
     let first = NodeProc::start(root.path(), "p1", &NodeOptions::default());
@@ -314,16 +319,26 @@ async fn a_plugin_installed_on_one_node_runs_on_the_others_and_on_late_joiners()
     let wasm = std::fs::read(second.dir.join("plugins").join(format!("{builtin}.wasm")))
         .expect("the store keeps <digest>.wasm");
     let variant = variant_of(&wasm, "spread");
-    let installed: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/plugins", second.api))
-        .body(variant)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    let file = root.path().join("variant.wasm");
+    std::fs::write(&file, &variant).unwrap();
+    // Installed as an operator would on a live cluster: through one node's API.
+    let install = std::process::Command::new(env!("CARGO_BIN_EXE_anode"))
+        .args(["plugin", "install", "--url", &second.api])
+        .arg(&file)
+        .output()
         .unwrap();
-    let digest = installed["digest"].as_str().expect("installed").to_owned();
+    let said = String::from_utf8_lossy(&install.stdout).into_owned();
+    assert!(
+        install.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let digest = said
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in {said}"))
+        .to_owned();
+    assert_eq!(digest, sha256_hex(&variant), "{said}");
     assert_ne!(digest, builtin);
 
     // Sources naming the new plugin by digest, added on another node.

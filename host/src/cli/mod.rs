@@ -127,8 +127,16 @@ enum PluginCommand {
         #[arg(long)]
         digest: Option<plugin::Digest>,
         /// Install the plugins built into this binary.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "url")]
         builtin: bool,
+        /// Install through the API of a running node instead of into the local store: the
+        /// node checks and compiles the file, and the cluster's catalog spreads it to every
+        /// node, which fetches and verifies it by its sha256.
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token for --url (`api.token`).
+        #[arg(long, env = "ANODE_TOKEN", hide_env_values = true, requires = "url")]
+        token: Option<String>,
     },
     /// List installed plugins.
     List {
