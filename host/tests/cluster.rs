@@ -18,7 +18,7 @@ use support::cluster::{
 use support::store::{
     Stored, Subscriber, every_generated_id_stored_once, evm_source, until_streams_move_on,
 };
-use support::{binance_sources, simulator, until};
+use support::{binance_sources, sha256_hex, simulator, until, variant_of};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -253,35 +253,6 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
     }
     third.signal("CONT");
     until_seen_as(&[&first, &second], "alive", "f3").await;
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// A copy of a built-in component with a custom section appended: a valid component with
-/// another digest, so it is a plugin no node has until it is installed.
-fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"anode-test";
-    let payload = tag.as_bytes();
-    let mut body = vec![name.len() as u8];
-    body.extend_from_slice(name);
-    body.extend_from_slice(payload);
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    let mut size = body.len();
-    loop {
-        let byte = (size & 0x7f) as u8;
-        size >>= 7;
-        if size == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(&body);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

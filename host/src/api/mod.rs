@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::fanout::{Delivery, Filter};
 use crate::source::SourceSpec;
-use crate::supervisor::{NodeError, NodeState};
+use crate::supervisor::{NodeError, NodeState, RolloutRequest};
 
 type AppState = Arc<NodeState>;
 
@@ -73,6 +73,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/sources/{id}/pause", post(pause_source))
         .route("/api/v1/sources/{id}/resume", post(resume_source))
         .route("/api/v1/plugins", get(list_plugins).post(install_plugin))
+        .route("/api/v1/rollouts", post(rollout))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events))
         .merge(dashboard::routes())
@@ -366,6 +367,19 @@ async fn replace_source(
     }
     state.add_source(spec, true).await?;
     Ok(Json(json!({ "replaced": id })))
+}
+
+/// Move a plugin's sources between its versions: a canary, a promotion or a rollback.
+async fn rollout(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: RolloutRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a rollout ({e}); expected {{\"plugin\", \"to\", \"canary_percent\", \"ids\", \"rollback\"}}"
+            ),
+        )
+    })?;
+    Ok(Json(json!(state.rollout(request).await?)))
 }
 
 async fn remove_source(

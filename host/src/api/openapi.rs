@@ -72,7 +72,17 @@ fn schemas() -> Value {
                     "description": "The connector: plugin name or sha256 digest, installed in the cluster"},
                 "config": {"type": "object", "description": "The connector's configuration (its manifest's config-schema)"},
                 "transforms": {"type": "array", "items": {"$ref": "#/components/schemas/TransformSpec"}},
-                "paused": {"type": "boolean", "description": "A paused source stays in the catalog and runs nowhere"}}},
+                "paused": {"type": "boolean", "description": "A paused source stays in the catalog and runs nowhere"},
+                "previous_plugin": {"type": "string", "minLength": 1, "pattern": "\\S",
+                    "description": "In a canary: the plugin the source ran before, which a rollback returns it to"}}},
+        "Rollout": {"type": "object", "required": ["plugin"], "additionalProperties": false,
+            "properties": {
+                "plugin": {"type": "string", "minLength": 1, "description": "The plugin's name"},
+                "to": {"type": "string", "minLength": 1, "description": "The version or digest (8+ hex digits of it) to move to; not with rollback"},
+                "canary_percent": {"type": "number", "exclusiveMinimum": true, "minimum": 0, "maximum": 100,
+                    "description": "Move only the sources whose canary hash falls in the first P%"},
+                "ids": {"type": "array", "items": {"type": "string", "pattern": ID_PATTERN}, "description": "Only these sources"},
+                "rollback": {"type": "boolean", "description": "Move the canary's sources back to what each ran before"}}},
     })
 }
 
@@ -252,6 +262,21 @@ pub(super) async fn openapi() -> Json<Value> {
     let wasm = json!({"schema": {"type": "string", "format": "binary"}});
     install["requestBody"] = json!({"required": true, "content": {
         "application/wasm": wasm, "application/octet-stream": wasm}});
+    let mut rollout = operation(
+        "rollout",
+        "Move a plugin's sources to another of its versions: a canary (canary_percent), a \
+         promotion (no canary_percent: every other source, and the canary is finished) or a rollback",
+        guarded(
+            json!({"200": json_response("what moved, and which sources are in the canary", object.clone()),
+                "400": invalid.clone(),
+                "404": error("no plugin of that name in the cluster"),
+                "409": error("a rollback with no canary to roll back"),
+                "413": too_large.clone()}),
+            true,
+        ),
+    );
+    rollout["requestBody"] = json_body(json!({"$ref": "#/components/schemas/Rollout"}));
+    paths.insert("/api/v1/rollouts".into(), json!({ "post": rollout }));
     paths.insert(
         "/api/v1/plugins".into(),
         json!({

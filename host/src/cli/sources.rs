@@ -1,4 +1,5 @@
-//! `anode source`: add (one, or many from a file), list and remove sources of a running node.
+//! `anode source`: add (one, or many from a file), list, remove and upgrade sources of a running
+//! node.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -45,6 +46,34 @@ pub(super) enum SourceCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Move a plugin's sources to another of its versions: all at once (or `--promote` a
+    /// canary), a `--canary P` share first, or `--rollback` a canary. Prints what moved and
+    /// the error rates of the canary beside the rest.
+    Upgrade {
+        /// Only these sources (default: every source of the plugin).
+        ids: Vec<String>,
+        /// The plugin's name.
+        #[arg(long)]
+        plugin: String,
+        /// The version or digest (8+ hex digits of it) to move to.
+        #[arg(
+            long,
+            required_unless_present = "rollback",
+            conflicts_with = "rollback"
+        )]
+        to: Option<String>,
+        /// Move only the sources whose canary hash falls in the first P% (a number in (0, 100]).
+        #[arg(long, value_name = "P", conflicts_with_all = ["promote", "rollback"])]
+        canary: Option<f64>,
+        /// Finish a canary: move every other source too (the same as no --canary).
+        #[arg(long, conflicts_with = "rollback")]
+        promote: bool,
+        /// Move the canary's sources back to the version each ran before.
+        #[arg(long)]
+        rollback: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 pub(super) fn source_command(command: SourceCommand) -> anyhow::Result<()> {
@@ -87,6 +116,25 @@ pub(super) fn source_command(command: SourceCommand) -> anyhow::Result<()> {
                 } else {
                     print_sources(&sources);
                 }
+            }
+            SourceCommand::Upgrade { ids, plugin, to, canary, rollback, remote, .. } => {
+                let body = serde_json::json!({"plugin": plugin, "to": to, "ids": ids,
+                    "canary_percent": canary, "rollback": rollback});
+                let request = client.post(format!("{}/api/v1/rollouts", remote.url));
+                let outcome = call(authorised(request, &remote).json(&body), &remote.url).await?;
+                let moved = outcome["moved"].as_array().map_or(0, Vec::len);
+                if rollback {
+                    println!("{moved} source(s) of `{plugin}` rolled back");
+                } else {
+                    println!(
+                        "{moved} source(s) of `{plugin}` moved to {} (sha256:{})",
+                        outcome["version"].as_str().unwrap_or("?"),
+                        outcome["to"].as_str().unwrap_or("?")
+                    );
+                }
+                let request = client.get(format!("{}/api/v1/sources", remote.url));
+                let sources = call(authorised(request, &remote), &remote.url).await?;
+                print_rollout(&outcome, &sources);
             }
             SourceCommand::Remove { id, remote } => {
                 let request = client.delete(format!("{}/api/v1/sources/{id}", remote.url));
@@ -136,6 +184,48 @@ fn authorised(request: reqwest::RequestBuilder, remote: &Remote) -> reqwest::Req
         Some(token) => request.bearer_auth(token),
         None => request,
     }
+}
+
+/// The canary's sources beside the rest: how many, records, inputs and the share of inputs
+/// that were errors, from each source's owner.
+fn print_rollout(outcome: &serde_json::Value, sources: &serde_json::Value) {
+    let by_id: std::collections::HashMap<&str, &serde_json::Value> = sources
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["id"].as_str()?, s)))
+        .collect();
+    let rows: Vec<[String; 5]> = ["canary", "rest"]
+        .into_iter()
+        .map(|group| {
+            let ids: Vec<&str> = outcome[group]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            let sum = |key: &str| -> u64 {
+                ids.iter()
+                    .filter_map(|id| by_id.get(id)?[key].as_u64())
+                    .sum()
+            };
+            let (inputs, errors) = (sum("inputs"), sum("errors"));
+            let rate = if inputs == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}%", errors as f64 * 100.0 / inputs as f64)
+            };
+            [
+                group.to_owned(),
+                ids.len().to_string(),
+                sum("events").to_string(),
+                format!("{errors}/{inputs}"),
+                rate,
+            ]
+        })
+        .collect();
+    let header = ["GROUP", "SOURCES", "EVENTS", "ERRORS/INPUTS", "ERROR RATE"].map(String::from);
+    print_rows(&header, &rows);
 }
 
 fn print_sources(sources: &serde_json::Value) {

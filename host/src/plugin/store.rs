@@ -232,6 +232,24 @@ impl PluginStore {
         }
     }
 
+    /// The plugin a source that names `query` runs: a name resolves to its highest version
+    /// (numeric parts compared as numbers), and builds of one version to the lowest digest, so
+    /// every node picks the same build; a digest or a prefix of one (6+ hex digits) to that
+    /// build. Installing a new version moves sources that name the plugin at their next start;
+    /// a source that names a digest (what `anode source upgrade` writes) stays on it.
+    pub fn resolve(&self, query: &str) -> Result<PluginManifest, StoreError> {
+        let all = self.listing()?;
+        let newest = all.iter().filter(|m| m.name == query).max_by(|a, b| {
+            version_key(&a.version)
+                .cmp(&version_key(&b.version))
+                .then_with(|| b.digest.to_hex().cmp(&a.digest.to_hex()))
+        });
+        match newest {
+            Some(m) => Ok(m.clone()),
+            None => self.find(query),
+        }
+    }
+
     /// The stored bytes of `digest`, verified.
     /// Whether `digest` is installed (its manifest is listed and its bytes are there); reads no
     /// plugin's bytes.
@@ -358,4 +376,29 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             path: path.to_owned(),
             source,
         })
+}
+
+/// A version as comparable parts, numbers compared as numbers (`1.10.0` > `1.9.2`). Pre-release
+/// tags get no special order: `1.0.0-rc1` sorts after `1.0.0`.
+fn version_key(version: &str) -> Vec<(u8, u64, String)> {
+    version
+        .split(['.', '-', '+'])
+        .map(|part| match part.parse::<u64>() {
+            Ok(n) => (1, n, String::new()),
+            Err(_) => (0, 0, part.to_owned()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::version_key;
+
+    #[test]
+    fn versions_compare_by_their_numbers() {
+        assert!(version_key("1.10.0") > version_key("1.9.2"));
+        assert!(version_key("2.0.0") > version_key("1.99.99"));
+        assert!(version_key("0.2.0") > version_key("0.1.7"));
+        assert_eq!(version_key("1.2.3"), version_key("1.2.3"));
+    }
 }

@@ -34,6 +34,10 @@ pub struct SourceSpec {
     /// A paused source is kept in the catalog but runs nowhere.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// While the source is in a canary (`anode source upgrade --canary`): the plugin it ran
+    /// before, which a rollback returns it to. A promotion clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_plugin: Option<String>,
 }
 
 /// One step of a source's transform chain.
@@ -67,6 +71,13 @@ impl SourceSpec {
         }
         if self.plugin.trim().is_empty() {
             return Err(format!("source `{}`: `plugin` is empty", self.id));
+        }
+        if self
+            .previous_plugin
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(format!("source `{}`: `previous_plugin` is empty", self.id));
         }
         if !self.config.is_object() {
             return Err(format!(

@@ -11,18 +11,21 @@
 //! - `reconcile`: the loop, hand-overs, plugin fetches;
 //! - `plugins`: loading plugins and opening a source's sessions;
 //! - `run`: a running source's life (drive, tick, acknowledge, stop);
-//! - `reports`: what the sources report, here and cluster-wide.
+//! - `reports`: what the sources report, here and cluster-wide;
+//! - `rollout`: moving a plugin's sources between its versions (canary, promote, rollback).
 
 mod facade;
 mod plugins;
 mod reconcile;
 mod reports;
+mod rollout;
 mod run;
 
 pub(crate) use facade::{Parts, share_cursors};
 use reconcile::Scope;
 pub(crate) use reconcile::reconcile_loop;
 pub(crate) use reports::sample_rates;
+pub use rollout::{RolloutOutcome, RolloutRequest, canary_position};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -14,7 +14,7 @@ impl NodeState {
     pub(super) async fn plugin(&self, query: &str, kind: Kind) -> Result<Digest, NodeError> {
         let manifest = self
             .plugin_store
-            .find(query)
+            .resolve(query)
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         if manifest.kind != kind {
             return Err(NodeError::BadRequest(format!(
@@ -74,7 +74,7 @@ impl NodeState {
         for (name, kind) in std::iter::once((&spec.plugin, Kind::Connector))
             .chain(spec.transforms.iter().map(|t| (&t.plugin, Kind::Transform)))
         {
-            if self.plugin_store.find(name).is_err() {
+            if self.plugin_store.resolve(name).is_err() {
                 if !self.cataloged_plugin(name) {
                     return Err(NodeError::BadRequest(format!(
                         "no plugin `{name}` in this cluster: install it (`anode plugin install`) \
@@ -222,7 +222,7 @@ impl NodeState {
     pub(super) fn plugins_present(&self, spec: &SourceSpec) -> bool {
         std::iter::once(&spec.plugin)
             .chain(spec.transforms.iter().map(|t| &t.plugin))
-            .all(|p| self.plugin_store.find(p).is_ok())
+            .all(|p| self.plugin_store.resolve(p).is_ok())
     }
 }
 

@@ -1,0 +1,220 @@
+//! Moving a plugin's sources to a new version on a live node, as an operator does with
+//! `anode source upgrade`: a 30% canary moves exactly the sources whose canary hash falls in
+//! the first 30%, a rollback moves them back, a promotion moves everyone, and across the
+//! switches every trade the simulator sent is stored once.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::store::{Stored, trade_stream};
+use support::{binance_sources, get_json, node_config, simulator, start_node, until, variant_of};
+
+/// `anode source upgrade …` against the node at `api`; its output.
+fn upgrade(api: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .args([
+            "source",
+            "upgrade",
+            "--url",
+            api,
+            "--plugin",
+            "binance-trades",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "upgrade {args:?}: {text}");
+    text
+}
+
+/// Each source's plugin, as the catalog has it.
+async fn plugins_of(api: &str) -> BTreeMap<String, String> {
+    get_json(&format!("{api}/api/v1/sources"))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let id = s["id"].as_str().unwrap().to_owned();
+            (id, s["plugin"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Wait until every source runs live on the plugin the catalog names.
+async fn until_live(api: &str, what: &str) {
+    until(what, Duration::from_secs(60), || async {
+        let sources = get_json(&format!("{api}/api/v1/sources")).await;
+        let waiting: Vec<String> = sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] != "live")
+            .map(|s| format!("{} {} {}", s["id"], s["state"], s["last_error"]))
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{waiting:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_is_lost() {
+    let sim = simulator(10.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let sqlite = data.path().join("records.sqlite");
+    let mut config = node_config(data.path());
+    config.store.sqlite_path = Some(sqlite.clone());
+    let node = start_node(config).await;
+    let api = node.url();
+
+    // Version "2": the built-in binance-trades with another digest, installed through the API.
+    let plugins = get_json(&format!("{api}/api/v1/plugins")).await;
+    let builtin = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["manifest"]["name"] == "binance-trades")
+        .unwrap()["manifest"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wasm = std::fs::read(data.path().join("plugins").join(format!("{builtin}.wasm"))).unwrap();
+    let installed: Value = reqwest::Client::new()
+        .post(format!("{api}/api/v1/plugins"))
+        .body(variant_of(&wasm, "v2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v2 = installed["digest"].as_str().unwrap().to_owned();
+
+    let specs = binance_sources(&sim, 20, "cy");
+    let added = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources"))
+        .json(&specs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    until_live(&api, "every source live").await;
+
+    // A 30% canary: exactly the sources whose canary position is below 30 move.
+    let said = upgrade(&api, &["--to", &v2[..16], "--canary", "30"]);
+    let want: HashSet<String> = specs
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .filter(|id| anode::supervisor::canary_position("binance-trades", id) < 30.0)
+        .collect();
+    assert!(
+        !want.is_empty() && want.len() < 20,
+        "the test needs a canary that is neither empty nor everything: {want:?}"
+    );
+    assert!(
+        said.contains(&format!("{} source(s)", want.len())),
+        "{said}"
+    );
+    assert!(
+        said.contains("canary") && said.contains("ERROR RATE"),
+        "{said}"
+    );
+    let on_v2 = |plugins: &BTreeMap<String, String>| -> HashSet<String> {
+        plugins
+            .iter()
+            .filter(|(_, p)| **p == v2)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let after_canary = plugins_of(&api).await;
+    assert_eq!(on_v2(&after_canary), want);
+    assert!(
+        after_canary
+            .iter()
+            .all(|(id, p)| want.contains(id) || p == "binance-trades"),
+        "{after_canary:?}"
+    );
+    until_live(&api, "the canary live on the new version").await;
+
+    // Rollback: the canary goes back to what it ran before.
+    upgrade(&api, &["--rollback"]);
+    let rolled_back = plugins_of(&api).await;
+    assert!(
+        rolled_back.values().all(|p| p == "binance-trades"),
+        "{rolled_back:?}"
+    );
+    until_live(&api, "the rolled-back sources live again").await;
+
+    // A canary again, then promotion: everyone on the new version, no canary left.
+    upgrade(&api, &["--to", &v2, "--canary", "30"]);
+    until_live(&api, "the second canary live").await;
+    let said = upgrade(&api, &["--to", &v2, "--promote"]);
+    assert!(
+        said.contains(&format!("{} source(s)", 20 - want.len())),
+        "{said}"
+    );
+    let promoted = plugins_of(&api).await;
+    assert!(promoted.values().all(|p| *p == v2), "{promoted:?}");
+    let spec = get_json(&format!("{api}/api/v1/sources/cy-0")).await;
+    assert!(spec["spec"].get("previous_plugin").is_none(), "{spec}");
+    // Nothing left to roll back once promoted.
+    let refused = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .args([
+            "source",
+            "upgrade",
+            "--url",
+            &api,
+            "--plugin",
+            "binance-trades",
+            "--rollback",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing to roll back"));
+    until_live(&api, "every source live on the new version").await;
+
+    // Every trade the simulator sent, across the three switches, stored once.
+    sim.pause();
+    let stored = Stored::Sqlite(sqlite);
+    until(
+        "every sent trade stored",
+        Duration::from_secs(60),
+        || async {
+            let report = sim.report();
+            let mut wrong = Vec::new();
+            for spec in &specs {
+                let id = spec["id"].as_str().unwrap();
+                let sent: HashSet<u64> = report.streams[&trade_stream(spec)].ids().collect();
+                let have = stored.ids(id).await;
+                let unique: HashSet<u64> = have.iter().copied().collect();
+                assert_eq!(unique.len(), have.len(), "{id}: an id stored twice");
+                if unique != sent {
+                    let missing = sent.difference(&unique).count();
+                    wrong.push(format!("{id}: {missing} of {} missing", sent.len()));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{wrong:?}"))
+            }
+        },
+    )
+    .await;
+    node.shutdown().await;
+    sim.shutdown().await;
+}
