@@ -1,7 +1,8 @@
 //! The HTTP interfaces hold their contracts as outside tools read them: schemathesis (a
 //! property-based contract tester, from PyPI) runs every check it has against a live node
 //! with the node's own `/api/v1/openapi.json`, and `/metrics` parses with the Prometheus
-//! text-format parser of the reference Python client.
+//! text-format parser of the reference Python client, and the Grafana dashboard in `deploy/`
+//! queries only what `/metrics` has.
 //!
 //! Both tools come from the Python environment `scripts/test.sh` prepares
 //! (`ANODE_TEST_PYTHON`); without it the tests say how to get one.
@@ -190,5 +191,34 @@ print(json.dumps(families))
     ] {
         assert_eq!(families[name], kind, "{name} in {families}");
     }
+    // The Grafana dashboard in deploy/ charts only series this node exposes.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exposed: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("anode_"));
+            for name in names {
+                queried += 1;
+                assert!(
+                    exposed.contains(name),
+                    "the dashboard's panel `{}` queries {name}, which /metrics does not have",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 20, "{queried}");
     node.shutdown().await;
 }
