@@ -55,7 +55,8 @@ pub enum CallError {
     OutOfFuel { plugin: String, fuel: u64 },
     #[error(
         "plugin `{plugin}` tried to use more than its memory limit of {limit_mib} MiB and was \
-         stopped; it will be restarted (raise `plugins.memory_limit_mib` if it needs more)"
+         stopped; it will be restarted (raise `plugins.memory_limit_mib`, or the plugin's \
+         `x-anode-limits.memory_mib` within `plugins.max_memory_limit_mib`, if it needs more)"
     )]
     OutOfMemory { plugin: String, limit_mib: usize },
     #[error("plugin `{plugin}` crashed (trap: {trap}){}; it will be restarted",

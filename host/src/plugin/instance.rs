@@ -33,11 +33,13 @@ pub(crate) fn describe(
     metrics: &Arc<PluginMetrics>,
 ) -> Result<WitManifest, CallError> {
     let name: Arc<str> = "(loading)".into();
-    let mut store = new_store(runtime, &name);
+    let memory_mib = runtime.limits.memory_limit_mib;
+    let mut store = new_store(runtime, &name, memory_mib);
     let ctx = CallCtx {
         runtime,
         name: &name,
         metrics,
+        memory_mib,
     };
     match pre {
         Pre::Connector(_) | Pre::ConnectorV0_1(_) => {
@@ -55,10 +57,10 @@ pub(crate) fn describe(
     }
 }
 
-fn new_store(runtime: &RuntimeInner, name: &Arc<str>) -> Store<Sandbox> {
+fn new_store(runtime: &RuntimeInner, name: &Arc<str>, memory_mib: usize) -> Store<Sandbox> {
     let mut store = Store::new(
         &runtime.engine,
-        Sandbox::new(name.clone(), runtime.sandbox_limits()),
+        Sandbox::new(name.clone(), runtime.sandbox_limits(memory_mib)),
     );
     store.limiter(|s| &mut s.memory);
     store
@@ -69,6 +71,7 @@ struct CallCtx<'a> {
     runtime: &'a RuntimeInner,
     name: &'a Arc<str>,
     metrics: &'a PluginMetrics,
+    memory_mib: usize,
 }
 
 impl CallCtx<'_> {
@@ -112,7 +115,7 @@ impl CallCtx<'_> {
             self.metrics.out_of_memory();
             return CallError::OutOfMemory {
                 plugin,
-                limit_mib: self.runtime.limits.memory_limit_mib,
+                limit_mib: self.memory_mib,
             };
         }
         self.metrics.trap();
@@ -167,6 +170,7 @@ impl<W: World> Instance<W> {
             runtime: &self.plugin.inner.runtime,
             name: &self.plugin.inner.name,
             metrics: &self.plugin.inner.metrics,
+            memory_mib: self.plugin.inner.memory_mib,
         }
     }
 
@@ -182,7 +186,7 @@ impl<W: World> Instance<W> {
             });
         }
         let inner = &self.plugin.inner;
-        let mut store = new_store(&inner.runtime, &inner.name);
+        let mut store = new_store(&inner.runtime, &inner.name, inner.memory_mib);
         let result = self.ctx().guard(&mut store, 0, |s| {
             W::start(&inner.pre, s).expect("instance world checked at creation")
         });
@@ -224,6 +228,7 @@ impl<W: World> Instance<W> {
             runtime: &self.plugin.inner.runtime,
             name: &self.plugin.inner.name,
             metrics: &self.plugin.inner.metrics,
+            memory_mib: self.plugin.inner.memory_mib,
         };
         let bindings = &live.bindings;
         match ctx.guard(&mut live.store, items_in, |s| f(bindings, s)) {

@@ -12,6 +12,10 @@ pub struct PluginLimits {
     pub call_timeout_ms: u64,
     /// Linear memory one instance may grow to.
     pub memory_limit_mib: usize,
+    /// The most a plugin may ask for in its manifest (`"x-anode-limits": {"memory_mib": N}` in
+    /// its config schema), for runtimes that need more than `memory_limit_mib` (a Python or
+    /// JavaScript component); a request above it gets this.
+    pub max_memory_limit_mib: usize,
     /// Resolution of call deadlines.
     pub epoch_tick_ms: u64,
     /// First wait before re-creating a crashed instance; doubles on each crash.
@@ -38,6 +42,7 @@ impl Default for PluginLimits {
         PluginLimits {
             call_timeout_ms: 500,
             memory_limit_mib: 64,
+            max_memory_limit_mib: 256,
             epoch_tick_ms: 5,
             restart_backoff_min_ms: 100,
             restart_backoff_max_ms: 30_000,
@@ -55,6 +60,18 @@ impl PluginLimits {
         Duration::from_millis(self.call_timeout_ms.max(1))
     }
 
+    /// The memory limit of a plugin whose config schema is `schema`: what it asks for
+    /// (`x-anode-limits.memory_mib`), no less than `memory_limit_mib` and no more than
+    /// `max_memory_limit_mib`.
+    pub fn memory_mib_for(&self, schema: &serde_json::Value) -> usize {
+        let asked = schema["x-anode-limits"]["memory_mib"]
+            .as_u64()
+            .map_or(0, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        asked
+            .min(self.max_memory_limit_mib)
+            .max(self.memory_limit_mib)
+    }
+
     pub fn epoch_tick(&self) -> Duration {
         Duration::from_millis(self.epoch_tick_ms.clamp(1, self.call_timeout_ms.max(1)))
     }
@@ -65,5 +82,33 @@ impl PluginLimits {
 
     pub fn restart_backoff_max(&self) -> Duration {
         Duration::from_millis(self.restart_backoff_max_ms.max(self.restart_backoff_min_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginLimits;
+    use serde_json::json;
+
+    #[test]
+    fn a_manifest_asks_for_memory_within_the_cap() {
+        let limits = PluginLimits::default();
+        let ask = |mib: u64| json!({"type": "object", "x-anode-limits": {"memory_mib": mib}});
+        assert_eq!(limits.memory_mib_for(&json!({"type": "object"})), 64);
+        assert_eq!(limits.memory_mib_for(&ask(128)), 128);
+        assert_eq!(
+            limits.memory_mib_for(&ask(16)),
+            64,
+            "never below the node's"
+        );
+        assert_eq!(
+            limits.memory_mib_for(&ask(100_000)),
+            256,
+            "never above the cap"
+        );
+        assert_eq!(
+            limits.memory_mib_for(&json!({"x-anode-limits": {"memory_mib": "lots"}})),
+            64
+        );
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct PluginInner {
     pub(crate) metrics: Arc<PluginMetrics>,
     pub(crate) runtime: Arc<RuntimeInner>,
     pub(crate) name: Arc<str>,
+    /// This plugin's memory limit: the node's, or what its manifest asks for within the cap.
+    pub(crate) memory_mib: usize,
 }
 
 pub(crate) enum Pre {
@@ -187,9 +189,11 @@ impl PluginRuntime {
             bytes.len() as u64,
         )?;
         let name: Arc<str> = manifest.name.as_str().into();
+        let memory_mib = self.inner.limits.memory_mib_for(&manifest.config_schema);
         Ok((
             Plugin {
                 inner: Arc::new(PluginInner {
+                    memory_mib,
                     manifest,
                     pre,
                     metrics,
@@ -351,9 +355,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
 }
 
 impl RuntimeInner {
-    pub(crate) fn sandbox_limits(&self) -> SandboxLimits {
+    pub(crate) fn sandbox_limits(&self, memory_mib: usize) -> SandboxLimits {
         SandboxLimits {
-            memory_bytes: self.limits.memory_limit_mib * 1024 * 1024,
+            memory_bytes: memory_mib * 1024 * 1024,
             stderr_tail_bytes: self.limits.stderr_tail_bytes,
             log_lines_per_call: self.limits.log_lines_per_call,
             log_line_max: self.limits.log_line_max_bytes,
