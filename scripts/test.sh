@@ -2,8 +2,8 @@
 # Runs aNode's whole test suite: native plugin tests, host tests against real WebAssembly
 # components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL, the
 # dashboard in a headless Chromium, the API against schemathesis. Installs what it can (the
-# wasm32-wasip2 target, PostgreSQL, Chromium, a Python virtualenv with the contract tools) and
-# says clearly what is missing otherwise.
+# wasm32-wasip2 target, PostgreSQL, Chromium, a Python virtualenv with the contract tools and
+# componentize-py, componentize-js from npm) and says clearly what is missing otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,10 +93,11 @@ if ! have_browser; then
     fi
 fi
 
-# Python tools the contract tests run: schemathesis (OpenAPI contract tester) and the
-# reference Prometheus client's text parser, pinned, in a virtualenv of their own.
+# Python tools, pinned, in a virtualenv of their own: schemathesis (OpenAPI contract tester),
+# the reference Prometheus client's text parser, and componentize-py (builds the Python plugin
+# the polyglot test makes with `anode plugin new --lang python`).
 py_tools="$PWD/target/test-tools/py"
-py_want="schemathesis==4.32.5 prometheus-client==0.26.0"
+py_want="schemathesis==4.32.5 prometheus-client==0.26.0 componentize-py==0.25.1"
 if [ -z "${ANODE_TEST_PYTHON:-}" ]; then
     if [ "$(cat "$py_tools/.installed" 2>/dev/null)" != "$py_want" ]; then
         command -v python3 >/dev/null || die "python3 is missing: install Python 3.9+ (Debian: apt-get install python3 python3-venv)"
@@ -110,6 +111,23 @@ if [ -z "${ANODE_TEST_PYTHON:-}" ]; then
         echo "$py_want" > "$py_tools/.installed"
     fi
     export ANODE_TEST_PYTHON="$py_tools/bin/python"
+fi
+
+# componentize-js, pinned, for the JavaScript plugin the polyglot test makes.
+js_tools="$PWD/target/test-tools/js"
+js_want="@bytecodealliance/componentize-js@0.23.0"
+if [ -z "${ANODE_TEST_NODE_MODULES:-}" ]; then
+    if [ "$(cat "$js_tools/.installed" 2>/dev/null)" != "$js_want" ]; then
+        command -v npm >/dev/null || die "node and npm are missing: install Node.js 20+ (Debian: apt-get install nodejs npm)"
+        say "installing $js_want into $js_tools"
+        rm -rf "$js_tools"
+        mkdir -p "$js_tools"
+        (cd "$js_tools" && echo '{"private":true}' > package.json \
+            && npm install --no-audit --no-fund --loglevel=error "$js_want" >/dev/null) \
+            || die "could not install $js_want from npm; check the network or set ANODE_TEST_NODE_MODULES to a node_modules that has it"
+        echo "$js_want" > "$js_tools/.installed"
+    fi
+    export ANODE_TEST_NODE_MODULES="$js_tools/node_modules"
 fi
 
 say "cargo test --workspace"

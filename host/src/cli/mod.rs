@@ -114,9 +114,12 @@ enum PluginCommand {
         /// Directory to create the crate in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path to aNode's plugin-sdk crate.
+        /// Path to aNode's plugin-sdk crate (Rust plugins).
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// The plugin's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: LangArg,
     },
     /// Validate, compile and store a plugin (`.wasm` component).
     Install {
@@ -170,6 +173,14 @@ enum PluginCommand {
         #[arg(long)]
         key: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LangArg {
+    Rust,
+    Python,
+    #[value(alias = "javascript")]
+    Js,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

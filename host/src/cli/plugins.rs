@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::{KindArg, PluginCommand, print_rows};
+use super::{KindArg, LangArg, PluginCommand, print_rows};
 use crate::config::Config;
 use crate::plugin::{self, Installed, Kind, PluginManifest, PluginRuntime, PluginStore};
 
@@ -29,11 +29,35 @@ pub(super) fn plugin_command(config: &Config, command: PluginCommand) -> anyhow:
             kind,
             dir,
             sdk,
+            lang,
         } => {
             let kind = match kind {
                 KindArg::Connector => Kind::Connector,
                 KindArg::Transform => Kind::Transform,
             };
+            let lang = match lang {
+                LangArg::Rust => plugin::scaffold::Lang::Rust,
+                LangArg::Python => plugin::scaffold::Lang::Python,
+                LangArg::Js => plugin::scaffold::Lang::JavaScript,
+            };
+            if lang != plugin::scaffold::Lang::Rust {
+                let created = plugin::scaffold::create_polyglot(&dir, &name, kind, lang)?;
+                println!("created {kind} plugin `{name}` in {}", created.display());
+                println!("next:");
+                println!("  cd {}", created.display());
+                if lang == plugin::scaffold::Lang::Python {
+                    println!("  python3 -m unittest                  # native tests");
+                    println!(
+                        "  python3 -m venv .venv && .venv/bin/pip install -r requirements-build.txt"
+                    );
+                    println!("  PATH=.venv/bin:$PATH sh build.sh     # {name}.wasm");
+                } else {
+                    println!("  node --test                          # native tests");
+                    println!("  npm install && npm run build         # {name}.wasm");
+                }
+                println!("  anode plugin install {name}.wasm");
+                return Ok(());
+            }
             let sdk = sdk.unwrap_or_else(plugin::scaffold::default_sdk_path);
             let created = plugin::scaffold::create(&dir, &name, kind, &sdk)?;
             println!("created {kind} plugin `{name}` in {}", created.display());

@@ -1,4 +1,5 @@
-//! `anode plugin new`: a plugin crate that builds as is.
+//! `anode plugin new`: a plugin that builds as is, in Rust (a crate on `anode-plugin-sdk`),
+//! Python (componentize-py) or JavaScript (componentize-js).
 
 use std::path::{Path, PathBuf};
 
@@ -28,16 +29,130 @@ pub fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk")
 }
 
-/// Write a new plugin crate `<parent>/<name>` depending on the SDK at `sdk`.
-pub fn create(parent: &Path, name: &str, kind: Kind, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+/// The language a new plugin is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// A crate on `anode-plugin-sdk`, built by cargo for `wasm32-wasip2`.
+    Rust,
+    /// A module on `anode_plugin.py`, built by componentize-py.
+    Python,
+    /// An ES module on `anode-plugin.js`, built by componentize-js.
+    JavaScript,
+}
+
+/// A template file: its path in the new plugin and its text (`{name}` and `{kind}` replaced).
+type Template = (&'static str, &'static str);
+
+/// The Python and JavaScript templates: the connector's files, then what a transform
+/// replaces them with.
+const PYTHON: &[Template] = &[
+    ("app.py", include_str!("templates/python/app.py")),
+    (
+        "anode_plugin.py",
+        include_str!("templates/python/anode_plugin.py"),
+    ),
+    ("test_app.py", include_str!("templates/python/test_app.py")),
+    ("build.sh", include_str!("templates/python/build.sh")),
+    (
+        "requirements-build.txt",
+        include_str!("templates/python/requirements-build.txt"),
+    ),
+    ("README.md", include_str!("templates/python/README.md")),
+    (".gitignore", include_str!("templates/python/.gitignore")),
+];
+const PYTHON_TRANSFORM: &[Template] = &[
+    ("app.py", include_str!("templates/python/transform/app.py")),
+    (
+        "test_app.py",
+        include_str!("templates/python/transform/test_app.py"),
+    ),
+];
+const JAVASCRIPT: &[Template] = &[
+    ("app.js", include_str!("templates/js/app.js")),
+    (
+        "anode-plugin.js",
+        include_str!("templates/js/anode-plugin.js"),
+    ),
+    ("component.js", include_str!("templates/js/component.js")),
+    ("app.test.js", include_str!("templates/js/app.test.js")),
+    ("package.json", include_str!("templates/js/package.json")),
+    ("README.md", include_str!("templates/js/README.md")),
+    (".gitignore", include_str!("templates/js/.gitignore")),
+];
+const JAVASCRIPT_TRANSFORM: &[Template] = &[
+    ("app.js", include_str!("templates/js/transform/app.js")),
+    (
+        "app.test.js",
+        include_str!("templates/js/transform/app.test.js"),
+    ),
+];
+/// The contract every plugin is built against, copied into Python and JavaScript plugins.
+const WIT: &str = include_str!("../../../wit/plugin.wit");
+
+fn check_name(name: &str) -> Result<(), ScaffoldError> {
     let valid = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
-        return Err(ScaffoldError::BadName(name.to_owned()));
+    if valid {
+        Ok(())
+    } else {
+        Err(ScaffoldError::BadName(name.to_owned()))
     }
+}
+
+fn write_files(files: impl IntoIterator<Item = (PathBuf, String)>) -> Result<(), ScaffoldError> {
+    for (path, text) in files {
+        let parent = path.parent().expect("files are inside dir");
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|source| ScaffoldError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// Write a new Python or JavaScript plugin `<parent>/<name>`: the app, the helper module, a
+/// native test, the build file and `wit/plugin.wit`. Rust plugins come from [`create`].
+pub fn create_polyglot(
+    parent: &Path,
+    name: &str,
+    kind: Kind,
+    lang: Lang,
+) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
+    let dir = parent.join(name);
+    if dir.exists() {
+        return Err(ScaffoldError::Exists(dir));
+    }
+    let (base, overlay) = match lang {
+        Lang::Python => (PYTHON, PYTHON_TRANSFORM),
+        Lang::JavaScript => (JAVASCRIPT, JAVASCRIPT_TRANSFORM),
+        Lang::Rust => unreachable!("Rust plugins are made by `create`"),
+    };
+    let overlay: &[Template] = if kind == Kind::Transform {
+        overlay
+    } else {
+        &[]
+    };
+    let kind = kind.to_string();
+    let mut files: Vec<(PathBuf, String)> = base
+        .iter()
+        .filter(|(path, _)| !overlay.iter().any(|(o, _)| o == path))
+        .chain(overlay)
+        .map(|(path, text)| {
+            let text = text.replace("{name}", name).replace("{kind}", &kind);
+            (dir.join(path), text)
+        })
+        .collect();
+    files.push((dir.join("wit/plugin.wit"), WIT.to_owned()));
+    write_files(files)?;
+    Ok(dir)
+}
+
+/// Write a new plugin crate `<parent>/<name>` depending on the SDK at `sdk`.
+pub fn create(parent: &Path, name: &str, kind: Kind, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
     let sdk = sdk
         .canonicalize()
         .map_err(|_| ScaffoldError::NoSdk(sdk.to_owned()))?;
@@ -70,17 +185,12 @@ pub fn create(parent: &Path, name: &str, kind: Kind, sdk: &Path) -> Result<PathB
     let readme = README
         .replace("{name}", name)
         .replace("{wasm}", &name.replace('-', "_"));
-    for (path, text) in [
+    write_files([
         (dir.join("Cargo.toml"), cargo_toml),
         (dir.join("src/lib.rs"), lib),
         (dir.join("README.md"), readme),
         (dir.join(".gitignore"), "/target\n".to_owned()),
-    ] {
-        let parent = path.parent().expect("files are inside dir");
-        std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&path, text))
-            .map_err(|source| ScaffoldError::Io { path, source })?;
-    }
+    ])?;
     Ok(dir)
 }
 
