@@ -5,6 +5,8 @@
 //! - component compile time cold vs from the cache; instantiation time; memory per instance.
 //!
 //! Run: `cargo bench -p anode --bench plugin_throughput` (release build).
+//! `ANODE_BENCH_POLYGLOT=rust=a.wasm,python=b.wasm,js=c.wasm` compares the same connector
+//! written in several languages instead (see `polyglot`).
 //! `ANODE_BENCH_FRAMES` sets the frames per round (default 200000).
 
 use std::path::Path;
@@ -23,6 +25,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    if let Ok(list) = std::env::var("ANODE_BENCH_POLYGLOT") {
+        polyglot(&list, frames_per_round);
+        return;
+    }
     let wasm_path = Path::new(env!("ANODE_WASM_DIR")).join("binance_trades.wasm");
     let bytes = std::fs::read(&wasm_path).expect("binance_trades.wasm is built by build.rs");
     let frames = trade_frames(frames_per_round);
@@ -203,6 +209,84 @@ fn main() {
         m.busy_ns as f64 / 1e9,
         m.traps
     );
+}
+
+/// `ANODE_BENCH_POLYGLOT=rust=a.wasm,python=b.wasm,js=c.wasm`: the same connector (the
+/// `anode plugin new` JSON echo, one event per message, the trade id as upstream id) written
+/// in each language, measured in one run: component size, compile, instantiation, memory per
+/// instance and decode rate on the same Binance trade frames.
+fn polyglot(list: &str, frames_per_round: usize) {
+    const CONFIG: &str = r#"{"url":"ws://127.0.0.1:9/feed","id_field":"t"}"#;
+    const INSTANCES: usize = 10;
+    let frames = trade_frames(frames_per_round.min(50_000));
+    println!(
+        "polyglot: the echo connector in each language; {} frames, batches of {BATCH}, {ROUNDS} rounds (median)",
+        frames.len()
+    );
+    println!(
+        "{:<8} {:>9} {:>11} {:>14} {:>16} {:>12} {:>13}",
+        "lang",
+        "size KiB",
+        "compile ms",
+        "instantiate ms",
+        "KiB per instance",
+        "events/s",
+        "µs per event"
+    );
+    for item in list.split(',') {
+        let (lang, path) = item.split_once('=').expect("lang=path");
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // Each runtime's own memory request, within a generous cap.
+        let limits = PluginLimits {
+            max_memory_limit_mib: 512,
+            call_timeout_ms: 5_000,
+            ..PluginLimits::default()
+        };
+        let runtime = PluginRuntime::new(limits, None).expect("runtime");
+        let started = Instant::now();
+        let (plugin, _) = runtime.load(&bytes, None).expect("loads");
+        let compile = started.elapsed();
+        let rss_before = rss_kib();
+        let started = Instant::now();
+        let mut live = Vec::with_capacity(INSTANCES);
+        for _ in 0..INSTANCES {
+            let mut instance = runtime.connector(&plugin).expect("connector");
+            let session = instance.open(CONFIG, None).expect("opens");
+            live.push((instance, session));
+        }
+        let instantiate = started.elapsed() / INSTANCES as u32;
+        for (instance, session) in &mut live {
+            instance
+                .on_frames(*session, &frames[..BATCH])
+                .expect("decodes");
+        }
+        let per_instance = rss_kib().saturating_sub(rss_before) as f64 / INSTANCES as f64;
+        let (instance, session) = &mut live[0];
+        let mut rates = Vec::new();
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            let mut events = 0;
+            for batch in frames.chunks(BATCH) {
+                events += instance
+                    .on_frames(*session, batch)
+                    .expect("decodes")
+                    .events
+                    .len();
+            }
+            assert_eq!(events, frames.len(), "{lang}: one event per frame");
+            rates.push(events as f64 / started.elapsed().as_secs_f64());
+        }
+        let rate = median(&mut rates);
+        println!(
+            "{lang:<8} {:>9} {:>11.0} {:>14.2} {:>16.0} {:>12.0} {:>13.1}",
+            bytes.len() / 1024,
+            ms(compile),
+            ms(instantiate),
+            per_instance,
+            rate,
+            1e6 / rate
+        );
+    }
 }
 
 fn trade_frames(n: usize) -> Vec<Frame> {
