@@ -256,7 +256,7 @@ async fn a_frozen_node_gets_the_whole_suspicion_timeout_and_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_installed_through_one_node_runs_on_the_others_and_on_late_joiners() {
+async fn a_plugin_installed_through_one_node_runs_everywhere_and_removed_leaves_everywhere() {
     let root = tempfile::tempdir().unwrap();
     let sim = simulator(5.0).await;
     let first = NodeProc::start(root.path(), "p1", &NodeOptions::default());
@@ -374,6 +374,51 @@ async fn a_plugin_installed_through_one_node_runs_on_the_others_and_on_late_join
             .any(|e| e["kind"] == "plugin" && e["message"].as_str().unwrap().contains("verified")),
         "{events}"
     );
+
+    // Removed from the cluster once no source uses it: every node deletes its copy.
+    for id in &sources {
+        let removed = reqwest::Client::new()
+            .delete(format!("{}/api/v1/sources/{id}", first.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), 200);
+    }
+    until("the removals to reach p3", SETTLE, || async {
+        let listed = third.get("/api/v1/sources").await;
+        match listed.as_array().unwrap().len() {
+            0 => Ok(()),
+            n => Err(format!("{n} sources left")),
+        }
+    })
+    .await;
+    let remove = std::process::Command::new(env!("CARGO_BIN_EXE_anode"))
+        .args(["plugin", "remove", &digest, "--url", &third.api])
+        .output()
+        .unwrap();
+    assert!(
+        remove.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remove.stderr)
+    );
+    until("every node to delete the plugin", SETTLE, || async {
+        let left: Vec<&str> = [&first, &second, &third, &late]
+            .iter()
+            .filter(|n| {
+                n.dir
+                    .join("plugins")
+                    .join(format!("{digest}.wasm"))
+                    .exists()
+            })
+            .map(|n| n.id.as_str())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?} still have it"))
+        }
+    })
+    .await;
     sim.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! Moving a plugin's sources to a new version on a live node, as an operator does with
 //! `anode source upgrade`: a 30% canary moves exactly the sources whose canary hash falls in
 //! the first 30%, a rollback moves them back, a promotion moves everyone, and across the
-//! switches every trade the simulator sent is stored once.
+//! switches every trade the simulator sent is stored once. Then old versions: a used one and a
+//! built-in one cannot be removed, an unused one is removed from the cluster and from disk.
 
 mod support;
 
@@ -215,6 +216,50 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
         },
     )
     .await;
+
+    // Removing versions: refused while used, refused for a built-in, done for an unused one.
+    let remove = |plugin: &str| {
+        Command::new(env!("CARGO_BIN_EXE_anode"))
+            .args(["plugin", "remove", plugin, "--url", &api])
+            .output()
+            .unwrap()
+    };
+    let used = remove(&v2);
+    assert!(!used.status.success());
+    let said = String::from_utf8_lossy(&used.stderr);
+    assert!(
+        said.contains("409") && said.contains("used by 20 source(s)"),
+        "{said}"
+    );
+    let built_in = remove(&builtin);
+    assert!(!built_in.status.success());
+    assert!(String::from_utf8_lossy(&built_in.stderr).contains("built into"));
+    let unused: Value = reqwest::Client::new()
+        .post(format!("{api}/api/v1/plugins"))
+        .body(variant_of(&wasm, "v3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v3 = unused["digest"].as_str().unwrap().to_owned();
+    let file = data.path().join("plugins").join(format!("{v3}.wasm"));
+    assert!(file.exists());
+    let removed = remove(&v3);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(!file.exists(), "the node deleted its copy");
+    let listed = get_json(&format!("{api}/api/v1/plugins")).await;
+    assert!(
+        !listed.to_string().contains(&v3),
+        "a removed plugin is listed: {listed}"
+    );
+    assert!(listed.to_string().contains(&v2));
+
     node.shutdown().await;
     sim.shutdown().await;
 }

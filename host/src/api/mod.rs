@@ -73,6 +73,10 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/sources/{id}/pause", post(pause_source))
         .route("/api/v1/sources/{id}/resume", post(resume_source))
         .route("/api/v1/plugins", get(list_plugins).post(install_plugin))
+        .route(
+            "/api/v1/plugins/{plugin}",
+            axum::routing::delete(remove_plugin),
+        )
         .route("/api/v1/rollouts", post(rollout))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events))
@@ -367,6 +371,15 @@ async fn replace_source(
     }
     state.add_source(spec, true).await?;
     Ok(Json(json!({ "replaced": id })))
+}
+
+/// Remove a plugin version from the cluster (refused while a source uses it).
+async fn remove_plugin(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let removed = state.remove_plugin(&plugin).await?;
+    Ok(Json(json!({ "removed": removed })))
 }
 
 /// Move a plugin's sources between its versions: a canary, a promotion or a rollback.

@@ -278,6 +278,20 @@ pub(super) async fn openapi() -> Json<Value> {
     rollout["requestBody"] = json_body(json!({"$ref": "#/components/schemas/Rollout"}));
     paths.insert("/api/v1/rollouts".into(), json!({ "post": rollout }));
     paths.insert(
+        "/api/v1/plugins/{plugin}".into(),
+        json!({
+            "parameters": [{"name": "plugin", "in": "path", "required": true,
+                "description": "The plugin's digest (or 8+ hex digits of it), or its name when it has one build",
+                "schema": {"type": "string"}}],
+            "delete": operation("removePlugin",
+                "Remove a plugin version from the cluster: every node deletes its copy once no source uses it",
+                guarded(json!({"200": json_response("removed: its manifest", object.clone()),
+                    "400": error("ambiguous, or built into the binary"),
+                    "404": error("no such plugin"),
+                    "409": error("sources use it; the message names them")}), true)),
+        }),
+    );
+    paths.insert(
         "/api/v1/plugins".into(),
         json!({
             "get": operation("listPlugins", "Installed plugins, with metrics where loaded",

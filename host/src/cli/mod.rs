@@ -152,10 +152,18 @@ enum PluginCommand {
         /// Name, digest or digest prefix.
         plugin: String,
     },
-    /// Remove an installed plugin.
+    /// Remove an installed plugin: from the local store, or with --url from the whole
+    /// cluster (refused while a source uses it).
     Remove {
         /// Name, digest or digest prefix.
         plugin: String,
+        /// Remove through a running node's API: the cluster's catalog forgets the plugin and
+        /// every node deletes its copy once none of its sources uses it.
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token for --url (`api.token`).
+        #[arg(long, env = "ANODE_TOKEN", hide_env_values = true, requires = "url")]
+        token: Option<String>,
     },
     /// Make a publisher key pair for signing plugins: the secret key goes to `--out` (keep it
     /// secret), the public key is printed (put it in `plugins.trusted_keys`).

@@ -179,7 +179,28 @@ pub(super) fn plugin_command(config: &Config, command: PluginCommand) -> anyhow:
             );
             Ok(())
         }
-        PluginCommand::Remove { plugin } => {
+        PluginCommand::Remove {
+            plugin,
+            url: Some(url),
+            token,
+        } => super::tokio_runtime()?.block_on(async {
+            let url = url.trim_end_matches('/');
+            let mut request =
+                reqwest::Client::new().delete(format!("{url}/api/v1/plugins/{plugin}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let answer = super::call(request, url).await?;
+            let m = &answer["removed"];
+            println!(
+                "removed {} {} (sha256:{}) from the cluster; every node deletes its copy",
+                m["name"].as_str().unwrap_or("?"),
+                m["version"].as_str().unwrap_or("?"),
+                m["digest"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }),
+        PluginCommand::Remove { plugin, .. } => {
             let (store, runtime) = open_store(config)?;
             let removed = store.remove(Some(&runtime), &plugin)?;
             println!(

@@ -12,11 +12,13 @@
 //! - `plugins`: loading plugins and opening a source's sessions;
 //! - `run`: a running source's life (drive, tick, acknowledge, stop);
 //! - `reports`: what the sources report, here and cluster-wide;
-//! - `rollout`: moving a plugin's sources between its versions (canary, promote, rollback).
+//! - `rollout`: moving a plugin's sources between its versions (canary, promote, rollback);
+//! - `removal`: removing a plugin version from the cluster once no source uses it.
 
 mod facade;
 mod plugins;
 mod reconcile;
+mod removal;
 mod reports;
 mod rollout;
 mod run;

@@ -187,6 +187,7 @@ impl NodeState {
             );
         }
         self.fetch_missing_plugins();
+        self.collect_removed_plugins();
     }
 
     /// Make-before-break: whether a source this node runs but no longer owns may stop. Yes

@@ -66,7 +66,8 @@ struct Build {
 impl NodeState {
     /// Move sources of a plugin between its versions; see the module's documentation.
     pub async fn rollout(&self, request: RolloutRequest) -> Result<RolloutOutcome, NodeError> {
-        let builds: Vec<Build> = self
+        // The cluster's installed builds and this node's (built-in ones are in no catalog).
+        let mut builds: Vec<Build> = self
             .cluster
             .catalog
             .live("plugin/")
@@ -78,6 +79,15 @@ impl NodeState {
                 digest: m["digest"].as_str().unwrap_or_default().to_owned(),
             })
             .collect();
+        for m in self.plugin_store.list().unwrap_or_default() {
+            let digest = m.digest.to_hex();
+            if m.name == request.plugin && !builds.iter().any(|b| b.digest == digest) {
+                builds.push(Build {
+                    version: m.version,
+                    digest,
+                });
+            }
+        }
         if builds.is_empty() {
             return Err(NodeError::NotFound(format!(
                 "no plugin `{}` in this cluster (`anode plugin list` shows the installed ones)",
