@@ -47,6 +47,10 @@ pub struct Peer {
     pub version: String,
 }
 
+/// A generation that grew by less than this is the same process rejoining (each renewal adds
+/// one), not a restart (a new start time in ms: a restart takes longer than a second).
+pub const REJOIN_STEPS: u64 = 1000;
+
 impl Identity for Peer {
     type Addr = SocketAddr;
 
@@ -372,6 +376,12 @@ impl Cluster {
         config.max_packet_size =
             NonZeroUsize::new(settings.max_packet_bytes.max(512)).expect("at least 512");
         config.max_transmissions = NonZeroU8::new(10).expect("10 > 0");
+        // Down members are announced to often (foca's LAN default is every 65 s): after a
+        // partition heals, the sides find each other within about one period.
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(settings.rejoin_probe_ms.max(100)),
+            num_members: NonZeroUsize::new(2).expect("2 > 0"),
+        });
         config.periodic_gossip = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(200),
             num_members: NonZeroUsize::new(3).expect("3 > 0"),

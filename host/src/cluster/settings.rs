@@ -42,6 +42,9 @@ pub struct ClusterSettings {
     pub sync_ms: u64,
     /// Period of re-announcing to the seeds while this node knows no other member.
     pub announce_ms: u64,
+    /// Period of announcing to members this node holds down (two at random each time), so
+    /// the two sides of a healed partition find each other within about this long.
+    pub rejoin_probe_ms: u64,
     /// At start with seeds, how long to wait to hear from the cluster before running
     /// sources alone.
     pub join_grace_ms: u64,
@@ -72,6 +75,7 @@ impl Default for ClusterSettings {
             max_packet_bytes: 1400,
             sync_ms: 2000,
             announce_ms: 1000,
+            rejoin_probe_ms: 1000,
             join_grace_ms: 3000,
             handover_timeout_ms: 10_000,
             cursor_share_ms: 1000,

@@ -344,6 +344,20 @@ impl NodeState {
         let (kind, message) = match event {
             ClusterEvent::Joined(p) => ("join", format!("{} joined ({})", p.id, p.gossip)),
             ClusterEvent::Down(p) => ("down", format!("{} is down", p.id)),
+            // A restart brings a new start time (ms); a rejoin (the member learnt it was held
+            // down and renewed its identity) adds one to the generation it had.
+            ClusterEvent::Replaced { old, new }
+                if new.generation > old.generation
+                    && new.generation - old.generation < crate::cluster::REJOIN_STEPS =>
+            {
+                (
+                    "join",
+                    format!(
+                        "{} rejoined after being held down (generation {} → {}; not a restart)",
+                        new.id, old.generation, new.generation
+                    ),
+                )
+            }
             ClusterEvent::Replaced { old, new } => (
                 "join",
                 format!(
