@@ -2,8 +2,9 @@
 # Runs aNode's whole test suite: native plugin tests, host tests against real WebAssembly
 # components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL, the
 # dashboard in a headless Chromium, the API against schemathesis. Installs what it can (the
-# wasm32-wasip2 target, PostgreSQL, Chromium, a Python virtualenv with the contract tools and
-# componentize-py, componentize-js from npm) and says clearly what is missing otherwise.
+# wasm32-wasip2 target, PostgreSQL, NATS with JetStream, Chromium, a Python virtualenv with the
+# contract tools and componentize-py, componentize-js from npm) and says clearly what is missing
+# otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +77,27 @@ if [ -z "${ANODE_TEST_PG:-}" ]; then
     fi
 fi
 say "PostgreSQL for tests: $ANODE_TEST_PG"
+
+# NATS with JetStream: the JetStream sink tests publish to the server on 127.0.0.1:4222
+# (ANODE_TEST_NATS names another) and start private ones with nats-server to stop and restart.
+if ! command -v nats-server >/dev/null && [ -z "${ANODE_NATS_SERVER:-}" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing nats-server (the JetStream sink tests run real servers)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null; } \
+            || die "could not install nats-server; install it (apt-get install nats-server) and run again"
+    else
+        die "nats-server is missing: install it (Debian: sudo apt-get install nats-server) or set ANODE_NATS_SERVER"
+    fi
+fi
+if [ -z "${ANODE_TEST_NATS:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+    nats_dir="$PWD/target/test-nats"
+    say "starting a NATS server with JetStream on 127.0.0.1:4222 (data in $nats_dir)"
+    mkdir -p "$nats_dir"
+    nohup "${ANODE_NATS_SERVER:-nats-server}" -js -a 127.0.0.1 -p 4222 -sd "$nats_dir" >"$nats_dir/log" 2>&1 &
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
+    (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || die "nats-server did not start: see $nats_dir/log"
+fi
 
 # A headless browser: the dashboard tests drive Debian's Chromium over WebDriver (chromedriver).
 have_browser() {

@@ -27,6 +27,7 @@ const KNOWN_KEYS: &[&str] = &[
     "api.read_token",
     "api.advertise",
     "store.postgres_url",
+    "store.nats.url",
     "cluster.bind",
     "cluster.advertise",
     "cluster.seeds",
@@ -627,6 +628,40 @@ fn dockerfile_builds_with_the_shared_script_and_runs_unprivileged() {
     // The build context (the repository root) leaves build outputs out.
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target"), "{ignore}");
+}
+
+// ── compose.nats.yaml ──────────────────────────────────────────────────────────────────────
+
+#[test]
+fn the_nats_override_adds_a_jetstream_server_and_points_every_node_at_it() {
+    let compose: Value = serde_norway::from_str(&read("deploy/compose.nats.yaml"))
+        .expect("compose.nats.yaml parses");
+    let services = compose["services"].as_object().expect("services");
+    let nats = &services["nats"];
+    assert!(nats["image"].as_str().unwrap().starts_with("nats:"));
+    assert!(
+        strings(&nats["command"]).contains(&"-js".to_owned()),
+        "JetStream on"
+    );
+    for n in 1..=3 {
+        let name = format!("node{n}");
+        let env = services[&name]["environment"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: environment"));
+        for var in env.keys() {
+            assert_known_key(var, &format!("compose.nats {name}"));
+        }
+        let url = env["ANODE_STORE__NATS__URL"].as_str().unwrap();
+        assert_eq!(url, "nats://nats:4222");
+        // The node's own loader reads it as a JetStream sink with the documented defaults.
+        let config = Config::load(None, env_pairs(&[("ANODE_STORE__NATS__URL", url)]))
+            .expect("the override's settings load");
+        let sink = config.store.nats.expect("a JetStream sink");
+        assert_eq!(sink.url, url);
+        assert_eq!(sink.stream, "ANODE");
+        assert_eq!(sink.subject_prefix, "anode");
+        assert!(sink.check().is_ok());
+    }
 }
 
 // ── compose.yaml ──────────────────────────────────────────────────────────────────────────

@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// PostgreSQL URL for the node's store; default the embedded store.
     #[arg(long)]
     postgres: Option<String>,
+    /// Also publish every record to NATS JetStream at this URL (a stream `ANODE_BENCH_<pid>`,
+    /// deleted afterwards), as the `[store.nats]` sink does.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 /// What the subscribers saw.
@@ -130,16 +134,31 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let result = measure(&args, &sim, &dir).await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(url) = &args.nats {
+        // The bench's stream goes with it.
+        if let Ok(client) = async_nats::connect(url.as_str()).await {
+            let stream = format!("ANODE_BENCH_{}", std::process::id());
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(stream)
+                .await;
+        }
+    }
     result
 }
 
 async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> anyhow::Result<()> {
     let api = free_port()?;
     let gossip = free_port()?;
-    let store = match &args.postgres {
+    let mut store = match &args.postgres {
         Some(url) => format!("[store]\npostgres_url = {url:?}\n"),
-        None => String::new(),
+        None => "[store]\n".to_owned(),
     };
+    if let Some(url) = &args.nats {
+        let id = std::process::id();
+        store.push_str(&format!(
+            "[store.nats]\nurl = {url:?}\nstream = \"ANODE_BENCH_{id}\"\nsubject_prefix = \"anodebench{id}\"\n"
+        ));
+    }
     let mut config = format!(
         "data_dir = {:?}\n{store}[api]\nbind = \"127.0.0.1:{api}\"\n[cluster]\nbind = \
          \"127.0.0.1:{gossip}\"\n[sources]\nallow = [\"{}\"]\n",
@@ -190,10 +209,11 @@ async fn drive(
         args.sources as f64 * args.rate,
         args.subscribers,
         args.duration,
-        if args.postgres.is_some() {
-            "PostgreSQL"
-        } else {
-            "embedded"
+        match (args.postgres.is_some(), args.nats.is_some()) {
+            (true, false) => "PostgreSQL",
+            (true, true) => "PostgreSQL + JetStream",
+            (false, false) => "embedded",
+            (false, true) => "embedded + JetStream",
         }
     );
     let http = reqwest::Client::new();

@@ -20,12 +20,14 @@
 //! and its most recent record ids with [`StoreHandle::resume`].
 
 mod buffer;
+pub(crate) mod nats;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod tls;
 mod writer;
 
 pub use buffer::{Batch, Committed, Receipt, StoreClosedError};
+pub use nats::NatsSettings;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,9 @@ pub struct StoreSettings {
     pub postgres_tls: PostgresTls,
     /// PEM file of the certificate authority that signed the server's certificate.
     pub postgres_ca_file: Option<PathBuf>,
+    /// NATS JetStream as a second, required sink: a batch is acknowledged (its cursor
+    /// committed) only when the database and JetStream both have it. See `sink::nats`.
+    pub nats: Option<NatsSettings>,
 }
 
 /// TLS to PostgreSQL; see `StoreSettings::postgres_tls`.
@@ -103,6 +108,7 @@ impl Default for StoreSettings {
             postgres_method: PostgresMethod::default(),
             postgres_tls: PostgresTls::default(),
             postgres_ca_file: None,
+            nats: None,
         }
     }
 }
@@ -116,6 +122,8 @@ pub enum SinkError {
     Sqlite { path: PathBuf, message: String },
     #[error("store.postgres_tls: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Why a write failed, which decides what the writer does next.
@@ -356,27 +364,50 @@ pub fn spawn_store(
     data_dir: &Path,
     cancel: CancellationToken,
 ) -> Result<(StoreHandle, JoinHandle<()>), SinkError> {
-    match &settings.postgres_url {
-        Some(url) => {
+    if let Some(nats) = &settings.nats {
+        nats.check().map_err(SinkError::Config)?;
+    }
+    // With JetStream, the writer's backend publishes there too; reads (cursors) stay with the
+    // database.
+    match (&settings.postgres_url, &settings.nats) {
+        (Some(url), nats) => {
             let backend = postgres::Postgres::new(url, settings)?;
             let reader = postgres::Postgres::new(url, settings)?;
-            Ok(spawn_writer(backend, reader, "postgres", settings, cancel))
+            Ok(match nats {
+                Some(n) => spawn_writer(
+                    nats::WithJetStream::new(backend, n.clone()),
+                    reader,
+                    "postgres+nats",
+                    settings,
+                    cancel,
+                ),
+                None => spawn_writer(backend, reader, "postgres", settings, cancel),
+            })
         }
-        None => {
+        (None, nats) => {
             let path = settings
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
             let reader = sqlite::Sqlite::new(path.clone());
             let backend = sqlite::Sqlite::new(path);
-            Ok(spawn_writer(backend, reader, "sqlite", settings, cancel))
+            Ok(match nats {
+                Some(n) => spawn_writer(
+                    nats::WithJetStream::new(backend, n.clone()),
+                    reader,
+                    "sqlite+nats",
+                    settings,
+                    cancel,
+                ),
+                None => spawn_writer(backend, reader, "sqlite", settings, cancel),
+            })
         }
     }
 }
 
-fn spawn_writer<B: Backend>(
+fn spawn_writer<B: Backend, R: Backend>(
     backend: B,
-    reader: B,
+    reader: R,
     kind: &'static str,
     settings: &StoreSettings,
     cancel: CancellationToken,

@@ -1,0 +1,278 @@
+//! NATS JetStream as a second, required sink (`[store.nats]`): every batch the writer commits
+//! to the database (PostgreSQL or the embedded store, which keeps the cursors) is also
+//! published to a JetStream stream, and the batch is acknowledged — its cursor committed —
+//! only when the database has it *and* JetStream has acknowledged every record.
+//!
+//! - Subject `<subject_prefix>.<stream>.<source>` (a `.` in a name becomes `_`, so each part
+//!   stays one subject token); header `Nats-Msg-Id` = the record id, so a batch published
+//!   again after a failure is de-duplicated by the server within `duplicate_window_s`; body:
+//!   the record's JSON, as `/ws` sends it.
+//! - Publishes are sent without waiting, then their acknowledgements awaited together: at
+//!   most one batch (`store.batch_max` records) is in flight.
+//! - The stream is created at start, or checked when it exists (its subjects must cover the
+//!   prefix); a server that refuses says why in the store's last error. A server that is away
+//!   is a connection failure like a database that is away: the writer backs off, keeps the
+//!   batches in its bounded buffer, and sources wait when it is full.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, Resume, WriteError, Written};
+use crate::record::{Record, RecordId};
+
+/// `[store.nats]`: JetStream as a required second sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// `nats://host:4222`.
+    pub url: String,
+    /// The JetStream stream records go to.
+    pub stream: String,
+    /// First token of every subject.
+    pub subject_prefix: String,
+    /// Copies of the stream in a NATS cluster.
+    pub replicas: usize,
+    /// How long the stream keeps records; 0: until its limits push them out.
+    pub max_age_s: u64,
+    /// How long the server remembers a `Nats-Msg-Id` to drop a second copy.
+    pub duplicate_window_s: u64,
+    /// How long to wait for the acknowledgements of one batch.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "ANODE".into(),
+            subject_prefix: "anode".into(),
+            replicas: 1,
+            max_age_s: 0,
+            duplicate_window_s: 120,
+            ack_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl NatsSettings {
+    /// What the settings cannot be, said before anything connects.
+    pub fn check(&self) -> Result<(), String> {
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        };
+        if !token_ok(&self.stream) {
+            return Err(format!(
+                "store.nats.stream `{}` must be letters, digits, `-` and `_`",
+                self.stream
+            ));
+        }
+        if !self.subject_prefix.split('.').all(token_ok) {
+            return Err(format!(
+                "store.nats.subject_prefix `{}` must be dot-separated tokens of letters, digits, \
+                 `-` and `_`",
+                self.subject_prefix
+            ));
+        }
+        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://")) {
+            return Err(format!(
+                "store.nats.url `{}` must start with nats:// or tls://",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+
+    /// The subject of a record of `stream` from `source`.
+    pub fn subject(&self, stream: &str, source: &str) -> String {
+        let token = |s: &str| s.replace(['.', ' ', '*', '>'], "_");
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            token(stream),
+            token(source)
+        )
+    }
+}
+
+/// A database backend with JetStream beside it.
+pub(crate) struct WithJetStream<B> {
+    primary: B,
+    settings: Arc<NatsSettings>,
+    context: Option<jetstream::Context>,
+    /// Records JetStream acknowledged whose batch the database has not committed yet: a
+    /// batch written again after a database failure is not published twice (the server's
+    /// duplicate window would drop the copies too, but only within `duplicate_window_s`).
+    published: HashSet<RecordId>,
+}
+
+impl<B: Backend> WithJetStream<B> {
+    pub(crate) fn new(primary: B, settings: NatsSettings) -> Self {
+        WithJetStream {
+            primary,
+            settings: Arc::new(settings),
+            context: None,
+            published: HashSet::new(),
+        }
+    }
+
+    async fn connect_nats(&mut self) -> Result<(), WriteError> {
+        let s = &self.settings;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .connect(&s.url)
+            .await
+            .map_err(|e| WriteError::Connection(format!("NATS at {}: {e}", s.url)))?;
+        // The first connect is retried by the client in the background; wait for it here so
+        // a server that is away is reported as such.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::Connection(format!(
+                    "NATS at {} does not answer; retrying",
+                    s.url
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let context = jetstream::new(client);
+        let subjects = format!("{}.>", s.subject_prefix);
+        let config = stream::Config {
+            name: s.stream.clone(),
+            subjects: vec![subjects.clone()],
+            num_replicas: s.replicas.max(1),
+            max_age: Duration::from_secs(s.max_age_s),
+            duplicate_window: Duration::from_secs(s.duplicate_window_s.max(1)),
+            ..Default::default()
+        };
+        let mut existing = context.get_or_create_stream(config).await.map_err(|e| {
+            WriteError::Connection(format!(
+                "JetStream at {} refused stream `{}`: {e} (is JetStream enabled: `nats-server -js`?)",
+                s.url, s.stream
+            ))
+        })?;
+        let info = existing
+            .info()
+            .await
+            .map_err(|e| WriteError::Connection(format!("JetStream stream `{}`: {e}", s.stream)))?;
+        let covers = info
+            .config
+            .subjects
+            .iter()
+            .any(|subject| *subject == subjects || subject == ">");
+        if !covers {
+            return Err(WriteError::Connection(format!(
+                "JetStream stream `{}` exists with subjects {:?}, which do not cover `{subjects}`: \
+                 change store.nats.subject_prefix or the stream",
+                s.stream, info.config.subjects
+            )));
+        }
+        self.context = Some(context);
+        Ok(())
+    }
+
+    /// Publish every record, then wait for all the acknowledgements.
+    async fn publish(&mut self, records: &[Record]) -> Result<(), WriteError> {
+        let context = self
+            .context
+            .as_ref()
+            .ok_or_else(|| WriteError::Connection("NATS is not connected".into()))?;
+        let lost = |e: &dyn std::fmt::Display| WriteError::Connection(format!("JetStream: {e}"));
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
+        for record in records.iter().filter(|r| !self.published.contains(&r.id)) {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                record.id.to_hex().as_str(),
+            );
+            let subject = self.settings.subject(&record.stream, &record.source);
+            let ack = context
+                .publish_with_headers(subject, headers, record.to_json().into())
+                .await
+                .map_err(|e| lost(&e))?;
+            acks.push(ack);
+        }
+        let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
+        let all = futures_util::future::try_join_all(acks.into_iter().map(|a| a.into_future()));
+        match tokio::time::timeout(timeout, all).await {
+            Ok(Ok(_)) => {
+                self.published.extend(records.iter().map(|r| r.id));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(lost(&e)),
+            Err(_) => Err(WriteError::Connection(format!(
+                "JetStream did not acknowledge {} records within {timeout:?}",
+                records.len()
+            ))),
+        }
+    }
+}
+
+impl<B: Backend> Backend for WithJetStream<B> {
+    async fn connect(&mut self) -> Result<(), WriteError> {
+        self.primary.connect().await?;
+        if self.context.is_none() {
+            self.connect_nats().await?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        records: &[Record],
+        cursors: &[(Arc<str>, String)],
+    ) -> Result<Written, WriteError> {
+        // JetStream first: the cursor goes into the database with the records, so it may not
+        // be committed before JetStream holds them too. A batch written again after a failure
+        // is de-duplicated on both sides by its record ids.
+        if let Err(e) = self.publish(records).await {
+            // Reconnect on the next attempt: the client may have given up the old connection.
+            self.context = None;
+            return Err(e);
+        }
+        let written = self.primary.write(records, cursors).await?;
+        self.published.clear();
+        Ok(written)
+    }
+
+    async fn resume(&mut self, source: &str, recent: usize) -> Result<Resume, WriteError> {
+        self.primary.resume(source, recent).await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} + JetStream {} stream {}",
+            self.primary.describe(),
+            self.settings.url,
+            self.settings.stream
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NatsSettings;
+
+    #[test]
+    fn subjects_keep_one_token_per_part_and_bad_settings_are_named() {
+        let s = NatsSettings::default();
+        assert_eq!(s.subject("trades", "bn.btc"), "anode.trades.bn_btc");
+        assert!(s.check().is_ok());
+        let bad = NatsSettings {
+            stream: "has space".into(),
+            ..NatsSettings::default()
+        };
+        assert!(bad.check().unwrap_err().contains("store.nats.stream"));
+        let bad = NatsSettings {
+            url: "http://x".into(),
+            ..NatsSettings::default()
+        };
+        assert!(bad.check().unwrap_err().contains("nats://"));
+    }
+}

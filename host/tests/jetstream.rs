@@ -1,0 +1,332 @@
+//! NATS JetStream as a second, required sink beside PostgreSQL: every record the simulator
+//! generated is in both, once, read back id by id; and a NATS server that goes away for 20 s
+//! mid-run loses nothing — sources back off within the buffer's bound, and what was held is
+//! published when the server returns.
+//!
+//! The first test uses the NATS server on 127.0.0.1:4222 (`scripts/test.sh` starts one when
+//! none answers), with a stream of its own that it deletes; the second starts a private
+//! `nats-server -js` it can stop.
+
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anode::sink::NatsSettings;
+use async_nats::jetstream;
+use support::store::{Stored, trade_stream};
+use support::{binance_sources, free_port, get_json, node_config, simulator, start_node, until};
+
+/// The record ids (hex) in JetStream stream `name`, and how many messages it holds.
+async fn jetstream_ids(url: &str, name: &str) -> (HashSet<String>, u64) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let context = jetstream::new(client);
+    let mut stream = context.get_stream(name).await.expect("the stream exists");
+    let state = stream.info().await.unwrap().state.clone();
+    let mut ids = HashSet::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            let id = message
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no Nats-Msg-Id: {:?} {}",
+                        message.headers,
+                        String::from_utf8_lossy(&message.payload)
+                    )
+                })
+                .to_string();
+            ids.insert(id);
+        }
+    }
+    (ids, state.messages)
+}
+
+async fn delete_stream(url: &str, name: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let _ = jetstream::new(client).delete_stream(name).await;
+}
+
+fn settings(url: &str, tag: &str) -> NatsSettings {
+    NatsSettings {
+        url: url.to_owned(),
+        stream: format!("ANODE_TEST_{tag}"),
+        subject_prefix: format!("anodetest{}", tag.to_ascii_lowercase()),
+        ..NatsSettings::default()
+    }
+}
+
+/// Pause the venues, then wait until PostgreSQL holds every trade they sent, once; return
+/// the stored record ids.
+async fn every_sent_trade_in_postgres(
+    sim: &anode_feedsim::FeedSim,
+    stored: &Stored,
+    specs: &[serde_json::Value],
+) -> HashSet<String> {
+    sim.pause();
+    until(
+        "every sent trade stored",
+        Duration::from_secs(90),
+        || async {
+            let report = sim.report();
+            let mut wrong = 0;
+            for spec in specs {
+                let sent: HashSet<u64> = report.streams[&trade_stream(spec)].ids().collect();
+                let have = stored.ids(spec["id"].as_str().unwrap()).await;
+                let unique: HashSet<u64> = have.iter().copied().collect();
+                assert_eq!(
+                    unique.len(),
+                    have.len(),
+                    "{}: an id stored twice",
+                    spec["id"]
+                );
+                if unique != sent {
+                    wrong += 1;
+                }
+            }
+            if wrong == 0 {
+                Ok(())
+            } else {
+                Err(format!("{wrong} sources incomplete"))
+            }
+        },
+    )
+    .await;
+    let Stored::Postgres(db) = stored else {
+        unreachable!()
+    };
+    db.client()
+        .await
+        .query("SELECT encode(id, 'hex') FROM anode_records", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_sources_into_jetstream_and_postgres_each_id_once_in_both() {
+    let url = std::env::var("ANODE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let tag = format!("{}", std::process::id());
+    let nats = settings(&url, &tag);
+    let db = support::TestDb::create(&support::pg_server()).await;
+    let sim = simulator(5.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.postgres_url = Some(db.url.clone());
+    config.store.nats = Some(nats.clone());
+    let node = start_node(config).await;
+    let api = node.url();
+    let specs = binance_sources(&sim, 100, "js");
+    let added = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources"))
+        .json(&specs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let stored = Stored::Postgres(db);
+    until(
+        "every source to store records",
+        Duration::from_secs(60),
+        || async {
+            let counts = stored.counts().await;
+            let quiet = specs
+                .iter()
+                .filter(|s| counts.get(s["id"].as_str().unwrap()).copied().unwrap_or(0) < 5)
+                .count();
+            if quiet == 0 {
+                Ok(())
+            } else {
+                Err(format!("{quiet} sources have fewer than 5 records"))
+            }
+        },
+    )
+    .await;
+    let status = get_json(&format!("{api}/api/v1/status")).await;
+    assert_eq!(
+        status["store"]["kind"], "postgres+nats",
+        "{}",
+        status["store"]
+    );
+
+    let in_postgres = every_sent_trade_in_postgres(&sim, &stored, &specs).await;
+    // What PostgreSQL has, JetStream has: the same ids, each in one message.
+    let (in_jetstream, messages) = jetstream_ids(&url, &nats.stream).await;
+    assert_eq!(
+        in_jetstream, in_postgres,
+        "JetStream and PostgreSQL hold different ids"
+    );
+    assert_eq!(
+        messages,
+        in_jetstream.len() as u64,
+        "a record is in JetStream twice"
+    );
+    delete_stream(&url, &nats.stream).await;
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// A private NATS server, stopped when dropped (also when the test fails).
+struct NatsServer(Child);
+
+impl NatsServer {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private `nats-server -js` on `port`, keeping its stream in `dir`.
+fn nats_server(port: u16, dir: &std::path::Path) -> NatsServer {
+    let server = std::env::var("ANODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    Command::new(&server)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(NatsServer)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {server}: {e}; install it (Debian: apt-get install nats-server) or \
+                 set ANODE_NATS_SERVER"
+            )
+        })
+}
+
+async fn until_nats_answers(url: &str) {
+    until(
+        "the NATS server to answer",
+        Duration::from_secs(20),
+        || async {
+            async_nats::connect(url)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_away_for_twenty_seconds_loses_nothing() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut server = nats_server(port, nats_dir.path());
+    until_nats_answers(&url).await;
+    let nats = settings(&url, "OUTAGE");
+    let db = support::TestDb::create(&support::pg_server()).await;
+    let sim = simulator(20.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.postgres_url = Some(db.url.clone());
+    config.store.nats = Some(nats.clone());
+    config.store.buffer_records = 2_000;
+    let node = start_node(config).await;
+    let api = node.url();
+    let specs = binance_sources(&sim, 20, "no");
+    let added = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources"))
+        .json(&specs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let stored = Stored::Postgres(db);
+    until("records flowing", Duration::from_secs(60), || async {
+        let n: u64 = stored.counts().await.values().sum();
+        if n >= 200 {
+            Ok(())
+        } else {
+            Err(format!("{n} stored"))
+        }
+    })
+    .await;
+
+    // NATS goes away for 20 s: the store falls behind within its bound, nothing is dropped.
+    server.stop();
+    let outage = std::time::Instant::now();
+    let mut max_backlog = 0;
+    until("the store to notice", Duration::from_secs(30), || async {
+        let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+        if store["write_errors"].as_u64().unwrap_or(0) > 0 {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
+    while outage.elapsed() < Duration::from_secs(20) {
+        let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+        max_backlog = max_backlog.max(store["backlog"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(max_backlog > 0, "nothing waited for NATS");
+    assert!(
+        max_backlog <= 2_000,
+        "backlog {max_backlog} past the buffer's bound"
+    );
+    let last_error =
+        get_json(&format!("{api}/api/v1/status")).await["store"]["last_error"].to_string();
+    assert!(
+        last_error.contains("NATS") || last_error.contains("JetStream"),
+        "{last_error}"
+    );
+
+    // It returns, with its stream on disk: everything held is published, once.
+    let _restarted = nats_server(port, nats_dir.path());
+    until_nats_answers(&url).await;
+    until_streams_move(&sim, &specs).await;
+    let in_postgres = every_sent_trade_in_postgres(&sim, &stored, &specs).await;
+    let (in_jetstream, messages) = jetstream_ids(&url, &nats.stream).await;
+    let missing: BTreeSet<&String> = in_postgres.difference(&in_jetstream).collect();
+    assert!(
+        missing.is_empty(),
+        "{} stored ids not in JetStream",
+        missing.len()
+    );
+    assert_eq!(in_jetstream, in_postgres);
+    assert_eq!(
+        messages,
+        in_jetstream.len() as u64,
+        "a record is in JetStream twice"
+    );
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Wait until every stream has sent some more trades (the sources are reading again).
+async fn until_streams_move(sim: &anode_feedsim::FeedSim, specs: &[serde_json::Value]) {
+    let before = sim.report();
+    until(
+        "the venues to send more",
+        Duration::from_secs(30),
+        || async {
+            let now = sim.report();
+            let still = specs
+                .iter()
+                .filter(|s| {
+                    let name = trade_stream(s);
+                    now.streams[&name].emitted < before.streams[&name].emitted + 10
+                })
+                .count();
+            if still == 0 {
+                Ok(())
+            } else {
+                Err(format!("{still} streams still"))
+            }
+        },
+    )
+    .await;
+}
