@@ -121,13 +121,7 @@ async fn a_hundred_sources_into_jetstream_and_postgres_each_id_once_in_both() {
     let node = start_node(config).await;
     let api = node.url();
     let specs = binance_sources(&sim, 100, "js");
-    let added = reqwest::Client::new()
-        .post(format!("{api}/api/v1/sources"))
-        .json(&specs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201);
+    support::add_sources(&api, &specs).await;
     let stored = Stored::Postgres(db);
     until(
         "every source to store records",
@@ -236,13 +230,7 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     let node = start_node(config).await;
     let api = node.url();
     let specs = binance_sources(&sim, 20, "no");
-    let added = reqwest::Client::new()
-        .post(format!("{api}/api/v1/sources"))
-        .json(&specs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201);
+    support::add_sources(&api, &specs).await;
     let stored = Stored::Postgres(db);
     until("records flowing", Duration::from_secs(60), || async {
         let n: u64 = stored.counts().await.values().sum();

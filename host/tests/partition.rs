@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::cluster::{NodeOptions, NodeProc, TEST_KEY, converged, members_in, running_on};
+use support::cluster::{NodeProc, TEST_KEY, converged, members_in, running_on};
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
 use support::{binance_sources, simulator, until};
 
@@ -52,32 +52,12 @@ async fn a_healed_partition_converges_on_one_owner_per_source_and_loses_nothing(
     let root = tempfile::tempdir().unwrap();
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(10.0).await;
-    let first = NodeProc::start(
-        root.path(),
-        "n1",
-        &NodeOptions {
-            postgres: Some(db.url.clone()),
-            ..NodeOptions::default()
-        },
-    );
-    let options = NodeOptions {
-        seeds: vec![first.gossip.clone()],
-        postgres: Some(db.url.clone()),
-        ..NodeOptions::default()
-    };
-    let rest: Vec<NodeProc> = (2..=5)
-        .map(|i| NodeProc::start(root.path(), &format!("n{i}"), &options))
-        .collect();
-    let all: Vec<&NodeProc> = std::iter::once(&first).chain(rest.iter()).collect();
+    let cluster = support::cluster::start_cluster(root.path(), "n", 5, Some(&db.url)).await;
+    let first = &cluster[0];
+    let all: Vec<&NodeProc> = cluster.iter().collect();
     let (small, large) = (&all[..2], &all[2..]);
     let binance = binance_sources(&sim, 30, "pt");
-    let added = reqwest::Client::new()
-        .post(format!("{}/api/v1/sources", first.api))
-        .json(&binance)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201);
+    support::add_sources(&first.api, &binance).await;
     let sources: BTreeSet<String> = binance
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_owned())
@@ -144,7 +124,7 @@ async fn a_healed_partition_converges_on_one_owner_per_source_and_loses_nothing(
     every_generated_id_stored_once(&sim, &stored, &binance, &[]).await;
     sim.shutdown().await;
     drop(all);
-    drop((first, rest));
+    drop(cluster);
     if let Stored::Postgres(db) = stored {
         db.drop_db().await;
     }

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::cluster::{NodeOptions, NodeProc, converged};
+use support::cluster::{NodeProc, converged};
 use support::store::{Stored, Subscriber};
 use support::{sha256_hex, simulator, until};
 
@@ -144,31 +144,9 @@ async fn python_and_javascript_connectors_made_by_plugin_new_run_on_a_cluster() 
     let root = tempfile::tempdir().unwrap();
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(10.0).await;
-    let first = NodeProc::start(
-        root.path(),
-        "g1",
-        &NodeOptions {
-            postgres: Some(db.url.clone()),
-            ..NodeOptions::default()
-        },
-    );
-    let options = NodeOptions {
-        seeds: vec![first.gossip.clone()],
-        postgres: Some(db.url.clone()),
-        ..NodeOptions::default()
-    };
-    let second = NodeProc::start(root.path(), "g2", &options);
-    let third = NodeProc::start(root.path(), "g3", &options);
-    let nodes = [&first, &second, &third];
-    until("3 members", Duration::from_secs(30), || async {
-        let m = support::cluster::live_members(&first).await;
-        if m.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("{m:?}"))
-        }
-    })
-    .await;
+    let cluster = support::cluster::start_cluster(root.path(), "g", 3, Some(&db.url)).await;
+    let (first, second) = (&cluster[0], &cluster[1]);
+    let nodes: Vec<&NodeProc> = cluster.iter().collect();
 
     // Installed through g1's API only.
     for wasm in [&py, &js] {
@@ -209,13 +187,7 @@ async fn python_and_javascript_connectors_made_by_plugin_new_run_on_a_cluster() 
         first.api.replacen("http", "ws", 1)
     ))
     .await;
-    let added = reqwest::Client::new()
-        .post(format!("{}/api/v1/sources", first.api))
-        .json(&specs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201, "{}", added.text().await.unwrap());
+    support::add_sources(&first.api, &specs).await;
     until(
         "the polyglot sources to run on their owners",
         Duration::from_secs(90),

@@ -105,13 +105,7 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
     let v2 = installed["digest"].as_str().unwrap().to_owned();
 
     let specs = binance_sources(&sim, 20, "cy");
-    let added = reqwest::Client::new()
-        .post(format!("{api}/api/v1/sources"))
-        .json(&specs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201);
+    support::add_sources(&api, &specs).await;
     until_live(&api, "every source live").await;
 
     // A 30% canary: exactly the sources whose canary position is below 30 move.

@@ -365,3 +365,44 @@ pub async fn metric_at(api: &str, line_start: &str, token: Option<&str>) -> f64 
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// `n` nodes `<prefix>1…<prefix>n` sharing PostgreSQL at `postgres` (the embedded store each
+/// when `None`), the others seeded with the first; returned once the first sees all of them.
+pub async fn start_cluster(
+    root: &Path,
+    prefix: &str,
+    n: usize,
+    postgres: Option<&str>,
+) -> Vec<NodeProc> {
+    let first = NodeProc::start(
+        root,
+        &format!("{prefix}1"),
+        &NodeOptions {
+            postgres: postgres.map(str::to_owned),
+            ..NodeOptions::default()
+        },
+    );
+    let options = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        postgres: postgres.map(str::to_owned),
+        ..NodeOptions::default()
+    };
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        nodes.push(NodeProc::start(root, &format!("{prefix}{i}"), &options));
+    }
+    super::until(
+        &format!("{n} members"),
+        std::time::Duration::from_secs(30),
+        || async {
+            let seen = live_members(&nodes[0]).await;
+            if seen.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    nodes
+}

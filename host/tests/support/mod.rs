@@ -503,3 +503,16 @@ pub fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
+
+/// `POST /api/v1/sources` with an array of specs (no token): all are added, or the test fails
+/// with the node's answer.
+pub async fn add_sources(api: &str, specs: &[serde_json::Value]) {
+    let response = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources"))
+        .json(specs)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, 201, "{}", response.text().await.unwrap_or_default());
+}
