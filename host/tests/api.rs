@@ -110,14 +110,23 @@ async fn bad_requests_get_reasons_and_the_token_guards_changes() {
     .await;
     let openapi = get_json(&format!("{api}/api/v1/openapi.json")).await;
     assert!(openapi["paths"]["/api/v1/sources"]["post"].is_object());
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A family appears once it has a series: the source's, once it runs here.
+    let metrics = until("the source's series", Duration::from_secs(20), || async {
+        let text = client
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("anode_source_events_total{source=\"x\"}") {
+            Ok(text)
+        } else {
+            Err("no series for source x yet".to_owned())
+        }
+    })
+    .await;
     for family in [
         "anode_source_events_total",
         "anode_store_rows_written_total",
