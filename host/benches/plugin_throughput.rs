@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anode::config::PluginLimits;
-use anode::plugin::{Frame, PluginRuntime};
+use anode::plugin::{ConnectorInstance, Frame, Plugin, PluginRuntime, SessionId};
 use anode_plugin_sdk::Connector as _;
 
 const BATCH: usize = 256;
@@ -181,25 +181,12 @@ fn main() {
 
     // --- instantiation and memory per instance ---
     const INSTANCES: usize = 300;
-    let rss_before = rss_kib();
-    let started = Instant::now();
-    let mut live = Vec::with_capacity(INSTANCES);
-    for _ in 0..INSTANCES {
-        let mut instance = runtime.connector(&plugin).expect("connector");
-        let session = instance.open(CONFIG, None).expect("opens");
-        live.push((instance, session));
-    }
-    let instantiate = started.elapsed() / INSTANCES as u32;
-    for (instance, session) in &mut live {
-        instance
-            .on_frames(*session, &frames[..BATCH])
-            .expect("decodes");
-    }
-    let rss_after = rss_kib();
+    let (_live, instantiate, per_instance) =
+        live_instances(&runtime, &plugin, CONFIG, INSTANCES, &frames[..BATCH]);
     println!(
         "instance: new instance + open session {:.1} µs each; resident memory {:.0} KiB per live instance after one batch ({INSTANCES} instances)",
         instantiate.as_secs_f64() * 1e6,
-        (rss_after.saturating_sub(rss_before)) as f64 / INSTANCES as f64
+        per_instance
     );
     let m = plugin.metrics().snapshot();
     println!(
@@ -246,21 +233,8 @@ fn polyglot(list: &str, frames_per_round: usize) {
         let started = Instant::now();
         let (plugin, _) = runtime.load(&bytes, None).expect("loads");
         let compile = started.elapsed();
-        let rss_before = rss_kib();
-        let started = Instant::now();
-        let mut live = Vec::with_capacity(INSTANCES);
-        for _ in 0..INSTANCES {
-            let mut instance = runtime.connector(&plugin).expect("connector");
-            let session = instance.open(CONFIG, None).expect("opens");
-            live.push((instance, session));
-        }
-        let instantiate = started.elapsed() / INSTANCES as u32;
-        for (instance, session) in &mut live {
-            instance
-                .on_frames(*session, &frames[..BATCH])
-                .expect("decodes");
-        }
-        let per_instance = rss_kib().saturating_sub(rss_before) as f64 / INSTANCES as f64;
+        let (mut live, instantiate, per_instance) =
+            live_instances(&runtime, &plugin, CONFIG, INSTANCES, &frames[..BATCH]);
         let (instance, session) = &mut live[0];
         let mut rates = Vec::new();
         for _ in 0..ROUNDS {
@@ -287,6 +261,31 @@ fn polyglot(list: &str, frames_per_round: usize) {
             1e6 / rate
         );
     }
+}
+
+/// `n` live instances of `plugin`, each with a session open on `config` that decoded `batch`;
+/// the time per instance and session, and the resident KiB each added.
+fn live_instances(
+    runtime: &PluginRuntime,
+    plugin: &Plugin,
+    config: &str,
+    n: usize,
+    batch: &[Frame],
+) -> (Vec<(ConnectorInstance, SessionId)>, Duration, f64) {
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let mut live = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut instance = runtime.connector(plugin).expect("connector");
+        let session = instance.open(config, None).expect("opens");
+        live.push((instance, session));
+    }
+    let instantiate = started.elapsed() / n as u32;
+    for (instance, session) in &mut live {
+        instance.on_frames(*session, batch).expect("decodes");
+    }
+    let per_instance = rss_kib().saturating_sub(rss_before) as f64 / n as f64;
+    (live, instantiate, per_instance)
 }
 
 fn trade_frames(n: usize) -> Vec<Frame> {

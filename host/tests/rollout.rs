@@ -37,6 +37,20 @@ fn upgrade(api: &str, args: &[&str]) -> String {
     text
 }
 
+/// Upload a component through the node's API; its digest.
+async fn install(api: &str, wasm: Vec<u8>) -> String {
+    let installed: Value = reqwest::Client::new()
+        .post(format!("{api}/api/v1/plugins"))
+        .body(wasm)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    installed["digest"].as_str().expect("installed").to_owned()
+}
+
 /// Each source's plugin, as the catalog has it.
 async fn plugins_of(api: &str) -> BTreeMap<String, String> {
     get_json(&format!("{api}/api/v1/sources"))
@@ -93,16 +107,7 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
         .unwrap()
         .to_owned();
     let wasm = std::fs::read(data.path().join("plugins").join(format!("{builtin}.wasm"))).unwrap();
-    let installed: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/plugins"))
-        .body(variant_of(&wasm, "v2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let v2 = installed["digest"].as_str().unwrap().to_owned();
+    let v2 = install(&api, variant_of(&wasm, "v2")).await;
 
     let specs = binance_sources(&sim, 20, "cy");
     support::add_sources(&api, &specs).await;
@@ -228,16 +233,7 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
     let built_in = remove(&builtin);
     assert!(!built_in.status.success());
     assert!(String::from_utf8_lossy(&built_in.stderr).contains("built into"));
-    let unused: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/plugins"))
-        .body(variant_of(&wasm, "v3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let v3 = unused["digest"].as_str().unwrap().to_owned();
+    let v3 = install(&api, variant_of(&wasm, "v3")).await;
     let file = data.path().join("plugins").join(format!("{v3}.wasm"));
     assert!(file.exists());
     let removed = remove(&v3);
