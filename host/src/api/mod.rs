@@ -26,8 +26,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::fanout::{Delivery, Filter};
+use crate::sink::{LogStart, Tail};
 use crate::source::SourceSpec;
-use crate::supervisor::{NodeError, NodeState, RolloutRequest};
+use crate::supervisor::{NodeError, NodeState, RolloutRequest, log_filter};
 
 type AppState = Arc<NodeState>;
 
@@ -104,6 +105,7 @@ impl From<NodeError> for ApiError {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Conflict(_) => StatusCode::CONFLICT,
             NodeError::Startup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -498,11 +500,111 @@ async fn ws(
     // A subscriber sends only small filter messages. The read buffer is small too: tungstenite
     // zero-fills it before every read, and a 128 KiB default cost a tenth of the node's CPU
     // with ten subscribers (the read half is polled whenever the socket wakes).
-    upgrade
+    let upgrade = upgrade
         .read_buffer_size(SUBSCRIBER_READ_BUFFER)
         .max_message_size(SUBSCRIBER_MESSAGE_MAX)
-        .max_frame_size(SUBSCRIBER_MESSAGE_MAX)
-        .on_upgrade(move |socket| serve_subscriber(socket, state, filter))
+        .max_frame_size(SUBSCRIBER_MESSAGE_MAX);
+    let Some(since) = query.get("since") else {
+        return upgrade.on_upgrade(move |socket| serve_subscriber(socket, state, filter));
+    };
+    // A resuming subscriber reads the durable log: stored records only.
+    if query.get("after").is_some_and(|a| a.trim() == "decoded") {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            "since= replays stored records: it cannot be combined with after=decoded".into(),
+        )
+        .into_response();
+    }
+    let start = match LogStart::parse(since, crate::clock::now_us()) {
+        Ok(start) => start,
+        Err(message) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    match state.tail(start, &filter).await {
+        Ok(tail) => {
+            let since = since.clone();
+            upgrade.on_upgrade(move |socket| serve_resuming(socket, state, filter, since, tail))
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A close frame's reason: at most 123 bytes.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// What a subscriber sent: a new filter, or `None` for anything else.
+fn subscribe_message(text: &str) -> Option<Filter> {
+    let v = serde_json::from_str::<Value>(text).ok()?;
+    if v.get("type")?.as_str()? != "subscribe" {
+        return None;
+    }
+    serde_json::from_value(v.get("filter").cloned().unwrap_or(json!({}))).ok()
+}
+
+const SUBSCRIBE_HELP: &str =
+    "send {\"type\":\"subscribe\",\"filter\":{\"sources\":[..],\"streams\":[..],\"keys\":[..]}}";
+
+/// Stream the durable log to one resuming subscriber: the stored records from its start, each
+/// with its `position`, then the new ones as they are stored, until it leaves or the node
+/// stops. A slow reader is never dropped from: the log waits for it.
+async fn serve_resuming(
+    socket: WebSocket,
+    state: AppState,
+    filter: Filter,
+    since: String,
+    (mut tail, _permit): (Tail, tokio::sync::OwnedSemaphorePermit),
+) {
+    let (mut tx, mut rx) = socket.split();
+    let hello =
+        json!({ "type": "subscribed", "node": state.node_id(), "filter": filter, "since": since });
+    if tx.send(Message::text(hello.to_string())).await.is_err() {
+        return;
+    }
+    loop {
+        let outgoing: Vec<String> = tokio::select! {
+            () = state.stopping() => {
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
+                return;
+            }
+            records = tail.next() => match records {
+                Ok(records) => records,
+                Err(e) => {
+                    let message = format!("{e}; reconnect with since=<the last position you received>");
+                    let _ = tx.send(Message::text(json!({ "type": "error", "message": message }).to_string())).await;
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1011, reason: close_reason(&message).into() }))).await;
+                    return;
+                }
+            },
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Text(text))) => match subscribe_message(&text) {
+                    Some(filter) => match tail.set_filter(log_filter(&filter)).await {
+                        Ok(()) => vec![json!({ "type": "subscribed", "node": state.node_id(), "filter": filter }).to_string()],
+                        Err(e) => vec![json!({ "type": "error", "message": e.to_string() }).to_string()],
+                    },
+                    None => vec![json!({ "type": "error", "message": SUBSCRIBE_HELP }).to_string()],
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let send_all = async {
+            for text in outgoing {
+                tx.feed(Message::text(text)).await?;
+            }
+            tx.flush().await
+        };
+        if !matches!(
+            tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
 }
 
 /// Stream records to one subscriber until it leaves, the node stops, or it falls behind.
@@ -550,17 +652,13 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
                 }
             },
             incoming = rx.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-                        (v.get("type")?.as_str()? == "subscribe").then(|| serde_json::from_value::<Filter>(v.get("filter").cloned().unwrap_or(json!({}))))
-                    }) {
-                        Some(Ok(filter)) => {
-                            subscription.set_filter(filter.clone());
-                            vec![json!({ "type": "subscribed", "node": state.node_id(), "filter": filter }).to_string()]
-                        }
-                        _ => vec![json!({ "type": "error", "message": "send {\"type\":\"subscribe\",\"filter\":{\"sources\":[..],\"streams\":[..],\"keys\":[..]}}" }).to_string()],
+                Some(Ok(Message::Text(text))) => match subscribe_message(&text) {
+                    Some(filter) => {
+                        subscription.set_filter(filter.clone());
+                        vec![json!({ "type": "subscribed", "node": state.node_id(), "filter": filter }).to_string()]
                     }
-                }
+                    None => vec![json!({ "type": "error", "message": SUBSCRIBE_HELP }).to_string()],
+                },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },

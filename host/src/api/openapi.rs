@@ -134,10 +134,11 @@ pub(super) async fn openapi() -> Json<Value> {
         guarded(
             json!({
                 "101": {"description": "upgraded to a WebSocket"},
-                "400": {"description": "a filter parameter is not valid, or the request is not a WebSocket upgrade",
+                "400": {"description": "a filter, `after` or `since` parameter is not valid, or the request is not a WebSocket upgrade",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
                         "text/plain": {"schema": {"type": "string"}}}},
                 "426": plain("the connection cannot be upgraded"),
+                "503": error("with `since`: the durable log cannot be read now, or fanout.max_resuming subscribers are resuming"),
             }),
             false,
         ),
@@ -145,7 +146,14 @@ pub(super) async fn openapi() -> Json<Value> {
     ws["parameters"] = json!([
         filter("source", "sources"),
         filter("stream", "streams"),
-        filter("key", "keys")
+        filter("key", "keys"),
+        {"name": "after", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": ["decoded", "stored"]},
+            "description": "When records reach the subscriber: as soon as decoded (default) or once stored"},
+        {"name": "since", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "Resume from the durable log: `earliest`, `now`, a UTC time (2026-12-03T10:00:00Z), \
+                a time ago (-5m) or the `position` of the last record received. Stored records are \
+                replayed, each with its `position`, then new ones follow with no gap and none twice"}
     ]);
     paths.insert("/ws".into(), json!({ "get": ws }));
     paths.insert(

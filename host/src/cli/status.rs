@@ -28,6 +28,10 @@ pub(crate) struct TailArgs {
     /// Stop after this many records.
     #[arg(long)]
     limit: Option<u64>,
+    /// Replay stored records first, then follow: `earliest`, `now`, a UTC time
+    /// (2026-12-03T10:00:00Z), a time ago (-5m), or the position printed when a tail ended.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 /// `anode status`: members from `/api/v1/cluster`, sources from `/api/v1/sources`.
@@ -174,6 +178,9 @@ fn ws_url(api: &str, args: &TailArgs) -> anyhow::Result<reqwest::Url> {
             url.query_pairs_mut().append_pair(name, &values.join(","));
         }
     }
+    if let Some(since) = &args.since {
+        url.query_pairs_mut().append_pair("since", since);
+    }
     Ok(url)
 }
 
@@ -184,27 +191,56 @@ pub(crate) async fn tail(api: &str, token: Option<&str>, args: TailArgs) -> anyh
     if let Some(token) = token {
         with_token.query_pairs_mut().append_pair("token", token);
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(with_token.as_str())
-        .await
-        .with_context(|| {
-            format!(
+    let (mut socket, _) = match tokio_tungstenite::connect_async(with_token.as_str()).await {
+        Ok(connected) => connected,
+        // The node refused the request (a bad filter or start): say what it said.
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| body.to_string());
+            bail!(
+                "the node refused the tail ({}): {message}",
+                response.status()
+            );
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
                 "cannot reach the node at {url} (is `anode up` running? set --url or ANODE_URL)"
-            )
-        })?;
+            )));
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
+    // The position of the last record printed, when the node sends positions (`--since`).
+    let mut position: Option<String> = None;
+    let resume_hint = |position: &Option<String>| {
+        if let Some(p) = position {
+            eprintln!("to go on from here: anode tail --since {p}");
+        }
+    };
     loop {
         if args.limit.is_some_and(|limit| printed >= limit) {
             let _ = socket.close(None).await;
+            resume_hint(&position);
             return Ok(());
         }
         let message = tokio::select! {
             _ = tokio::signal::ctrl_c() => {
                 let _ = socket.close(None).await;
+                resume_hint(&position);
                 return Ok(());
             }
             message = socket.next() => message,
         };
+        if matches!(message, Some(Ok(Message::Close(_)) | Err(_)) | None) {
+            resume_hint(&position);
+        }
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
@@ -249,7 +285,11 @@ pub(crate) async fn tail(api: &str, token: Option<&str>, args: TailArgs) -> anyh
         };
         // A closed pipe (`| head`) ends the command quietly.
         if writeln!(stdout, "{line}").is_err() {
+            resume_hint(&position);
             return Ok(());
+        }
+        if let Some(p) = record["position"].as_str() {
+            position = Some(p.to_owned());
         }
         printed += 1;
     }
@@ -316,11 +356,12 @@ mod tests {
             key: vec!["K1/USD".into()],
             json: false,
             limit: None,
+            since: Some("p12.3".into()),
         };
         let url = ws_url("http://127.0.0.1:7400", &args).unwrap();
         assert_eq!(
             url.as_str(),
-            "ws://127.0.0.1:7400/ws?source=a%2Cb&stream=trades&key=K1%2FUSD"
+            "ws://127.0.0.1:7400/ws?source=a%2Cb&stream=trades&key=K1%2FUSD&since=p12.3"
         );
         assert!(ws_url("ftp://x", &args).is_err());
         let line = record_line(

@@ -30,6 +30,8 @@ pub struct FanoutSettings {
     pub lag_disconnect_ms: u64,
     /// Most subscribers per node.
     pub max_subscribers: usize,
+    /// Most resuming subscribers (`/ws?since=`) per node; each holds a reader of the store.
+    pub max_resuming: usize,
     /// Record ids remembered per stage to deliver each record once while two nodes run the
     /// same source (a hand-over's overlap, a replay after a restart).
     pub dedupe_window: usize,
@@ -41,6 +43,7 @@ impl Default for FanoutSettings {
             queue_len: 4096,
             lag_disconnect_ms: 5000,
             max_subscribers: 10_000,
+            max_resuming: 64,
             dedupe_window: 65_536,
         }
     }

@@ -21,6 +21,7 @@ async fn filters_and_isolates_a_slow_subscriber() {
         queue_len: 4,
         lag_disconnect_ms: 0,
         max_subscribers: 10,
+        max_resuming: 1,
         dedupe_window: 64,
     });
     let mut fast = hub.subscribe(Filter::default()).unwrap();

@@ -18,8 +18,12 @@
 //!
 //! A source that starts (after a restart, or on a new owner) reads its last committed cursor
 //! and its most recent record ids with [`StoreHandle::resume`].
+//!
+//! Subscribers that resume read the stored records back in [`log`] order through
+//! [`StoreHandle::tail`] (from JetStream when `[store.nats]` is set).
 
 mod buffer;
+pub mod log;
 pub(crate) mod nats;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -27,6 +31,7 @@ mod tls;
 mod writer;
 
 pub use buffer::{Batch, Committed, Receipt, StoreClosedError};
+pub use log::{LogFilter, LogStart, Position, Tail, TailError};
 pub use nats::NatsSettings;
 
 use std::collections::VecDeque;
@@ -41,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::{Record, RecordId};
 use buffer::{Pending, Taken};
+use log::LogQuery;
 
 /// Where records go and the bounds of the buffer in front of the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +170,13 @@ pub(crate) trait Backend: Send + 'static {
         source: &str,
         recent: usize,
     ) -> impl Future<Output = Result<Resume, WriteError>> + Send;
+    /// Records of the durable log after `query.after`, in log order, at most `query.limit`.
+    fn read_log(
+        &mut self,
+        query: &LogQuery,
+    ) -> impl Future<Output = Result<Vec<(Position, Record)>, WriteError>> + Send;
+    /// The position of the newest durable record: a tail starting `now` reads after it.
+    fn log_head(&mut self) -> impl Future<Output = Result<Position, WriteError>> + Send;
     /// Where the data goes, for the API (no password).
     fn describe(&self) -> String;
 }
@@ -225,6 +238,8 @@ struct Shared {
     /// Records taken out of the buffer by a write in progress.
     in_flight: AtomicUsize,
     arrived: Notify,
+    /// Woken after each commit: tails waiting for new records read again.
+    committed: Notify,
     connected: AtomicBool,
     rows_written: AtomicU64,
     duplicates: AtomicU64,
@@ -241,14 +256,18 @@ struct Shared {
 /// Reads go through a backend of their own, so they never wait behind the writer's batches.
 type Reader = Arc<tokio::sync::Mutex<Box<dyn ResumeReader>>>;
 
+type Boxed<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, WriteError>> + Send + 'a>>;
+
 /// The object-safe part of [`Backend`] that reads need.
 trait ResumeReader: Send {
-    fn resume_boxed<'a>(
-        &'a mut self,
-        source: &'a str,
-        recent: usize,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resume, WriteError>> + Send + 'a>>;
+    fn resume_boxed<'a>(&'a mut self, source: &'a str, recent: usize) -> Boxed<'a, Resume>;
+    fn read_log_boxed<'a>(&'a mut self, query: &'a LogQuery) -> Boxed<'a, Vec<(Position, Record)>>;
+    fn log_head_boxed(&mut self) -> Boxed<'_, Position>;
 }
+
+/// Makes a reader of its own for each resuming subscriber (a tail polls; it should not
+/// queue behind the reads sources start with).
+type ReaderFactory = Arc<dyn Fn() -> Box<dyn ResumeReader> + Send + Sync>;
 
 /// A backend used for reads: connects on first use and again after a failure.
 struct ReadOnly<B> {
@@ -256,23 +275,38 @@ struct ReadOnly<B> {
     connected: bool,
 }
 
-impl<B: Backend> ResumeReader for ReadOnly<B> {
-    fn resume_boxed<'a>(
+impl<B: Backend> ReadOnly<B> {
+    /// Run one read, connecting first when needed; a failed read reconnects next time.
+    async fn read<'a, T, F>(
         &'a mut self,
-        source: &'a str,
-        recent: usize,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resume, WriteError>> + Send + 'a>> {
-        Box::pin(async move {
-            if !self.connected {
-                self.backend.connect().await?;
-                self.connected = true;
-            }
-            let result = self.backend.resume(source, recent).await;
-            if result.is_err() {
-                self.connected = false;
-            }
-            result
-        })
+        read: impl FnOnce(&'a mut B) -> F,
+    ) -> Result<T, WriteError>
+    where
+        F: Future<Output = Result<T, WriteError>> + 'a,
+    {
+        if !self.connected {
+            self.backend.connect().await?;
+            self.connected = true;
+        }
+        // Marked lost first: a read that fails (or is dropped midway) reconnects next time.
+        self.connected = false;
+        let result = read(&mut self.backend).await;
+        self.connected = result.is_ok();
+        result
+    }
+}
+
+impl<B: Backend> ResumeReader for ReadOnly<B> {
+    fn resume_boxed<'a>(&'a mut self, source: &'a str, recent: usize) -> Boxed<'a, Resume> {
+        Box::pin(self.read(move |b| b.resume(source, recent)))
+    }
+
+    fn read_log_boxed<'a>(&'a mut self, query: &'a LogQuery) -> Boxed<'a, Vec<(Position, Record)>> {
+        Box::pin(self.read(move |b| b.read_log(query)))
+    }
+
+    fn log_head_boxed(&mut self) -> Boxed<'_, Position> {
+        Box::pin(self.read(|b| b.log_head()))
     }
 }
 
@@ -281,6 +315,9 @@ impl<B: Backend> ResumeReader for ReadOnly<B> {
 pub struct StoreHandle {
     shared: Arc<Shared>,
     reader: Reader,
+    log_reader: ReaderFactory,
+    /// Where tails read from instead of the database, when set.
+    nats: Option<Arc<NatsSettings>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -322,6 +359,22 @@ impl StoreHandle {
     /// Where `source` stands in the store: its committed cursor and its latest `recent`
     /// record ids. Fails while the database cannot be reached: a source must not open
     /// without its cursor.
+    /// Follow the durable log from `start`: the stored records that match `filter`, each
+    /// with its position, then every new one as it is committed. From JetStream when
+    /// `[store.nats]` is set, else from the database.
+    pub async fn tail(
+        &self,
+        start: LogStart,
+        filter: LogFilter,
+    ) -> Result<log::Tail, log::TailError> {
+        match &self.nats {
+            Some(settings) => nats::JetStreamTail::start(settings.clone(), start, filter)
+                .await
+                .map(log::Tail::jetstream),
+            None => log::Tail::store(self.shared.clone(), (self.log_reader)(), start, filter).await,
+        }
+    }
+
     pub async fn resume(&self, source: &str, recent: usize) -> Result<Resume, StoreReadError> {
         let kind = self.shared.kind;
         self.reader
@@ -368,12 +421,15 @@ pub fn spawn_store(
         nats.check().map_err(SinkError::Config)?;
     }
     // With JetStream, the writer's backend publishes there too; reads (cursors) stay with the
-    // database.
-    match (&settings.postgres_url, &settings.nats) {
-        (Some(url), nats) => {
+    // database, and tails read from JetStream.
+    let nats = settings.nats.clone().map(Arc::new);
+    let (handle, task) = match &settings.postgres_url {
+        Some(url) => {
             let backend = postgres::Postgres::new(url, settings)?;
-            let reader = postgres::Postgres::new(url, settings)?;
-            Ok(match nats {
+            let (url, copy) = (url.clone(), settings.clone());
+            // Checked above: the same URL and settings made the writer's backend.
+            let reader = move || postgres::Postgres::new(&url, &copy).expect("checked settings");
+            match &settings.nats {
                 Some(n) => spawn_writer(
                     nats::WithJetStream::new(backend, n.clone()),
                     reader,
@@ -382,16 +438,16 @@ pub fn spawn_store(
                     cancel,
                 ),
                 None => spawn_writer(backend, reader, "postgres", settings, cancel),
-            })
+            }
         }
-        (None, nats) => {
+        None => {
             let path = settings
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
-            let reader = sqlite::Sqlite::new(path.clone());
-            let backend = sqlite::Sqlite::new(path);
-            Ok(match nats {
+            let backend = sqlite::Sqlite::new(path.clone());
+            let reader = move || sqlite::Sqlite::new(path.clone());
+            match &settings.nats {
                 Some(n) => spawn_writer(
                     nats::WithJetStream::new(backend, n.clone()),
                     reader,
@@ -400,14 +456,15 @@ pub fn spawn_store(
                     cancel,
                 ),
                 None => spawn_writer(backend, reader, "sqlite", settings, cancel),
-            })
+            }
         }
-    }
+    };
+    Ok((StoreHandle { nats, ..handle }, task))
 }
 
 fn spawn_writer<B: Backend, R: Backend>(
     backend: B,
-    reader: R,
+    make_reader: impl Fn() -> R + Send + Sync + 'static,
     kind: &'static str,
     settings: &StoreSettings,
     cancel: CancellationToken,
@@ -424,6 +481,7 @@ fn spawn_writer<B: Backend, R: Backend>(
         capacity,
         in_flight: AtomicUsize::new(0),
         arrived: Notify::new(),
+        committed: Notify::new(),
         connected: AtomicBool::new(false),
         rows_written: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -436,17 +494,26 @@ fn spawn_writer<B: Backend, R: Backend>(
         last_error: Mutex::new(None),
         closed: CancellationToken::new(),
     });
-    let reader: Reader = Arc::new(tokio::sync::Mutex::new(Box::new(ReadOnly {
-        backend: reader,
-        connected: false,
-    })));
+    let log_reader: ReaderFactory = Arc::new(move || {
+        Box::new(ReadOnly {
+            backend: make_reader(),
+            connected: false,
+        })
+    });
+    let reader: Reader = Arc::new(tokio::sync::Mutex::new(log_reader()));
     let task = tokio::spawn(writer::write_loop(
         backend,
         shared.clone(),
         settings.clone(),
         cancel,
     ));
-    (StoreHandle { shared, reader }, task)
+    let handle = StoreHandle {
+        shared,
+        reader,
+        log_reader,
+        nats: None,
+    };
+    (handle, task)
 }
 
 impl Shared {
@@ -471,6 +538,7 @@ impl Shared {
         self.cursors_committed
             .fetch_add(taken.cursors.len() as u64, Relaxed);
         taken.acknowledge();
+        self.committed.notify_waiters();
     }
 
     /// The batches were not stored: they go back to the front, to be written first.

@@ -18,10 +18,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Resume, WriteError, Written};
+use super::log::{LogFilter, LogQuery, LogStart, Position, TailError, other_log, with_position};
+use super::{Backend, Resume, StoreReadError, WriteError, Written};
 use crate::record::{Record, RecordId};
 
 /// `[store.nats]`: JetStream as a required second sink.
@@ -90,14 +93,56 @@ impl NatsSettings {
 
     /// The subject of a record of `stream` from `source`.
     pub fn subject(&self, stream: &str, source: &str) -> String {
-        let token = |s: &str| s.replace(['.', ' ', '*', '>'], "_");
         format!(
             "{}.{}.{}",
             self.subject_prefix,
-            token(stream),
-            token(source)
+            subject_token(stream),
+            subject_token(source)
         )
     }
+
+    /// The narrowest one subject that covers `filter` (a wildcard where it names several);
+    /// the tail checks each record against the whole filter.
+    fn filter_subject(&self, filter: &LogFilter) -> String {
+        let one = |set: &HashSet<String>| match set.len() {
+            1 => set.iter().next().map(|s| subject_token(s)),
+            _ => None,
+        };
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            one(&filter.streams).unwrap_or_else(|| "*".into()),
+            one(&filter.sources).unwrap_or_else(|| "*".into())
+        )
+    }
+}
+
+/// A stream or source name as one subject token.
+fn subject_token(name: &str) -> String {
+    name.replace(['.', ' ', '*', '>'], "_")
+}
+
+/// A client of the server at `settings.url`, once it is connected.
+async fn connect_client(settings: &NatsSettings) -> Result<async_nats::Client, String> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect()
+        .connect(&settings.url)
+        .await
+        .map_err(|e| format!("NATS at {}: {e}", settings.url))?;
+    // The first connect is retried by the client in the background; wait for it here so a
+    // server that is away is reported as such.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "NATS at {} does not answer; retrying",
+                settings.url
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(client)
 }
 
 /// A database backend with JetStream beside it.
@@ -123,24 +168,7 @@ impl<B: Backend> WithJetStream<B> {
 
     async fn connect_nats(&mut self) -> Result<(), WriteError> {
         let s = &self.settings;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .connect(&s.url)
-            .await
-            .map_err(|e| WriteError::Connection(format!("NATS at {}: {e}", s.url)))?;
-        // The first connect is retried by the client in the background; wait for it here so
-        // a server that is away is reported as such.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(WriteError::Connection(format!(
-                    "NATS at {} does not answer; retrying",
-                    s.url
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let client = connect_client(s).await.map_err(WriteError::Connection)?;
         let context = jetstream::new(client);
         let subjects = format!("{}.>", s.subject_prefix);
         let config = stream::Config {
@@ -245,6 +273,14 @@ impl<B: Backend> Backend for WithJetStream<B> {
         self.primary.resume(source, recent).await
     }
 
+    async fn read_log(&mut self, query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
+        self.primary.read_log(query).await
+    }
+
+    async fn log_head(&mut self) -> Result<Position, WriteError> {
+        self.primary.log_head().await
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} + JetStream {} stream {}",
@@ -252,6 +288,142 @@ impl<B: Backend> Backend for WithJetStream<B> {
             self.settings.url,
             self.settings.stream
         )
+    }
+}
+
+/// A resuming subscriber's ordered consumer of the stream: the stream's sequence is the
+/// position, and the same consumer carries on with new records.
+pub(crate) struct JetStreamTail {
+    settings: Arc<NatsSettings>,
+    context: jetstream::Context,
+    messages: pull::Ordered,
+    filter: LogFilter,
+    start: LogStart,
+    /// The sequence of the last record handed out.
+    last: Option<u64>,
+}
+
+/// Records a tail hands out at once.
+const TAIL_BATCH: usize = 512;
+
+fn js_error(message: impl std::fmt::Display) -> StoreReadError {
+    StoreReadError {
+        kind: "JetStream",
+        message: message.to_string(),
+    }
+}
+
+impl JetStreamTail {
+    pub(crate) async fn start(
+        settings: Arc<NatsSettings>,
+        start: LogStart,
+        filter: LogFilter,
+    ) -> Result<Self, TailError> {
+        if let LogStart::After(p) = start
+            && !matches!(p, Position::JetStream { .. })
+        {
+            return Err(other_log(&p, "JetStream", &Position::JetStream { seq: 1 }));
+        }
+        let client = connect_client(&settings).await.map_err(js_error)?;
+        let context = jetstream::new(client);
+        let messages = Self::consume(&context, &settings, &filter, start).await?;
+        Ok(JetStreamTail {
+            settings,
+            context,
+            messages,
+            filter,
+            start,
+            last: None,
+        })
+    }
+
+    async fn consume(
+        context: &jetstream::Context,
+        settings: &NatsSettings,
+        filter: &LogFilter,
+        start: LogStart,
+    ) -> Result<pull::Ordered, StoreReadError> {
+        let deliver_policy = match start {
+            LogStart::Earliest => DeliverPolicy::All,
+            LogStart::Now => DeliverPolicy::New,
+            LogStart::Time(us) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+                    .map_err(js_error)?,
+            },
+            LogStart::After(Position::JetStream { seq }) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            LogStart::After(other) => {
+                return Err(js_error(format!("not a JetStream position: {other}")));
+            }
+        };
+        let stream = context
+            .get_stream(&settings.stream)
+            .await
+            .map_err(|e| js_error(format!("stream `{}`: {e}", settings.stream)))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: settings.filter_subject(filter),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_error(format!("a consumer of `{}`: {e}", settings.stream)))?;
+        consumer.messages().await.map_err(js_error)
+    }
+
+    /// The next records (JSON with positions), waiting until one matches.
+    pub(crate) async fn next(&mut self) -> Result<Vec<String>, StoreReadError> {
+        let mut out = Vec::new();
+        while out.is_empty() {
+            let first = self.messages.next().await;
+            self.take(first, &mut out)?;
+            while out.len() < TAIL_BATCH {
+                match self.messages.next().now_or_never() {
+                    Some(ready) => self.take(ready, &mut out)?,
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn take(
+        &mut self,
+        message: Option<Result<jetstream::Message, pull::OrderedError>>,
+        out: &mut Vec<String>,
+    ) -> Result<(), StoreReadError> {
+        let message = message
+            .ok_or_else(|| js_error("the consumer ended"))?
+            .map_err(js_error)?;
+        let seq = message.info().map_err(js_error)?.stream_sequence;
+        self.last = Some(seq);
+        #[derive(Deserialize)]
+        struct Head {
+            source: String,
+            stream: String,
+            key: Option<String>,
+        }
+        let body = std::str::from_utf8(&message.payload).map_err(js_error)?;
+        let head: Head = serde_json::from_str(body).map_err(js_error)?;
+        if self
+            .filter
+            .matches(&head.source, &head.stream, head.key.as_deref())
+        {
+            out.push(with_position(body, &Position::JetStream { seq }));
+        }
+        Ok(())
+    }
+
+    /// Another filter, from the record after the last one handed out.
+    pub(crate) async fn set_filter(&mut self, filter: LogFilter) -> Result<(), StoreReadError> {
+        let start = match self.last {
+            Some(seq) => LogStart::After(Position::JetStream { seq }),
+            None => self.start,
+        };
+        self.messages = Self::consume(&self.context, &self.settings, &filter, start).await?;
+        self.filter = filter;
+        Ok(())
     }
 }
 

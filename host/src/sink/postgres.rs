@@ -17,6 +17,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
+use super::log::{LogQuery, Position};
 use super::{
     Backend, CURSORS, PostgresMethod, PostgresTls, Resume, SinkError, StoreSettings, TABLE,
     WriteError, Written,
@@ -31,8 +32,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Arbitrary but fixed: serialises schema creation among nodes starting together.
 const SCHEMA_LOCK: i64 = 0x616e_6f64_6530;
 
-/// The schema, version 1 (the cursor table was added without a version change: it is
-/// created when missing). Times are µs since the epoch; the payload is `jsonb`.
+/// The schema, version 2 (the cursor table was added without a version change: it is
+/// created when missing). Times are µs since the epoch; the payload is `jsonb`. Version 2
+/// added the log position: `tx`, the id of the transaction that stored the row, and `seq`,
+/// its number (see [`super::log`]); a version 1 table gains both when a node connects.
 pub(crate) fn schema_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -44,21 +47,36 @@ pub(crate) fn schema_sql() -> String {
             event_time_us bigint,
             ingest_time_us bigint NOT NULL,
             node text NOT NULL,
-            payload jsonb NOT NULL
+            payload jsonb NOT NULL,
+            tx bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+            seq bigserial
         );
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                           WHERE attrelid = '{TABLE}'::regclass AND attname = 'tx') THEN
+                ALTER TABLE {TABLE}
+                    ADD COLUMN tx bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+                    ADD COLUMN seq bigserial;
+            END IF;
+        END $$;
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
+        CREATE INDEX IF NOT EXISTS {TABLE}_log ON {TABLE} (tx, seq);
         CREATE TABLE IF NOT EXISTS {CURSORS} (
             source text PRIMARY KEY,
             cursor text NOT NULL,
             updated_us bigint NOT NULL
         );
         CREATE TABLE IF NOT EXISTS anode_schema (version integer NOT NULL);
-        INSERT INTO anode_schema (version) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM anode_schema);"
+        INSERT INTO anode_schema (version) SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM anode_schema);
+        UPDATE anode_schema SET version = 2 WHERE version < 2;"
     )
 }
 
 const COLUMNS: &str =
     "id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload";
+/// [`COLUMNS`] as read back, the payload as text.
+const COLUMNS_TEXT: &str =
+    "id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload::text";
 
 pub(crate) struct Postgres {
     config: tokio_postgres::Config,
@@ -109,6 +127,33 @@ impl Postgres {
             tls,
             live: None,
         })
+    }
+}
+
+impl Postgres {
+    fn client(&self) -> Result<&Client, WriteError> {
+        self.live
+            .as_ref()
+            .map(|live| &live.client)
+            .ok_or_else(|| WriteError::Connection("not connected".into()))
+    }
+}
+
+/// The outcome of a bounded read: a read that took too long drops the connection.
+fn settle<T>(
+    live: &mut Option<Live>,
+    what: &str,
+    result: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, WriteError> {
+    match result {
+        Ok(read) => read.map_err(classify),
+        Err(_) => {
+            *live = None;
+            Err(WriteError::Connection(format!(
+                "{what} took over {} s",
+                WRITE_TIMEOUT.as_secs()
+            )))
+        }
     }
 }
 
@@ -349,6 +394,79 @@ impl Backend for Postgres {
                 )))
             }
         }
+    }
+
+    async fn read_log(&mut self, query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
+        let (tx, seq) = match query.after {
+            None => (-1, -1),
+            Some(Position::Postgres { tx, seq }) => (tx, seq),
+            Some(other) => {
+                return Err(WriteError::Rejected(format!(
+                    "`{other}` is not a PostgreSQL log position"
+                )));
+            }
+        };
+        let [sources, streams, keys] = query.filter.lists();
+        let since = query.since_us.unwrap_or(i64::MIN);
+        let limit = query.limit as i64;
+        let client = self.client()?;
+        // Only rows of transactions older than every one still running: none can appear
+        // later below a position handed out.
+        let sql = format!(
+            "SELECT tx, seq, {COLUMNS_TEXT} FROM {TABLE}
+                 WHERE (tx, seq) > ($1, $2)
+                   AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                   AND ingest_time_us >= $3
+                   AND (cardinality($4::text[]) = 0 OR source = ANY($4))
+                   AND (cardinality($5::text[]) = 0 OR stream = ANY($5))
+                   AND (cardinality($6::text[]) = 0 OR key = ANY($6))
+                 ORDER BY tx, seq LIMIT $7"
+        );
+        let params: [&(dyn ToSql + Sync); 7] =
+            [&tx, &seq, &since, &sources, &streams, &keys, &limit];
+        let read = client.query(&sql, &params);
+        let result = tokio::time::timeout(WRITE_TIMEOUT, read).await;
+        let rows = settle(&mut self.live, "reading the log", result)?;
+        rows.iter()
+            .map(|row| {
+                let position = Position::Postgres {
+                    tx: row.get(0),
+                    seq: row.get(1),
+                };
+                let id: &[u8] = row.get(2);
+                let payload: String = row.get(10);
+                Ok((
+                    position,
+                    Record {
+                        id: RecordId::from_slice(id).ok_or_else(|| {
+                            WriteError::Rejected("a stored id is not 16 bytes".into())
+                        })?,
+                        source: row.get(3),
+                        stream: row.get(4),
+                        key: row.get(5),
+                        upstream_id: row.get(6),
+                        event_time_us: row.get(7),
+                        ingest_time_us: row.get(8),
+                        node: row.get(9),
+                        payload: payload.into_bytes(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn log_head(&mut self) -> Result<Position, WriteError> {
+        let read = self.client()?.query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
+        );
+        let result = tokio::time::timeout(WRITE_TIMEOUT, read).await;
+        let xmin: i64 = settle(&mut self.live, "reading the log's head", result)?.get(0);
+        // Every row of a transaction below `xmin` is final: the next ones come after.
+        Ok(Position::Postgres {
+            tx: xmin - 1,
+            seq: i64::MAX,
+        })
     }
 
     fn describe(&self) -> String {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 
+use super::log::{LogQuery, Position};
 use super::{Backend, CURSORS, Resume, TABLE, WriteError, Written};
 use crate::record::{Record, RecordId};
 
@@ -35,7 +36,8 @@ fn schema_sql() -> String {
             event_time_us INTEGER,
             ingest_time_us INTEGER NOT NULL,
             node TEXT NOT NULL,
-            payload TEXT NOT NULL
+            payload TEXT NOT NULL,
+            seq INTEGER
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
         CREATE TABLE IF NOT EXISTS {CURSORS} (
@@ -44,6 +46,29 @@ fn schema_sql() -> String {
             updated_us INTEGER NOT NULL
         ) WITHOUT ROWID;"
     )
+}
+
+/// The log position (`seq`, see [`super::log`]): a file written before it existed gains the
+/// column, its rows numbered in ingest order, and the index.
+fn add_log_position(connection: &Connection) -> rusqlite::Result<()> {
+    let has_seq = connection
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{TABLE}') WHERE name = 'seq'"
+        ))?
+        .exists([])?;
+    if !has_seq {
+        connection.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE {TABLE} ADD COLUMN seq INTEGER;
+             UPDATE {TABLE} SET seq = numbered.n FROM (
+                 SELECT id, row_number() OVER (ORDER BY ingest_time_us, id) AS n FROM {TABLE}
+             ) AS numbered WHERE {TABLE}.id = numbered.id;
+             COMMIT;"
+        ))?;
+    }
+    connection.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {TABLE}_log ON {TABLE} (seq);"
+    ))
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> WriteError {
@@ -82,6 +107,7 @@ impl Backend for Sqlite {
             connection
                 .execute_batch(&schema_sql())
                 .map_err(|e| failed("cannot create the schema", e))?;
+            add_log_position(&connection).map_err(|e| failed("cannot add the log position", e))?;
             Ok::<_, WriteError>(connection)
         })
         .await
@@ -104,14 +130,24 @@ impl Backend for Sqlite {
             let tx = connection.transaction().map_err(|e| failed("begin", e))?;
             let mut inserted = 0u64;
             {
+                // One writer: numbering after the highest stored number is commit order.
+                let mut seq: i64 = tx
+                    .query_row(
+                        &format!("SELECT coalesce(max(seq), 0) FROM {TABLE}"),
+                        [],
+                        |row| row.get(0),
+                    )
+                    .map_err(|e| failed("reading the log position", e))?;
                 let mut insert = tx
                     .prepare_cached(&format!(
                         "INSERT INTO {TABLE} (id, source, stream, key, upstream_id, event_time_us, \
-                         ingest_time_us, node, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                         ingest_time_us, node, payload, seq) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                          ON CONFLICT (id) DO NOTHING"
                     ))
                     .map_err(|e| failed("prepare", e))?;
                 for r in &rows {
+                    seq += 1;
                     let payload = String::from_utf8_lossy(&r.payload);
                     inserted += insert
                         .execute(params![
@@ -123,7 +159,8 @@ impl Backend for Sqlite {
                             r.event_time_us,
                             r.ingest_time_us,
                             r.node,
-                            payload
+                            payload,
+                            seq
                         ])
                         .map_err(classify)? as u64;
                 }
@@ -185,6 +222,84 @@ impl Backend for Sqlite {
                 updated_us,
                 recent,
             })
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn read_log(&mut self, query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
+        let after = match query.after {
+            None => 0,
+            Some(Position::Embedded { seq }) => seq,
+            Some(other) => {
+                return Err(WriteError::Rejected(format!(
+                    "`{other}` is not a position of the embedded store"
+                )));
+            }
+        };
+        let [sources, streams, keys] = query
+            .filter
+            .lists()
+            .map(|l| serde_json::json!(l).to_string());
+        let since = query.since_us.unwrap_or(i64::MIN);
+        let limit = query.limit as i64;
+        let connection = self.open()?;
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            let mut read = connection
+                .prepare_cached(&format!(
+                    "SELECT seq, id, source, stream, key, upstream_id, event_time_us, ingest_time_us, \
+                     node, payload FROM {TABLE}
+                     WHERE seq > ?1 AND ingest_time_us >= ?2
+                       AND (?3 = '[]' OR source IN (SELECT value FROM json_each(?3)))
+                       AND (?4 = '[]' OR stream IN (SELECT value FROM json_each(?4)))
+                       AND (?5 = '[]' OR key IN (SELECT value FROM json_each(?5)))
+                     ORDER BY seq LIMIT ?6"
+                ))
+                .map_err(|e| failed("prepare", e))?;
+            let rows = read
+                .query_map(params![after, since, sources, streams, keys, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        Record {
+                            id: RecordId([0; 16]),
+                            source: row.get(2)?,
+                            stream: row.get(3)?,
+                            key: row.get(4)?,
+                            upstream_id: row.get(5)?,
+                            event_time_us: row.get(6)?,
+                            ingest_time_us: row.get(7)?,
+                            node: row.get(8)?,
+                            payload: row.get::<_, String>(9)?.into_bytes(),
+                        },
+                    ))
+                })
+                .map_err(|e| failed("reading the log", e))?;
+            rows.map(|row| {
+                let (seq, id, mut record) = row.map_err(|e| failed("reading the log", e))?;
+                record.id = RecordId::from_slice(&id)
+                    .ok_or_else(|| WriteError::Rejected("a stored id is not 16 bytes".into()))?;
+                Ok((Position::Embedded { seq }, record))
+            })
+            .collect()
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn log_head(&mut self) -> Result<Position, WriteError> {
+        let connection = self.open()?;
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            connection
+                .query_row(
+                    &format!("SELECT coalesce(max(seq), 0) FROM {TABLE}"),
+                    [],
+                    |row| row.get(0),
+                )
+                .map(|seq| Position::Embedded { seq })
+                .map_err(|e| failed("reading the log's head", e))
         })
         .await
         .map_err(|e| failed("SQLite task", e))?

@@ -71,6 +71,12 @@ impl Backend for Flaky {
             recent: Vec::new(),
         })
     }
+    async fn read_log(&mut self, _query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
+        Ok(Vec::new())
+    }
+    async fn log_head(&mut self) -> Result<Position, WriteError> {
+        Ok(Position::Embedded { seq: 0 })
+    }
     fn describe(&self) -> String {
         "memory".into()
     }
@@ -104,7 +110,13 @@ fn in_memory(
     settings: &StoreSettings,
     cancel: &CancellationToken,
 ) -> (StoreHandle, JoinHandle<()>) {
-    spawn_writer(backend.clone(), backend, "memory", settings, cancel.clone())
+    spawn_writer(
+        backend.clone(),
+        move || backend.clone(),
+        "memory",
+        settings,
+        cancel.clone(),
+    )
 }
 
 async fn until(what: &str, f: impl Fn() -> bool) {

@@ -17,7 +17,7 @@ use crate::events::{Event, EventLog};
 use crate::fanout::{FanoutStats, Filter, Subscription, TooManySubscribersError};
 use crate::pipeline::{CursorShelf, Ingest};
 use crate::plugin::{Digest, PluginManifest, PluginRuntime, PluginSignature, PluginStore};
-use crate::sink::StoreStats;
+use crate::sink::{LogFilter, LogStart, StoreStats, Tail, TailError};
 use crate::source::SourceSpec;
 
 /// What a node's supervisor is made of; the rest of its state starts empty.
@@ -35,6 +35,7 @@ pub(crate) struct Parts {
 
 impl NodeState {
     pub(crate) fn new(parts: Parts) -> Self {
+        let max_resuming = parts.config.fanout.max_resuming.max(1);
         NodeState {
             node_id: parts.node_id,
             config: parts.config,
@@ -55,6 +56,7 @@ impl NodeState {
             reconciling: tokio::sync::Mutex::new(()),
             handing_over: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            resuming: Arc::new(tokio::sync::Semaphore::new(max_resuming)),
             peer_reports: tokio::sync::Mutex::new(None),
             refused_requests: Default::default(),
         }
@@ -175,6 +177,33 @@ impl NodeState {
         self.ingest.hub.subscribe(filter)
     }
 
+    /// A resuming subscriber: the records of the durable log from `start` that pass
+    /// `filter`, each with its position, then the new ones as they are stored. The permit
+    /// counts it against `fanout.max_resuming`.
+    pub async fn tail(
+        &self,
+        start: LogStart,
+        filter: &Filter,
+    ) -> Result<(Tail, tokio::sync::OwnedSemaphorePermit), NodeError> {
+        let permit = self.resuming.clone().try_acquire_owned().map_err(|_| {
+            NodeError::Unavailable(format!(
+                "this node already serves {} resuming subscribers (fanout.max_resuming); try \
+                 another node or later",
+                self.config.fanout.max_resuming
+            ))
+        })?;
+        let tail = self
+            .ingest
+            .store
+            .tail(start, log_filter(filter))
+            .await
+            .map_err(|e| match e {
+                TailError::BadStart(m) => NodeError::BadRequest(m),
+                TailError::Read(e) => NodeError::Unavailable(e.to_string()),
+            })?;
+        Ok((tail, permit))
+    }
+
     /// The event log after sequence number `after`.
     pub fn events_after(&self, after: u64) -> Vec<Event> {
         self.events.after(after)
@@ -259,5 +288,14 @@ pub(crate) async fn share_cursors(state: Arc<NodeState>, shelf: CursorShelf) {
         if stopping {
             return;
         }
+    }
+}
+
+/// A subscriber's filter as the durable log applies it (always to stored records).
+pub fn log_filter(filter: &Filter) -> LogFilter {
+    LogFilter {
+        sources: filter.sources.clone(),
+        streams: filter.streams.clone(),
+        keys: filter.keys.clone(),
     }
 }

@@ -23,6 +23,7 @@ mod reports;
 mod rollout;
 mod run;
 
+pub use facade::log_filter;
 pub(crate) use facade::{Parts, share_cursors};
 use reconcile::Scope;
 pub(crate) use reconcile::reconcile_loop;
@@ -56,6 +57,9 @@ pub enum NodeError {
     Conflict(String),
     #[error("{0}")]
     Startup(String),
+    /// The node cannot serve this now (a store that does not answer, a limit reached).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A loaded plugin and its instance pool.
@@ -106,6 +110,9 @@ pub struct NodeState {
     leaving: std::sync::atomic::AtomicBool,
     /// API requests refused for want of a token.
     refused_requests: std::sync::atomic::AtomicU64,
+    /// One permit per resuming subscriber (`fanout.max_resuming`): each holds a reader of the
+    /// store's log.
+    resuming: Arc<tokio::sync::Semaphore>,
     /// Peers' source reports, briefly cached.
     peer_reports: tokio::sync::Mutex<Option<(Instant, Vec<crate::source::SourceReport>)>>,
 }
