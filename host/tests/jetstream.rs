@@ -141,11 +141,10 @@ async fn a_hundred_sources_into_jetstream_and_postgres_each_id_once_in_both() {
     )
     .await;
     let status = get_json(&format!("{api}/api/v1/status")).await;
-    assert_eq!(
-        status["store"]["kind"], "postgres+nats",
-        "{}",
-        status["store"]
-    );
+    let store = &status["store"];
+    assert_eq!(store["kind"], "postgres", "{store}");
+    assert_eq!(store["sinks"][0]["kind"], "jetstream", "{store}");
+    assert_eq!(store["sinks"][0]["required"], true, "{store}");
 
     let in_postgres = every_sent_trade_in_postgres(&sim, &stored, &specs).await;
     // What PostgreSQL has, JetStream has: the same ids, each in one message.
@@ -225,7 +224,10 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let mut config = node_config(data.path());
     config.store.postgres_url = Some(db.url.clone());
-    config.store.nats = Some(nats.clone());
+    config.store.nats = Some(NatsSettings {
+        buffer_records: 2_000,
+        ..nats.clone()
+    });
     config.store.buffer_records = 2_000;
     let node = start_node(config).await;
     let api = node.url();
@@ -242,12 +244,15 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     })
     .await;
 
-    // NATS goes away for 20 s: the store falls behind within its bound, nothing is dropped.
+    // NATS goes away for 20 s: the JetStream sink falls behind within its bound, the database
+    // waits for it (JetStream is required), nothing is dropped.
     server.stop();
     let outage = std::time::Instant::now();
     let mut max_backlog = 0;
-    until("the store to notice", Duration::from_secs(30), || async {
-        let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+    let jetstream_sink =
+        || async { get_json(&format!("{api}/api/v1/status")).await["store"]["sinks"][0].clone() };
+    until("the sink to notice", Duration::from_secs(30), || async {
+        let store = jetstream_sink().await;
         if store["write_errors"].as_u64().unwrap_or(0) > 0 {
             Ok(())
         } else {
@@ -256,7 +261,7 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     })
     .await;
     while outage.elapsed() < Duration::from_secs(20) {
-        let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+        let store = jetstream_sink().await;
         max_backlog = max_backlog.max(store["backlog"].as_u64().unwrap());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -265,8 +270,8 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
         max_backlog <= 2_000,
         "backlog {max_backlog} past the buffer's bound"
     );
-    let last_error =
-        get_json(&format!("{api}/api/v1/status")).await["store"]["last_error"].to_string();
+    let last_error = jetstream_sink().await["last_error"].to_string();
+    assert_eq!(jetstream_sink().await["dropped"], 0);
     assert!(
         last_error.contains("NATS") || last_error.contains("JetStream"),
         "{last_error}"
@@ -290,6 +295,101 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
         in_jetstream.len() as u64,
         "a record is in JetStream twice"
     );
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_jetstream_away_never_holds_the_database_back() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut server = nats_server(port, nats_dir.path());
+    until_nats_answers(&url).await;
+    let nats = NatsSettings {
+        required: false,
+        buffer_records: 500,
+        ..settings(&url, "OPTIONAL")
+    };
+    let db = support::TestDb::create(&support::pg_server()).await;
+    let sim = simulator(20.0).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.store.postgres_url = Some(db.url.clone());
+    config.store.nats = Some(nats.clone());
+    let node = start_node(config).await;
+    let api = node.url();
+    let specs = binance_sources(&sim, 20, "op");
+    support::add_sources(&api, &specs).await;
+    let stored = Stored::Postgres(db);
+    let status = || async { get_json(&format!("{api}/api/v1/status")).await["store"].clone() };
+    until("records in both", Duration::from_secs(60), || async {
+        let store = status().await;
+        let (db, js) = (&store["rows_written"], &store["sinks"][0]["rows_written"]);
+        match (db.as_u64(), js.as_u64()) {
+            (Some(a), Some(b)) if a >= 200 && b >= 200 => Ok(()),
+            _ => Err(store.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(status().await["sinks"][0]["required"], false);
+
+    // NATS goes away: the sink fills its 500 records and drops the rest, counted; the
+    // database goes on storing, and its backlog stays small.
+    server.stop();
+    let before: u64 = stored.counts().await.values().sum();
+    until("the sink to drop", Duration::from_secs(60), || async {
+        let sink = status().await["sinks"][0].clone();
+        if sink["dropped"].as_u64().unwrap_or(0) > 0 && sink["backlog"].as_u64() == Some(500) {
+            Ok(())
+        } else {
+            Err(sink.to_string())
+        }
+    })
+    .await;
+    until("the database to go on", Duration::from_secs(60), || async {
+        let n: u64 = stored.counts().await.values().sum();
+        if n >= before + 2_000 {
+            Ok(())
+        } else {
+            Err(format!("{} stored since NATS went away", n - before))
+        }
+    })
+    .await;
+    let store = status().await;
+    assert!(store["backlog"].as_u64().unwrap() < 2_000, "{store}");
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("anode_store_dropped_total{store=\"jetstream\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+
+    // It returns: what was held is published, and new records follow.
+    let _restarted = nats_server(port, nats_dir.path());
+    until_nats_answers(&url).await;
+    let published = status().await["sinks"][0]["rows_written"].as_u64().unwrap();
+    until(
+        "JetStream to get records again",
+        Duration::from_secs(60),
+        || async {
+            let sink = status().await["sinks"][0].clone();
+            match sink["rows_written"].as_u64() {
+                Some(n) if n >= published + 1_000 => Ok(()),
+                _ => Err(sink.to_string()),
+            }
+        },
+    )
+    .await;
+    // The database has everything, once.
+    every_sent_trade_in_postgres(&sim, &stored, &specs).await;
     node.shutdown().await;
     sim.shutdown().await;
 }

@@ -162,41 +162,54 @@ pub(super) async fn metrics(
         scrape.counter(name, help, &["plugin", "version", "digest"], samples);
     }
 
+    // The database and the sinks beside it (JetStream), one series each.
     let store = state.store_stats();
-    let kind = || vec![store.kind.to_string()];
-    for (counter, name, help, value) in [
+    let sinks: Vec<&crate::sink::StoreStats> =
+        std::iter::once(&store).chain(store.sinks.iter()).collect();
+    type Read = fn(&crate::sink::StoreStats) -> f64;
+    let families: [(bool, &str, &str, Read); 6] = [
         (
             true,
             "anode_store_rows_written_total",
-            "Records newly stored.",
-            store.rows_written as f64,
+            "Records newly stored (for JetStream: published).",
+            |s| s.rows_written as f64,
         ),
         (
             true,
             "anode_store_duplicates_total",
             "Records skipped as already stored.",
-            store.duplicates_skipped as f64,
+            |s| s.duplicates_skipped as f64,
         ),
         (
             false,
             "anode_store_backlog",
             "Records waiting for the store.",
-            store.backlog as f64,
+            |s| s.backlog as f64,
         ),
         (
             true,
             "anode_store_write_errors_total",
             "Failed store writes (retried).",
-            store.write_errors as f64,
+            |s| s.write_errors as f64,
         ),
         (
             false,
             "anode_store_connected",
             "1 when the store is reachable.",
-            f64::from(u8::from(store.connected)),
+            |s| f64::from(u8::from(s.connected)),
         ),
-    ] {
-        let samples = vec![(kind(), value)];
+        (
+            true,
+            "anode_store_dropped_total",
+            "Records an optional sink dropped because its buffer was full.",
+            |s| s.dropped as f64,
+        ),
+    ];
+    for (counter, name, help, read) in families {
+        let samples = sinks
+            .iter()
+            .map(|s| (vec![s.kind.to_string()], read(s)))
+            .collect();
         if counter {
             scrape.counter(name, help, &["store"], samples);
         } else {

@@ -69,6 +69,16 @@ impl Pending {
         )
     }
 
+    /// Records with no source cursor and no acknowledgement: a copy for an optional sink.
+    pub(crate) fn copy(records: Vec<Record>) -> Pending {
+        Pending {
+            source: Arc::from(""),
+            records,
+            cursor: None,
+            ack: None,
+        }
+    }
+
     /// Split off the first `n` records as a part of their own, with no cursor and no
     /// acknowledgement: those stay with the rest, which completes the batch.
     pub(crate) fn split_front(&mut self, n: usize) -> Pending {

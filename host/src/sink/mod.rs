@@ -76,8 +76,9 @@ pub struct StoreSettings {
     pub postgres_tls: PostgresTls,
     /// PEM file of the certificate authority that signed the server's certificate.
     pub postgres_ca_file: Option<PathBuf>,
-    /// NATS JetStream as a second, required sink: a batch is acknowledged (its cursor
-    /// committed) only when the database and JetStream both have it. See `sink::nats`.
+    /// NATS JetStream as a sink beside the database, with its own buffer and writer: required
+    /// (a batch is acknowledged, its cursor committed, only when both have it) or optional
+    /// (copies, best effort). See `sink::nats`.
     pub nats: Option<NatsSettings>,
 }
 
@@ -203,8 +204,11 @@ pub struct StoreReadError {
 /// Counters and state of the store, for the API and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStats {
-    /// `postgres` or `sqlite`.
+    /// `postgres` or `sqlite` (the database); `jetstream` for a sink beside it.
     pub kind: &'static str,
+    /// A required sink's acknowledgement is part of a batch's; an optional one is fed copies
+    /// of what was committed, and drops what does not fit its buffer.
+    pub required: bool,
     /// The database (URL without password, or file path).
     pub target: String,
     pub connected: bool,
@@ -224,10 +228,30 @@ pub struct StoreStats {
     pub write_errors: u64,
     pub reconnects: u64,
     pub last_error: Option<String>,
+    /// Records an optional sink dropped because its buffer was full.
+    pub dropped: u64,
+    /// The other sinks (with the database's stats only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<StoreStats>,
 }
 
+/// What a sink's writer does with batches it has written.
+enum Next {
+    /// The database: acknowledge each batch (its records and cursor are committed) and copy
+    /// its records to the optional sinks.
+    Acknowledge { copies: Vec<Arc<Shared>> },
+    /// A required sink before the database: hand the batches on to it, waiting for room.
+    Forward(Arc<Shared>),
+    /// An optional sink: nothing more.
+    Done,
+}
+
+/// One sink: its bounded buffer, the state its writer shares, and its counters.
 struct Shared {
     kind: &'static str,
+    required: bool,
+    next: Next,
+    dropped: AtomicU64,
     target: String,
     buffer: Mutex<VecDeque<Pending>>,
     /// Records in `buffer`.
@@ -313,7 +337,12 @@ impl<B: Backend> ResumeReader for ReadOnly<B> {
 /// Where sources submit records. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
+    /// The database: it keeps the cursors and acknowledges batches.
     shared: Arc<Shared>,
+    /// Where batches are submitted: a required sink before the database, or the database.
+    first: Arc<Shared>,
+    /// The sinks beside the database.
+    others: Vec<Arc<Shared>>,
     reader: Reader,
     log_reader: ReaderFactory,
     /// Where tails read from instead of the database, when set.
@@ -328,37 +357,11 @@ impl StoreHandle {
     /// Queue a batch for storing, waiting while the buffer is full; the receipt resolves
     /// once the batch (records and cursor) is committed.
     pub async fn submit(&self, batch: Batch) -> Result<Receipt, StoreClosedError> {
-        let shared = &self.shared;
         let (pending, receipt) = Pending::new(batch);
-        let mut rest = Some(pending);
-        while let Some(mut pending) = rest.take() {
-            // A batch larger than the whole buffer goes in as several parts; the last one
-            // carries the cursor and the acknowledgement.
-            let part = if pending.len() > shared.capacity {
-                let front = pending.split_front(shared.capacity);
-                rest = Some(pending);
-                front
-            } else {
-                pending
-            };
-            let permits = tokio::select! {
-                permits = shared.room.acquire_many(part.len() as u32) => {
-                    permits.map_err(|_| StoreClosedError)?
-                }
-                () = shared.closed.cancelled() => return Err(StoreClosedError),
-            };
-            // The writer gives the permits back when the rows are written.
-            permits.forget();
-            shared.queued.fetch_add(part.len(), Relaxed);
-            lock(&shared.buffer).push_back(part);
-            shared.arrived.notify_one();
-        }
+        self.first.enqueue(pending).await?;
         Ok(receipt)
     }
 
-    /// Where `source` stands in the store: its committed cursor and its latest `recent`
-    /// record ids. Fails while the database cannot be reached: a source must not open
-    /// without its cursor.
     /// Follow the durable log from `start`: the stored records that match `filter`, each
     /// with its position, then every new one as it is committed. From JetStream when
     /// `[store.nats]` is set, else from the database.
@@ -375,6 +378,9 @@ impl StoreHandle {
         }
     }
 
+    /// Where `source` stands in the store: its committed cursor and its latest `recent`
+    /// record ids. Fails while the database cannot be reached: a source must not open
+    /// without its cursor.
     pub async fn resume(&self, source: &str, recent: usize) -> Result<Resume, StoreReadError> {
         let kind = self.shared.kind;
         self.reader
@@ -388,11 +394,21 @@ impl StoreHandle {
             })
     }
 
-    /// Counters and state.
+    /// Counters and state: the database's, with the other sinks'.
     pub fn stats(&self) -> StoreStats {
-        let s = &self.shared;
+        StoreStats {
+            sinks: self.others.iter().map(|s| s.stats()).collect(),
+            ..self.shared.stats()
+        }
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> StoreStats {
+        let s = self;
         StoreStats {
             kind: s.kind,
+            required: s.required,
             target: s.target.clone(),
             connected: s.connected.load(Relaxed),
             rows_written: s.rows_written.load(Relaxed),
@@ -406,12 +422,80 @@ impl StoreHandle {
             write_errors: s.write_errors.load(Relaxed),
             reconnects: s.reconnects.load(Relaxed),
             last_error: lock(&s.last_error).clone(),
+            dropped: s.dropped.load(Relaxed),
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Queue a batch, waiting while the buffer is full.
+    async fn enqueue(&self, pending: Pending) -> Result<(), StoreClosedError> {
+        let mut rest = Some(pending);
+        while let Some(mut pending) = rest.take() {
+            // A batch larger than the whole buffer goes in as several parts; the last one
+            // carries the cursor and the acknowledgement.
+            let part = if pending.len() > self.capacity {
+                let front = pending.split_front(self.capacity);
+                rest = Some(pending);
+                front
+            } else {
+                pending
+            };
+            let permits = tokio::select! {
+                permits = self.room.acquire_many(part.len() as u32) => {
+                    permits.map_err(|_| StoreClosedError)?
+                }
+                () = self.closed.cancelled() => return Err(StoreClosedError),
+            };
+            // The writer gives the permits back when the rows are written.
+            permits.forget();
+            self.push(part);
+        }
+        Ok(())
+    }
+
+    fn push(&self, pending: Pending) {
+        self.queued.fetch_add(pending.len(), Relaxed);
+        lock(&self.buffer).push_back(pending);
+        self.arrived.notify_one();
+    }
+
+    /// An optional sink takes a copy of committed records when they fit its buffer, and
+    /// counts them dropped when they do not: it never holds the database back.
+    fn offer(&self, records: &[Record]) {
+        if records.is_empty() || self.closed.is_cancelled() {
+            return;
+        }
+        match u32::try_from(records.len())
+            .ok()
+            .and_then(|n| self.room.try_acquire_many(n).ok())
+        {
+            Some(permits) => {
+                permits.forget();
+                self.push(Pending::copy(records.to_vec()));
+            }
+            None => {
+                let dropped = self.dropped.fetch_add(records.len() as u64, Relaxed);
+                // Said once per 10,000 dropped, not per batch.
+                if dropped / 10_000 != (dropped + records.len() as u64) / 10_000 || dropped == 0 {
+                    tracing::warn!(
+                        "the optional {} sink is behind: its buffer ({} records) is full; {} \
+                         records dropped for it so far",
+                        self.kind,
+                        self.capacity,
+                        dropped + records.len() as u64
+                    );
+                }
+            }
         }
     }
 }
 
-/// Start the store the settings name: PostgreSQL when a URL is set, else the embedded one.
-/// The task ends after `cancel`, once the buffer is written (or `drain_timeout_ms` passed).
+/// Start the store the settings name: PostgreSQL when a URL is set, else the embedded one,
+/// and JetStream beside it when `[store.nats]` is set: before the database when it is
+/// required (a batch is acknowledged once both have it), after it when optional (it gets
+/// copies of what the database committed). Each sink has its own buffer and writer. The task
+/// ends after `cancel`, once the buffers are written (or `drain_timeout_ms` passed), each
+/// sink draining after the one that feeds it.
 pub fn spawn_store(
     settings: &StoreSettings,
     data_dir: &Path,
@@ -420,25 +504,38 @@ pub fn spawn_store(
     if let Some(nats) = &settings.nats {
         nats.check().map_err(SinkError::Config)?;
     }
-    // With JetStream, the writer's backend publishes there too; reads (cursors) stay with the
-    // database, and tails read from JetStream.
     let nats = settings.nats.clone().map(Arc::new);
-    let (handle, task) = match &settings.postgres_url {
+    let nats_stage = |next: Next| {
+        let n = nats.as_deref().expect("set");
+        let stage = StoreSettings {
+            buffer_records: n.buffer_records,
+            ..settings.clone()
+        };
+        spawn_stage(
+            nats::JetStream::new(n.clone()),
+            "jetstream",
+            n.required,
+            next,
+            &stage,
+        )
+    };
+    // An optional JetStream is fed by the database; a required one feeds it.
+    let (copies, optional) = match nats.as_deref() {
+        Some(n) if !n.required => {
+            let (stage, start) = nats_stage(Next::Done);
+            (vec![stage.clone()], Some((stage, start)))
+        }
+        _ => (Vec::new(), None),
+    };
+    let db_next = Next::Acknowledge { copies };
+    let (db, db_start, log_reader) = match &settings.postgres_url {
         Some(url) => {
             let backend = postgres::Postgres::new(url, settings)?;
             let (url, copy) = (url.clone(), settings.clone());
             // Checked above: the same URL and settings made the writer's backend.
             let reader = move || postgres::Postgres::new(&url, &copy).expect("checked settings");
-            match &settings.nats {
-                Some(n) => spawn_writer(
-                    nats::WithJetStream::new(backend, n.clone()),
-                    reader,
-                    "postgres+nats",
-                    settings,
-                    cancel,
-                ),
-                None => spawn_writer(backend, reader, "postgres", settings, cancel),
-            }
+            let (shared, start) = spawn_stage(backend, "postgres", true, db_next, settings);
+            (shared, start, reader_factory(reader))
         }
         None => {
             let path = settings
@@ -447,21 +544,63 @@ pub fn spawn_store(
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
             let backend = sqlite::Sqlite::new(path.clone());
             let reader = move || sqlite::Sqlite::new(path.clone());
-            match &settings.nats {
-                Some(n) => spawn_writer(
-                    nats::WithJetStream::new(backend, n.clone()),
-                    reader,
-                    "sqlite+nats",
-                    settings,
-                    cancel,
-                ),
-                None => spawn_writer(backend, reader, "sqlite", settings, cancel),
-            }
+            let (shared, start) = spawn_stage(backend, "sqlite", true, db_next, settings);
+            (shared, start, reader_factory(reader))
         }
     };
-    Ok((StoreHandle { nats, ..handle }, task))
+    let required = match nats.as_deref() {
+        Some(n) if n.required => Some(nats_stage(Next::Forward(db.clone()))),
+        _ => None,
+    };
+    // Drain order: the sink that feeds another stops first.
+    let mut order: Vec<StageStart> = Vec::new();
+    let mut others = Vec::new();
+    let first = match required {
+        Some((stage, start)) => {
+            others.push(stage.clone());
+            order.push(start);
+            stage
+        }
+        None => db.clone(),
+    };
+    order.push(db_start);
+    if let Some((stage, start)) = optional {
+        others.push(stage);
+        order.push(start);
+    }
+    let task = tokio::spawn(run_stages(order, cancel));
+    let handle = StoreHandle {
+        reader: Arc::new(tokio::sync::Mutex::new(log_reader())),
+        shared: db,
+        first,
+        others,
+        log_reader,
+        nats: settings.nats.clone().map(Arc::new),
+    };
+    Ok((handle, task))
 }
 
+/// Run the sinks' writers together; each drains once `cancel` (the first) or the writer
+/// before it has stopped.
+async fn run_stages(order: Vec<StageStart>, cancel: CancellationToken) {
+    let mut upstream = cancel;
+    let mut writers = Vec::new();
+    for start in order {
+        let stopped = CancellationToken::new();
+        let (writer, done) = (start(upstream), stopped.clone());
+        writers.push(tokio::spawn(async move {
+            writer.await;
+            done.cancel();
+        }));
+        upstream = stopped;
+    }
+    for writer in writers {
+        let _ = writer.await;
+    }
+}
+
+/// One sink of its own (the database alone), for tests of the buffer and writer.
+#[cfg(test)]
 fn spawn_writer<B: Backend, R: Backend>(
     backend: B,
     make_reader: impl Fn() -> R + Send + Sync + 'static,
@@ -469,12 +608,64 @@ fn spawn_writer<B: Backend, R: Backend>(
     settings: &StoreSettings,
     cancel: CancellationToken,
 ) -> (StoreHandle, JoinHandle<()>) {
+    let next = Next::Acknowledge { copies: Vec::new() };
+    let (shared, start) = spawn_stage(backend, kind, true, next, settings);
+    let log_reader = reader_factory(make_reader);
+    let handle = StoreHandle {
+        reader: Arc::new(tokio::sync::Mutex::new(log_reader())),
+        first: shared.clone(),
+        shared,
+        others: Vec::new(),
+        log_reader,
+        nats: None,
+    };
+    (handle, tokio::spawn(run_stages(vec![start], cancel)))
+}
+
+/// A sink's writer, waiting for the token that tells it to drain and stop.
+type StageStart =
+    Box<dyn FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+fn reader_factory<R: Backend>(make: impl Fn() -> R + Send + Sync + 'static) -> ReaderFactory {
+    Arc::new(move || {
+        Box::new(ReadOnly {
+            backend: make(),
+            connected: false,
+        })
+    })
+}
+
+/// A sink with its buffer; its writer starts when the returned start is called.
+fn spawn_stage<B: Backend>(
+    backend: B,
+    kind: &'static str,
+    required: bool,
+    next: Next,
+    settings: &StoreSettings,
+) -> (Arc<Shared>, StageStart) {
+    let shared = new_shared(kind, required, next, backend.describe(), settings);
+    let (stage, settings) = (shared.clone(), settings.clone());
+    let start: StageStart =
+        Box::new(move |cancel| Box::pin(writer::write_loop(backend, stage, settings, cancel)));
+    (shared, start)
+}
+
+fn new_shared(
+    kind: &'static str,
+    required: bool,
+    next: Next,
+    target: String,
+    settings: &StoreSettings,
+) -> Arc<Shared> {
     let capacity = settings
         .buffer_records
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let shared = Arc::new(Shared {
+    Arc::new(Shared {
         kind,
-        target: backend.describe(),
+        required,
+        next,
+        dropped: AtomicU64::new(0),
+        target,
         buffer: Mutex::new(VecDeque::new()),
         queued: AtomicUsize::new(0),
         room: Semaphore::new(capacity),
@@ -493,27 +684,7 @@ fn spawn_writer<B: Backend, R: Backend>(
         reconnects: AtomicU64::new(0),
         last_error: Mutex::new(None),
         closed: CancellationToken::new(),
-    });
-    let log_reader: ReaderFactory = Arc::new(move || {
-        Box::new(ReadOnly {
-            backend: make_reader(),
-            connected: false,
-        })
-    });
-    let reader: Reader = Arc::new(tokio::sync::Mutex::new(log_reader()));
-    let task = tokio::spawn(writer::write_loop(
-        backend,
-        shared.clone(),
-        settings.clone(),
-        cancel,
-    ));
-    let handle = StoreHandle {
-        shared,
-        reader,
-        log_reader,
-        nats: None,
-    };
-    (handle, task)
+    })
 }
 
 impl Shared {
@@ -531,14 +702,32 @@ impl Shared {
         taken
     }
 
-    /// The batches are committed: give their room back and tell their submitters.
-    fn acknowledge(&self, taken: Taken) {
+    /// The batches are written: hand them on (waiting for room there), or acknowledge them
+    /// and copy them to the optional sinks; then give their room back.
+    async fn done(&self, taken: Taken) {
+        let count = taken.records.len();
+        match &self.next {
+            Next::Forward(next) => {
+                for pending in taken.into_pending() {
+                    // A database that has stopped drops the rest: their submitters learn it.
+                    if next.enqueue(pending).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Next::Acknowledge { copies } => {
+                self.cursors_committed
+                    .fetch_add(taken.cursors.len() as u64, Relaxed);
+                for copy in copies {
+                    copy.offer(&taken.records);
+                }
+                taken.acknowledge();
+                self.committed.notify_waiters();
+            }
+            Next::Done => {}
+        }
         self.in_flight.store(0, Relaxed);
-        self.room.add_permits(taken.records.len());
-        self.cursors_committed
-            .fetch_add(taken.cursors.len() as u64, Relaxed);
-        taken.acknowledge();
-        self.committed.notify_waiters();
+        self.room.add_permits(count);
     }
 
     /// The batches were not stored: they go back to the front, to be written first.

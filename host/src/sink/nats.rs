@@ -1,14 +1,20 @@
-//! NATS JetStream as a second, required sink (`[store.nats]`): every batch the writer commits
-//! to the database (PostgreSQL or the embedded store, which keeps the cursors) is also
-//! published to a JetStream stream, and the batch is acknowledged — its cursor committed —
-//! only when the database has it *and* JetStream has acknowledged every record.
+//! NATS JetStream as a sink beside the database (`[store.nats]`), with its own bounded buffer
+//! and writer:
+//! - `required = true` (the default): batches go to JetStream first, then to the database
+//!   (PostgreSQL or the embedded store, which keeps the cursors); a batch is acknowledged —
+//!   its cursor committed — only when JetStream has acknowledged every record *and* the
+//!   database has committed them. So a cursor never runs ahead of what JetStream holds.
+//! - `required = false`: JetStream gets a copy of what the database committed, as far as its
+//!   buffer (`buffer_records`) allows; what does not fit is dropped and counted, and a NATS
+//!   outage never holds sources back.
 //!
 //! - Subject `<subject_prefix>.<stream>.<source>` (a `.` in a name becomes `_`, so each part
 //!   stays one subject token); header `Nats-Msg-Id` = the record id, so a batch published
 //!   again after a failure is de-duplicated by the server within `duplicate_window_s`; body:
 //!   the record's JSON, as `/ws` sends it.
 //! - Publishes are sent without waiting, then their acknowledgements awaited together: at
-//!   most one batch (`store.batch_max` records) is in flight.
+//!   most one batch (`store.batch_max` records) is in flight. A batch the database then fails
+//!   to write is retried by the database's writer alone: it is not published again.
 //! - The stream is created at start, or checked when it exists (its subjects must cover the
 //!   prefix); a server that refuses says why in the store's last error. A server that is away
 //!   is a connection failure like a database that is away: the writer backs off, keeps the
@@ -25,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{LogFilter, LogQuery, LogStart, Position, TailError, other_log, with_position};
 use super::{Backend, Resume, StoreReadError, WriteError, Written};
-use crate::record::{Record, RecordId};
+use crate::record::Record;
 
 /// `[store.nats]`: JetStream as a required second sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +51,10 @@ pub struct NatsSettings {
     pub duplicate_window_s: u64,
     /// How long to wait for the acknowledgements of one batch.
     pub ack_timeout_ms: u64,
+    /// Whether a batch waits for JetStream (see the module's documentation).
+    pub required: bool,
+    /// Records JetStream's own buffer holds.
+    pub buffer_records: usize,
 }
 
 impl Default for NatsSettings {
@@ -57,6 +67,8 @@ impl Default for NatsSettings {
             max_age_s: 0,
             duplicate_window_s: 120,
             ack_timeout_ms: 10_000,
+            required: true,
+            buffer_records: 100_000,
         }
     }
 }
@@ -145,24 +157,18 @@ async fn connect_client(settings: &NatsSettings) -> Result<async_nats::Client, S
     Ok(client)
 }
 
-/// A database backend with JetStream beside it.
-pub(crate) struct WithJetStream<B> {
-    primary: B,
+/// The JetStream sink's backend: publishes records; keeps no cursors and serves no reads
+/// (the database does both).
+pub(crate) struct JetStream {
     settings: Arc<NatsSettings>,
     context: Option<jetstream::Context>,
-    /// Records JetStream acknowledged whose batch the database has not committed yet: a
-    /// batch written again after a database failure is not published twice (the server's
-    /// duplicate window would drop the copies too, but only within `duplicate_window_s`).
-    published: HashSet<RecordId>,
 }
 
-impl<B: Backend> WithJetStream<B> {
-    pub(crate) fn new(primary: B, settings: NatsSettings) -> Self {
-        WithJetStream {
-            primary,
+impl JetStream {
+    pub(crate) fn new(settings: NatsSettings) -> Self {
+        JetStream {
             settings: Arc::new(settings),
             context: None,
-            published: HashSet::new(),
         }
     }
 
@@ -213,7 +219,7 @@ impl<B: Backend> WithJetStream<B> {
             .ok_or_else(|| WriteError::Connection("NATS is not connected".into()))?;
         let lost = |e: &dyn std::fmt::Display| WriteError::Connection(format!("JetStream: {e}"));
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
-        for record in records.iter().filter(|r| !self.published.contains(&r.id)) {
+        for record in records {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
@@ -229,10 +235,7 @@ impl<B: Backend> WithJetStream<B> {
         let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
         let all = futures_util::future::try_join_all(acks.into_iter().map(|a| a.into_future()));
         match tokio::time::timeout(timeout, all).await {
-            Ok(Ok(_)) => {
-                self.published.extend(records.iter().map(|r| r.id));
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(lost(&e)),
             Err(_) => Err(WriteError::Connection(format!(
                 "JetStream did not acknowledge {} records within {timeout:?}",
@@ -242,52 +245,40 @@ impl<B: Backend> WithJetStream<B> {
     }
 }
 
-impl<B: Backend> Backend for WithJetStream<B> {
+impl Backend for JetStream {
     async fn connect(&mut self) -> Result<(), WriteError> {
-        self.primary.connect().await?;
-        if self.context.is_none() {
-            self.connect_nats().await?;
-        }
-        Ok(())
+        self.context = None;
+        self.connect_nats().await
     }
 
     async fn write(
         &mut self,
         records: &[Record],
-        cursors: &[(Arc<str>, String)],
+        _cursors: &[(Arc<str>, String)],
     ) -> Result<Written, WriteError> {
-        // JetStream first: the cursor goes into the database with the records, so it may not
-        // be committed before JetStream holds them too. A batch written again after a failure
-        // is de-duplicated on both sides by its record ids.
-        if let Err(e) = self.publish(records).await {
-            // Reconnect on the next attempt: the client may have given up the old connection.
-            self.context = None;
-            return Err(e);
-        }
-        let written = self.primary.write(records, cursors).await?;
-        self.published.clear();
-        Ok(written)
+        self.publish(records).await?;
+        // The server drops a second copy of an id within the duplicate window; the count of
+        // those is not in its acknowledgements' totals, so every record counts as written.
+        Ok(Written {
+            inserted: records.len() as u64,
+            duplicates: 0,
+        })
     }
 
-    async fn resume(&mut self, source: &str, recent: usize) -> Result<Resume, WriteError> {
-        self.primary.resume(source, recent).await
+    async fn resume(&mut self, _source: &str, _recent: usize) -> Result<Resume, WriteError> {
+        Err(WriteError::Connection("JetStream keeps no cursors".into()))
     }
 
-    async fn read_log(&mut self, query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
-        self.primary.read_log(query).await
+    async fn read_log(&mut self, _query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
+        Err(WriteError::Connection("JetStream is read by a tail".into()))
     }
 
     async fn log_head(&mut self) -> Result<Position, WriteError> {
-        self.primary.log_head().await
+        Err(WriteError::Connection("JetStream is read by a tail".into()))
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} + JetStream {} stream {}",
-            self.primary.describe(),
-            self.settings.url,
-            self.settings.stream
-        )
+        format!("{} stream {}", self.settings.url, self.settings.stream)
     }
 }
 

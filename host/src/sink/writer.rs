@@ -101,7 +101,7 @@ pub(super) async fn write_loop<B: Backend>(
                 shared
                     .last_batch_us
                     .store(started.elapsed().as_micros() as u64, Relaxed);
-                shared.acknowledge(taken);
+                shared.done(taken).await;
             }
             Err(error) => {
                 shared.failed(&error);
