@@ -35,18 +35,34 @@ pub struct BenchArgs {
     /// deleted afterwards), as the `[store.nats]` sink does.
     #[arg(long)]
     nats: Option<String>,
+    /// `store.postgres_method` for the node: `copy` (the default) or `unnest`.
+    #[arg(long)]
+    postgres_method: Option<String>,
 }
 
 /// What the subscribers saw.
 #[derive(Default)]
 struct Seen {
     records: AtomicU64,
-    /// Per record, in µs: trade time → receipt (trade times have ms resolution, and the
-    /// simulator sends what is due on a timer, `tick_ms`), and decoded → receipt (the node
-    /// stamps `ingest_time_us` as its connector has decoded the frame, so this is the node's
-    /// own path: repeat filter, stamping, publishing, the fan-out queue, the socket write, and
-    /// this client's read). Histograms, so memory stays flat however long the run.
-    latencies_us: std::sync::Mutex<(Histogram, Histogram)>,
+    /// Per record, in µs, the path in parts. Histograms, so memory stays flat however long
+    /// the run.
+    latencies_us: std::sync::Mutex<Latencies>,
+}
+
+#[derive(Default)]
+struct Latencies {
+    /// Trade time → subscriber (trade times have ms resolution, and the simulator sends what
+    /// is due on a timer, `tick_ms`).
+    total: Histogram,
+    /// Trade time → the node received the frame (the frame's `atom_timestamp`, µs clock):
+    /// the simulator's timer and send, and the network.
+    to_node: Histogram,
+    /// Frame received → decoded (`ingest_time_us`, stamped once the connector has decoded
+    /// the frame): the guest's decode.
+    decode: Histogram,
+    /// Decoded → subscriber: repeat filter, stamping, publishing, the fan-out queue, the
+    /// socket write, and this client's read.
+    deliver: Histogram,
 }
 
 /// Counts of values in logarithmic buckets, 64 to each power of two (within 1.6%).
@@ -153,6 +169,9 @@ async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> 
         Some(url) => format!("[store]\npostgres_url = {url:?}\n"),
         None => "[store]\n".to_owned(),
     };
+    if let Some(method) = &args.postgres_method {
+        store.push_str(&format!("postgres_method = {method:?}\n"));
+    }
     if let Some(url) = &args.nats {
         let id = std::process::id();
         store.push_str(&format!(
@@ -246,19 +265,24 @@ async fn drive(
                 let Ok(value) = serde_json::from_str::<Value>(text) else {
                     continue;
                 };
-                let (Some(emitted_ms), Some(decoded_us)) = (
-                    value["payload"]["event_timestamp"].as_f64(),
+                let (Some(emitted_ms), Some(received_us), Some(decoded_us)) = (
+                    value["payload"]["event_timestamp"].as_i64(),
+                    value["payload"]["atom_timestamp"].as_i64(),
                     value["ingest_time_us"].as_i64(),
                 ) else {
                     continue;
                 };
                 let now = crate::clock::now_us();
-                let total = (now as f64 - emitted_ms * 1000.0).max(0.0) as u64;
-                let node = (now - decoded_us).max(0) as u64;
+                let since = |from: i64| (now - from).max(0) as u64;
+                let span = |from: i64, to: i64| (to - from).max(0) as u64;
                 seen.records.fetch_add(1, Relaxed);
                 let mut latencies = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
-                latencies.0.record(total);
-                latencies.1.record(node);
+                latencies.total.record(since(emitted_ms * 1000));
+                latencies
+                    .to_node
+                    .record(span(emitted_ms * 1000, received_us));
+                latencies.decode.record(span(received_us, decoded_us));
+                latencies.deliver.record(since(decoded_us));
             }
         }));
     }
@@ -272,18 +296,28 @@ async fn drive(
         peak_rss = peak_rss.max(node.rss_mib());
     }
     let after = Sample::take(node, &http, &seen).await?;
-    let (total, node_path) =
+    let latencies =
         std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
     let seconds = after.at.duration_since(before.at).as_secs_f64();
     let stored = (after.stored - before.stored) as f64;
     let delivered = (after.received - before.received) as f64;
     let cpu = after.cpu_s - before.cpu_s;
+    let server_cpu = after
+        .server_cpu_s
+        .zip(before.server_cpu_s)
+        .map(|(a, b)| a - b);
 
     // Loss: stop the venues, let the node write what it holds, compare id by id.
     sim.pause();
     let drained = node
         .until("its store to drain", Duration::from_secs(120), |s| {
-            s.is_some_and(|s| s["store"]["backlog"] == 0)
+            s.is_some_and(|s| {
+                let store = &s["store"];
+                store["backlog"] == 0
+                    && store["sinks"]
+                        .as_array()
+                        .is_none_or(|sinks| sinks.iter().all(|k| k["backlog"] == 0))
+            })
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -316,25 +350,34 @@ async fn drive(
             args.subscribers,
             delivered / seconds / args.subscribers as f64
         );
+        let total = &latencies.total;
         println!(
             "  latency     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (trade time \
              → subscriber, {} records; ms resolution, and the simulator sends what is due \
              every {} ms)",
-            pct(&total, 0.5),
-            pct(&total, 0.9),
-            pct(&total, 0.99),
-            pct(&total, 1.0),
+            pct(total, 0.5),
+            pct(total, 0.9),
+            pct(total, 0.99),
+            pct(total, 1.0),
             total.len(),
             anode_feedsim::SimConfig::default().tick_ms
         );
-        println!(
-            "    of which  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.1} ms  (decoded in \
-             the node → subscriber, µs clock)",
-            pct(&node_path, 0.5),
-            pct(&node_path, 0.9),
-            pct(&node_path, 0.99),
-            pct(&node_path, 1.0),
-        );
+        for (h, what) in [
+            (
+                &latencies.to_node,
+                "trade time → frame received: timer, send, network",
+            ),
+            (&latencies.decode, "frame received → decoded, µs clock"),
+            (&latencies.deliver, "decoded → subscriber, µs clock"),
+        ] {
+            println!(
+                "    part      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.1} ms  ({what})",
+                pct(h, 0.5),
+                pct(h, 0.9),
+                pct(h, 0.99),
+                pct(h, 1.0),
+            );
+        }
     }
     let per_delivered = if delivered > 0.0 {
         format!(", {:.2} µs per delivered record", cpu * 1e6 / delivered)
@@ -346,6 +389,14 @@ async fn drive(
         cpu / seconds * 100.0,
         cpu * 1e6 / stored.max(1.0),
     );
+    if let Some(server) = server_cpu {
+        println!(
+            "  PostgreSQL  {:.0}% of a core; {:.1} µs of server CPU per stored record (every \
+             local `postgres` process, other clients' work included)",
+            server / seconds * 100.0,
+            server * 1e6 / stored.max(1.0),
+        );
+    }
     println!(
         "  node memory {:.1} MiB resident at the end, {:.1} MiB at most",
         after.rss_mib, peak_rss
@@ -370,6 +421,8 @@ struct Sample {
     stored: u64,
     received: u64,
     cpu_s: f64,
+    /// CPU of the local PostgreSQL server's processes, when the store is PostgreSQL.
+    server_cpu_s: Option<f64>,
     rss_mib: f64,
     status: Value,
 }
@@ -387,10 +440,48 @@ impl Sample {
             stored: status["store"]["rows_written"].as_u64().unwrap_or(0),
             received: seen.records.load(Relaxed),
             cpu_s: node.cpu_seconds(),
+            server_cpu_s: (status["store"]["kind"] == "postgres").then(postgres_cpu_seconds),
             rss_mib: node.rss_mib(),
             status,
         })
     }
+}
+
+/// User and system CPU time of a process, from `/proc/<pid>/stat` (0 when unreadable).
+fn process_cpu_seconds(stat: &str) -> f64 {
+    // Fields after the command (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+/// CPU time of every process named `postgres` on this machine (a local server's backends,
+/// writer, WAL writer, checkpointer; backends that exited in between are not counted).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .map(|stat| process_cpu_seconds(&stat))
+        .sum()
 }
 
 struct Node {
@@ -440,20 +531,7 @@ impl Node {
 
     /// User and system CPU time of the node so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = self.proc_file("stat");
-        // Fields after the command (which is in parentheses and may hold spaces).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |n: usize| {
-            fields
-                .get(n)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
-        (ticks(11) + ticks(12)) / clock_ticks_per_second()
+        process_cpu_seconds(&self.proc_file("stat"))
     }
 
     fn stop(&mut self) {
