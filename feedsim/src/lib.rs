@@ -94,7 +94,25 @@ pub async fn start(config: SimConfig) -> std::io::Result<FeedSim> {
     Ok(FeedSim { addr, sim, server })
 }
 
+/// When the simulator sent recent events, with a µs clock (the venues' own formats carry ms):
+/// what a benchmark measures latency from. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EmitClock(Arc<Sim>);
+
+impl EmitClock {
+    /// When event `id` of `stream` (`binance/<symbol>@trade`, as in the report) was first sent,
+    /// µs since the epoch, while it is among the stream's latest 4,096.
+    pub fn sent_us(&self, stream: &str, id: u64) -> Option<u64> {
+        self.0.streams.find(stream)?.sent_us(id)
+    }
+}
+
 impl FeedSim {
+    /// The send clock of this simulator's streams.
+    pub fn emit_clock(&self) -> EmitClock {
+        EmitClock(self.sim.clone())
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

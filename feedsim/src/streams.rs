@@ -2,7 +2,7 @@
 //! it emitted and the first id it offered. No task runs per stream; connections pull due events
 //! from the clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +30,9 @@ impl Kind {
 /// `offered_from` before anything was offered.
 const NOT_OFFERED: u64 = u64::MAX;
 
+/// Send times remembered per stream: the latest this many ids.
+const SENT_AT_WINDOW: usize = 4096;
+
 /// One stream, the ids sent on it, and where its generated range starts.
 #[derive(Debug)]
 pub(crate) struct Stream {
@@ -40,6 +43,8 @@ pub(crate) struct Stream {
     /// Lowest `next` of any subscription to this stream ([`NOT_OFFERED`] if none): ids from
     /// there on were generated for clients even if none was sent (a client that went away).
     offered_from: AtomicU64,
+    /// When the latest ids were sent (id, µs since the epoch), oldest first.
+    sent_at: Mutex<VecDeque<(u64, u64)>>,
 }
 
 impl Stream {
@@ -53,9 +58,23 @@ impl Stream {
         self.offered_from.fetch_min(n, Ordering::Relaxed);
     }
 
-    /// Records that `id` reached at least one client.
+    /// Records that `id` reached at least one client, now (its first send is kept).
     pub(crate) fn record(&self, id: u64) {
-        self.emitted.lock().expect("stream lock").insert(id);
+        let now = crate::clock::wall_now_us();
+        if self.emitted.lock().expect("stream lock").insert(id) {
+            let mut sent = self.sent_at.lock().expect("stream lock");
+            if sent.len() == SENT_AT_WINDOW {
+                sent.pop_front();
+            }
+            sent.push_back((id, now));
+        }
+    }
+
+    /// When `id` was first sent (µs since the epoch), while it is among the latest ones.
+    pub(crate) fn sent_us(&self, id: u64) -> Option<u64> {
+        let sent = self.sent_at.lock().expect("stream lock");
+        // Ids are sent in order, mostly: search from the newest.
+        sent.iter().rev().find(|(i, _)| *i == id).map(|(_, at)| *at)
     }
 
     /// Records a run of ids at once (one lock).
@@ -133,9 +152,19 @@ impl StreamRegistry {
             kind,
             emitted: Mutex::new(RangeSet::default()),
             offered_from: AtomicU64::new(NOT_OFFERED),
+            sent_at: Mutex::new(VecDeque::new()),
         });
         streams.insert(name.to_string(), stream.clone());
         Ok(stream)
+    }
+
+    /// The stream called `name`, if it exists.
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams
+            .lock()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 
     /// Every stream's emission so far; `head` gives the current head of a kind of stream.

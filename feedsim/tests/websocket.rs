@@ -60,6 +60,25 @@ async fn raw_binance_stream_report_equals_what_the_client_received() {
     );
     assert!(received.iter().all(|&id| report.contains(id)));
     assert_eq!(report.ids().collect::<Vec<_>>(), received);
+    // The send clock: µs times, in the order the trades went out, none after now.
+    let clock = sim.emit_clock();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let times: Vec<u64> = received
+        .iter()
+        .map(|&id| {
+            clock
+                .sent_us("binance/btcusdt@trade", id)
+                .expect("a send time")
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(*times.last().unwrap() <= now_us);
+    assert!(times.iter().any(|t| t % 1000 != 0), "µs, not ms: {times:?}");
+    assert_eq!(clock.sent_us("binance/btcusdt@trade", u64::MAX), None);
+    assert_eq!(clock.sent_us("binance/nosuch@trade", received[0]), None);
     sim.shutdown().await;
 }
 

@@ -433,7 +433,13 @@ async fn anode_bench_reports_throughput_latency_and_no_loss() {
     assert!(first_number(&line("stored")) > 0.0, "{text}");
     assert!(first_number(&line("delivered")) > 0.0, "{text}");
     assert!(line("latency").contains("p99"), "{text}");
-    // The path in parts: the simulator and network, the decode, the node to the subscriber.
+    // From the simulator's µs send clock, and the path in parts: the network, the decode,
+    // the node to the subscriber.
+    let from_send = line("from send");
+    assert!(
+        from_send.contains("p99") && !from_send.contains(", 0 records"),
+        "{text}"
+    );
     let parts: Vec<&str> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("part"))

@@ -54,8 +54,10 @@ struct Latencies {
     /// Trade time → subscriber (trade times have ms resolution, and the simulator sends what
     /// is due on a timer, `tick_ms`).
     total: Histogram,
-    /// Trade time → the node received the frame (the frame's `atom_timestamp`, µs clock):
-    /// the simulator's timer and send, and the network.
+    /// Sent by the simulator (its µs send clock) → subscriber; the first subscriber only.
+    sent: Histogram,
+    /// Sent → the node received the frame (the frame's `atom_timestamp`, µs clock): the
+    /// network and the node's socket read.
     to_node: Histogram,
     /// Frame received → decoded (`ingest_time_us`, stamped once the connector has decoded
     /// the frame): the guest's decode.
@@ -250,8 +252,10 @@ async fn drive(
     );
     let seen = Arc::new(Seen::default());
     let mut subscribers = Vec::new();
-    for _ in 0..args.subscribers {
+    for k in 0..args.subscribers {
         let url = format!("{}/ws", node.api.replacen("http", "ws", 1));
+        // One subscriber looks up send times: enough samples, little load on the simulator.
+        let clock = (k == 0).then(|| sim.emit_clock());
         let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .context("cannot subscribe to /ws")?;
@@ -275,12 +279,19 @@ async fn drive(
                 let now = crate::clock::now_us();
                 let since = |from: i64| (now - from).max(0) as u64;
                 let span = |from: i64, to: i64| (to - from).max(0) as u64;
+                // `bench-<i>` reads `binance/bench<i>usdt@trade`.
+                let sent_us = clock.as_ref().and_then(|clock| {
+                    let i = value["source"].as_str()?.strip_prefix("bench-")?;
+                    let trade = value["payload"]["trade_id"].as_u64()?;
+                    clock.sent_us(&format!("binance/bench{i}usdt@trade"), trade)
+                });
                 seen.records.fetch_add(1, Relaxed);
                 let mut latencies = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
                 latencies.total.record(since(emitted_ms * 1000));
-                latencies
-                    .to_node
-                    .record(span(emitted_ms * 1000, received_us));
+                if let Some(sent) = sent_us.map(|s| s as i64) {
+                    latencies.sent.record(since(sent));
+                    latencies.to_node.record(span(sent, received_us));
+                }
                 latencies.decode.record(span(received_us, decoded_us));
                 latencies.deliver.record(since(decoded_us));
             }
@@ -362,10 +373,20 @@ async fn drive(
             total.len(),
             anode_feedsim::SimConfig::default().tick_ms
         );
+        let sent = &latencies.sent;
+        println!(
+            "  from send   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.1} ms  (the \
+             simulator's µs send clock → subscriber, {} records of the first subscriber)",
+            pct(sent, 0.5),
+            pct(sent, 0.9),
+            pct(sent, 0.99),
+            pct(sent, 1.0),
+            sent.len(),
+        );
         for (h, what) in [
             (
                 &latencies.to_node,
-                "trade time → frame received: timer, send, network",
+                "sent → frame received: network, the node's read, µs",
             ),
             (&latencies.decode, "frame received → decoded, µs clock"),
             (&latencies.deliver, "decoded → subscriber, µs clock"),
