@@ -615,3 +615,87 @@ async fn postgres_over_tls_stores_and_a_wrong_authority_is_refused() {
     db.drop_db().await;
     drop(pg);
 }
+
+/// Each PostgreSQL write method stores a batch once, drops only the row the server refuses
+/// (a payload `jsonb` cannot hold), and numbers rows so that the durable log reads them back
+/// in the order they were submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() {
+    use anode::record::Stamp;
+    use anode::sink::{Batch, LogFilter, LogStart, PostgresMethod, StoreSettings, spawn_store};
+    for method in [
+        PostgresMethod::Copy,
+        PostgresMethod::Unnest,
+        PostgresMethod::Json,
+    ] {
+        let db = TestDb::create(&support::pg_server()).await;
+        let settings = StoreSettings {
+            postgres_url: Some(db.url.clone()),
+            postgres_method: method,
+            flush_ms: 1,
+            ..StoreSettings::default()
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let data = tempfile::tempdir().unwrap();
+        let (store, task) = spawn_store(&settings, data.path(), cancel.clone()).unwrap();
+        let stamp = Stamp {
+            source: "m",
+            node: "n",
+            ingest_time_us: 1,
+        };
+        let record = |i: u64, payload: &str| {
+            stamp.record(
+                "trades".into(),
+                None,
+                Some(format!("T:{i}")),
+                None,
+                payload.as_bytes().to_vec(),
+            )
+        };
+        // 100 good rows, one the server refuses (NUL in text), and a repeat of the first.
+        let mut records: Vec<_> = (0..100)
+            .map(|i| record(i, &format!(r#"{{"i":{i}}}"#)))
+            .collect();
+        records.insert(50, record(1000, r#"{"bad":"\u0000"}"#));
+        records.push(records[0].clone());
+        let receipt = store
+            .submit(Batch {
+                source: Arc::from("m"),
+                records,
+                cursor: Some("c1".into()),
+            })
+            .await
+            .unwrap();
+        receipt.committed().await.unwrap();
+        let stats = store.stats();
+        assert_eq!(
+            (
+                stats.rows_written,
+                stats.rows_rejected,
+                stats.duplicates_skipped
+            ),
+            (100, 1, 1),
+            "{method:?}: {stats:?}"
+        );
+        // Read back in submission order, each once.
+        let mut tail = store
+            .tail(LogStart::Earliest, LogFilter::default())
+            .await
+            .unwrap();
+        let mut order = Vec::new();
+        while order.len() < 100 {
+            let page = tokio::time::timeout(Duration::from_secs(10), tail.next())
+                .await
+                .expect("the log answers")
+                .unwrap();
+            for json in page {
+                let v: Value = serde_json::from_str(&json).unwrap();
+                order.push(v["payload"]["i"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(order, (0..100).collect::<Vec<_>>(), "{method:?}");
+        cancel.cancel();
+        task.await.unwrap();
+        db.drop_db().await;
+    }
+}

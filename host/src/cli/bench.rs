@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// deleted afterwards), as the `[store.nats]` sink does.
     #[arg(long)]
     nats: Option<String>,
-    /// `store.postgres_method` for the node: `copy` (the default) or `unnest`.
+    /// `store.postgres_method` for the node: `copy` (the default), `unnest` or `json`.
     #[arg(long)]
     postgres_method: Option<String>,
 }

@@ -99,6 +99,9 @@ pub enum PostgresMethod {
     /// The default: measured faster than `unnest` (`cargo bench -p anode --bench ingest`).
     #[default]
     Copy,
+    /// The batch as one JSON array (each record as `/ws` sends it), expanded by the server
+    /// with `json_to_recordset`.
+    Json,
 }
 
 impl Default for StoreSettings {

@@ -265,6 +265,18 @@ impl Backend for Postgres {
                 ))
                 .await
                 .map_err(classify)?,
+            PostgresMethod::Json => client
+                .prepare(&format!(
+                    "INSERT INTO {TABLE} ({COLUMNS})
+                     SELECT decode(r.id, 'hex'), r.source, r.stream, r.key, r.upstream_id,
+                            r.event_time_us, r.ingest_time_us, r.node, r.payload
+                     FROM json_to_recordset($1::text::json) AS r(id text, source text,
+                          stream text, key text, upstream_id text, event_time_us bigint,
+                          ingest_time_us bigint, node text, payload jsonb)
+                     ON CONFLICT (id) DO NOTHING"
+                ))
+                .await
+                .map_err(classify)?,
             PostgresMethod::Copy => {
                 client
                     .batch_execute(
@@ -319,6 +331,7 @@ impl Backend for Postgres {
                 _ if batch.is_empty() => 0,
                 PostgresMethod::Unnest => write_unnest(&tx, &live.insert, batch).await?,
                 PostgresMethod::Copy => write_copy(&tx, &live.insert, batch).await?,
+                PostgresMethod::Json => write_json(&tx, &live.insert, batch).await?,
             };
             if !cursors.is_empty() {
                 let sources: Vec<&str> = cursors.iter().map(|(s, _)| &**s).collect();
@@ -505,6 +518,24 @@ async fn write_unnest(
         &payloads,
     ];
     tx.execute(insert, &params).await.map_err(classify)
+}
+
+/// The batch as one JSON array of records as `/ws` sends them.
+async fn write_json(
+    tx: &Transaction<'_>,
+    insert: &Statement,
+    batch: &[Record],
+) -> Result<u64, WriteError> {
+    let mut array = String::with_capacity(batch.len() * 512);
+    array.push('[');
+    for (i, record) in batch.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str(&record.to_json());
+    }
+    array.push(']');
+    tx.execute(insert, &[&array]).await.map_err(classify)
 }
 
 async fn write_copy(
