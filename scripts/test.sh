@@ -34,6 +34,18 @@ if ! command -v openssl >/dev/null; then
     fi
 fi
 
+# iproute2's `ip` makes the network namespaces of the multi-host tests (as root); elsewhere
+# those tests say why they cannot run and skip.
+if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing iproute2 (the multi-host tests make network namespaces with ip)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null; } \
+        || die "could not install iproute2; install it (apt-get install iproute2) and run again"
+fi
+if [ "$(id -u)" != 0 ]; then
+    say "not root: the multi-host tests (network namespaces) will skip, saying so"
+fi
+
 # PostgreSQL: the ingestion tests write to a real server (ANODE_TEST_PG, default the local
 # one on 5432) and start private servers of their own with initdb/pg_ctl to stop and restart.
 pg_bin() {
