@@ -315,6 +315,11 @@ pub(super) async fn metrics(
             "Suspects declared down early: their host refused connections on their API port.",
         ),
         (
+            "anode_gossip_suspicions_held_total",
+            "suspicions_held",
+            "Suspicion timeouts held back while this node held most of its peers suspect.",
+        ),
+        (
             "anode_records_relayed_in_total",
             "records_relayed_in",
             "Records received from peers for this node's subscribers.",

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use foca::{Foca, PostcardCodec, Timer};
 use futures_util::StreamExt;
@@ -88,6 +88,9 @@ pub(super) struct Gossip {
     pub(super) scaled_for: usize,
     /// Suspects whose API port is being tried (see `confirm`), and where the answers come.
     pub(super) confirming: std::collections::HashSet<Peer>,
+    /// Since when each member has been suspect (at that incarnation), to find suspicions no
+    /// timer will end (see [`Gossip::clear_stale_suspicions`]).
+    pub(super) suspect_since: std::collections::HashMap<(Peer, foca::Incarnation), Instant>,
     pub(super) gone: (mpsc::Sender<Gone>, mpsc::Receiver<Gone>),
 }
 
@@ -103,6 +106,12 @@ pub(super) type Gone = (Peer, foca::Incarnation);
 
 /// The first re-announce to the seeds of a node alone; doubled up to `cluster.announce_ms`.
 const FIRST_ANNOUNCE_RETRY: Duration = Duration::from_millis(100);
+
+/// How many suspicion timeouts more a suspicion may last while this node holds most of its
+/// peers suspect: a member is then declared down after at most `1 + LOCAL_HEALTH_HOLDS`
+/// timeouts, however bad this node's own network (Lifeguard's largest suspicion timeout is
+/// six times its smallest).
+pub const LOCAL_HEALTH_HOLDS: u32 = 5;
 
 /// How long the API port of a suspect is tried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
@@ -155,8 +164,16 @@ impl Gossip {
                     }
                 }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
-                    if let Err(e) = self.foca.handle_timer(expired.into_inner(), &mut self.runtime) {
-                        tracing::debug!("gossip timer: {e}");
+                    let timer = expired.into_inner();
+                    match self.hold_back(&timer) {
+                        Some(again) => {
+                            self.timers.insert(timer, again);
+                        }
+                        None => {
+                            if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
+                                tracing::debug!("gossip timer: {e}");
+                            }
+                        }
                     }
                 }
                 Some((peer, incarnation)) = self.gone.1.recv() => {
@@ -235,6 +252,123 @@ impl Gossip {
         });
     }
 
+    /// Local health, after SWIM's Lifeguard: a node that holds more than half of its peers
+    /// suspect at once is more likely cut off itself (its link flapping, its host stalled) than
+    /// to see that many peers fail together. Declaring them down would spread a false
+    /// accusation once its network returns, and make every healthy peer rejoin under a new
+    /// generation. So while that holds, a suspicion timeout is held back by another timeout,
+    /// at most [`LOCAL_HEALTH_HOLDS`] times: a real failure of most of the cluster is still
+    /// declared, only later. Returns when to look again, or `None` to let the timer act.
+    fn hold_back(&mut self, timer: &Timer<Peer>) -> Option<Duration> {
+        let Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            ..
+        } = timer
+        else {
+            return None;
+        };
+        let others = self.foca.num_members();
+        let suspects = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .count();
+        if others < 2 || suspects * 2 <= others {
+            return None;
+        }
+        // foca may set several timers for one suspicion (each failed probe of a suspect):
+        // the bound is on the suspicion's age, not on the timers.
+        let timeout = self.config.suspect_to_down_after;
+        let since = *self
+            .suspect_since
+            .entry((member_id.clone(), *incarnation))
+            .or_insert_with(Instant::now);
+        let left = (timeout * (1 + LOCAL_HEALTH_HOLDS)).checked_sub(since.elapsed())?;
+        self.stats.suspicions_held.fetch_add(1, Relaxed);
+        tracing::info!(
+            "{suspects} of {others} peers suspect at once: holding back declaring {} down \
+             (suspect for {:?} of at most {:?})",
+            member_id.id,
+            since.elapsed(),
+            timeout * (1 + LOCAL_HEALTH_HOLDS)
+        );
+        Some(left.min(timeout))
+    }
+
+    /// A suspicion outlives its timer when this node changes identity (it was declared down
+    /// while cut off, and rejoins): foca then drops every timer it had set, and a suspicion
+    /// raised while the network was away can no longer end, since the news of it was spent
+    /// on the cut link and the suspect never hears it to refute it. Such a member would stay
+    /// suspect for good. A suspicion older than any timer could be (`1 + LOCAL_HEALTH_HOLDS`
+    /// timeouts, and one more) is taken back here, on this node only: the member counts as
+    /// alive at the next incarnation, and the probe cycle suspects it again, with a live
+    /// timer, if it really does not answer.
+    fn clear_stale_suspicions(&mut self) {
+        let now = Instant::now();
+        let suspects: Vec<(Peer, foca::Incarnation)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspect_since.retain(|key, _| suspects.contains(key));
+        let stale_after = self
+            .config
+            .suspect_to_down_after
+            .saturating_mul(LOCAL_HEALTH_HOLDS + 2);
+        let mut stale = Vec::new();
+        for key in suspects {
+            let since = *self.suspect_since.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) > stale_after {
+                stale.push(key);
+            }
+        }
+        for (peer, incarnation) in stale {
+            tracing::info!(
+                "{} has been suspect for over {stale_after:?} with no timer left to end it: \
+                 taken back here (it is probed again)",
+                peer.id
+            );
+            self.take_back(peer, incarnation);
+        }
+    }
+
+    /// This node rejoined under a new generation (it was declared down while cut off): the
+    /// suspicions its previous identity raised were judged from a cut link, their timers are
+    /// gone, and the peers never heard of them. They are taken back at once.
+    fn take_back_all_suspicions(&mut self) {
+        let suspects: Vec<(Peer, foca::Incarnation)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        if !suspects.is_empty() {
+            tracing::info!(
+                "rejoined: taking back {} suspicion(s) raised before, while cut off",
+                suspects.len()
+            );
+        }
+        for (peer, incarnation) in suspects {
+            self.take_back(peer, incarnation);
+        }
+    }
+
+    /// Count `peer` alive again, on this node only, at the next incarnation: the probe cycle
+    /// suspects it anew, with a live timer, if it does not answer.
+    fn take_back(&mut self, peer: Peer, incarnation: foca::Incarnation) {
+        self.suspect_since.remove(&(peer.clone(), incarnation));
+        self.stats.stale_suspicions_cleared.fetch_add(1, Relaxed);
+        let alive = foca::Member::new(peer, incarnation.wrapping_add(1), foca::State::Alive);
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(alive), false, &mut self.runtime)
+        {
+            tracing::debug!("taking back a suspicion: {e}");
+        }
+    }
+
     fn declare_down(&mut self, peer: Peer, incarnation: foca::Incarnation) {
         let still_suspect = self.foca.iter_membership_state().any(|m| {
             *m.id() == peer && m.incarnation() == incarnation && m.state() == foca::State::Suspect
@@ -285,6 +419,7 @@ impl Gossip {
     /// Send what foca wants sent, schedule its timers, act on its notifications, and publish
     /// the view when it changed.
     async fn drain(&mut self) {
+        self.clear_stale_suspicions();
         while let Some((to, data)) = self.runtime.to_send() {
             let packet = self.envelope.seal(&data, crate::clock::now_us() / 1000);
             self.stats.packets_out.fetch_add(1, Relaxed);
@@ -293,7 +428,9 @@ impl Gossip {
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.timers.insert(timer, after);
         }
+        let mut rejoined = false;
         while let Some(notification) = self.runtime.to_notify() {
+            rejoined |= matches!(notification, foca::OwnedNotification::Rejoin(_));
             let event = match notification {
                 foca::OwnedNotification::MemberUp(p) => Some(ClusterEvent::Joined(p)),
                 foca::OwnedNotification::MemberDown(p) => Some(ClusterEvent::Down(p)),
@@ -307,6 +444,9 @@ impl Gossip {
             if let Some(event) = event {
                 let _ = self.events.send(event);
             }
+        }
+        if rejoined {
+            self.take_back_all_suspicions();
         }
         let me = self.foca.identity().clone();
         let suspects: Vec<(Peer, foca::Incarnation)> = self

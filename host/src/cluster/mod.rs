@@ -209,6 +209,12 @@ pub struct GossipStats {
     /// Suspects declared down early because their host refused connections on their API
     /// port (the process is gone).
     pub confirmed_down: AtomicU64,
+    /// Suspicion timeouts held back because this node held most of its peers suspect at once
+    /// (its own network is the likelier fault; see `gossip::LOCAL_HEALTH_HOLDS`).
+    pub suspicions_held: AtomicU64,
+    /// Suspicions taken back because no timer was left to end them (after this node rejoined
+    /// under a new generation).
+    pub stale_suspicions_cleared: AtomicU64,
     pub broadcasts_received: AtomicU64,
     /// Records received from peers for this node's subscribers.
     pub records_relayed_in: AtomicU64,
@@ -238,6 +244,8 @@ impl GossipStats {
             "requests_refused_no_key": g(&self.requests_refused_no_key),
 
             "confirmed_down": g(&self.confirmed_down),
+            "suspicions_held": g(&self.suspicions_held),
+            "stale_suspicions_cleared": g(&self.stale_suspicions_cleared),
             "broadcasts_received": g(&self.broadcasts_received),
             "records_relayed_in": g(&self.records_relayed_in),
             "pushed_over_http": g(&self.pushed_over_http),
@@ -427,6 +435,7 @@ impl Cluster {
                 suspect_base: Duration::from_millis(settings.suspect_to_down_ms.max(1)),
                 scaled_for: 1,
                 confirming: Default::default(),
+                suspect_since: Default::default(),
                 gone: mpsc::channel(64),
             }
             .run(rx, shutdown),
