@@ -16,7 +16,9 @@ use std::time::Duration;
 use anode::sink::NatsSettings;
 use async_nats::jetstream;
 use support::store::{Stored, trade_stream};
-use support::{binance_sources, free_port, get_json, node_config, simulator, start_node, until};
+use support::{
+    binance_sources, free_port, get_json, jetstream_config, simulator, start_node, until,
+};
 
 /// The record ids (hex) in JetStream stream `name`, and how many messages it holds.
 async fn jetstream_ids(url: &str, name: &str) -> (HashSet<String>, u64) {
@@ -47,15 +49,6 @@ async fn jetstream_ids(url: &str, name: &str) -> (HashSet<String>, u64) {
 async fn delete_stream(url: &str, name: &str) {
     let client = async_nats::connect(url).await.unwrap();
     let _ = jetstream::new(client).delete_stream(name).await;
-}
-
-fn settings(url: &str, tag: &str) -> NatsSettings {
-    NatsSettings {
-        url: url.to_owned(),
-        stream: format!("ANODE_TEST_{tag}"),
-        subject_prefix: format!("anodetest{}", tag.to_ascii_lowercase()),
-        ..NatsSettings::default()
-    }
 }
 
 /// Pause the venues, then wait until PostgreSQL holds every trade they sent, once; return
@@ -109,16 +102,12 @@ async fn every_sent_trade_in_postgres(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_sources_into_jetstream_and_postgres_each_id_once_in_both() {
-    let url = std::env::var("ANODE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let tag = format!("{}", std::process::id());
-    let nats = settings(&url, &tag);
+    let url = support::nats_url();
+    let nats = support::nats_settings(&url, &std::process::id().to_string());
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(5.0).await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = node_config(data.path());
-    config.store.postgres_url = Some(db.url.clone());
-    config.store.nats = Some(nats.clone());
-    let node = start_node(config).await;
+    let node = start_node(jetstream_config(data.path(), &db.url, nats.clone())).await;
     let api = node.url();
     let specs = binance_sources(&sim, 100, "js");
     support::add_sources(&api, &specs).await;
@@ -218,16 +207,15 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     let nats_dir = tempfile::tempdir().unwrap();
     let mut server = nats_server(port, nats_dir.path());
     until_nats_answers(&url).await;
-    let nats = settings(&url, "OUTAGE");
+    let nats = support::nats_settings(&url, "OUTAGE");
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(20.0).await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = node_config(data.path());
-    config.store.postgres_url = Some(db.url.clone());
-    config.store.nats = Some(NatsSettings {
+    let bounded = NatsSettings {
         buffer_records: 2_000,
         ..nats.clone()
-    });
+    };
+    let mut config = jetstream_config(data.path(), &db.url, bounded);
     config.store.buffer_records = 2_000;
     let node = start_node(config).await;
     let api = node.url();
@@ -309,15 +297,12 @@ async fn an_optional_jetstream_away_never_holds_the_database_back() {
     let nats = NatsSettings {
         required: false,
         buffer_records: 500,
-        ..settings(&url, "OPTIONAL")
+        ..support::nats_settings(&url, "OPTIONAL")
     };
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(20.0).await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = node_config(data.path());
-    config.store.postgres_url = Some(db.url.clone());
-    config.store.nats = Some(nats.clone());
-    let node = start_node(config).await;
+    let node = start_node(jetstream_config(data.path(), &db.url, nats)).await;
     let api = node.url();
     let specs = binance_sources(&sim, 20, "op");
     support::add_sources(&api, &specs).await;

@@ -13,7 +13,6 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use anode::sink::NatsSettings;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
@@ -215,20 +214,12 @@ async fn resuming_from_the_embedded_store_misses_nothing_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_from_jetstream_misses_nothing_and_repeats_nothing() {
-    let url = std::env::var("ANODE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let tag = format!("R{}", std::process::id());
-    let nats = NatsSettings {
-        url: url.clone(),
-        stream: format!("ANODE_TEST_{tag}"),
-        subject_prefix: format!("anodetest{}", tag.to_ascii_lowercase()),
-        ..NatsSettings::default()
-    };
+    let url = support::nats_url();
+    let nats = support::nats_settings(&url, &format!("R{}", std::process::id()));
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(20.0).await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = node_config(data.path());
-    config.store.postgres_url = Some(db.url.clone());
-    config.store.nats = Some(nats.clone());
+    let config = support::jetstream_config(data.path(), &db.url, nats.clone());
     let node = start_node(config).await;
     let api = node.url();
     let specs = binance_sources(&sim, 8, "rj");

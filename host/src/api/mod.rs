@@ -592,14 +592,8 @@ async fn serve_resuming(
                 Some(Ok(_)) => continue,
             },
         };
-        let send_all = async {
-            for text in outgoing {
-                tx.feed(Message::text(text)).await?;
-            }
-            tx.flush().await
-        };
         if !matches!(
-            tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all).await,
+            tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all(&mut tx, outgoing)).await,
             Ok(Ok(()))
         ) {
             return;
@@ -665,14 +659,8 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
         };
         // A subscriber that stops reading blocks this send; the hub then drops records for it
         // and finally disconnects it, which ends the wait here.
-        let send_all = async {
-            for text in outgoing {
-                tx.feed(Message::text(text)).await?;
-            }
-            tx.flush().await
-        };
         tokio::select! {
-            sent = tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all) => {
+            sent = tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, send_all(&mut tx, outgoing)) => {
                 if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
@@ -683,6 +671,17 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
             }
         }
     }
+}
+
+/// Write every message, then flush once.
+async fn send_all(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    outgoing: Vec<String>,
+) -> Result<(), axum::Error> {
+    for text in outgoing {
+        tx.feed(Message::text(text)).await?;
+    }
+    tx.flush().await
 }
 
 /// Most messages written to a subscriber before one flush.

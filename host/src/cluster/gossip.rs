@@ -252,6 +252,15 @@ impl Gossip {
         });
     }
 
+    /// The members this node holds suspect, at the incarnation suspected.
+    fn suspects(&self) -> Vec<(Peer, foca::Incarnation)> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect()
+    }
+
     /// Local health, after SWIM's Lifeguard: a node that holds more than half of its peers
     /// suspect at once is more likely cut off itself (its link flapping, its host stalled) than
     /// to see that many peers fail together. Declaring them down would spread a false
@@ -269,11 +278,7 @@ impl Gossip {
             return None;
         };
         let others = self.foca.num_members();
-        let suspects = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .count();
+        let suspects = self.suspects().len();
         if others < 2 || suspects * 2 <= others {
             return None;
         }
@@ -306,12 +311,7 @@ impl Gossip {
     /// timer, if it really does not answer.
     fn clear_stale_suspicions(&mut self) {
         let now = Instant::now();
-        let suspects: Vec<(Peer, foca::Incarnation)> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (m.id().clone(), m.incarnation()))
-            .collect();
+        let suspects = self.suspects();
         self.suspect_since.retain(|key, _| suspects.contains(key));
         let stale_after = self
             .config
@@ -338,12 +338,7 @@ impl Gossip {
     /// suspicions its previous identity raised were judged from a cut link, their timers are
     /// gone, and the peers never heard of them. They are taken back at once.
     fn take_back_all_suspicions(&mut self) {
-        let suspects: Vec<(Peer, foca::Incarnation)> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (m.id().clone(), m.incarnation()))
-            .collect();
+        let suspects = self.suspects();
         if !suspects.is_empty() {
             tracing::info!(
                 "rejoined: taking back {} suspicion(s) raised before, while cut off",
@@ -449,12 +444,7 @@ impl Gossip {
             self.take_back_all_suspicions();
         }
         let me = self.foca.identity().clone();
-        let suspects: Vec<(Peer, foca::Incarnation)> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (m.id().clone(), m.incarnation()))
-            .collect();
+        let suspects = self.suspects();
         self.confirming
             .retain(|p| suspects.iter().any(|(s, _)| s == p));
         for (peer, incarnation) in &suspects {

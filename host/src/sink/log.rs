@@ -108,7 +108,7 @@ impl LogStart {
                 return Ok(LogStart::Time(now_us - n.saturating_mul(scale)));
             }
         }
-        if let Some(us) = parse_rfc3339_utc(text) {
+        if let Ok(us) = anode_plugin_sdk::time::parse_rfc3339_us(text) {
             return Ok(LogStart::Time(us));
         }
         Err(format!(
@@ -117,37 +117,6 @@ impl LogStart {
              record you received"
         ))
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as µs since the epoch.
-fn parse_rfc3339_utc(text: &str) -> Option<i64> {
-    let text = text.strip_suffix(['Z', 'z'])?;
-    let (date, time) = text.split_once(['T', 't', ' '])?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    let valid = (1..=12).contains(&month)
-        && (1..=31).contains(&day)
-        && (0..24).contains(&hour)
-        && (0..60).contains(&minute)
-        && (0..61).contains(&second)
-        && fraction.len() <= 9
-        && fraction.bytes().all(|b| b.is_ascii_digit());
-    if !valid {
-        return None;
-    }
-    let micros: i64 = format!("{fraction:0<6}")[..6].parse().ok()?;
-    // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + micros)
 }
 
 /// Which records a resuming subscriber wants; empty sets mean "any".

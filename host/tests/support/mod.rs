@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 pub mod store;
 
 use std::future::Future;
@@ -117,6 +118,8 @@ pub struct PrivatePg {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// `listen_addresses`: loopback, and more for [`PrivatePg::start_reachable_at`].
+    listen: String,
     _temp: tempfile::TempDir,
 }
 
@@ -187,6 +190,23 @@ impl PrivatePg {
         Self::start_with(false).0
     }
 
+    /// A server that also listens on `addr` and trusts clients from `clients` (a network such
+    /// as `10.202.0.0/16`): nodes in network namespaces reach it through their router.
+    pub fn start_reachable_at(addr: std::net::IpAddr, clients: &str) -> PrivatePg {
+        let pg = Self::init(&format!("127.0.0.1,{addr}"));
+        let hba = pg.data_dir().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(&format!("host all all {clients} trust\n"));
+        std::fs::write(&hba, text).unwrap();
+        pg.pg_ctl_start();
+        pg
+    }
+
+    /// `postgres://postgres@<addr>:<port>`: the server as seen at another of its addresses.
+    pub fn server_at(&self, addr: std::net::IpAddr) -> String {
+        format!("postgres://postgres@{addr}:{}", self.port)
+    }
+
     /// A server that also speaks TLS, with a certificate for `127.0.0.1` and `localhost`
     /// signed by a test CA; returns the CA's PEM file.
     pub fn start_with_tls() -> (PrivatePg, PathBuf) {
@@ -219,6 +239,14 @@ impl PrivatePg {
     }
 
     fn start_with(tls: bool) -> (PrivatePg, Option<PathBuf>) {
+        let pg = Self::init("127.0.0.1");
+        let ca = tls.then(|| pg.serve_tls());
+        pg.pg_ctl_start();
+        (pg, ca)
+    }
+
+    /// initdb in a temporary directory (not started yet), to listen on `listen`.
+    fn init(listen: &str) -> PrivatePg {
         let bin = pg_bin_dir();
         let temp = tempfile::Builder::new()
             .prefix("anode-pg")
@@ -238,6 +266,7 @@ impl PrivatePg {
             port,
             dir,
             bin,
+            listen: listen.to_owned(),
             _temp: temp,
         };
         let data = pg.data_dir();
@@ -258,9 +287,7 @@ impl PrivatePg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ca = tls.then(|| pg.serve_tls());
-        pg.pg_ctl_start();
-        (pg, ca)
+        pg
     }
 
     /// Make a CA and a server certificate signed by it, and turn TLS on; returns the CA file.
@@ -337,8 +364,9 @@ impl PrivatePg {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses={} -k {} -c fsync=off",
             self.port,
+            self.listen,
             self.dir.display()
         );
         let log = self.dir.join("log");
@@ -515,4 +543,32 @@ pub async fn add_sources(api: &str, specs: &[serde_json::Value]) {
         .unwrap();
     let status = response.status();
     assert_eq!(status, 201, "{}", response.text().await.unwrap_or_default());
+}
+
+/// The NATS server the JetStream tests share: `ANODE_TEST_NATS`, else 127.0.0.1:4222.
+pub fn nats_url() -> String {
+    std::env::var("ANODE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// JetStream settings with a stream and subjects of the test's own (`tag`).
+pub fn nats_settings(url: &str, tag: &str) -> anode::sink::NatsSettings {
+    anode::sink::NatsSettings {
+        url: url.to_owned(),
+        stream: format!("ANODE_TEST_{tag}"),
+        subject_prefix: format!("anodetest{}", tag.to_ascii_lowercase()),
+        ..anode::sink::NatsSettings::default()
+    }
+}
+
+/// The config of a test node (see [`node_config`]) storing into PostgreSQL at `postgres`,
+/// with JetStream beside it.
+pub fn jetstream_config(
+    data_dir: &Path,
+    postgres: &str,
+    nats: anode::sink::NatsSettings,
+) -> Config {
+    let mut config = node_config(data_dir);
+    config.store.postgres_url = Some(postgres.to_owned());
+    config.store.nats = Some(nats);
+    config
 }
