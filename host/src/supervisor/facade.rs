@@ -89,11 +89,28 @@ impl NodeState {
         Ok(())
     }
 
+    /// How long a node that starts leaving waits for a reconcile under way to end.
+    const RECONCILE_END_WAIT: Duration = Duration::from_secs(5);
+
     /// Leave the cluster, wait (bounded) for the new owners to run this node's sources, stop
     /// every source (draining what they submitted), then signal every task to stop.
     pub(crate) async fn leave_and_stop(&self) {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // A reconcile under way ends first (it starts nothing more now that the node is
+        // leaving), and none runs from here on: what `stop_all` takes is all that runs, no
+        // source started meanwhile is left behind. Bounded, in case a start hangs.
+        let _no_reconcile =
+            tokio::time::timeout(Self::RECONCILE_END_WAIT, self.reconciling.lock()).await;
+        let running = self.sources.lock().await.len();
+        self.events.push(
+            &self.node_id,
+            "handover",
+            format!(
+                "leaving the cluster: handing over and stopping the {running} source(s) running \
+                 here, taking none over"
+            ),
+        );
         // Leave first, so that peers take the sources over while this node drains.
         self.cluster.leave().await;
         // Make-before-break: the peers take the sources over while this node still runs them.

@@ -40,6 +40,11 @@ impl NodeState {
         if self.shutdown.is_cancelled() {
             return;
         }
+        // A node that is leaving takes nothing over: the peers it sees go may be leaving too
+        // (a whole cluster stopping), so their sources are not its to run, and every start
+        // would lengthen its shutdown past its drain bound. It only keeps, hands over and
+        // stops what already runs (`leave_and_stop` stops the rest).
+        let leaving = self.is_leaving();
         let view = self.cluster.view();
         // Taken under the lock, so that changes are looked at by exactly one reconcile.
         let changes = self.cluster.catalog.take_changes();
@@ -117,6 +122,12 @@ impl NodeState {
                 }
             }
         }
+        let mut not_taken = 0;
+        if leaving {
+            // Nothing new, nor a changed spec restarted: what runs keeps running as it is.
+            not_taken = wanted.len();
+            wanted.clear();
+        }
         lock(&self.handing_over).retain(|id, _| !wanted.contains_key(id));
         lock(&self.failed).retain(|id, _| !in_scope(id) || wanted.contains_key(id));
         let mut ready = Vec::new();
@@ -138,13 +149,24 @@ impl NodeState {
         // Started several at a time: each waits on the store for its cursor and on its
         // plugin for its session, and a node taking over a dead peer's share should not
         // wait for them one after the other.
-        let outcomes: Vec<(String, Result<(), NodeError>)> = futures_util::stream::iter(ready)
-            .map(|(id, spec)| async move { (id, self.start_source(spec).await) })
-            .buffer_unordered(STARTS_AT_ONCE)
-            .collect()
-            .await;
+        // A start not begun when the node starts leaving is skipped (`None`).
+        let outcomes: Vec<(String, Option<Result<(), NodeError>>)> =
+            futures_util::stream::iter(ready)
+                .map(|(id, spec)| async move {
+                    if self.is_leaving() {
+                        return (id, None);
+                    }
+                    (id, Some(self.start_source(spec).await))
+                })
+                .buffer_unordered(STARTS_AT_ONCE)
+                .collect()
+                .await;
         let mut started = Vec::new();
         for (id, outcome) in outcomes {
+            let Some(outcome) = outcome else {
+                not_taken += 1;
+                continue;
+            };
             match outcome {
                 Ok(()) => {
                     lock(&self.failed).remove(&id);
@@ -164,6 +186,9 @@ impl NodeState {
             }
         }
         started.sort();
+        if not_taken > 0 {
+            tracing::info!("leaving: {not_taken} source(s) this node now owns are left to peers");
+        }
         if !handed_over.is_empty() {
             self.events.push(
                 &self.node_id,
@@ -277,6 +302,11 @@ impl NodeState {
         tracing::warn!(
             "leaving before every new owner reported its sources live (cluster.handover_timeout_ms)"
         );
+    }
+
+    /// Whether the node was asked to stop (it is leaving the cluster).
+    fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sources waiting for their new owner to take over.

@@ -1,5 +1,5 @@
-//! Clusters of real `anode up` processes on loopback: start, `kill -9`, restart, and ask each
-//! node's API what it sees.
+//! Clusters of real `anode up` processes on loopback (or each in a network namespace of its
+//! own, see `netns.rs`): start, `kill -9`, restart, and ask each node's API what it sees.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -23,6 +23,11 @@ pub struct NodeProc {
     pub dir: PathBuf,
     config: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
+    /// Bearer tokens this test sends: reads (`api.read_token`) and changes (`api.token`).
+    read_token: Option<String>,
+    write_token: Option<String>,
 }
 
 /// The cluster key of test nodes unless a test gives its own.
@@ -42,6 +47,17 @@ pub struct NodeOptions {
     pub api_section: Option<String>,
     /// More TOML appended at the end (whole sections, such as `[plugins]`).
     pub extra: String,
+    /// Run the process in this network namespace (`ip netns exec <netns> anode …`).
+    pub netns: Option<String>,
+    /// `[cluster] bind` instead of `127.0.0.1:0`.
+    pub gossip_bind: Option<String>,
+    /// `[sources] allow` instead of loopback only.
+    pub allow: Option<Vec<String>>,
+    /// The bearer token [`NodeProc::get`] sends (the node's `api.read_token`, which
+    /// `api_section` sets).
+    pub read_token: Option<String>,
+    /// The bearer token [`NodeProc::post`] sends (the node's `api.token`).
+    pub write_token: Option<String>,
 }
 
 impl NodeProc {
@@ -50,10 +66,17 @@ impl NodeProc {
         let dir = root.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("anode.toml");
-        let seeds: Vec<String> = options.seeds.iter().map(|s| format!("{s:?}")).collect();
+        let quoted = |list: &[String]| {
+            let items: Vec<String> = list.iter().map(|s| format!("{s:?}")).collect();
+            items.join(", ")
+        };
+        let allow = options
+            .allow
+            .as_deref()
+            .map_or_else(|| "\"127.0.0.0/8\"".to_owned(), quoted);
         let mut text = format!(
             "data_dir = {:?}\n[node]\nid = {id:?}\n[api]\n{}\n\
-             [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\nallow = [\"127.0.0.0/8\"]\n\
+             [sources]\nreconnect_min_ms = 50\nreconnect_max_ms = 1000\nallow = [{allow}]\n\
              [store]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
             dir.display().to_string(),
             options
@@ -65,8 +88,9 @@ impl NodeProc {
             text.push_str(&format!("postgres_url = {url:?}\n"));
         }
         text.push_str(&format!(
-            "[cluster]\nbind = \"127.0.0.1:0\"\nseeds = [{}]\n{}",
-            seeds.join(", "),
+            "[cluster]\nbind = {:?}\nseeds = [{}]\n{}",
+            options.gossip_bind.as_deref().unwrap_or("127.0.0.1:0"),
+            quoted(&options.seeds),
             if options.default_timing {
                 ""
             } else {
@@ -87,6 +111,9 @@ impl NodeProc {
             dir,
             config,
             child: None,
+            netns: options.netns.clone(),
+            read_token: options.read_token.clone(),
+            write_token: options.write_token.clone(),
         };
         node.spawn();
         node
@@ -98,7 +125,17 @@ impl NodeProc {
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_anode"))
+        let mut command = match &self.netns {
+            // `ip netns exec` switches namespace and execs: the child is the node itself.
+            Some(ns) => {
+                let mut c = Command::new(ip_program());
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_anode"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_anode")),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&self.config)
             .arg("up")
@@ -152,7 +189,6 @@ impl NodeProc {
         }
     }
 
-    /// SIGTERM, then wait (bounded) for the process to drain and exit; returns its status.
     /// Rewrite the node's `[cluster] key` list in its config file and send it SIGHUP, which
     /// makes it take the new keys without a restart.
     pub fn roll_keys(&self, keys: &[&str]) {
@@ -182,18 +218,16 @@ impl NodeProc {
         assert!(sent.success(), "kill -{name} {pid}");
     }
 
+    /// SIGTERM, then wait (bounded) for the process to drain and exit; returns its status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("the node runs");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = self.try_exit() {
                 return status;
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
+                self.kill();
                 panic!(
                     "node {} did not exit within 60 s of SIGTERM; see {}",
                     self.id,
@@ -204,15 +238,81 @@ impl NodeProc {
         }
     }
 
+    /// The exit status once the process has exited (it is then forgotten), without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// Start again after [`NodeProc::kill`], same id and data dir (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill or terminate");
         self.spawn();
     }
 
+    /// GET JSON from this node (with its read token, if it has one); `Null` when it does not
+    /// answer.
     pub async fn get(&self, path: &str) -> Value {
-        get(&format!("{}{path}", self.api)).await
+        get_as(&format!("{}{path}", self.api), self.read_token.as_deref()).await
     }
+
+    /// POST JSON to this node (with its write token, if it has one): the status and the body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .json(body)
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = &self.write_token {
+            request = request.bearer_auth(token);
+        }
+        let reply = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", self.id));
+        let status = reply.status().as_u16();
+        (status, reply.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Add a source spec, or an array of them, through this node: the test fails unless the
+    /// node adds them (201).
+    pub async fn add_sources(&self, specs: &Value) {
+        let (status, reply) = self.post("/api/v1/sources", specs).await;
+        assert_eq!(status, 201, "adding sources through {}: {reply}", self.id);
+    }
+
+    /// The messages of this node's event log that contain any of `words`.
+    pub async fn events_saying(&self, words: &[&str]) -> Vec<String> {
+        let events = self.get("/api/v1/events").await;
+        events["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| words.iter().any(|w| m.contains(w)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The ids of source specs.
+pub fn source_ids(specs: &[Value]) -> BTreeSet<String> {
+    specs
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `ip` from iproute2: on the `PATH`, else where distributions put it.
+pub fn ip_program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    on_path
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join("ip"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "ip".into())
 }
 
 impl Drop for NodeProc {
@@ -223,11 +323,18 @@ impl Drop for NodeProc {
 
 /// GET JSON, with a bound; `Null` when the node does not answer.
 pub async fn get(url: &str) -> Value {
-    let reply = reqwest::Client::new()
+    get_as(url, None).await
+}
+
+/// [`get`] with a bearer token, if any.
+pub async fn get_as(url: &str, token: Option<&str>) -> Value {
+    let mut request = reqwest::Client::new()
         .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await;
+        .timeout(Duration::from_secs(5));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let reply = request.send().await;
     match reply {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(_) => Value::Null,
@@ -343,7 +450,7 @@ pub async fn converged(nodes: &[&NodeProc], sources: &BTreeSet<String>) -> Resul
 
 /// The value of the first `/metrics` line starting with `line_start` (0 when absent).
 pub async fn metric(node: &NodeProc, line_start: &str) -> f64 {
-    metric_as(node, line_start, None).await
+    metric_as(node, line_start, node.read_token.as_deref()).await
 }
 
 /// [`metric`] of a node whose reads need `token`.
