@@ -91,6 +91,9 @@ pub(super) struct Gossip {
     /// Since when each member has been suspect (at that incarnation), to find suspicions no
     /// timer will end (see [`Gossip::clear_stale_suspicions`]).
     pub(super) suspect_since: std::collections::HashMap<(Peer, foca::Incarnation), Instant>,
+    /// When a peer's packet last arrived (authenticated and taken by foca): this node's own
+    /// hearing, for local health (see [`Gossip::hold_back`]).
+    pub(super) last_heard: Instant,
     pub(super) gone: (mpsc::Sender<Gone>, mpsc::Receiver<Gone>),
 }
 
@@ -146,9 +149,13 @@ impl Gossip {
                             if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
                                 self.stats.rejected_invalid.fetch_add(1, Relaxed);
                                 tracing::debug!("gossip packet refused: {e}");
-                            } else if self.foca.custom_broadcast_backlog() > backlog {
-                                // News: pass it on now rather than at the next gossip round.
-                                self.spread_now();
+                            } else {
+                                self.last_heard = Instant::now();
+                                if self.foca.custom_broadcast_backlog() > backlog {
+                                    // News: pass it on now rather than at the next gossip
+                                    // round.
+                                    self.spread_now();
+                                }
                             }
                         }
                         Err(why) => {
@@ -279,7 +286,13 @@ impl Gossip {
         };
         let others = self.foca.num_members();
         let suspects = self.suspects().len();
-        if others < 2 || suspects * 2 <= others {
+        // Deaf: no peer's packet for two probe periods although several peers probe and gossip
+        // to this node; it is the one cut off. Needed besides the count of suspects: probing
+        // the peers one at a time takes about a suspicion timeout with a few of them (4 × 300
+        // ms against 1.2 s in the tests), so the first suspect's timer could fire before most
+        // of the others are suspect, and its false "down" be spread when the link returns.
+        let deaf = self.last_heard.elapsed() > self.config.probe_period * 2;
+        if others < 2 || (suspects * 2 <= others && !deaf) {
             return None;
         }
         // foca may set several timers for one suspicion (each failed probe of a suspect):
@@ -292,8 +305,9 @@ impl Gossip {
         let left = (timeout * (1 + LOCAL_HEALTH_HOLDS)).checked_sub(since.elapsed())?;
         self.stats.suspicions_held.fetch_add(1, Relaxed);
         tracing::info!(
-            "{suspects} of {others} peers suspect at once: holding back declaring {} down \
-             (suspect for {:?} of at most {:?})",
+            "{suspects} of {others} peers suspect at once, nothing heard for {:?}: holding \
+             back declaring {} down (suspect for {:?} of at most {:?})",
+            self.last_heard.elapsed(),
             member_id.id,
             since.elapsed(),
             timeout * (1 + LOCAL_HEALTH_HOLDS)

@@ -436,6 +436,7 @@ impl Cluster {
                 scaled_for: 1,
                 confirming: Default::default(),
                 suspect_since: Default::default(),
+                last_heard: std::time::Instant::now(),
                 gone: mpsc::channel(64),
             }
             .run(rx, shutdown),
