@@ -373,12 +373,7 @@ async fn misbehaving_venues_recover_and_every_valid_record_arrives() {
     .await;
     let stored = Stored::Sqlite(dir.path().join("records.sqlite"));
     pause_and_assert_exactly_once(&sim, &api, &stored, &planned, Duration::from_secs(60)).await;
-    let metrics = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&api).await;
     assert!(
         metrics.contains("anode_source_errors_total{source=\"bn-raw-0\"}"),
         "{metrics}"

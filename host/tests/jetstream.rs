@@ -343,12 +343,7 @@ async fn an_optional_jetstream_away_never_holds_the_database_back() {
     .await;
     let store = status().await;
     assert!(store["backlog"].as_u64().unwrap() < 2_000, "{store}");
-    let metrics = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&api).await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("anode_store_dropped_total{store=\"jetstream\"}")

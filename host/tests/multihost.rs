@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::binance_sources;
 use support::cluster::{NodeProc, converged, running_on, source_ids};
-use support::netns::{API_PORT, GOSSIP_PORT, Net, READ_TOKEN};
+use support::netns::{API_PORT, GOSSIP_PORT, Hosts, Net, READ_TOKEN};
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
 use support::until;
 
@@ -32,12 +32,12 @@ async fn three_hosts_share_sources_store_every_trade_once_and_refuse_requests_wi
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let (_pg, db) = net.postgres().await;
-    let sim = net.simulator(10.0).await;
-    let allow = [sim.addr().to_string()];
-    let nodes = net
-        .start_nodes(root.path(), "h", Some(&db.url), &allow)
-        .await;
+    let Hosts {
+        nodes,
+        sim,
+        db,
+        pg: _pg,
+    } = net.start_cluster(root.path(), "h", 10.0).await;
     let all: Vec<&NodeProc> = nodes.iter().collect();
 
     // Each node is reached at its own host's address, API and gossip alike.
@@ -267,12 +267,12 @@ async fn a_flapping_host_moves_only_its_own_sources_and_the_stable_hosts_never_r
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let (_pg, db) = net.postgres().await;
-    let sim = net.simulator(10.0).await;
-    let allow = [sim.addr().to_string()];
-    let nodes = net
-        .start_nodes(root.path(), "f", Some(&db.url), &allow)
-        .await;
+    let Hosts {
+        nodes,
+        sim,
+        db,
+        pg: _pg,
+    } = net.start_cluster(root.path(), "f", 10.0).await;
     let all: Vec<&NodeProc> = nodes.iter().collect();
     let (stable, flapper) = (&all[..4], &nodes[4]);
     let binance = binance_sources(&sim, 20, "fl");

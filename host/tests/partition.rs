@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::cluster::{NodeProc, converged, members_in, running_on, source_ids};
-use support::netns::Net;
+use support::netns::{Hosts, Net};
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
 use support::{binance_sources, until};
 
@@ -69,12 +69,12 @@ async fn a_healed_partition_converges_on_one_owner_per_source_and_loses_nothing(
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let (_pg, db) = net.postgres().await;
-    let sim = net.simulator(10.0).await;
-    let allow = [sim.addr().to_string()];
-    let cluster = net
-        .start_nodes(root.path(), "n", Some(&db.url), &allow)
-        .await;
+    let Hosts {
+        nodes: cluster,
+        sim,
+        db,
+        pg: _pg,
+    } = net.start_cluster(root.path(), "n", 10.0).await;
     let all: Vec<&NodeProc> = cluster.iter().collect();
     let (small, large) = (&all[..2], &all[2..]);
     let mut binance = binance_sources(&sim, 30, "pt");

@@ -572,3 +572,13 @@ pub fn jetstream_config(
     config.store.nats = Some(nats);
     config
 }
+
+/// The `/metrics` text of the node at `api` (no token).
+pub async fn metrics_text(api: &str) -> String {
+    reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {api}/metrics: {e}"))
+        .text()
+        .await
+        .unwrap()
+}

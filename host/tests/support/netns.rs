@@ -291,6 +291,17 @@ impl Net {
         (pg, db)
     }
 
+    /// What every test on this network runs on: a private PostgreSQL the namespaces reach, the
+    /// feed simulator at `rate`, and nodes `<id>1…<id>n` (see [`Net::start_nodes`]) storing
+    /// into the one and allowed to reach the other.
+    pub async fn start_cluster(&self, root: &Path, id: &str, rate: f64) -> Hosts {
+        let (pg, db) = self.postgres().await;
+        let sim = self.simulator(rate).await;
+        let allow = [sim.addr().to_string()];
+        let nodes = self.start_nodes(root, id, Some(&db.url), &allow).await;
+        Hosts { nodes, sim, db, pg }
+    }
+
     /// What node `i` starts with, as a real deployment has it: API and gossip on its own
     /// address (not loopback), the cluster key, write and read tokens, every other node as
     /// a seed, sources allowed to reach `allow` only.
@@ -433,4 +444,14 @@ fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A cluster on a [`Net`], with what it stores into and reads from. The nodes go first when
+/// it is dropped, the PostgreSQL server last.
+pub struct Hosts {
+    pub nodes: Vec<NodeProc>,
+    pub sim: anode_feedsim::FeedSim,
+    pub db: TestDb,
+    /// Bind it (`pg: _pg`) for as long as the nodes run: dropping it stops the server.
+    pub pg: PrivatePg,
 }
