@@ -322,22 +322,21 @@ impl Gossip {
     /// suspect for good. A suspicion older than any timer could be (`1 + LOCAL_HEALTH_HOLDS`
     /// timeouts, and one more) is taken back here, on this node only: the member counts as
     /// alive at the next incarnation, and the probe cycle suspects it again, with a live
-    /// timer, if it really does not answer.
-    fn clear_stale_suspicions(&mut self) {
+    /// timer, if it really does not answer. Returns the suspicions that stand.
+    fn clear_stale_suspicions(
+        &mut self,
+        suspects: Vec<(Peer, foca::Incarnation)>,
+    ) -> Vec<(Peer, foca::Incarnation)> {
         let now = Instant::now();
-        let suspects = self.suspects();
         self.suspect_since.retain(|key, _| suspects.contains(key));
         let stale_after = self
             .config
             .suspect_to_down_after
             .saturating_mul(LOCAL_HEALTH_HOLDS + 2);
-        let mut stale = Vec::new();
-        for key in suspects {
+        let (stale, standing): (Vec<_>, Vec<_>) = suspects.into_iter().partition(|key| {
             let since = *self.suspect_since.entry(key.clone()).or_insert(now);
-            if now.duration_since(since) > stale_after {
-                stale.push(key);
-            }
-        }
+            now.duration_since(since) > stale_after
+        });
         for (peer, incarnation) in stale {
             tracing::info!(
                 "{} has been suspect for over {stale_after:?} with no timer left to end it: \
@@ -346,6 +345,7 @@ impl Gossip {
             );
             self.take_back(peer, incarnation);
         }
+        standing
     }
 
     /// This node rejoined under a new generation (it was declared down while cut off): the
@@ -428,7 +428,6 @@ impl Gossip {
     /// Send what foca wants sent, schedule its timers, act on its notifications, and publish
     /// the view when it changed.
     async fn drain(&mut self) {
-        self.clear_stale_suspicions();
         while let Some((to, data)) = self.runtime.to_send() {
             let packet = self.envelope.seal(&data, crate::clock::now_us() / 1000);
             self.stats.packets_out.fetch_add(1, Relaxed);
@@ -458,7 +457,9 @@ impl Gossip {
             self.take_back_all_suspicions();
         }
         let me = self.foca.identity().clone();
+        // One look at the suspects per drain, for the stale ones and for `confirm`.
         let suspects = self.suspects();
+        let suspects = self.clear_stale_suspicions(suspects);
         self.confirming
             .retain(|p| suspects.iter().any(|(s, _)| s == p));
         for (peer, incarnation) in &suspects {
