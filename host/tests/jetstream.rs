@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anode::sink::NatsSettings;
 use async_nats::jetstream;
-use support::store::{Stored, trade_stream};
+use support::store::{Stored, trade_stream, until_streams_move_on};
 use support::{
     binance_sources, free_port, get_json, jetstream_config, simulator, start_node, until,
 };
@@ -268,7 +268,8 @@ async fn nats_away_for_twenty_seconds_loses_nothing() {
     // It returns, with its stream on disk: everything held is published, once.
     let _restarted = nats_server(port, nats_dir.path());
     until_nats_answers(&url).await;
-    until_streams_move(&sim, &specs).await;
+    // The sources read again: every stream sends more.
+    until_streams_move_on(&sim, &specs, 10).await;
     let in_postgres = every_sent_trade_in_postgres(&sim, &stored, &specs).await;
     let (in_jetstream, messages) = jetstream_ids(&url, &nats.stream).await;
     let missing: BTreeSet<&String> = in_postgres.difference(&in_jetstream).collect();
@@ -372,29 +373,4 @@ async fn an_optional_jetstream_away_never_holds_the_database_back() {
     every_sent_trade_in_postgres(&sim, &stored, &specs).await;
     node.shutdown().await;
     sim.shutdown().await;
-}
-
-/// Wait until every stream has sent some more trades (the sources are reading again).
-async fn until_streams_move(sim: &anode_feedsim::FeedSim, specs: &[serde_json::Value]) {
-    let before = sim.report();
-    until(
-        "the venues to send more",
-        Duration::from_secs(30),
-        || async {
-            let now = sim.report();
-            let still = specs
-                .iter()
-                .filter(|s| {
-                    let name = trade_stream(s);
-                    now.streams[&name].emitted < before.streams[&name].emitted + 10
-                })
-                .count();
-            if still == 0 {
-                Ok(())
-            } else {
-                Err(format!("{still} streams still"))
-            }
-        },
-    )
-    .await;
 }

@@ -79,6 +79,33 @@ impl Session {
     }
 }
 
+/// What `anode tail --json --since … --limit …` printed.
+#[derive(Debug)]
+struct Tailed {
+    records: Vec<Value>,
+    stderr: String,
+}
+
+/// Run off the runtime's workers: the node under test runs on them.
+async fn tail(api: &str, since: &str, limit: u32) -> Tailed {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_anode"));
+    command
+        .args(["tail", "--json", "--since", since])
+        .args(["--limit", &limit.to_string()])
+        .env("ANODE_URL", api);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run anode tail");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let records = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    Tailed { records, stderr }
+}
+
 /// The scenario on a node (at `api`) whose log reads back what `stored` holds, for sources
 /// `specs` added through `add_api`.
 async fn resume_after_ten_seconds_away(
@@ -194,6 +221,30 @@ async fn resuming_from_the_embedded_store_misses_nothing_and_repeats_nothing() {
     let specs = binance_sources(&sim, 8, "re");
     let stored = Stored::Sqlite(data.path().join("records.sqlite"));
     resume_after_ten_seconds_away(&sim, &api, &api, &specs, &stored).await;
+
+    // `anode tail --since`: records with positions, and on exit the position to go on from,
+    // which a second tail takes up with the next records and none of the first's.
+    let first = tail(&api, "earliest", 5).await;
+    assert_eq!(first.records.len(), 5, "{first:?}");
+    let last = first.records[4]["position"].as_str().unwrap().to_owned();
+    assert!(
+        first.stderr.contains(&format!("anode tail --since {last}")),
+        "{first:?}"
+    );
+    let second = tail(&api, &last, 3).await;
+    assert_eq!(second.records.len(), 3, "{second:?}");
+    let seq = |v: &Value| -> u64 { v["position"].as_str().unwrap()[1..].parse().unwrap() };
+    assert!(
+        seq(&second.records[0]) > seq(&first.records[4]),
+        "{second:?}"
+    );
+    let ids: HashSet<&str> = first
+        .records
+        .iter()
+        .chain(&second.records)
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 8, "a record in both tails");
 
     // Starts that are not starts, or positions of another log, are refused with a reason.
     for (since, says) in [("yesterday", "earliest"), ("p12.3", "e")] {
