@@ -286,3 +286,41 @@ async fn resuming_from_jetstream_misses_nothing_and_repeats_nothing() {
         db.drop_db().await;
     }
 }
+
+/// Resuming subscribers are bounded (`fanout.max_resuming`): one over the bound is refused
+/// with 503 and a reason, and a place is free again once a subscriber leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_subscribers_beyond_the_bound_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(data.path());
+    config.fanout.max_resuming = 1;
+    let node = start_node(config).await;
+    let api = node.url();
+    let url = format!("{}/ws?since=now", api.replacen("http", "ws", 1));
+    let held = Session::open(&api, "now").await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body =
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("fanout.max_resuming"), "{body}");
+        }
+        other => panic!(
+            "a second resuming subscriber was let in: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    held.close();
+    until(
+        "the place to be free again",
+        Duration::from_secs(10),
+        || async {
+            match tokio_tungstenite::connect_async(&url).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    node.shutdown().await;
+}
