@@ -43,7 +43,13 @@ fn main() {
         .iter()
         .map(|name| (name.to_string(), root.join("plugins").join(name)))
         .collect();
-    let fixtures = crate_names(&host_dir.join("tests/fixtures"));
+    // The test fixtures (hostile and legacy plugins) serve only the tests, which build with
+    // the debug profile: a release build (the demo, a deployment, the benchmarks) skips them.
+    let fixtures = if env::var("PROFILE").as_deref() == Ok("release") {
+        Vec::new()
+    } else {
+        crate_names(&host_dir.join("tests/fixtures"))
+    };
 
     // A packager may hand over plugins built elsewhere (same names, same target layout).
     let wasm_dir = match env::var_os("ANODE_PREBUILT_PLUGINS") {
@@ -70,7 +76,7 @@ fn main() {
     }
     bundled.push_str("];\n");
     std::fs::write(out_dir.join("bundled.rs"), bundled).expect("write bundled.rs");
-    // Tests and benchmarks find every built component (fixtures included) here.
+    // Tests and benchmarks find every built component here (fixtures only in debug builds).
     println!("cargo:rustc-env=ANODE_WASM_DIR={}", wasm_dir.display());
 }
 
