@@ -7,7 +7,9 @@
 //! Run: `cargo bench -p anode --bench plugin_throughput` (release build).
 //! `ANODE_BENCH_POLYGLOT=rust=a.wasm,python=b.wasm,js=c.wasm` compares the same connector
 //! written in several languages instead (see `polyglot`).
-//! `ANODE_BENCH_FRAMES` sets the frames per round (default 200000).
+//! `ANODE_BENCH_FRAMES` sets the frames per round (default 200000); `ANODE_BENCH_WASM` another
+//! build of the Binance connector (with names kept, `ANODE_PLUGIN_PROFILER=perfmap` lets
+//! `perf report` name its functions).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,9 +31,22 @@ fn main() {
         polyglot(&list, frames_per_round);
         return;
     }
-    let wasm_path = Path::new(env!("ANODE_WASM_DIR")).join("binance_trades.wasm");
-    let bytes = std::fs::read(&wasm_path).expect("binance_trades.wasm is built by build.rs");
+    // `ANODE_BENCH_WASM` runs another build of the connector (one keeping its function names,
+    // for `perf report` with `ANODE_PLUGIN_PROFILER=perfmap`, or one built with other flags).
+    let wasm_path = std::env::var_os("ANODE_BENCH_WASM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("ANODE_WASM_DIR")).join("binance_trades.wasm"));
+    let bytes = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (binance_trades.wasm is built by build.rs)",
+            wasm_path.display()
+        )
+    });
     let frames = trade_frames(frames_per_round);
+    if std::env::var_os("ANODE_BENCH_ONCE").is_some() {
+        once(&bytes, &frames);
+        return;
+    }
     println!(
         "plugin_throughput: {frames_per_round} Binance trade frames per round, batches of {BATCH}, {ROUNDS} rounds (median)"
     );
@@ -58,7 +73,7 @@ fn main() {
 
     // --- throughput: native vs wasm, interleaved rounds ---
     let mut instance = runtime.connector(&plugin).expect("connector");
-    let session = instance.open(CONFIG, None).expect("opens");
+    let mut session = instance.open(CONFIG, None).expect("opens");
     let sdk_frames: Vec<anode_plugin_sdk::Frame> = frames
         .iter()
         .map(|f| anode_plugin_sdk::Frame {
@@ -77,12 +92,18 @@ fn main() {
     .expect("runtime");
     let (metered_plugin, _) = metering.load(&bytes, None).expect("loads");
     let mut metered = metering.connector(&metered_plugin).expect("connector");
-    let metered_session = metered.open(CONFIG, None).expect("opens");
+    let mut metered_session = metered.open(CONFIG, None).expect("opens");
     let mut native_rates = Vec::new();
     let mut wasm_rates = Vec::new();
     let mut metered_rates = Vec::new();
     for _ in 0..ROUNDS {
+        // Every round starts each side from a fresh session, so both do the same work (the
+        // trade ids of the frames repeat from round to round).
         let mut native = binance_trades::BinanceTrades::open(CONFIG, None).expect("opens");
+        instance.close(session);
+        session = instance.open(CONFIG, None).expect("opens");
+        metered.close(metered_session);
+        metered_session = metered.open(CONFIG, None).expect("opens");
         let started = Instant::now();
         let mut events = 0usize;
         for batch in sdk_frames.chunks(BATCH) {
@@ -198,6 +219,64 @@ fn main() {
     );
 }
 
+/// `ANODE_BENCH_ONCE=1`: one pass of the frames natively and one through the component, each in
+/// a function of its own, for an instruction count that a noisy machine does not move:
+/// `valgrind --tool=callgrind` and `callgrind_annotate --inclusive=yes`, then compare
+/// `decode_native` with `decode_wasm`.
+fn once(bytes: &[u8], frames: &[Frame]) {
+    let runtime = PluginRuntime::new(PluginLimits::default(), None).expect("runtime");
+    let (plugin, _) = runtime.load(bytes, None).expect("loads");
+    let mut instance = runtime.connector(&plugin).expect("connector");
+    let sdk_frames: Vec<anode_plugin_sdk::Frame> = frames
+        .iter()
+        .map(|f| anode_plugin_sdk::Frame {
+            data: f.data.clone(),
+            received_at: f.received_at,
+        })
+        .collect();
+    // Warm both sides up on another session, so neither pass pays for first use.
+    let warm = instance.open(CONFIG, None).expect("opens");
+    instance.on_frames(warm, &frames[..BATCH]).expect("decodes");
+    instance.close(warm);
+    decode_native(&sdk_frames[..BATCH]);
+    let native = decode_native(&sdk_frames);
+    let session = instance.open(CONFIG, None).expect("opens");
+    let wasm = decode_wasm(&mut instance, session, frames);
+    assert_eq!((native, wasm), (frames.len(), frames.len()));
+    println!(
+        "one pass each: {} frames, {native} events native, {wasm} events wasm",
+        frames.len()
+    );
+}
+
+#[inline(never)]
+fn decode_native(frames: &[anode_plugin_sdk::Frame]) -> usize {
+    let mut native = binance_trades::BinanceTrades::open(CONFIG, None).expect("opens");
+    let mut events = 0;
+    for batch in frames.chunks(BATCH) {
+        // Copy the batch, as the host copies frames into the guest.
+        let batch = batch.to_vec();
+        events += anode_plugin_sdk::testing::frame_batch(&mut native, &batch)
+            .events
+            .len();
+    }
+    events
+}
+
+#[inline(never)]
+fn decode_wasm(instance: &mut ConnectorInstance, session: SessionId, frames: &[Frame]) -> usize {
+    frames
+        .chunks(BATCH)
+        .map(|batch| {
+            instance
+                .on_frames(session, batch)
+                .expect("decodes")
+                .events
+                .len()
+        })
+        .sum()
+}
+
 /// `ANODE_BENCH_POLYGLOT=rust=a.wasm,python=b.wasm,js=c.wasm`: the same connector (the
 /// `anode plugin new` JSON echo, one event per message, the trade id as upstream id) written
 /// in each language, measured in one run: component size, compile, instantiation, memory per
@@ -291,12 +370,13 @@ fn live_instances(
 fn trade_frames(n: usize) -> Vec<Frame> {
     (0..n)
         .map(|i| {
+            // Two symbols taking turns, each with consecutive trade ids, as a venue sends them.
             let symbol = if i % 2 == 0 { "BTCUSDT" } else { "ETHUSDT" };
             let text = format!(
                 r#"{{"stream":"{}@trade","data":{{"e":"trade","E":{},"s":"{symbol}","t":{},"p":"{}.{:02}","q":"0.{:04}","T":{},"m":{},"M":true}}}}"#,
                 symbol.to_lowercase(),
                 1_700_000_000_000u64 + i as u64,
-                i + 1,
+                i / 2 + 1,
                 30_000 + i % 500,
                 i % 100,
                 i % 10_000,

@@ -103,6 +103,17 @@ impl PluginRuntime {
         config.epoch_interruption(true);
         config.consume_fuel(limits.fuel_per_call > 0);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `ANODE_PLUGIN_PROFILER=perfmap` writes /tmp/perf-<pid>.map, so that `perf report`
+        // names the plugins' own functions instead of bare addresses.
+        match std::env::var("ANODE_PLUGIN_PROFILER").as_deref() {
+            Ok("perfmap") => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            Ok(other) => tracing::warn!(
+                "ANODE_PLUGIN_PROFILER={other:?} is not known; the one supported is `perfmap`"
+            ),
+            Err(_) => {}
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
