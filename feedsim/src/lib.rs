@@ -86,6 +86,10 @@ pub async fn start(config: SimConfig) -> std::io::Result<FeedSim> {
     let app = server::router(sim.clone());
     let shutdown = sim.shutdown.clone();
     let server = tokio::spawn(async move {
+        // Events go out as they fall due, in small frames: no waiting on Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

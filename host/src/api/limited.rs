@@ -65,6 +65,9 @@ impl axum::serve::Listener for LimitedListener {
             }
         };
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Records leave in small frames: with Nagle's algorithm on, a frame written while the
+        // previous one is unacknowledged waits for the client's delayed ACK (up to 40 ms).
+        let _ = stream.set_nodelay(true);
         self.stats.open.fetch_add(1, Relaxed);
         (
             Limited {
@@ -118,5 +121,26 @@ impl AsyncWrite for Limited {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every accepted connection writes without Nagle's delay, and holds a place under the cap
+    /// until it is dropped.
+    #[tokio::test]
+    async fn accepted_connections_send_at_once_and_count_while_open() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let stats = Arc::new(ConnectionStats::default());
+        let mut listener = LimitedListener::new(inner, 4, stats.clone());
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (conn, _) = axum::serve::Listener::accept(&mut listener).await;
+        assert!(conn.stream.nodelay().unwrap(), "TCP_NODELAY is set");
+        assert_eq!(stats.open.load(Relaxed), 1);
+        drop(conn);
+        assert_eq!(stats.open.load(Relaxed), 0);
     }
 }
