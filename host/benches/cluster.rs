@@ -8,7 +8,8 @@
 //! 3. **Fail-over**: three `anode up` processes with the default gossip timings and one
 //!    PostgreSQL; the time from `kill -9` of one of them until all of its sources run (live) on
 //!    the others, and for the streams that moved, the ids the simulator generated against the
-//!    ids stored — with the connector's backfill on, then off.
+//!    ids stored — with the connector's backfill on, then off — and the false downs: nodes not
+//!    killed that were taken for down under that load.
 //!
 //! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds;
 //! `ANODE_BENCH_ONLY=failover` (or `balance`, `catalog`, comma-separated) runs only those parts.
@@ -251,6 +252,7 @@ async fn fail_over_with(backfill: bool) {
         ids.insert(id);
     }
     let mut times = Vec::new();
+    let mut false_downs = 0;
     let mut moved_sources = BTreeSet::new();
     for round in 0..rounds {
         let victim_index = round % 2;
@@ -286,6 +288,10 @@ async fn fail_over_with(backfill: bool) {
             .await
             .into_keys()
             .collect();
+        let generations_before = [
+            own_generation(&first).await,
+            own_generation(&others[1 - victim_index]).await,
+        ];
         let killed_at = Instant::now();
         others[victim_index].kill();
         let survivor = &others[1 - victim_index];
@@ -313,6 +319,13 @@ async fn fail_over_with(backfill: bool) {
             took.as_secs_f64()
         );
         times.push(took);
+        // A node that was not killed but taken for down rejoins under a new generation.
+        let generations_after = [own_generation(&first).await, own_generation(survivor).await];
+        false_downs += generations_before
+            .iter()
+            .zip(&generations_after)
+            .filter(|(before, after)| before != after)
+            .count();
         moved_sources.extend(victims);
         others[victim_index].restart();
     }
@@ -321,6 +334,11 @@ async fn fail_over_with(backfill: bool) {
         "  kill -9 → all its sources live elsewhere: median {:.2} s, worst {:.2} s over {} runs",
         times[times.len() / 2].as_secs_f64(),
         times[times.len() - 1].as_secs_f64(),
+        times.len()
+    );
+    println!(
+        "  false downs under this load: {false_downs} (the two nodes not killed in a round, \
+         taken for down and rejoining under a new generation), over {} rounds",
         times.len()
     );
     // Let the restarted node take its share back, freeze the venues, and wait until the
@@ -428,4 +446,13 @@ fn main() {
     if part("failover") {
         runtime.block_on(fail_over());
     }
+}
+
+/// A node's own generation, as it reports itself (`/api/v1/cluster`).
+async fn own_generation(node: &NodeProc) -> u64 {
+    node.get("/api/v1/cluster").await["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["self"] == true))
+        .and_then(|m| m["generation"].as_u64())
+        .expect("a node lists itself, with its generation, in /api/v1/cluster")
 }
