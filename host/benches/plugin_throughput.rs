@@ -74,13 +74,7 @@ fn main() {
     // --- throughput: native vs wasm, interleaved rounds ---
     let mut instance = runtime.connector(&plugin).expect("connector");
     let mut session = instance.open(CONFIG, None).expect("opens");
-    let sdk_frames: Vec<anode_plugin_sdk::Frame> = frames
-        .iter()
-        .map(|f| anode_plugin_sdk::Frame {
-            data: f.data.clone(),
-            received_at: f.received_at,
-        })
-        .collect();
+    let sdk_frames = as_sdk_frames(&frames);
     // The same plugin with fuel metering on (`plugins.fuel_per_call`), for its cost.
     let metering = PluginRuntime::new(
         PluginLimits {
@@ -178,13 +172,7 @@ fn main() {
         instance.on_frames(session, batch).expect("decodes");
     }
     let wasm_ack = started.elapsed().as_secs_f64() / acks.len() as f64;
-    let sdk_acks: Vec<anode_plugin_sdk::Frame> = acks
-        .iter()
-        .map(|f| anode_plugin_sdk::Frame {
-            data: f.data.clone(),
-            received_at: 0,
-        })
-        .collect();
+    let sdk_acks = as_sdk_frames(&acks);
     let mut native_plugin = binance_trades::BinanceTrades::open(CONFIG, None).expect("opens");
     let started = Instant::now();
     for batch in sdk_acks.chunks(BATCH) {
@@ -227,13 +215,7 @@ fn once(bytes: &[u8], frames: &[Frame]) {
     let runtime = PluginRuntime::new(PluginLimits::default(), None).expect("runtime");
     let (plugin, _) = runtime.load(bytes, None).expect("loads");
     let mut instance = runtime.connector(&plugin).expect("connector");
-    let sdk_frames: Vec<anode_plugin_sdk::Frame> = frames
-        .iter()
-        .map(|f| anode_plugin_sdk::Frame {
-            data: f.data.clone(),
-            received_at: f.received_at,
-        })
-        .collect();
+    let sdk_frames = as_sdk_frames(frames);
     // Warm both sides up on another session, so neither pass pays for first use.
     let warm = instance.open(CONFIG, None).expect("opens");
     instance.on_frames(warm, &frames[..BATCH]).expect("decodes");
@@ -387,6 +369,17 @@ fn trade_frames(n: usize) -> Vec<Frame> {
                 data: text.into_bytes(),
                 received_at: 1_700_000_000_000_000,
             }
+        })
+        .collect()
+}
+
+/// The same frames as the plugin SDK's type, for the native side.
+fn as_sdk_frames(frames: &[Frame]) -> Vec<anode_plugin_sdk::Frame> {
+    frames
+        .iter()
+        .map(|f| anode_plugin_sdk::Frame {
+            data: f.data.clone(),
+            received_at: f.received_at,
         })
         .collect()
 }
