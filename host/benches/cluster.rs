@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anode::cluster::{Catalog, Cluster, ClusterSettings, assign};
 use serde_json::json;
-use support::{NodeOptions, NodeProc, converged, post, running_on};
+use support::{NodeOptions, NodeProc, converged, own_generation, post, running_on};
 use tokio_util::sync::CancellationToken;
 
 fn quick() -> bool {
@@ -446,13 +446,4 @@ fn main() {
     if part("failover") {
         runtime.block_on(fail_over());
     }
-}
-
-/// A node's own generation, as it reports itself (`/api/v1/cluster`).
-async fn own_generation(node: &NodeProc) -> u64 {
-    node.get("/api/v1/cluster").await["members"]
-        .as_array()
-        .and_then(|members| members.iter().find(|m| m["self"] == true))
-        .and_then(|m| m["generation"].as_u64())
-        .expect("a node lists itself, with its generation, in /api/v1/cluster")
 }

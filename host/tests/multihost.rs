@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::binance_sources;
-use support::cluster::{NodeProc, converged, running_on, source_ids};
+use support::cluster::{NodeProc, converged, own_generation, running_on, source_ids};
 use support::netns::{API_PORT, GOSSIP_PORT, Hosts, Net, READ_TOKEN};
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
 use support::until;
@@ -233,18 +233,6 @@ async fn flap(net: &Net, i: usize) -> Instant {
         tokio::time::sleep(HALF_PERIOD).await;
     }
     restored
-}
-
-/// A node's own generation, as it reports itself.
-async fn own_generation(node: &NodeProc) -> u64 {
-    let cluster = node.get("/api/v1/cluster").await;
-    cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["self"] == true)
-        .and_then(|m| m["generation"].as_u64())
-        .unwrap()
 }
 
 /// The owner of every source as `node` sees it.

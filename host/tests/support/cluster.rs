@@ -373,6 +373,16 @@ pub async fn members_in(node: &NodeProc, states: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A node's own generation, as it reports itself in `/api/v1/cluster`: it changes when the
+/// node restarts, or rejoins after the others took it for down.
+pub async fn own_generation(node: &NodeProc) -> u64 {
+    node.get("/api/v1/cluster").await["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["self"] == true))
+        .and_then(|m| m["generation"].as_u64())
+        .expect("a node lists itself, with its generation, in /api/v1/cluster")
+}
+
 /// The sources a node runs itself, by id, with their reports.
 pub async fn running_on(node: &NodeProc) -> BTreeMap<String, Value> {
     node.get("/api/v1/status").await["sources"]
