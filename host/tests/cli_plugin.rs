@@ -179,3 +179,37 @@ fn scaffolded_plugins_build_and_install() {
     );
     assert!(text(&bad).1.contains("not a valid plugin name"));
 }
+
+/// `ANODE_PLUGIN_PROFILER=perfmap` writes the perf map of the compiled plugin code, so that
+/// `perf report` names the plugin's functions.
+#[test]
+fn the_perfmap_profiler_writes_a_map_of_the_plugin_code() {
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_anode"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["plugin", "install"])
+        .arg(wasm("binance-trades"))
+        .env_remove("ANODE_CONFIG")
+        .env("ANODE_PLUGIN_PROFILER", "perfmap")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run anode");
+    // wasmtime writes it where `perf` looks: /tmp, whatever TMPDIR says.
+    let map = Path::new("/tmp").join(format!("perf-{}.map", child.id()));
+    let output = child.wait_with_output().expect("anode ends");
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "install failed:\n{stdout}\n{stderr}"
+    );
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        text.lines().any(|l| l.contains("wasm[")),
+        "{} names no plugin function:\n{}",
+        map.display(),
+        text.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
