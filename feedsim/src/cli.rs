@@ -22,7 +22,8 @@ pub struct Args {
     /// Events per second per stream.
     #[arg(long, default_value_t = config::DEFAULT_RATE_PER_STREAM)]
     pub rate: f64,
-    /// Period of each WebSocket connection's send timer, in ms.
+    /// Step of each WebSocket connection's send timer, in ms (it wakes on the first step at or
+    /// after an event falls due).
     #[arg(long, default_value_t = config::DEFAULT_TICK_MS)]
     pub tick_ms: u64,
     /// Most distinct streams.

@@ -298,6 +298,15 @@ impl Protocol for Coinbase {
         }
     }
 
+    fn next_deadline(&self) -> Option<Instant> {
+        let heartbeat = self
+            .channels
+            .contains_key("heartbeat")
+            .then_some(self.next_heartbeat);
+        let subscribe = self.channels.is_empty().then_some(self.subscribe_by);
+        heartbeat.into_iter().chain(subscribe).min()
+    }
+
     fn render(&self, output: &Output, n: u64, sim: &Sim) -> String {
         let seed = sim.seed();
         match output.message {

@@ -37,7 +37,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Events per second in every stream (trades, tickers).
     pub rate_per_stream: f64,
-    /// Period of a WebSocket connection's send timer, in ms.
+    /// Step of a WebSocket connection's send timer, in ms: it wakes on the first step at or
+    /// after an event falls due (or a heartbeat), not on every step.
     pub tick_ms: u64,
     /// Most distinct streams; further subscriptions are refused with an error message.
     pub max_streams: usize,

@@ -214,6 +214,10 @@ impl Protocol for Kraken {
         }
     }
 
+    fn next_deadline(&self) -> Option<Instant> {
+        self.next_heartbeat
+    }
+
     fn render(&self, output: &Output, n: u64, sim: &Sim) -> String {
         let q = output.instrument.quote(sim.seed(), n);
         let price = |x: f64| round_to(x, PRICE_DECIMALS);

@@ -24,8 +24,8 @@
 //! - [`report`]: [`Report`], the same data as `GET /report`.
 //! - `server`: the router; [`cli`]: the `anode-feedsim` command line.
 //!
-//! Data flow: a client subscribes → the connection remembers (stream, next n) → every tick
-//! it renders events `next..=head`, sends each, and records the id once the send succeeded.
+//! Data flow: a client subscribes → the connection remembers (stream, next n) → on the first
+//! tick (`tick_ms` steps) at or after the next event falls due, it renders events `next..=head`, sends each, and records the id once the send succeeded.
 //!
 //! Sent versus generated: per stream the report keeps the ids sent (`emitted`, `ranges`) and
 //! the ids generated (`generated` = `[first, last]`: from the first id offered to any client,

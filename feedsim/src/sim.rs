@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +51,18 @@ impl Sim {
     /// Highest event number that has happened in every trade/ticker stream.
     pub(crate) fn head(&self) -> u64 {
         head_at(self.clock.elapsed(), self.config.rate_per_stream)
+    }
+
+    /// How long until the next event (`head() + 1`) falls due; `None` while the clock is
+    /// paused, when no event falls due until it resumes.
+    pub(crate) fn until_next_event(&self) -> Option<Duration> {
+        if self.clock.is_paused() {
+            return None;
+        }
+        let elapsed = self.clock.elapsed();
+        let rate = self.config.rate_per_stream;
+        let next = head_at(elapsed, rate) + 1;
+        Some(Duration::from_secs_f64(next as f64 / rate).saturating_sub(elapsed))
     }
 
     /// Current block number of every simulated EVM chain.
@@ -106,5 +118,28 @@ impl Sim {
             }),
             faults: self.faults.snapshot(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_event_is_due_within_one_period_and_never_while_paused() {
+        let sim = Sim::new(SimConfig {
+            rate_per_stream: 4.0,
+            ..SimConfig::default()
+        });
+        let head = sim.head();
+        let wait = sim.until_next_event().expect("running");
+        assert!(wait <= Duration::from_millis(250), "{wait:?}");
+        // Once that wait is over, the head has moved on.
+        std::thread::sleep(wait + Duration::from_millis(1));
+        assert!(sim.head() > head);
+        sim.pause();
+        assert_eq!(sim.until_next_event(), None);
+        sim.resume();
+        assert!(sim.until_next_event().is_some());
     }
 }

@@ -1,6 +1,11 @@
 //! One WebSocket connection: a single task with one send timer that emits every due event of
 //! every subscribed stream, in order per stream, and records what was sent.
 //!
+//! The timer wakes only when there is something to do: when the next event falls due or the
+//! protocol has a deadline (a heartbeat, a subscribe timeout), on the connection's own grid of
+//! `tick_ms` steps. A connection of a slow stream (0.2 events/s) thus wakes a few times a
+//! second, not 50 times, and 10,000 of them leave the cores to the node under test.
+//!
 //! Venues plug in through [`Protocol`]: they parse client messages, decide subscriptions and
 //! render events; this module owns the socket, the timers, fault injection and the record.
 
@@ -9,7 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use crate::faults::{ConnectionFaults, FaultCounters, truncate};
 use crate::sim::Sim;
@@ -17,6 +22,9 @@ use crate::streams::Stream;
 
 /// Largest client message accepted (subscribe requests are small).
 const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest sleep of a connection's timer, whatever is due (a safety net: every wake
+/// recomputes what is next).
+const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for the client's Close reply, so that data already
 /// sent is not reset away by an early socket close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -41,6 +49,12 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     /// Called on every send tick, after due events were sent (heartbeats, timeouts).
     fn on_tick(&mut self, _now: Instant, _sim: &Sim) -> Reply<Self::Output> {
         Reply::default()
+    }
+
+    /// When `on_tick` next has something to do (a heartbeat or a timeout), if ever: the
+    /// timer wakes for it even when no event falls due.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
     }
 
     /// The message carrying event `n` of one output.
@@ -114,6 +128,24 @@ pub(crate) fn upgrade<P: Protocol>(ws: WebSocketUpgrade, sim: Arc<Sim>, protocol
         })
 }
 
+/// A connection's timer steps: `start + k · step`, so that connections opened at different
+/// times keep their own phase and do not all send at once.
+struct Grid {
+    start: Instant,
+    step: Duration,
+}
+
+impl Grid {
+    /// The first step at or after `target`, and after `last` (the previous wake).
+    fn next_after(&self, last: Instant, target: Instant) -> Instant {
+        let step = self.step.as_nanos().max(1);
+        let since = target.saturating_duration_since(self.start).as_nanos();
+        let steps = since.div_ceil(step);
+        let at = self.start + Duration::from_nanos((steps * step) as u64);
+        at.max(last + self.step)
+    }
+}
+
 /// Why a connection ends.
 enum End {
     /// The socket failed or the client went away.
@@ -154,17 +186,25 @@ impl Connection {
         let reply = protocol.on_open(&self.sim);
         self.apply(protocol, subs, reply).await?;
         let config = &self.sim.config;
-        let mut tick = interval(Duration::from_millis(config.tick_ms));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let grid = Grid {
+            start: Instant::now(),
+            step: Duration::from_millis(config.tick_ms),
+        };
+        let mut last_tick = grid.start;
+        let tick = tokio::time::sleep_until(grid.start);
+        tokio::pin!(tick);
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let mut ping = interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let wake = tokio::select! {
                 msg = self.socket.recv() => Wake::Client(msg),
-                _ = tick.tick() => Wake::Tick,
+                () = &mut tick => Wake::Tick,
                 _ = ping.tick() => Wake::Ping,
             };
+            if matches!(wake, Wake::Tick) {
+                last_tick = tick.deadline();
+            }
             match wake {
                 Wake::Client(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
                     return Err(End::Gone);
@@ -185,6 +225,18 @@ impl Connection {
                 }
                 Wake::Ping => self.send(Message::Ping(Default::default())).await?,
             }
+            // What is next may have changed (a subscription, a heartbeat sent).
+            let now = Instant::now();
+            let due = match self.sim.until_next_event() {
+                Some(wait) => now + wait,
+                None => last_tick + grid.step, // paused: look again every step
+            };
+            let target = [Some(due), protocol.next_deadline(), Some(now + MAX_IDLE)]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("at least one");
+            tick.as_mut().reset(grid.next_after(last_tick, target));
         }
     }
 
@@ -302,5 +354,38 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_wakes_on_its_own_grid_when_something_is_due() {
+        let start = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let grid = Grid {
+            start,
+            step: ms(20),
+        };
+        // An event due in 95 ms is sent on the step after it, not on the four before.
+        assert_eq!(grid.next_after(start, start + ms(95)), start + ms(100));
+        // Due exactly on a step: that step.
+        assert_eq!(grid.next_after(start, start + ms(60)), start + ms(60));
+        // Due already (or a deadline passed): the next step, never the same wake again.
+        assert_eq!(
+            grid.next_after(start + ms(40), start + ms(10)),
+            start + ms(60)
+        );
+        assert_eq!(
+            grid.next_after(start + ms(40), start + ms(40)),
+            start + ms(60)
+        );
+        // A late wake (off the grid) still moves on by at least a step.
+        assert_eq!(
+            grid.next_after(start + ms(47), start + ms(41)),
+            start + ms(67)
+        );
     }
 }
