@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use crate::faults::{ConnectionFaults, FaultCounters, truncate};
@@ -285,37 +286,52 @@ impl Connection {
         self.send_due(protocol, subs).await
     }
 
-    /// Sends every event up to the head, per subscription in order, recording each on success.
+    /// Sends every event up to the head, per subscription in order, in one write (as a venue
+    /// sends what it has at once), recording each once the write succeeded.
     async fn send_due<P: Protocol>(
         &mut self,
         protocol: &P,
         subs: &mut [Subscription<P::Output>],
     ) -> Result<(), End> {
         let head = self.sim.head();
+        let mut unflushed = Vec::new();
         for sub in subs.iter_mut() {
             while sub.next <= head {
                 let n = sub.next;
                 for (stream, output) in &sub.outputs {
                     let message = protocol.render(output, n, &self.sim);
-                    self.send_data(message, stream, n).await?;
+                    self.send_data(message, stream, n, &mut unflushed).await?;
                 }
                 sub.next += 1;
             }
         }
-        Ok(())
+        self.flush(&mut unflushed).await
     }
 
-    /// Sends one data message, records it, then injects the faults due after it.
-    async fn send_data(&mut self, message: String, stream: &Stream, n: u64) -> Result<(), End> {
+    /// Queues one data message (recorded once flushed), then injects the faults due after it
+    /// (flushing first, so that they follow it on the wire).
+    async fn send_data(
+        &mut self,
+        message: String,
+        stream: &Arc<Stream>,
+        n: u64,
+        unflushed: &mut Vec<(Arc<Stream>, u64)>,
+    ) -> Result<(), End> {
         let copy_for_truncation = self
             .sim
             .config
             .faults
             .truncated_every
             .map(|_| message.clone());
-        self.send(Message::Text(message.into())).await?;
-        stream.record(n);
+        self.socket
+            .feed(Message::Text(message.into()))
+            .await
+            .map_err(|_| End::Gone)?;
+        unflushed.push((stream.clone(), n));
         let after = self.faults.after_data_message(&self.sim.config.faults);
+        if after.malformed.is_some() || after.truncated || after.drop {
+            self.flush(unflushed).await?;
+        }
         if let Some(frame) = after.malformed {
             self.send(Message::Text(frame.into())).await?;
             FaultCounters::bump(&self.sim.faults.malformed_frames);
@@ -329,6 +345,18 @@ impl Connection {
         if after.drop {
             FaultCounters::bump(&self.sim.faults.dropped_connections);
             return Err(End::Close(CLOSE_GOING_AWAY, "simulated drop".into()));
+        }
+        Ok(())
+    }
+
+    /// Writes the queued data messages out and records them as sent.
+    async fn flush(&mut self, unflushed: &mut Vec<(Arc<Stream>, u64)>) -> Result<(), End> {
+        if unflushed.is_empty() {
+            return Ok(());
+        }
+        self.socket.flush().await.map_err(|_| End::Gone)?;
+        for (stream, n) in unflushed.drain(..) {
+            stream.record(n);
         }
         Ok(())
     }
