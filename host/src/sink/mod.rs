@@ -591,7 +591,7 @@ async fn run_stages(order: Vec<StageStart>, cancel: CancellationToken) {
     for start in order {
         let stopped = CancellationToken::new();
         let (writer, done) = (start(upstream), stopped.clone());
-        writers.push(tokio::spawn(async move {
+        writers.push(on_own_thread(async move {
             writer.await;
             done.cancel();
         }));
@@ -600,6 +600,30 @@ async fn run_stages(order: Vec<StageStart>, cancel: CancellationToken) {
     for writer in writers {
         let _ = writer.await;
     }
+}
+
+/// Runs a writer on a thread of its own, with a one-thread runtime (its database
+/// connection's task runs there too): when the database answers, the next batch goes out at
+/// once instead of waiting its turn behind the sources' tasks on the node's busy workers,
+/// which left the database idle between batches. Resolves when the writer has ended.
+fn on_own_thread(
+    writer: impl Future<Output = ()> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (ended, when_ended) = tokio::sync::oneshot::channel();
+    // Like tokio's own worker threads, these are not expected to fail but on a machine out
+    // of threads or memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for a store writer");
+    std::thread::Builder::new()
+        .name("anode-store".into())
+        .spawn(move || {
+            runtime.block_on(writer);
+            let _ = ended.send(());
+        })
+        .expect("a thread for a store writer");
+    when_ended
 }
 
 /// One sink of its own (the database alone), for tests of the buffer and writer.

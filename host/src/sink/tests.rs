@@ -9,6 +9,8 @@ struct Flaky {
     writes: Arc<std::sync::atomic::AtomicUsize>,
     stored: Arc<Mutex<Vec<RecordId>>>,
     cursors: Arc<Mutex<Vec<(String, String)>>>,
+    /// The thread of every write call.
+    threads: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl Flaky {
@@ -18,6 +20,7 @@ impl Flaky {
             writes: Arc::default(),
             stored: Arc::default(),
             cursors: Arc::default(),
+            threads: Arc::default(),
         }
     }
 }
@@ -39,6 +42,7 @@ impl Backend for Flaky {
             return Err(WriteError::Connection("down".into()));
         }
         self.writes.fetch_add(1, Relaxed);
+        lock(&self.threads).push(std::thread::current().name().map(str::to_owned));
         // All or nothing, like a transaction.
         if batch.iter().any(|r| r.source == "bad") {
             return Err(WriteError::Rejected("bad row".into()));
@@ -232,6 +236,32 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
     );
     cancel.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_runs_on_a_thread_of_its_own() {
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(true);
+    let threads = backend.threads.clone();
+    let (store, task) = in_memory(backend, &StoreSettings::default(), &cancel);
+    for round in 0..3 {
+        let receipt = store
+            .submit(batch(
+                (0..10).map(|n| record("a", round * 10 + n)).collect(),
+            ))
+            .await
+            .unwrap();
+        assert!(receipt.committed().await.is_ok());
+    }
+    cancel.cancel();
+    task.await.unwrap();
+    let threads = lock(&threads).clone();
+    assert!(!threads.is_empty());
+    // Not one of the runtime's workers, which run the sources.
+    assert!(
+        threads.iter().all(|t| t.as_deref() == Some("anode-store")),
+        "{threads:?}"
+    );
 }
 
 #[tokio::test]
