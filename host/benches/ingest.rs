@@ -48,10 +48,13 @@ async fn fresh_db(name: &str) -> String {
     format!("{server}/{name}")
 }
 
-/// Rows shaped like the node's: a 16-byte id, trade payloads of ~250 bytes.
+/// Rows shaped like the node's: a 16-byte id, the symbol as key, trade payloads of ~250 bytes.
+/// They go into the node's own schema (its log position, `tx` and `seq`, and their index
+/// included), so both sides do the same work per row.
 struct Row {
     id: Vec<u8>,
     source: String,
+    key: String,
     upstream: String,
     time: i64,
     payload: String,
@@ -72,7 +75,8 @@ fn rows(n: usize) -> Vec<Row> {
                 1_700_000_000_000_000u64 + i as u64
             );
             let id = sha2_16(&upstream);
-            Row { id, source, upstream, time: 1_700_000_000_000_000 + i as i64, payload }
+            let key = format!("S{}.USDT", i % 100);
+            Row { id, source, key, upstream, time: 1_700_000_000_000_000 + i as i64, payload }
         })
         .collect()
 }
@@ -82,18 +86,17 @@ fn sha2_16(text: &str) -> Vec<u8> {
     sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
 }
 
-/// The node's schema, so both sides write into the same table shape with the same index.
-const SCHEMA: &str = "CREATE TABLE anode_records (id bytea PRIMARY KEY, source text NOT NULL, stream text NOT NULL,
-    key text, upstream_id text, event_time_us bigint, ingest_time_us bigint NOT NULL, node text NOT NULL,
-    payload jsonb NOT NULL); CREATE INDEX ON anode_records (source, ingest_time_us);";
-
 async fn raw_unnest(url: &str, rows: &[Row]) -> f64 {
     let client = connect(url).await;
-    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(&anode::sink::postgres_schema())
+        .await
+        .unwrap();
     let insert = client
         .prepare(
-            "INSERT INTO anode_records SELECT id, source, 'trades', NULL, upstream, t, t, 'raw', payload::jsonb
-             FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::int8[], $5::text[]) AS r(id, source, upstream, t, payload)
+            "INSERT INTO anode_records (id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload)
+             SELECT id, source, 'trades', key, upstream, t, t, 'raw', payload::jsonb
+             FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[]) AS r(id, source, key, upstream, t, payload)
              ON CONFLICT (id) DO NOTHING",
         )
         .await
@@ -102,10 +105,12 @@ async fn raw_unnest(url: &str, rows: &[Row]) -> f64 {
     for chunk in rows.chunks(BATCH) {
         let ids: Vec<&[u8]> = chunk.iter().map(|r| &r.id[..]).collect();
         let sources: Vec<&str> = chunk.iter().map(|r| r.source.as_str()).collect();
+        let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
         let upstream: Vec<&str> = chunk.iter().map(|r| r.upstream.as_str()).collect();
         let times: Vec<i64> = chunk.iter().map(|r| r.time).collect();
         let payloads: Vec<&str> = chunk.iter().map(|r| r.payload.as_str()).collect();
-        let params: [&(dyn ToSql + Sync); 5] = [&ids, &sources, &upstream, &times, &payloads];
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&ids, &sources, &keys, &upstream, &times, &payloads];
         client.execute(&insert, &params).await.unwrap();
     }
     rows.len() as f64 / started.elapsed().as_secs_f64()
@@ -115,10 +120,13 @@ async fn raw_copy(url: &str, rows: &[Row]) -> f64 {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
     let mut client = connect(url).await;
-    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(&anode::sink::postgres_schema())
+        .await
+        .unwrap();
     client
         .batch_execute(
-            "CREATE TEMP TABLE stage (id bytea, source text, upstream text, t bigint, payload text) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE stage (id bytea, source text, key text, upstream text, t bigint, payload text) ON COMMIT DELETE ROWS",
         )
         .await
         .unwrap();
@@ -128,20 +136,28 @@ async fn raw_copy(url: &str, rows: &[Row]) -> f64 {
         let sink = tx.copy_in("COPY stage FROM STDIN BINARY").await.unwrap();
         let writer = BinaryCopyInWriter::new(
             sink,
-            &[Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT],
+            &[
+                Type::BYTEA,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::TEXT,
+            ],
         );
         futures_util::pin_mut!(writer);
         for r in chunk {
             let id = &r.id[..];
             writer
                 .as_mut()
-                .write(&[&id, &r.source, &r.upstream, &r.time, &r.payload])
+                .write(&[&id, &r.source, &r.key, &r.upstream, &r.time, &r.payload])
                 .await
                 .unwrap();
         }
         writer.finish().await.unwrap();
         tx.execute(
-            "INSERT INTO anode_records SELECT id, source, 'trades', NULL, upstream, t, t, 'raw', payload::jsonb
+            "INSERT INTO anode_records (id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload)
+             SELECT id, source, 'trades', key, upstream, t, t, 'raw', payload::jsonb
              FROM stage ON CONFLICT (id) DO NOTHING",
             &[],
         )

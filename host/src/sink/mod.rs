@@ -583,6 +583,12 @@ pub fn spawn_store(
     Ok((handle, task))
 }
 
+/// The tables the node creates in PostgreSQL (records with their log position, cursors, the
+/// schema version): the ingest benchmark's raw baseline writes into the same shape.
+pub fn postgres_schema() -> String {
+    postgres::schema_sql()
+}
+
 /// Run the sinks' writers together; each drains once `cancel` (the first) or the writer
 /// before it has stopped.
 async fn run_stages(order: Vec<StageStart>, cancel: CancellationToken) {
