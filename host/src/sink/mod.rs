@@ -7,9 +7,10 @@
 //! dropping records.
 //!
 //! Sources submit [`Batch`]es: records with the cursor they reach. One writer task
-//! ([`writer`]) commits queued batches together into a [`Backend`] — [`postgres`]
-//! (production) or [`sqlite`] (the embedded default) — writing the records and each source's
-//! cursor in one transaction, so that a stored cursor never runs ahead of the stored records.
+//! ([`writer`]), on a thread of its own, commits queued batches together into a
+//! [`Backend`] — [`postgres`] (production) or [`sqlite`] (the embedded default) — writing
+//! the records and each source's cursor in one transaction, so that a stored cursor never
+//! runs ahead of the stored records.
 //! Only then is each batch acknowledged through its [`Receipt`]. A batch leaves the buffer
 //! only once it is committed, so a database that goes away loses nothing that is in the
 //! buffer: the writer reconnects with backoff and writes the same batches again. Record ids
