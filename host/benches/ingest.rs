@@ -86,6 +86,19 @@ fn sha2_16(text: &str) -> Vec<u8> {
     sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
 }
 
+/// Both raw methods once, each into a fresh database: (`UNNEST`, `COPY`) rows/s.
+async fn raw_round(rows: &[Row], when: &str) -> (f64, f64) {
+    let unnest = raw_unnest(&fresh_db("anode_bench_unnest").await, rows).await;
+    let copy = raw_copy(&fresh_db("anode_bench_copy").await, rows).await;
+    println!(
+        "== raw baseline, {when} the node's runs: {} rows straight into PostgreSQL, batches of {BATCH}",
+        rows.len()
+    );
+    println!("  INSERT … SELECT FROM UNNEST   {unnest:>10.0} rows/s");
+    println!("  COPY BINARY → stage → INSERT  {copy:>10.0} rows/s");
+    (unnest, copy)
+}
+
 async fn raw_unnest(url: &str, rows: &[Row]) -> f64 {
     let client = connect(url).await;
     client
@@ -284,15 +297,11 @@ fn main() {
         let measure = if quick() { Duration::from_secs(3) } else { Duration::from_secs(10) };
         let n_rows = if quick() { 50_000 } else { 300_000 };
 
-        println!("== raw baseline: {n_rows} rows straight into PostgreSQL, batches of {BATCH}");
+        // The raw baseline runs before and after the node's runs: here it varies from run to
+        // run far more than the node does, and one measurement alone misleads.
         let rows = rows(n_rows);
-        let unnest = raw_unnest(&fresh_db("anode_bench_unnest").await, &rows).await;
-        let copy = raw_copy(&fresh_db("anode_bench_copy").await, &rows).await;
-        println!("  INSERT … SELECT FROM UNNEST   {unnest:>10.0} rows/s");
-        println!("  COPY BINARY → stage → INSERT  {copy:>10.0} rows/s");
-        let (best_name, best) = if unnest >= copy { ("unnest", unnest) } else { ("copy", copy) };
-        drop(rows);
-
+        let before = raw_round(&rows, "before").await;
+        let mut through_node = Vec::new();
         for method in ["unnest", "copy"] {
             let sim = anode_feedsim::start(SimConfig { rate_per_stream: 2_000.0, ..SimConfig::default() }).await.unwrap();
             let url = fresh_db(&format!("anode_bench_node_{method}")).await;
@@ -309,17 +318,23 @@ fn main() {
             tokio::time::sleep(measure).await;
             let after = node.status().await;
             let rate = (after["store"]["rows_written"].as_u64().unwrap() - before) as f64 / started.elapsed().as_secs_f64();
+            through_node.push((method, rate, after["store"]["backlog"].clone(), after["store"]["backlog_bound"].clone()));
+            drop(node);
+            sim.shutdown().await;
+        }
+        let after = raw_round(&rows, "after").await;
+        drop(rows);
+        let best = |(unnest, copy): (f64, f64)| if unnest >= copy { ("unnest", unnest) } else { ("copy", copy) };
+        let ((best_before_name, best_before), (best_after_name, best_after)) = (best(before), best(after));
+        for (method, rate, backlog, bound) in through_node {
             println!(
                 "== aNode ({method}): 100 Binance WebSocket sources (offered 200k trades/s) → WASM connector → PostgreSQL"
             );
             println!(
-                "  {rate:>10.0} rows/s   ratio to the best raw method ({best_name}): {:.2}   backlog {} / {}",
-                rate / best,
-                after["store"]["backlog"],
-                after["store"]["backlog_bound"]
+                "  {rate:>10.0} rows/s   ratio to the best raw method: {:.2} before ({best_before_name}), {:.2} after ({best_after_name})   backlog {backlog} / {bound}",
+                rate / best_before,
+                rate / best_after,
             );
-            drop(node);
-            sim.shutdown().await;
         }
 
         let load_sources = 100;
