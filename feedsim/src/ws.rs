@@ -232,11 +232,10 @@ impl Connection {
                 Some(wait) => now + wait,
                 None => last_tick + grid.step, // paused: look again every step
             };
-            let target = [Some(due), protocol.next_deadline(), Some(now + MAX_IDLE)]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("at least one");
+            let mut target = due.min(now + MAX_IDLE);
+            if let Some(deadline) = protocol.next_deadline() {
+                target = target.min(deadline);
+            }
             tick.as_mut().reset(grid.next_after(last_tick, target));
         }
     }
