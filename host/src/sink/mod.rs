@@ -612,11 +612,15 @@ async fn run_stages(order: Vec<StageStart>, cancel: CancellationToken) {
 /// Runs a writer on a thread of its own, with a one-thread runtime (its database
 /// connection's task runs there too): when the database answers, the next batch goes out at
 /// once instead of waiting its turn behind the sources' tasks on the node's busy workers,
-/// which left the database idle between batches. Resolves when the writer has ended.
+/// which left the database idle between batches. The thread starts at once; the returned
+/// future resolves when the writer has ended, and dropping it (the node's runtime going
+/// away) stops the writer, as dropping a task would.
 fn on_own_thread(
     writer: impl Future<Output = ()> + Send + 'static,
-) -> tokio::sync::oneshot::Receiver<()> {
+) -> impl Future<Output = ()> + Send + 'static {
     let (ended, when_ended) = tokio::sync::oneshot::channel();
+    let abandoned = CancellationToken::new();
+    let stop_if_dropped = abandoned.clone().drop_guard();
     // Like tokio's own worker threads, these are not expected to fail but on a machine out
     // of threads or memory.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -626,11 +630,19 @@ fn on_own_thread(
     std::thread::Builder::new()
         .name("anode-store".into())
         .spawn(move || {
-            runtime.block_on(writer);
+            runtime.block_on(async {
+                tokio::select! {
+                    () = writer => {}
+                    () = abandoned.cancelled() => {}
+                }
+            });
             let _ = ended.send(());
         })
         .expect("a thread for a store writer");
-    when_ended
+    async move {
+        let _ = when_ended.await;
+        drop(stop_if_dropped);
+    }
 }
 
 /// One sink of its own (the database alone), for tests of the buffer and writer.

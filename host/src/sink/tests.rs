@@ -264,6 +264,22 @@ async fn the_writer_runs_on_a_thread_of_its_own() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_store_task_is_dropped_stops_on_its_thread() {
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(true);
+    let threads = backend.threads.clone();
+    let (store, task) = in_memory(backend, &StoreSettings::default(), &cancel);
+    // Once a batch is committed the writer runs on its thread.
+    let receipt = store.submit(batch(vec![record("a", 1)])).await.unwrap();
+    assert!(receipt.committed().await.is_ok());
+    // This test, the writer, the reader and the reader factory hold the backend.
+    let held = Arc::strong_count(&threads);
+    task.abort();
+    // The writer's thread lets go of its backend once its future is dropped there.
+    until("the writer to stop", || Arc::strong_count(&threads) < held).await;
+}
+
 #[tokio::test]
 async fn shutdown_drains_the_buffer() {
     let cancel = CancellationToken::new();
