@@ -493,3 +493,59 @@ async fn every_connection_on_a_stream_gets_every_event_and_pings_arrive() {
     assert!(ids_a.iter().chain(&ids_b).all(|&id| stream.contains(id)));
     sim.shutdown().await;
 }
+
+/// Segments this socket has received so far (Linux `TCP_INFO`).
+fn segments_in(fd: std::os::fd::RawFd) -> u32 {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes and `fd` is an open socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+/// The trades due on a connection at one wake leave in one write, as a venue sends what it
+/// has: with `TCP_NODELAY` on (as the simulator sets it) a write per frame would be a TCP
+/// segment per frame, so the client counts segments against frames.
+#[tokio::test]
+async fn what_is_due_at_one_wake_leaves_in_one_write() {
+    use std::os::fd::AsRawFd;
+    // About 80 trades due at each 20 ms wake.
+    let sim = start(SimConfig {
+        rate_per_stream: 4_000.0,
+        tick_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    let fd = tcp.as_raw_fd();
+    let url = format!("{}/binance/ws/btcusdt@trade", sim.ws_url());
+    let (mut ws, _) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    // Count from the first trade on, past the handshake's segments.
+    next_json(&mut ws).await;
+    let before = segments_in(fd);
+    let mut frames = 0u32;
+    while frames < 2_000 {
+        assert_eq!(next_json(&mut ws).await["e"], "trade");
+        frames += 1;
+    }
+    let segments = segments_in(fd) - before;
+    assert!(
+        frames >= 8 * segments,
+        "{frames} frames came in {segments} segments: the simulator writes frame by frame"
+    );
+}
