@@ -3,6 +3,10 @@
 //! the first 30%, a rollback moves them back, a promotion moves everyone, and across the
 //! switches every trade the simulator sent is stored once. Then old versions: a used one and a
 //! built-in one cannot be removed, an unused one is removed from the cluster and from disk.
+//!
+//! Also: a source stopped (paused, as a switch or a hand-over stops a session) before it stored
+//! anything, with trades still on their way from the venue, stores them as it closes, and its
+//! next session resumes from them: nothing the simulator sent is lost.
 
 mod support;
 
@@ -12,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::store::{Stored, trade_stream};
-use support::{binance_sources, get_json, node_config, simulator, start_node, until, variant_of};
+use support::{
+    HoldingProxy, binance_sources, get_json, node_config, simulator, start_node, until, variant_of,
+};
 
 /// `anode source upgrade …` against the node at `api`; its output.
 fn upgrade(api: &str, args: &[&str]) -> String {
@@ -249,6 +255,132 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
         "a removed plugin is listed: {listed}"
     );
     assert!(listed.to_string().contains(&v2));
+
+    node.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The ids of `source` stored are exactly those the simulator sent on `stream`, at some poll
+/// within the deadline.
+async fn until_stored_as_sent(
+    sim: &anode_feedsim::FeedSim,
+    stored: &Stored,
+    source: &str,
+    stream: &str,
+) {
+    until(
+        "every sent trade stored",
+        Duration::from_secs(30),
+        || async {
+            let sent: HashSet<u64> = sim
+                .report()
+                .streams
+                .get(stream)
+                .map(|s| s.ids().collect())
+                .unwrap_or_default();
+            let have: HashSet<u64> = stored.ids(source).await.into_iter().collect();
+            if have == sent {
+                Ok(sent.len())
+            } else {
+                let mut missing: Vec<u64> = sent.difference(&have).copied().collect();
+                missing.sort_unstable();
+                Err(format!(
+                    "sent {} stored {}; missing {missing:?}",
+                    sent.len(),
+                    have.len()
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_in_flight_when_a_source_stops_before_its_first_stored_batch_are_stored() {
+    let sim = simulator(20.0).await;
+    sim.pause();
+    let proxy = HoldingProxy::start(sim.addr()).await;
+    let data = tempfile::tempdir().unwrap();
+    let sqlite = data.path().join("records.sqlite");
+    let mut config = node_config(data.path());
+    config.store.sqlite_path = Some(sqlite.clone());
+    // Room enough that the proxy is released well within the close.
+    config.sources.close_timeout_ms = 10_000;
+    let node = start_node(config).await;
+    let api = node.url();
+    let stored = Stored::Sqlite(sqlite);
+    let spec = serde_json::json!({"id": "far-0", "plugin": "binance-trades",
+        "config": {"base_url": format!("ws://{}/binance", proxy.addr),
+            "rest_url": format!("{}/binance", sim.http_url()),
+            "symbols": ["farusdt"], "mode": "raw"}});
+    let stream = trade_stream(&spec);
+    support::add_sources(&api, std::slice::from_ref(&spec)).await;
+    until_live(&api, "the source live").await;
+
+    // Trades sent (the venue's writes succeeded) and still on their way; nothing stored yet,
+    // so the source has no cursor a next session could backfill from.
+    proxy.hold();
+    sim.resume();
+    until("three trades sent", Duration::from_secs(30), || async {
+        let sent = sim
+            .report()
+            .streams
+            .get(&stream)
+            .map_or(0, |s| s.ids().count());
+        if sent >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{sent} sent"))
+        }
+    })
+    .await;
+    assert!(
+        stored.ids("far-0").await.is_empty(),
+        "nothing can be stored while the proxy holds the trades"
+    );
+    // Paused: the node stops the session, which sends its Close through the proxy (the only
+    // thing the source sends on this raw stream). Only then do the trades in flight arrive.
+    let said = proxy.client_bytes();
+    let pause = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{api}/api/v1/sources/far-0/pause"))
+            .send(),
+    );
+    until("the session's Close", Duration::from_secs(30), || async {
+        let now = proxy.client_bytes();
+        if now > said {
+            Ok(())
+        } else {
+            Err(format!("{now} bytes from the source"))
+        }
+    })
+    .await;
+    proxy.release();
+    assert!(pause.await.unwrap().unwrap().status().is_success());
+    until_stored_as_sent(&sim, &stored, "far-0", &stream).await;
+    assert!(!stored.ids("far-0").await.is_empty());
+
+    // Resumed, the next session starts from what the closing one stored: the trades of the
+    // pause come from the venue's history, and the live ones follow.
+    let resumed = reqwest::Client::new()
+        .post(format!("{api}/api/v1/sources/far-0/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resumed.status().is_success());
+    until_live(&api, "the source live again").await;
+    let before = stored.ids("far-0").await.len();
+    until("more trades stored", Duration::from_secs(30), || async {
+        let now = stored.ids("far-0").await.len();
+        if now >= before + 5 {
+            Ok(())
+        } else {
+            Err(format!("{now} stored"))
+        }
+    })
+    .await;
+    sim.pause();
+    until_stored_as_sent(&sim, &stored, "far-0", &stream).await;
 
     node.shutdown().await;
     sim.shutdown().await;

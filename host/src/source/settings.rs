@@ -14,6 +14,9 @@ pub struct SourceSettings {
     pub connect_timeout_ms: u64,
     /// A WebSocket with no message for this long is reconnected.
     pub idle_timeout_ms: u64,
+    /// A stopping WebSocket source sends Close and reads on until the venue ends the
+    /// connection, at most this long: what was in flight is stored, not dropped.
+    pub close_timeout_ms: u64,
     /// Most WebSocket frames handed to the connector in one call.
     pub frame_batch_max: usize,
     /// An HTTP request that takes longer fails.
@@ -57,6 +60,7 @@ impl Default for SourceSettings {
             reconnect_max_ms: 30_000,
             connect_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            close_timeout_ms: 2_000,
             frame_batch_max: 512,
             http_timeout_ms: 10_000,
             http_min_interval_ms: 50,

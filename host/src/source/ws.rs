@@ -75,7 +75,7 @@ pub(crate) async fn run(
         };
         let first = tokio::select! {
             () = ctx.cancel().cancelled() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
+                close(ctx, &plan.url, &mut sink, &mut stream, batch_max).await;
                 return None;
             }
             () = beat => {
@@ -93,42 +93,7 @@ pub(crate) async fn run(
             },
         };
         // Take what is already waiting too, so the plugin sees batches.
-        let mut frames = Vec::new();
-        let mut ended: Option<Problem> = None;
-        let mut pending = Some(first);
-        while let Some(next) = pending.take() {
-            match next {
-                None => ended = Some(Problem::Retry("the server closed the connection".into())),
-                Some(Err(e)) => ended = Some(Problem::Retry(format!("connection error: {e}"))),
-                Some(Ok(message)) => match message {
-                    Message::Text(text) => frames.push(Frame {
-                        data: text.as_bytes().to_vec(),
-                        received_at: now_us(),
-                    }),
-                    Message::Binary(data) => frames.push(Frame {
-                        data: data.to_vec(),
-                        received_at: now_us(),
-                    }),
-                    Message::Ping(data) => {
-                        if let Err(e) = sink.send(Message::Pong(data)).await {
-                            ended = Some(Problem::Retry(format!("answering a ping failed: {e}")));
-                        }
-                    }
-                    Message::Close(frame) => {
-                        ended = Some(Problem::Retry(match frame {
-                            Some(f) => {
-                                format!("the server closed the connection: {} {}", f.code, f.reason)
-                            }
-                            None => "the server closed the connection".into(),
-                        }))
-                    }
-                    Message::Pong(_) | Message::Frame(_) => {}
-                },
-            }
-            if ended.is_none() && frames.len() < batch_max {
-                pending = stream.next().now_or_never();
-            }
-        }
+        let (frames, ended) = gather(first, &mut stream, &mut sink, batch_max).await;
         if !frames.is_empty() {
             let outcome = ctx.ingest(Input::Frames(frames)).await;
             backoff.reset();
@@ -144,13 +109,109 @@ pub(crate) async fn run(
             if !outcome.requests.is_empty() {
                 match http::follow(ctx, outcome.requests, Failed::Answer).await {
                     Ok(()) => {}
-                    Err(None) => return None,
+                    Err(None) => {
+                        close(ctx, &plan.url, &mut sink, &mut stream, batch_max).await;
+                        return None;
+                    }
                     Err(Some(problem)) => return Some(problem),
                 }
             }
         }
         if let Some(problem) = ended {
             return Some(problem);
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Reader = futures_util::stream::SplitStream<Socket>;
+type Writer = futures_util::stream::SplitSink<Socket, Message>;
+
+/// `first` and the messages already waiting after it (up to `batch_max` frames), so the
+/// plugin sees batches; pings answered; and how the connection ended, if it did.
+async fn gather(
+    first: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    stream: &mut Reader,
+    sink: &mut Writer,
+    batch_max: usize,
+) -> (Vec<Frame>, Option<Problem>) {
+    let mut frames = Vec::new();
+    let mut ended: Option<Problem> = None;
+    let mut pending = Some(first);
+    while let Some(next) = pending.take() {
+        match next {
+            None => ended = Some(Problem::Retry("the server closed the connection".into())),
+            Some(Err(e)) => ended = Some(Problem::Retry(format!("connection error: {e}"))),
+            Some(Ok(message)) => match message {
+                Message::Text(text) => frames.push(Frame {
+                    data: text.as_bytes().to_vec(),
+                    received_at: now_us(),
+                }),
+                Message::Binary(data) => frames.push(Frame {
+                    data: data.to_vec(),
+                    received_at: now_us(),
+                }),
+                Message::Ping(data) => {
+                    if let Err(e) = sink.send(Message::Pong(data)).await {
+                        ended = Some(Problem::Retry(format!("answering a ping failed: {e}")));
+                    }
+                }
+                Message::Close(frame) => {
+                    ended = Some(Problem::Retry(match frame {
+                        Some(f) => {
+                            format!("the server closed the connection: {} {}", f.code, f.reason)
+                        }
+                        None => "the server closed the connection".into(),
+                    }))
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
+            },
+        }
+        if ended.is_none() && frames.len() < batch_max {
+            pending = stream.next().now_or_never();
+        }
+    }
+    (frames, ended)
+}
+
+/// A stopping source's close handshake: send Close, then read on until the venue's own Close
+/// (or the end of the connection), handing what arrives to the connector. What the venue sent
+/// before it saw the Close is then stored, not dropped with the socket: a source that has
+/// stored nothing yet has no cursor for its next session to backfill from, so this is the only
+/// way it is not lost (a hand-over, an upgrade's switch, a pause). Bounded by
+/// `sources.close_timeout_ms`; the connector's replies and requests are not carried out any
+/// more (the next session backfills from the cursor this stores).
+async fn close(
+    ctx: &impl Feed,
+    url: &str,
+    sink: &mut Writer,
+    stream: &mut Reader,
+    batch_max: usize,
+) {
+    let bound = Duration::from_millis(ctx.settings().close_timeout_ms);
+    let deadline = tokio::time::Instant::now() + bound;
+    if tokio::time::timeout_at(deadline, sink.send(Message::Close(None)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let Ok(first) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            tracing::info!(
+                "{url}: the venue did not end the connection within {} ms of the Close \
+                 (sources.close_timeout_ms); what it sends later is not read",
+                bound.as_millis()
+            );
+            return;
+        };
+        let (frames, ended) = gather(first, stream, sink, batch_max).await;
+        if !frames.is_empty() && ctx.ingest(Input::Frames(frames)).await.problem.is_some() {
+            return;
+        }
+        if ended.is_some() {
+            return;
         }
     }
 }
@@ -172,13 +233,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 
 /// Connect to `url` at an address the egress policy allows (the one resolved and checked is
 /// the one connected to), then speak WebSocket over it, with TLS for `wss://`.
-async fn connect(
-    egress: &super::Egress,
-    url: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-> {
+async fn connect(egress: &super::Egress, url: &str) -> Result<Socket, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
     let host = parsed.host_str().ok_or("the URL has no host")?;
     let port = parsed

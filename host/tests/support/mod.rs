@@ -582,3 +582,101 @@ pub async fn metrics_text(api: &str) -> String {
         .await
         .unwrap()
 }
+
+/// A TCP proxy on loopback between a source and its venue that can hold what the venue sends:
+/// while held, the venue's writes succeed (the simulator counts those trades as sent) and the
+/// bytes wait in the proxy, as data in flight from a distant venue would; released, they go
+/// on in order, and then the venue's end of the connection. What the source sends goes
+/// through at once.
+pub struct HoldingProxy {
+    pub addr: std::net::SocketAddr,
+    held: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    client_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HoldingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> HoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let shared = held.clone();
+        let client_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = client_bytes.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let _ = server_write.shutdown().await;
+                });
+                let (chunks, mut queued) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(1024);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let chunk = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => None,
+                            Ok(n) => Some(buf[..n].to_vec()),
+                        };
+                        let end = chunk.is_none();
+                        if chunks.send(chunk).await.is_err() || end {
+                            return;
+                        }
+                    }
+                });
+                let mut released = shared.subscribe();
+                tokio::spawn(async move {
+                    while let Some(chunk) = queued.recv().await {
+                        if released.wait_for(|held| !*held).await.is_err() {
+                            return;
+                        }
+                        match chunk {
+                            Some(bytes) => {
+                                if client_write.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => {
+                                let _ = client_write.shutdown().await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy {
+            addr,
+            held,
+            client_bytes,
+        }
+    }
+
+    /// Bytes the clients have sent through the proxy so far.
+    pub fn client_bytes(&self) -> u64 {
+        self.client_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keep what the venue sends from here on in the proxy.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Pass on what was held, and what comes.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+}
