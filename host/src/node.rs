@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             .postgres_url
             .is_none()
             .then(crate::pipeline::CursorShelf::default),
+        close_timeouts: Default::default(),
     });
     let api_advertised = match &config.api.advertise {
         Some(a) => crate::cluster::resolve("api.advertise", a)

@@ -46,6 +46,9 @@ pub(crate) struct Ingest {
     /// With the embedded store, committed cursors also go to the cluster's catalog, so that
     /// a new owner on another node resumes from them.
     pub(crate) cursor_shelf: Option<CursorShelf>,
+    /// Stopping WebSocket sessions whose venue did not end the connection within
+    /// `sources.close_timeout_ms`.
+    pub(crate) close_timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// The latest committed cursor of each source, waiting to be written to the catalog (at most
@@ -400,6 +403,11 @@ impl Feed for SourceCtx {
     }
     fn egress(&self) -> &crate::source::Egress {
         &self.ingest.egress
+    }
+    fn close_timed_out(&self) {
+        self.ingest
+            .close_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! Also: a source stopped (paused, as a switch or a hand-over stops a session) before it stored
 //! anything, with trades still on their way from the venue, stores them as it closes, and its
-//! next session resumes from them: nothing the simulator sent is lost.
+//! next session resumes from them: nothing the simulator sent is lost. A venue that does not
+//! end the connection bounds the close (`sources.close_timeout_ms`), is counted, and what it
+//! sent meanwhile comes from the venue's history in the next session.
 
 mod support;
 
@@ -295,83 +297,66 @@ async fn until_stored_as_sent(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trades_in_flight_when_a_source_stops_before_its_first_stored_batch_are_stored() {
-    let sim = simulator(20.0).await;
-    sim.pause();
+/// A node with one source whose venue is behind a [`HoldingProxy`].
+struct Proxied {
+    node: anode::node::NodeHandle,
+    api: String,
+    proxy: HoldingProxy,
+    stored: Stored,
+    stream: String,
+    _data: tempfile::TempDir,
+}
+
+/// One node with one Binance source `id` whose WebSocket goes through a [`HoldingProxy`] (its
+/// REST backfill straight to the simulator), storing into SQLite, with the given
+/// `sources.close_timeout_ms`; live when this returns.
+async fn proxied_source(sim: &anode_feedsim::FeedSim, id: &str, close_timeout_ms: u64) -> Proxied {
     let proxy = HoldingProxy::start(sim.addr()).await;
     let data = tempfile::tempdir().unwrap();
     let sqlite = data.path().join("records.sqlite");
     let mut config = node_config(data.path());
     config.store.sqlite_path = Some(sqlite.clone());
-    // Room enough that the proxy is released well within the close.
-    config.sources.close_timeout_ms = 10_000;
+    config.sources.close_timeout_ms = close_timeout_ms;
     let node = start_node(config).await;
     let api = node.url();
-    let stored = Stored::Sqlite(sqlite);
-    let spec = serde_json::json!({"id": "far-0", "plugin": "binance-trades",
+    let spec = serde_json::json!({"id": id, "plugin": "binance-trades",
         "config": {"base_url": format!("ws://{}/binance", proxy.addr),
             "rest_url": format!("{}/binance", sim.http_url()),
-            "symbols": ["farusdt"], "mode": "raw"}});
-    let stream = trade_stream(&spec);
+            "symbols": [format!("{id}usdt")], "mode": "raw"}});
     support::add_sources(&api, std::slice::from_ref(&spec)).await;
     until_live(&api, "the source live").await;
+    Proxied {
+        node,
+        api,
+        proxy,
+        stored: Stored::Sqlite(sqlite),
+        stream: trade_stream(&spec),
+        _data: data,
+    }
+}
 
-    // Trades sent (the venue's writes succeeded) and still on their way; nothing stored yet,
-    // so the source has no cursor a next session could backfill from.
-    proxy.hold();
-    sim.resume();
-    until("three trades sent", Duration::from_secs(30), || async {
-        let sent = sim
-            .report()
-            .streams
-            .get(&stream)
-            .map_or(0, |s| s.ids().count());
-        if sent >= 3 {
-            Ok(())
-        } else {
-            Err(format!("{sent} sent"))
-        }
-    })
-    .await;
-    assert!(
-        stored.ids("far-0").await.is_empty(),
-        "nothing can be stored while the proxy holds the trades"
-    );
-    // Paused: the node stops the session, which sends its Close through the proxy (the only
-    // thing the source sends on this raw stream). Only then do the trades in flight arrive.
-    let said = proxy.client_bytes();
-    let pause = tokio::spawn(
-        reqwest::Client::new()
-            .post(format!("{api}/api/v1/sources/far-0/pause"))
-            .send(),
-    );
-    until("the session's Close", Duration::from_secs(30), || async {
-        let now = proxy.client_bytes();
-        if now > said {
-            Ok(())
-        } else {
-            Err(format!("{now} bytes from the source"))
-        }
-    })
-    .await;
-    proxy.release();
-    assert!(pause.await.unwrap().unwrap().status().is_success());
-    until_stored_as_sent(&sim, &stored, "far-0", &stream).await;
-    assert!(!stored.ids("far-0").await.is_empty());
+/// `POST /api/v1/sources/<id>/<action>` (pause, resume) on the node at `api`.
+fn source_action(api: &str, id: &str, action: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new().post(format!("{api}/api/v1/sources/{id}/{action}"))
+}
 
-    // Resumed, the next session starts from what the closing one stored: the trades of the
-    // pause come from the venue's history, and the live ones follow.
-    let resumed = reqwest::Client::new()
-        .post(format!("{api}/api/v1/sources/far-0/resume"))
-        .send()
-        .await
-        .unwrap();
+/// Trades of `stream` the simulator has sent.
+fn sent(sim: &anode_feedsim::FeedSim, stream: &str) -> usize {
+    sim.report()
+        .streams
+        .get(stream)
+        .map_or(0, |s| s.ids().count())
+}
+
+/// Resume the paused source `id` and check that its next session stores what the old one did
+/// not (from the venue's history) and the live trades after it, id by id; then shut down.
+async fn resume_and_check_every_trade_stored(sim: anode_feedsim::FeedSim, p: Proxied, id: &str) {
+    let resumed = source_action(&p.api, id, "resume").send().await.unwrap();
     assert!(resumed.status().is_success());
-    until_live(&api, "the source live again").await;
-    let before = stored.ids("far-0").await.len();
+    until_live(&p.api, "the source live again").await;
+    let before = p.stored.ids(id).await.len();
     until("more trades stored", Duration::from_secs(30), || async {
-        let now = stored.ids("far-0").await.len();
+        let now = p.stored.ids(id).await.len();
         if now >= before + 5 {
             Ok(())
         } else {
@@ -380,8 +365,100 @@ async fn trades_in_flight_when_a_source_stops_before_its_first_stored_batch_are_
     })
     .await;
     sim.pause();
-    until_stored_as_sent(&sim, &stored, "far-0", &stream).await;
-
-    node.shutdown().await;
+    until_stored_as_sent(&sim, &p.stored, id, &p.stream).await;
+    p.node.shutdown().await;
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_in_flight_when_a_source_stops_before_its_first_stored_batch_are_stored() {
+    let sim = simulator(20.0).await;
+    sim.pause();
+    // Room enough that the proxy is released well within the close.
+    let p = proxied_source(&sim, "far", 10_000).await;
+
+    // Trades sent (the venue's writes succeeded) and still on their way; nothing stored yet,
+    // so the source has no cursor a next session could backfill from.
+    p.proxy.hold();
+    sim.resume();
+    until("three trades sent", Duration::from_secs(30), || async {
+        match sent(&sim, &p.stream) {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} sent")),
+        }
+    })
+    .await;
+    assert!(
+        p.stored.ids("far").await.is_empty(),
+        "nothing can be stored while the proxy holds the trades"
+    );
+    // Paused: the node stops the session, which sends its Close through the proxy (the only
+    // thing the source sends on this raw stream). Only then do the trades in flight arrive.
+    let said = p.proxy.client_bytes();
+    let pause = tokio::spawn(source_action(&p.api, "far", "pause").send());
+    until("the session's Close", Duration::from_secs(30), || async {
+        match p.proxy.client_bytes() {
+            now if now > said => Ok(()),
+            now => Err(format!("{now} bytes from the source")),
+        }
+    })
+    .await;
+    p.proxy.release();
+    assert!(pause.await.unwrap().unwrap().status().is_success());
+    until_stored_as_sent(&sim, &p.stored, "far", &p.stream).await;
+    assert!(!p.stored.ids("far").await.is_empty());
+
+    // Resumed, the next session starts from what the closing one stored: the trades of the
+    // pause come from the venue's history, and the live ones follow.
+    resume_and_check_every_trade_stored(sim, p, "far").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_that_does_not_end_the_connection_bounds_the_close_counts_it_and_loses_nothing() {
+    let sim = simulator(20.0).await;
+    let p = proxied_source(&sim, "mute", 300).await;
+    // Stored trades first: the source has a cursor.
+    until("trades stored", Duration::from_secs(30), || async {
+        match p.stored.ids("mute").await.len() {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} stored")),
+        }
+    })
+    .await;
+
+    // The venue's side held from here on, its answer to the Close included: the close runs
+    // out, is counted, and what the venue sent meanwhile stays in the proxy.
+    p.proxy.hold();
+    let at_hold = sent(&sim, &p.stream);
+    until(
+        "trades sent into the held proxy",
+        Duration::from_secs(30),
+        || async {
+            match sent(&sim, &p.stream) {
+                n if n >= at_hold + 3 => Ok(()),
+                n => Err(format!("{n} sent")),
+            }
+        },
+    )
+    .await;
+    let paused = source_action(&p.api, "mute", "pause").send().await.unwrap();
+    assert!(paused.status().is_success());
+    until("the close counted", Duration::from_secs(30), || async {
+        let metrics = support::metrics_text(&p.api).await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("anode_source_close_timeouts_total "))
+            .unwrap_or_default()
+            .to_owned();
+        if line == "anode_source_close_timeouts_total 1" {
+            Ok(())
+        } else {
+            Err(format!("{line:?}"))
+        }
+    })
+    .await;
+
+    // Resumed, the next session backfills what the old one never read from the cursor.
+    p.proxy.release();
+    resume_and_check_every_trade_stored(sim, p, "mute").await;
 }

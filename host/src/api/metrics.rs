@@ -351,6 +351,13 @@ pub(super) async fn metrics(
     );
     scrape.single(
         true,
+        "anode_source_close_timeouts_total",
+        "Stopping WebSocket sources whose venue did not end the connection within \
+         sources.close_timeout_ms (what it sent later was not read).",
+        state.close_timeouts() as f64,
+    );
+    scrape.single(
+        true,
         "anode_api_requests_refused_total",
         "API requests refused for want of the right token (api.token, api.read_token).",
         state.refused_requests() as f64,

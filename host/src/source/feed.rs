@@ -43,4 +43,7 @@ pub(crate) trait Feed: Sync {
     fn source_http(&self) -> &reqwest::Client;
     /// What the source may reach.
     fn egress(&self) -> &super::Egress;
+    /// Count a stopping session whose venue did not end the connection within
+    /// `sources.close_timeout_ms`.
+    fn close_timed_out(&self);
 }

@@ -180,7 +180,8 @@ async fn gather(
 /// before it saw the Close is then stored, not dropped with the socket: a source that has
 /// stored nothing yet has no cursor for its next session to backfill from, so this is the only
 /// way it is not lost (a hand-over, an upgrade's switch, a pause). Bounded by
-/// `sources.close_timeout_ms`; the connector's replies and requests are not carried out any
+/// `sources.close_timeout_ms` (a close that runs out is counted,
+/// `anode_source_close_timeouts_total`); the connector's replies and requests are not carried out any
 /// more (the next session backfills from the cursor this stores).
 async fn close(
     ctx: &impl Feed,
@@ -195,10 +196,12 @@ async fn close(
         .await
         .is_err()
     {
+        ctx.close_timed_out();
         return;
     }
     loop {
         let Ok(first) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            ctx.close_timed_out();
             tracing::info!(
                 "{url}: the venue did not end the connection within {} ms of the Close \
                  (sources.close_timeout_ms); what it sends later is not read",

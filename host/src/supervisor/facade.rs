@@ -181,6 +181,14 @@ impl NodeState {
         self.ingest.egress.refused()
     }
 
+    /// Stopping WebSocket sessions whose venue did not end the connection in time
+    /// (`sources.close_timeout_ms`).
+    pub fn close_timeouts(&self) -> u64 {
+        self.ingest
+            .close_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn store_stats(&self) -> StoreStats {
         self.ingest.store.stats()
     }
