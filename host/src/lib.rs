@@ -34,6 +34,7 @@ pub mod fanout;
 pub mod node;
 pub(crate) mod pipeline;
 pub mod plugin;
+pub mod procstat;
 pub mod record;
 pub mod sink;
 pub mod source;

@@ -369,6 +369,22 @@ pub(super) async fn metrics(
          ahead).",
         state.cluster().catalog.refused() as f64,
     );
+    if let Some(cpu) = crate::procstat::cpu_seconds("self") {
+        scrape.single(
+            true,
+            "process_cpu_seconds_total",
+            "User and system CPU time of the node's process.",
+            cpu,
+        );
+    }
+    if let Some(bytes) = crate::procstat::resident_bytes("self") {
+        scrape.single(
+            false,
+            "process_resident_memory_bytes",
+            "Resident memory of the node's process.",
+            bytes as f64,
+        );
+    }
     scrape.render()
 }
 
