@@ -419,23 +419,14 @@ async fn anode_bench_reports_throughput_latency_and_no_loss() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    let line = |name: &str| -> String {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("no `{name}` line in:\n{text}"))
-            .to_owned()
-    };
-    let first_number = |l: &str| -> f64 {
-        l.split_whitespace()
-            .find_map(|w| w.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no figure in `{l}`"))
-    };
-    assert!(first_number(&line("stored")) > 0.0, "{text}");
-    assert!(first_number(&line("delivered")) > 0.0, "{text}");
-    assert!(line("latency").contains("p99"), "{text}");
+    let out = support::BenchOutput(text);
+    let text = &out.0;
+    assert!(out.figure("stored") > 0.0, "{text}");
+    assert!(out.figure("delivered") > 0.0, "{text}");
+    assert!(out.line("latency").contains("p99"), "{text}");
     // From the simulator's µs send clock, and the path in parts: the network, the decode,
     // the node to the subscriber.
-    let from_send = line("from send");
+    let from_send = out.line("from send");
     assert!(
         from_send.contains("p99") && !from_send.contains(", 0 records"),
         "{text}"
@@ -450,16 +441,9 @@ async fn anode_bench_reports_throughput_latency_and_no_loss() {
         .zip(["frame received", "decoded, µs", "subscriber, µs"])
     {
         assert!(
-            part.contains(says) && first_number(part) >= 0.0,
+            part.contains(says) && support::first_figure(part) >= 0.0,
             "{part} in {text}"
         );
     }
-    let loss = line("loss");
-    assert!(loss.contains("loss        0 of"), "{text}");
-    let sent: u64 = loss
-        .split_whitespace()
-        .nth(3)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(sent > 0, "the simulator sent ids: {text}");
+    out.sent_none_lost();
 }

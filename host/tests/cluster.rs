@@ -762,3 +762,170 @@ async fn nodes_stopped_together_take_nothing_over_while_leaving_and_exit_in_time
     drop(nodes);
     db.drop_db().await;
 }
+
+/// The ids of `anode bench`'s sources in the cluster of `node`.
+async fn bench_sources(node: &NodeProc) -> Vec<String> {
+    node.get("/api/v1/sources")
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("bench-"))
+        .collect()
+}
+
+/// `anode bench --url` drives a running cluster through one node, with the cluster's token:
+/// every id its simulator sent is seen stored (the stored-record subscriber on one node hears
+/// the other node's too), CPU and memory are the members' together, and its sources are gone
+/// afterwards. A cluster whose egress policy refuses the simulator gets a clear error at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anode_bench_drives_a_running_cluster_and_leaves_no_source_behind() {
+    const TOKEN: &str = "bench-token";
+    let root = tempfile::tempdir().unwrap();
+    let with_token = |options: NodeOptions| NodeOptions {
+        api_section: Some(format!("bind = \"127.0.0.1:0\"\ntoken = {TOKEN:?}")),
+        read_token: Some(TOKEN.into()),
+        write_token: Some(TOKEN.into()),
+        ..options
+    };
+    let first = NodeProc::start(root.path(), "bu1", &with_token(NodeOptions::default()));
+    let second = NodeProc::start(
+        root.path(),
+        "bu2",
+        &with_token(NodeOptions {
+            seeds: vec![first.gossip.clone()],
+            ..NodeOptions::default()
+        }),
+    );
+    until("2 members", SETTLE, || async {
+        match live_members(&first).await.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} members")),
+        }
+    })
+    .await;
+    let bench = |api: &str, token: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_anode"));
+        command.args([
+            "bench",
+            "--url",
+            api,
+            "--sources",
+            "8",
+            "--rate",
+            "30",
+            "--duration",
+            "2",
+            "--subscribers",
+            "1",
+        ]);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        command.env_remove("ANODE_TOKEN");
+        async move {
+            let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        }
+    };
+    let (ok, text) = bench(&second.api, Some(TOKEN)).await;
+    assert!(ok, "{text}");
+    let out = support::BenchOutput(text);
+    assert!(out.line("anode bench").contains("(2 nodes"), "{}", out.0);
+    assert!(out.figure("stored") > 0.0, "{}", out.0);
+    assert!(out.figure("delivered") > 0.0, "{}", out.0);
+    assert!(out.line("CPU").contains("(2 nodes)"), "{}", out.0);
+    assert!(out.figure("memory") > 0.0, "{}", out.0);
+    out.sent_none_lost();
+    assert_eq!(bench_sources(&first).await, Vec::<String>::new());
+
+    // No token: refused, and it says so.
+    let (ok, text) = bench(&first.api, None).await;
+    assert!(!ok && text.contains("401"), "{text}");
+
+    // A node whose sources may not reach loopback.
+    let walled = NodeProc::start(
+        root.path(),
+        "bu3",
+        &NodeOptions {
+            allow: Some(vec!["10.0.0.0/8".into()]),
+            ..NodeOptions::default()
+        },
+    );
+    let (ok, text) = bench(&walled.api, None).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("egress policy") && text.contains("[sources] allow"),
+        "{text}"
+    );
+    assert_eq!(bench_sources(&walled).await, Vec::<String>::new());
+}
+
+/// The next message of a `/ws` client, as JSON, within [`SETTLE`].
+async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let message = tokio::time::timeout(SETTLE, ws.next())
+        .await
+        .expect("a message within the deadline")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}
+
+/// A subscriber is told it is subscribed only once every other live node has its filter: from
+/// its `subscribed` on, nothing of their sources is missed. Here the second node's API (which
+/// the first node's link to it uses) is behind a proxy that holds its answers: no
+/// `subscribed` while they are held, and once they go on, the acknowledgement and then the
+/// second node's stored records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_acknowledged_once_the_other_nodes_have_its_filter() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = simulator(20.0).await;
+    let first = NodeProc::start(root.path(), "h1", &NodeOptions::default());
+    let port = support::free_port();
+    let proxy = support::HoldingProxy::start(([127, 0, 0, 1], port).into()).await;
+    let second = NodeProc::start(
+        root.path(),
+        "h2",
+        &NodeOptions {
+            seeds: vec![first.gossip.clone()],
+            api_section: Some(format!(
+                "bind = \"127.0.0.1:{port}\"\nadvertise = \"{}\"",
+                proxy.addr
+            )),
+            ..NodeOptions::default()
+        },
+    );
+    let specs = binance_sources(&sim, 6, "ack");
+    add_all(&first, &specs).await;
+    until_converged("2 nodes to converge", &[&first, &second], &ids(&specs)).await;
+    let on_second: Vec<String> = running_on(&second).await.into_keys().collect();
+    let pick = on_second.first().expect("h2 runs a source").clone();
+
+    proxy.hold();
+    let url = format!(
+        "{}/ws?source={pick}&after=stored",
+        first.api.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), ws.next())
+            .await
+            .is_err(),
+        "no acknowledgement while h2 cannot answer h1's link"
+    );
+    proxy.release();
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "subscribed", "{hello}");
+    let record = next_json(&mut ws).await;
+    assert_eq!(record["source"], pick.as_str(), "{record}");
+    assert_eq!(record["node"], "h2", "{record}");
+    sim.shutdown().await;
+}

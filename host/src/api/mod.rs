@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cluster::relay::HEARD_WITHIN;
 use crate::fanout::{Delivery, Filter};
 use crate::sink::{LogStart, Tail};
 use crate::source::SourceSpec;
@@ -616,6 +617,9 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
             return;
         }
     };
+    // Subscribed once every live peer has heard the filter: from then on nothing of their
+    // sources is missed.
+    subscription.until_peers_heard(HEARD_WITHIN).await;
     let hello = json!({ "type": "subscribed", "node": state.node_id(), "filter": filter });
     if tx.send(Message::text(hello.to_string())).await.is_err() {
         return;
@@ -649,6 +653,7 @@ async fn serve_subscriber(socket: WebSocket, state: AppState, filter: Filter) {
                 Some(Ok(Message::Text(text))) => match subscribe_message(&text) {
                     Some(filter) => {
                         subscription.set_filter(filter.clone());
+                        subscription.until_peers_heard(HEARD_WITHIN).await;
                         vec![json!({ "type": "subscribed", "node": state.node_id(), "filter": filter }).to_string()]
                     }
                     None => vec![json!({ "type": "error", "message": SUBSCRIBE_HELP }).to_string()],

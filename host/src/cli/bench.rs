@@ -1,8 +1,9 @@
 //! `anode bench`: a load tool in the spirit of `pgbench` and `redis-benchmark`. It starts the
 //! feed simulator and one node (`anode up`, a child process, so that its CPU and memory are its
-//! own), drives N Binance trade sources at R trades/s each for T seconds with K `/ws`
-//! subscribers, and prints throughput, latency percentiles, CPU per record, memory, and loss:
-//! the ids the simulator sent against the ids the store holds, id by id.
+//! own), or with `--url` drives a running node or cluster; drives N Binance trade sources at R
+//! trades/s each for T seconds with K `/ws` subscribers, and prints throughput, latency
+//! percentiles, CPU per record, memory, and loss: the ids the simulator sent against the ids
+//! stored, id by id.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use serde_json::Value;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -38,6 +39,19 @@ pub struct BenchArgs {
     /// `store.postgres_method` for the node: `copy` (the default), `unnest` or `json`.
     #[arg(long)]
     postgres_method: Option<String>,
+    /// Drive the running node (and its cluster) at this API URL instead of starting one: the
+    /// bench's sources (`bench-<pid>-<n>`) are added there and removed at the end (their
+    /// records stay in the store). The nodes must reach and allow the simulator
+    /// (`--sim-addr`, `sources.allow`).
+    #[arg(long, conflicts_with_all = ["postgres", "nats", "postgres_method"])]
+    url: Option<String>,
+    /// Bearer token for --url (`api.token`: the bench adds and removes sources).
+    #[arg(long, env = "ANODE_TOKEN", hide_env_values = true, requires = "url")]
+    token: Option<String>,
+    /// Where the bench's feed simulator listens; with --url, an address of this machine that
+    /// the cluster's nodes reach.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sim_addr: std::net::SocketAddr,
 }
 
 /// What the subscribers saw.
@@ -141,17 +155,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let sim = anode_feedsim::start(anode_feedsim::SimConfig {
-        bind: "127.0.0.1:0".parse().expect("an address"),
+        bind: args.sim_addr,
         rate_per_stream: args.rate,
         ..anode_feedsim::SimConfig::default()
     })
     .await
-    .context("cannot start the feed simulator")?;
-    let dir = std::env::temp_dir().join(format!("anode-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = measure(&args, &sim, &dir).await;
+    .with_context(|| format!("cannot start the feed simulator on {}", args.sim_addr))?;
+    let result = match &args.url {
+        Some(url) => remote(&args, &sim, url.trim_end_matches('/')).await,
+        None => {
+            let dir = std::env::temp_dir().join(format!("anode-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let result = measure(&args, &sim, &dir).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result
+        }
+    };
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     if let Some(url) = &args.nats {
         // The bench's stream goes with it.
         if let Ok(client) = async_nats::connect(url.as_str()).await {
@@ -162,6 +183,31 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// The bench's sources: source id → the simulator's stream it reads.
+struct Sources {
+    ids: Vec<String>,
+    streams: HashMap<String, String>,
+}
+
+impl Sources {
+    fn new(prefix: &str, n: usize) -> Sources {
+        let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        let streams = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), format!("binance/bench{i}usdt@trade")))
+            .collect();
+        Sources { ids, streams }
+    }
+
+    /// Source `i`'s spec for the simulator at `ws_url`.
+    fn spec(&self, i: usize, ws_url: &str) -> Value {
+        json!({"id": self.ids[i], "plugin": "binance-trades", "config": {
+            "base_url": format!("{ws_url}/binance"), "symbols": [format!("bench{i}usdt")],
+            "mode": "raw"}})
+    }
 }
 
 async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> anyhow::Result<()> {
@@ -186,12 +232,13 @@ async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> 
         dir.join("data"),
         sim.addr()
     );
-    let ids: Vec<String> = (0..args.sources).map(|i| format!("bench-{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
+    let sources = Sources::new("bench-", args.sources);
+    for i in 0..args.sources {
+        let spec = sources.spec(i, &sim.ws_url());
         config.push_str(&format!(
-            "[[source]]\nid = \"{id}\"\nplugin = \"binance-trades\"\nconfig = {{ base_url = \
-             \"{}/binance\", symbols = [\"bench{i}usdt\"], mode = \"raw\" }}\n",
-            sim.ws_url()
+            "[[source]]\nid = {}\nplugin = \"binance-trades\"\nconfig = {{ base_url = {}, \
+             symbols = {}, mode = \"raw\" }}\n",
+            spec["id"], spec["config"]["base_url"], spec["config"]["symbols"]
         ));
     }
     let config_path = dir.join("anode.toml");
@@ -207,59 +254,406 @@ async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> 
             .stderr(log)
             .spawn()
             .context("cannot start `anode up`")?,
-        api: format!("http://127.0.0.1:{api}"),
         log: dir.join("node.log"),
     };
-    let outcome = drive(args, sim, &node, &ids, dir).await;
+    let api = format!("http://127.0.0.1:{api}");
+    let target = Target {
+        http: reqwest::Client::new(),
+        token: None,
+        members: vec![api.clone()],
+        api,
+        own: Some((&node, dir, args.postgres.as_deref())),
+        added: Default::default(),
+    };
+    let outcome = drive(args, sim, &target, &sources, None).await;
     node.stop();
     outcome
 }
 
+/// `anode bench --url`: the bench's sources are added to a running cluster through the node
+/// at `api`, and removed at the end.
+async fn remote(args: &BenchArgs, sim: &anode_feedsim::FeedSim, api: &str) -> anyhow::Result<()> {
+    let mut target = Target {
+        api: api.to_owned(),
+        http: reqwest::Client::new(),
+        token: args.token.clone(),
+        members: Vec::new(),
+        own: None,
+        added: Default::default(),
+    };
+    let cluster = super::call(target.get("/api/v1/cluster"), api).await?;
+    target.members = cluster["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["state"] == "alive")
+        .filter_map(|m| {
+            m["api"]
+                .as_str()
+                .map(|u| u.trim_end_matches('/').to_owned())
+        })
+        .collect();
+    let sources = Sources::new(&format!("bench-{}-", std::process::id()), args.sources);
+    let specs: Vec<Value> = (0..args.sources)
+        .map(|i| sources.spec(i, &sim.ws_url()))
+        .collect();
+    let outcome = drive(args, sim, &target, &sources, Some(specs)).await;
+    if !target.added.load(Relaxed) {
+        return outcome;
+    }
+    let removed = futures_util::stream::iter(&sources.ids)
+        .map(|id| {
+            let request = target.request(
+                reqwest::Method::DELETE,
+                api,
+                &format!("/api/v1/sources/{id}"),
+            );
+            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    if removed < sources.ids.len() {
+        eprintln!(
+            "warning: {} of the bench's {} sources could not be removed: remove them with \
+             `anode source remove` (ids bench-{}-*)",
+            sources.ids.len() - removed,
+            sources.ids.len(),
+            std::process::id()
+        );
+    }
+    outcome
+}
+
+/// What the bench drives and how it reaches it.
+struct Target<'a> {
+    /// The API the bench's requests and subscribers go to.
+    api: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    /// Every member's API (the node alone when the bench started it).
+    members: Vec<String>,
+    /// The node the bench started, its directory and PostgreSQL URL: its process and its store
+    /// are read directly.
+    own: Option<(&'a Node, &'a Path, Option<&'a str>)>,
+    /// The bench added its sources through the API (and must remove them).
+    added: std::sync::atomic::AtomicBool,
+}
+
+impl Target<'_> {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.get_at(&self.api, path)
+    }
+
+    fn get_at(&self, api: &str, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, api, path)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, &self.api, path)
+    }
+
+    fn request(&self, method: reqwest::Method, api: &str, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{api}{path}"));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// `/ws` of the target, with the token when there is one.
+    fn ws_url(&self) -> String {
+        let url = format!("{}/ws", self.api.replacen("http", "ws", 1));
+        match &self.token {
+            Some(token) => format!("{url}?token={token}"),
+            None => url,
+        }
+    }
+
+    /// Poll `path` on `api` until `done` says so (`Ok(true)`) or fails; `None`: no answer yet.
+    async fn until(
+        &self,
+        api: &str,
+        path: &str,
+        what: &str,
+        within: Duration,
+        mut done: impl FnMut(Option<&Value>) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let body = match self.get_at(api, path).send().await {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            };
+            if done(body.as_ref())? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .own
+                    .map(|(node, ..)| format!("; its log: {}", node.log.display()))
+                    .unwrap_or_default();
+                bail!("{api} did not get {what} within {within:?}{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until every bench source is live; a source the egress policy refuses ends the
+    /// wait with what to change.
+    async fn until_live(
+        &self,
+        sources: &Sources,
+        sim: &anode_feedsim::FeedSim,
+    ) -> anyhow::Result<()> {
+        let mut last = String::new();
+        let mut refused = None;
+        let waited = self
+            .until(
+                &self.api,
+                "/api/v1/sources",
+                "every source live",
+                Duration::from_secs(300),
+                |list| {
+                    let Some(list) = list.and_then(Value::as_array) else {
+                        return Ok(false);
+                    };
+                    let mine: Vec<&Value> = list
+                        .iter()
+                        .filter(|s| {
+                            s["id"]
+                                .as_str()
+                                .is_some_and(|id| sources.streams.contains_key(id))
+                        })
+                        .collect();
+                    refused = mine.iter().find_map(|s| {
+                        s["last_error"]
+                            .as_str()
+                            .filter(|e| e.contains("egress policy"))
+                            .map(str::to_owned)
+                    });
+                    let live = mine.iter().filter(|s| s["state"] == "live").count();
+                    if let Some(s) = mine.iter().find(|s| s["state"] != "live") {
+                        last = format!(
+                            "{live} of {} live; {} is {} ({})",
+                            sources.ids.len(),
+                            s["id"],
+                            s["state"],
+                            s["last_error"].as_str().unwrap_or("no error")
+                        );
+                    }
+                    Ok(refused.is_some() || live >= sources.ids.len())
+                },
+            )
+            .await;
+        if let Some(refused) = refused {
+            bail!(
+                "the cluster refuses the simulator's address: {refused}. Allow it in every \
+                 node's config (`[sources] allow = [\"{}\"]`), or run the simulator where the \
+                 nodes may reach it (--sim-addr)",
+                sim.addr()
+            );
+        }
+        waited.map_err(|e| anyhow::anyhow!("{e}: {last}"))
+    }
+
+    /// The records stored of the bench's sources so far (their owners' counts).
+    async fn stored(&self, sources: &Sources) -> anyhow::Result<u64> {
+        let list: Value = self.get("/api/v1/sources").send().await?.json().await?;
+        Ok(list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                s["id"]
+                    .as_str()
+                    .is_some_and(|id| sources.streams.contains_key(id))
+            })
+            .filter_map(|s| s["stored"].as_u64())
+            .sum())
+    }
+
+    /// A figure of every member's `/metrics`, summed; `None` if a member does not give it.
+    async fn members_metric(&self, name: &str) -> Option<f64> {
+        let mut sum = 0.0;
+        for api in &self.members {
+            let text = self
+                .get_at(api, "/metrics")
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            sum += text.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })?;
+        }
+        Some(sum)
+    }
+
+    /// CPU seconds of the node, or of every member.
+    async fn cpu_seconds(&self) -> Option<f64> {
+        match self.own {
+            Some((node, ..)) => crate::procstat::cpu_seconds(&node.child.id().to_string()),
+            None => self.members_metric("process_cpu_seconds_total").await,
+        }
+    }
+
+    /// Resident memory of the node, or of every member together, in MiB.
+    async fn rss_mib(&self) -> Option<f64> {
+        let bytes = match self.own {
+            Some((node, ..)) => {
+                crate::procstat::resident_bytes(&node.child.id().to_string()).map(|b| b as f64)
+            }
+            None => self.members_metric("process_resident_memory_bytes").await,
+        };
+        bytes.map(|b| b / (1024.0 * 1024.0))
+    }
+}
+
+/// A `/ws` subscriber of the target; with `filter`, sent and acknowledged before this returns.
+async fn subscribe(
+    target: &Target<'_>,
+    filter: Option<Value>,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(target.ws_url())
+        .await
+        .context("cannot subscribe to /ws")?;
+    if let Some(filter) = filter {
+        let message = json!({"type": "subscribe", "filter": filter}).to_string();
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(message))
+            .await?;
+        let acknowledged = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut hellos = 0;
+            while let Some(Ok(message)) = socket.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let value: Value = serde_json::from_str(text).unwrap_or_default();
+                if value["type"] == "subscribed" {
+                    hellos += 1;
+                    if hellos == 2 {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        if acknowledged != Ok(true) {
+            bail!("the node did not acknowledge the subscriber's filter");
+        }
+    }
+    Ok(socket)
+}
+
+/// The filter of the bench's subscribers on a cluster: its sources when the list fits a
+/// subscribe message, else every trade (the subscribers skip other sources' records).
+fn cluster_filter(sources: &Sources, after: Option<&str>) -> Value {
+    let mut filter = json!({"sources": sources.ids});
+    if filter.to_string().len() > 60_000 {
+        filter = json!({"streams": ["trades"]});
+    }
+    if let Some(after) = after {
+        filter["after"] = json!(after);
+    }
+    filter
+}
+
+/// Subscribe, add `specs` through the target if given (after the subscribers, so that they
+/// see every record), load, measure and print.
 async fn drive(
     args: &BenchArgs,
     sim: &anode_feedsim::FeedSim,
-    node: &Node,
-    ids: &[String],
-    dir: &Path,
+    target: &Target<'_>,
+    sources: &Sources,
+    specs: Option<Vec<Value>>,
 ) -> anyhow::Result<()> {
+    let remote = target.own.is_none();
     println!(
         "anode bench: {} sources × {} trades/s = {:.0} records/s offered, {} subscribers, {} s, \
-         {} store",
+         {}",
         args.sources,
         args.rate,
         args.sources as f64 * args.rate,
         args.subscribers,
         args.duration,
-        match (args.postgres.is_some(), args.nats.is_some()) {
-            (true, false) => "PostgreSQL",
-            (true, true) => "PostgreSQL + JetStream",
-            (false, false) => "embedded",
-            (false, true) => "embedded + JetStream",
+        match (remote, args.postgres.is_some(), args.nats.is_some()) {
+            (true, ..) => format!(
+                "the cluster at {} ({} nodes, its own store)",
+                target.api,
+                target.members.len()
+            ),
+            (false, true, false) => "PostgreSQL store".into(),
+            (false, true, true) => "PostgreSQL + JetStream store".into(),
+            (false, false, false) => "embedded store".into(),
+            (false, false, true) => "embedded + JetStream store".into(),
         }
     );
-    let http = reqwest::Client::new();
     let started = Instant::now();
-    node.until("to answer", Duration::from_secs(60), |s| s.is_some())
+    target
+        .until(
+            &target.api,
+            "/api/v1/status",
+            "to answer",
+            Duration::from_secs(60),
+            |s| Ok(s.is_some()),
+        )
         .await?;
-    node.until("every source to be live", Duration::from_secs(300), |s| {
-        s.is_some_and(|s| live(s) >= ids.len())
-    })
-    .await?;
-    println!(
-        "  {} sources live {:.1} s after start",
-        ids.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let seen = Arc::new(Seen::default());
+    // On a cluster, a subscriber of stored records sees which ids were stored, for the loss.
+    let stored_seen: Arc<std::sync::Mutex<HashMap<String, BTreeSet<u64>>>> = Arc::default();
+    let stored_lagged = Arc::new(AtomicU64::new(0));
     let mut subscribers = Vec::new();
+    if remote {
+        let socket = subscribe(target, Some(cluster_filter(sources, Some("stored")))).await?;
+        let (seen, lagged, streams) = (
+            stored_seen.clone(),
+            stored_lagged.clone(),
+            sources.streams.clone(),
+        );
+        subscribers.push(tokio::spawn(async move {
+            let (_tx, mut rx) = socket.split();
+            while let Some(Ok(message)) = rx.next().await {
+                let Ok(value) =
+                    serde_json::from_str::<Value>(message.to_text().unwrap_or_default())
+                else {
+                    continue;
+                };
+                if value["type"] == "lag" {
+                    lagged.fetch_add(value["dropped"].as_u64().unwrap_or(1), Relaxed);
+                }
+                let (Some(source), Some(trade)) = (
+                    value["source"].as_str(),
+                    value["payload"]["trade_id"].as_u64(),
+                ) else {
+                    continue;
+                };
+                if streams.contains_key(source) {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(source.to_owned())
+                        .or_default()
+                        .insert(trade);
+                }
+            }
+        }));
+    }
+    let seen = Arc::new(Seen::default());
+    let streams = Arc::new(sources.streams.clone());
     for k in 0..args.subscribers {
-        let url = format!("{}/ws", node.api.replacen("http", "ws", 1));
         // One subscriber looks up send times: enough samples, little load on the simulator.
         let clock = (k == 0).then(|| sim.emit_clock());
-        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .context("cannot subscribe to /ws")?;
-        let seen = seen.clone();
+        let socket = subscribe(target, remote.then(|| cluster_filter(sources, None))).await?;
+        let (seen, streams) = (seen.clone(), streams.clone());
         subscribers.push(tokio::spawn(async move {
             let (_tx, mut rx) = socket.split();
             while let Some(Ok(message)) = rx.next().await {
@@ -267,6 +661,9 @@ async fn drive(
                     continue;
                 };
                 let Ok(value) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                let Some(stream) = value["source"].as_str().and_then(|s| streams.get(s)) else {
                     continue;
                 };
                 let (Some(emitted_ms), Some(received_us), Some(decoded_us)) = (
@@ -279,11 +676,8 @@ async fn drive(
                 let now = crate::clock::now_us();
                 let since = |from: i64| (now - from).max(0) as u64;
                 let span = |from: i64, to: i64| (to - from).max(0) as u64;
-                // `bench-<i>` reads `binance/bench<i>usdt@trade`.
                 let sent_us = clock.as_ref().and_then(|clock| {
-                    let i = value["source"].as_str()?.strip_prefix("bench-")?;
-                    let trade = value["payload"]["trade_id"].as_u64()?;
-                    clock.sent_us(&format!("binance/bench{i}usdt@trade"), trade)
+                    clock.sent_us(stream, value["payload"]["trade_id"].as_u64()?)
                 });
                 seen.records.fetch_add(1, Relaxed);
                 let mut latencies = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
@@ -297,60 +691,129 @@ async fn drive(
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = Sample::take(node, &http, &seen).await?;
-    *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
-    let mut peak_rss = 0.0f64;
-    let until = Instant::now() + Duration::from_secs(args.duration);
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        peak_rss = peak_rss.max(node.rss_mib());
+    let outcome = async {
+        if let Some(specs) = specs {
+            super::call(target.post("/api/v1/sources").json(&specs), &target.api)
+                .await
+                .context("cannot add the bench's sources")?;
+            target.added.store(true, Relaxed);
+        }
+        run_load(
+            args,
+            sim,
+            target,
+            sources,
+            &seen,
+            &stored_seen,
+            &stored_lagged,
+            started,
+        )
+        .await
     }
-    let after = Sample::take(node, &http, &seen).await?;
+    .await;
+    for s in subscribers {
+        s.abort();
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_load(
+    args: &BenchArgs,
+    sim: &anode_feedsim::FeedSim,
+    target: &Target<'_>,
+    sources: &Sources,
+    seen: &Seen,
+    stored_seen: &std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
+    stored_lagged: &AtomicU64,
+    started: Instant,
+) -> anyhow::Result<()> {
+    target.until_live(sources, sim).await?;
+    println!(
+        "  {} sources live {:.1} s after start",
+        sources.ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = Sample::take(target, sources, seen).await?;
+    *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+    let mut peak_rss = before.rss_mib.unwrap_or(f64::NAN);
+    let until = Instant::now() + Duration::from_secs(args.duration);
+    // Memory of a remote cluster comes from every member's /metrics: look less often.
+    let every = Duration::from_millis(if target.own.is_some() { 500 } else { 2000 });
+    while Instant::now() < until {
+        tokio::time::sleep(every.min(until - Instant::now())).await;
+        if let Some(rss) = target.rss_mib().await {
+            peak_rss = peak_rss.max(rss);
+        }
+    }
+    let after = Sample::take(target, sources, seen).await?;
     let latencies =
         std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
     let seconds = after.at.duration_since(before.at).as_secs_f64();
-    let stored = (after.stored - before.stored) as f64;
+    let stored = after.stored.saturating_sub(before.stored) as f64;
     let delivered = (after.received - before.received) as f64;
-    let cpu = after.cpu_s - before.cpu_s;
+    let cpu = after.cpu_s.zip(before.cpu_s).map(|(a, b)| a - b);
     let server_cpu = after
         .server_cpu_s
         .zip(before.server_cpu_s)
         .map(|(a, b)| a - b);
 
-    // Loss: stop the venues, let the node write what it holds, compare id by id.
+    // Loss: stop the venues, let every store write what it holds, compare id by id.
     sim.pause();
-    let drained = node
-        .until("its store to drain", Duration::from_secs(120), |s| {
-            s.is_some_and(|s| {
-                let store = &s["store"];
-                store["backlog"] == 0
-                    && store["sinks"]
-                        .as_array()
-                        .is_none_or(|sinks| sinks.iter().all(|k| k["backlog"] == 0))
-            })
-        })
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = sim.report();
-    let stored_ids = stored_ids(dir, args.postgres.as_deref()).await?;
-    let (mut sent, mut missing) = (0u64, 0u64);
-    for (i, source) in ids.iter().enumerate() {
-        let Some(stream) = report.streams.get(&format!("binance/bench{i}usdt@trade")) else {
-            continue;
-        };
-        let have = stored_ids.get(source);
-        for id in stream.ids() {
-            sent += 1;
-            if !have.is_some_and(|h| h.contains(&id)) {
-                missing += 1;
-            }
+    let mut drained = Ok(());
+    for api in &target.members {
+        drained = target
+            .until(
+                api,
+                "/api/v1/status",
+                "its store drained",
+                Duration::from_secs(120),
+                |s| {
+                    Ok(s.is_some_and(|s| {
+                        let store = &s["store"];
+                        store["backlog"] == 0
+                            && store["sinks"]
+                                .as_array()
+                                .is_none_or(|sinks| sinks.iter().all(|k| k["backlog"] == 0))
+                    }))
+                },
+            )
+            .await;
+        if drained.is_err() {
+            break;
         }
     }
+    let loss = match (drained, target.own) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some((_, dir, postgres))) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let stored = stored_ids(dir, postgres).await?;
+            Ok(missing(sim, sources, &stored))
+        }
+        (Ok(()), None) => {
+            // The stored records reach the subscriber after their commit: wait for them, a
+            // bounded time.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let counted = missing(
+                    sim,
+                    sources,
+                    &stored_seen.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                if counted.missing == 0 || Instant::now() > deadline {
+                    break match stored_lagged.load(Relaxed) {
+                        0 => Ok(counted),
+                        n => Err(anyhow::anyhow!(
+                            "the subscriber of stored records lagged and missed {n} of them"
+                        )),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     sim.resume();
-    for s in subscribers {
-        s.abort();
-    }
 
     let pct = |h: &Histogram, q: f64| h.ms(q);
     println!("  stored      {:>10.0} records/s", stored / seconds);
@@ -400,16 +863,28 @@ async fn drive(
             );
         }
     }
-    let per_delivered = if delivered > 0.0 {
-        format!(", {:.2} µs per delivered record", cpu * 1e6 / delivered)
+    let nodes = if target.own.is_some() {
+        "node".to_owned()
     } else {
-        String::new()
+        format!("{} nodes", target.members.len())
     };
-    println!(
-        "  node CPU    {:.0}% of a core; {:.1} µs per stored record{per_delivered}",
-        cpu / seconds * 100.0,
-        cpu * 1e6 / stored.max(1.0),
-    );
+    match cpu {
+        Some(cpu) => {
+            let per_delivered = if delivered > 0.0 {
+                format!(", {:.2} µs per delivered record", cpu * 1e6 / delivered)
+            } else {
+                String::new()
+            };
+            println!(
+                "  CPU         {:.0}% of a core ({nodes}); {:.1} µs per stored record{per_delivered}",
+                cpu / seconds * 100.0,
+                cpu * 1e6 / stored.max(1.0),
+            );
+        }
+        None => {
+            println!("  CPU         not measured: a node did not report its process's CPU time")
+        }
+    }
     if let Some(server) = server_cpu {
         println!(
             "  PostgreSQL  {:.0}% of a core; {:.1} µs of server CPU per stored record (every \
@@ -418,22 +893,67 @@ async fn drive(
             server * 1e6 / stored.max(1.0),
         );
     }
-    println!(
-        "  node memory {:.1} MiB resident at the end, {:.1} MiB at most",
-        after.rss_mib, peak_rss
-    );
+    match after.rss_mib {
+        Some(rss) => println!(
+            "  memory      {rss:.1} MiB resident at the end, {peak_rss:.1} MiB at most ({nodes})"
+        ),
+        None => println!("  memory      not measured: a node did not report it"),
+    }
     println!(
         "  fan-out     {} dropped, {} subscribers disconnected for lag",
         after.status["fanout"]["dropped"], after.status["fanout"]["disconnected_for_lag"]
     );
-    match drained {
-        Ok(()) => println!(
-            "  loss        {missing} of {sent} ids the simulator sent are not stored{}",
-            if missing == 0 { " (none)" } else { "" }
+    match loss {
+        Ok(m) if m.missing == 0 => println!(
+            "  loss        0 of {} ids the simulator sent are not stored (none)",
+            m.sent
         ),
-        Err(e) => println!("  loss        not measured: {e}"),
+        Ok(m) => println!(
+            "  loss        {} of {} ids the simulator sent are not stored, such as {}",
+            m.missing,
+            m.sent,
+            m.examples.join(", ")
+        ),
+        Err(e) => println!("  loss        not measured: {e:#}"),
     }
     Ok(())
+}
+
+/// What the store lacks of the ids the simulator sent on the bench's streams.
+struct Missing {
+    sent: u64,
+    missing: u64,
+    /// The first few, as `source:id`.
+    examples: Vec<String>,
+}
+
+fn missing(
+    sim: &anode_feedsim::FeedSim,
+    sources: &Sources,
+    stored: &HashMap<String, BTreeSet<u64>>,
+) -> Missing {
+    let report = sim.report();
+    let mut out = Missing {
+        sent: 0,
+        missing: 0,
+        examples: Vec::new(),
+    };
+    for id in &sources.ids {
+        let Some(stream) = report.streams.get(&sources.streams[id]) else {
+            continue;
+        };
+        let have = stored.get(id);
+        for trade in stream.ids() {
+            out.sent += 1;
+            if !have.is_some_and(|h| h.contains(&trade)) {
+                out.missing += 1;
+                if out.examples.len() < 10 {
+                    out.examples.push(format!("{id}:{trade}"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Counters at one moment.
@@ -441,120 +961,37 @@ struct Sample {
     at: Instant,
     stored: u64,
     received: u64,
-    cpu_s: f64,
-    /// CPU of the local PostgreSQL server's processes, when the store is PostgreSQL.
+    cpu_s: Option<f64>,
+    /// CPU of the local PostgreSQL server's processes, when the bench's node stores there.
     server_cpu_s: Option<f64>,
-    rss_mib: f64,
+    rss_mib: Option<f64>,
+    /// The target node's status.
     status: Value,
 }
 
 impl Sample {
-    async fn take(node: &Node, http: &reqwest::Client, seen: &Seen) -> anyhow::Result<Sample> {
-        let status: Value = http
-            .get(format!("{}/api/v1/status", node.api))
-            .send()
-            .await?
-            .json()
-            .await?;
+    async fn take(target: &Target<'_>, sources: &Sources, seen: &Seen) -> anyhow::Result<Sample> {
+        let status: Value = target.get("/api/v1/status").send().await?.json().await?;
+        let local_postgres = target.own.is_some() && status["store"]["kind"] == "postgres";
         Ok(Sample {
             at: Instant::now(),
-            stored: status["store"]["rows_written"].as_u64().unwrap_or(0),
+            stored: target.stored(sources).await?,
             received: seen.records.load(Relaxed),
-            cpu_s: node.cpu_seconds(),
-            server_cpu_s: (status["store"]["kind"] == "postgres").then(postgres_cpu_seconds),
-            rss_mib: node.rss_mib(),
+            cpu_s: target.cpu_seconds().await,
+            server_cpu_s: local_postgres.then(crate::procstat::postgres_cpu_seconds),
+            rss_mib: target.rss_mib().await,
             status,
         })
     }
 }
 
-/// User and system CPU time of a process, from `/proc/<pid>/stat` (0 when unreadable).
-fn process_cpu_seconds(stat: &str) -> f64 {
-    // Fields after the command (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |n: usize| {
-        fields
-            .get(n)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
-}
-
-/// CPU time of every process named `postgres` on this machine (a local server's backends,
-/// writer, WAL writer, checkpointer; backends that exited in between are not counted).
-fn postgres_cpu_seconds() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| stat.contains("(postgres)"))
-        .map(|stat| process_cpu_seconds(&stat))
-        .sum()
-}
-
+/// The node the bench started.
 struct Node {
     child: std::process::Child,
-    api: String,
     log: PathBuf,
 }
 
 impl Node {
-    /// Poll `/api/v1/status` until `done` holds (`None`: the node does not answer yet).
-    async fn until(
-        &self,
-        what: &str,
-        within: Duration,
-        done: impl Fn(Option<&Value>) -> bool,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let status = match reqwest::get(format!("{}/api/v1/status", self.api)).await {
-                Ok(r) => r.json::<Value>().await.ok(),
-                Err(_) => None,
-            };
-            if done(status.as_ref()) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the node did not get {what} within {within:?}; its log: {}",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn proc_file(&self, name: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
-    }
-
-    fn rss_mib(&self) -> f64 {
-        self.proc_file("status")
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    }
-
-    /// User and system CPU time of the node so far.
-    fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&self.proc_file("stat"))
-    }
-
     fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
@@ -570,17 +1007,6 @@ impl Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn live(status: &Value) -> usize {
-    status["sources"]
-        .as_array()
-        .map_or(0, |s| s.iter().filter(|s| s["state"] == "live").count())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // Linux reports /proc times in USER_HZ, which is 100 on every architecture it runs on.
-    100.0
 }
 
 fn free_port() -> anyhow::Result<u16> {

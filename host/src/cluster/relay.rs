@@ -4,11 +4,15 @@
 //! it), and republishes what arrives to its clients. A node without clients opens none, so
 //! records only flow toward nodes with interested subscribers. Peers send only records they
 //! ingested themselves, never relayed ones, so nothing loops.
+//!
+//! Each change of interest carries a version, which the peer confirms once its filters are in
+//! place; a client is told it is subscribed once every live peer has confirmed its filter
+//! (bounded by [`HEARD_WITHIN`]), so from then on it misses nothing of their sources.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -30,10 +34,22 @@ use crate::record::RecordId;
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Wait before reopening a link that failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a new or changed subscriber waits for the peers to confirm its filter (a peer of
+/// an older version never does).
+pub const HEARD_WITHIN: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct Interest {
     filters: Vec<Filter>,
+    /// The interest version, confirmed back once the filters are set.
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// A peer's confirmation that it has set the filters of interest `confirmed`.
+#[derive(Deserialize)]
+struct Confirmed {
+    confirmed: u64,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +152,12 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(interest) = serde_json::from_str::<Interest>(&text) {
                         subscription.set_filters(interest.filters);
+                        if let Some(version) = interest.version {
+                            let confirmed = json!({ "confirmed": version }).to_string();
+                            if tx.send(Message::text(confirmed)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
@@ -147,21 +169,30 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
 
 struct Link {
     peer: Peer,
-    filters: watch::Sender<Vec<Filter>>,
+    /// The interest version and filters to send.
+    filters: watch::Sender<(u64, Vec<Filter>)>,
+    /// The interest version the peer has confirmed.
+    confirmed: Arc<AtomicU64>,
     task: JoinHandle<Result<(), String>>,
 }
 
-/// Keep one link open to every live peer while this node has clients; none otherwise.
+/// Keep one link open to every live peer while this node has clients; none otherwise. Tell
+/// the hub which interest every live peer has confirmed.
 pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interest = state.hub.interest();
+    let confirmations = Arc::new(tokio::sync::Notify::new());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            _ = interest.changed() => {}
+            () = confirmations.notified() => {}
         }
+        let version = *interest.borrow_and_update();
         let filters = state.hub.client_filters();
         let view = state.cluster.view();
         links.retain(|id, link| {
@@ -176,6 +207,7 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
             keep
         });
         if filters.is_empty() {
+            state.hub.peers_heard(version);
             continue;
         }
         for peer in view.live_peers() {
@@ -186,27 +218,43 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
             {
                 continue;
             }
-            let (tx, rx) = watch::channel(filters.clone());
-            let task = tokio::spawn(link(state.clone(), peer.clone(), rx));
+            let (tx, rx) = watch::channel((version, filters.clone()));
+            let confirmed = Arc::new(AtomicU64::new(0));
+            let task = tokio::spawn(link(
+                state.clone(),
+                peer.clone(),
+                rx,
+                (confirmed.clone(), confirmations.clone()),
+            ));
             links.insert(
                 peer.id.clone(),
                 Link {
                     peer: peer.clone(),
                     filters: tx,
+                    confirmed,
                     task,
                 },
             );
         }
         for link in links.values() {
             link.filters.send_if_modified(|current| {
-                if *current == filters {
+                if current.0 == version && current.1 == filters {
                     false
                 } else {
-                    current.clone_from(&filters);
+                    *current = (version, filters.clone());
                     true
                 }
             });
         }
+        // Heard by all: every live peer with a link has confirmed it (one that cannot be
+        // reached sends nothing anyway).
+        // A live peer without a link here is one whose link failed and waits to be retried.
+        let heard = view
+            .live_peers()
+            .filter_map(|p| links.get(&p.id).map(|l| l.confirmed.load(Relaxed)))
+            .min()
+            .unwrap_or(version);
+        state.hub.peers_heard(heard.min(version));
     }
     for link in links.into_values() {
         link.task.abort();
@@ -216,7 +264,8 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
 async fn link(
     state: PeerContext,
     peer: Peer,
-    mut filters: watch::Receiver<Vec<Filter>>,
+    mut filters: watch::Receiver<(u64, Vec<Filter>)>,
+    (confirmed, confirmations): (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
 ) -> Result<(), String> {
     use tungstenite::client::IntoClientRequest;
     let url = format!("ws://{}/cluster/v1/stream", peer.api);
@@ -253,7 +302,8 @@ async fn link(
     .map_err(|_| format!("connecting to {url} timed out"))?
     .map_err(|e| format!("connecting to {url}: {e}"))?;
     let (mut tx, mut rx) = ws.split();
-    let hello = |f: &Vec<Filter>| json!({ "filters": f }).to_string();
+    let hello =
+        |(version, f): &(u64, Vec<Filter>)| json!({ "filters": f, "version": version }).to_string();
     let first = hello(&filters.borrow_and_update());
     tx.send(tungstenite::Message::text(first))
         .await
@@ -276,9 +326,15 @@ async fn link(
                             stats.records_relayed_in.fetch_add(1, Relaxed);
                             hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
                         }
-                        None => {
-                            stats.rejected_invalid.fetch_add(1, Relaxed);
-                        }
+                        None => match serde_json::from_str::<Confirmed>(text.as_str()) {
+                            Ok(c) => {
+                                confirmed.fetch_max(c.confirmed, Relaxed);
+                                confirmations.notify_one();
+                            }
+                            Err(_) => {
+                                stats.rejected_invalid.fetch_add(1, Relaxed);
+                            }
+                        },
                     }
                 }
                 Some(Ok(tungstenite::Message::Close(frame))) => {

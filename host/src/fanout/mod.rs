@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{RecentIds, Record, RecordId};
 
@@ -167,6 +167,13 @@ struct HubInner {
     seen: Mutex<[RecentIds; 2]>,
     /// Records not offered again because their id was among the recent ones.
     repeats: AtomicU64,
+    /// Bumped each time a client's interest grows (a new client, a new filter), for the
+    /// relay to pass on to the other nodes.
+    interest: watch::Sender<u64>,
+    /// The interest version every live peer has confirmed (kept by the relay, once one is
+    /// attached): records of their sources that match it flow here.
+    heard: watch::Sender<u64>,
+    relay_attached: std::sync::atomic::AtomicBool,
 }
 
 struct Subscriber {
@@ -188,6 +195,8 @@ pub struct Subscription {
     hub: Hub,
     shared: Arc<Subscriber>,
     records: mpsc::Receiver<(Stage, Arc<str>)>,
+    /// The interest version of this client's latest filter.
+    version: u64,
 }
 
 /// Why a subscription could not be made.
@@ -222,6 +231,9 @@ impl Hub {
                     RecentIds::new(settings.dedupe_window),
                 ]),
                 repeats: AtomicU64::new(0),
+                interest: watch::Sender::new(0),
+                heard: watch::Sender::new(0),
+                relay_attached: Default::default(),
                 settings,
             }),
         }
@@ -276,12 +288,40 @@ impl Hub {
             return Err(TooManySubscribersError(subscribers.len()));
         }
         subscribers.insert(id, shared.clone());
+        drop(subscribers);
         Ok(Subscription {
             id,
             hub: self.clone(),
             shared,
             records,
+            version: if peer { 0 } else { self.grow_interest() },
         })
+    }
+
+    fn grow_interest(&self) -> u64 {
+        let mut version = 0;
+        self.inner.interest.send_modify(|v| {
+            *v += 1;
+            version = *v;
+        });
+        version
+    }
+
+    /// The relay's view of client interest: a version bumped at each change.
+    pub fn interest(&self) -> watch::Receiver<u64> {
+        self.inner.relay_attached.store(true, Relaxed);
+        self.inner.interest.subscribe()
+    }
+
+    /// The relay's word that every live peer has heard the interest up to `version`.
+    pub fn peers_heard(&self, version: u64) {
+        self.inner.heard.send_if_modified(|heard| {
+            let grew = version > *heard;
+            if grew {
+                *heard = version;
+            }
+            grew
+        });
     }
 
     /// Whether anyone is listening (lets publishers skip work).
@@ -498,9 +538,25 @@ impl Subscription {
             .clone()
     }
 
-    /// Replace the filter.
-    pub fn set_filter(&self, filter: Filter) {
+    /// Replace a client's filter.
+    pub fn set_filter(&mut self, filter: Filter) {
         self.set_filters(vec![filter]);
+        self.version = self.hub.grow_interest();
+    }
+
+    /// Wait (at most `within`) until every live peer has heard this client's latest filter,
+    /// so that the records of the sources they run flow here from now on; at once without a
+    /// relay (a node alone). Whether they all did.
+    pub async fn until_peers_heard(&self, within: Duration) -> bool {
+        if !self.hub.inner.relay_attached.load(Relaxed) {
+            return true;
+        }
+        let mut heard = self.hub.inner.heard.subscribe();
+        let version = self.version;
+        matches!(
+            tokio::time::timeout(within, heard.wait_for(|v| *v >= version)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Replace a peer link's filters.

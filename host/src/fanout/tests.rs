@@ -117,3 +117,33 @@ async fn a_stored_subscriber_sees_records_only_once_stored() {
     assert!(stored.records.try_recv().is_err());
     assert_eq!(hub.stats().repeats, 2);
 }
+
+#[tokio::test]
+async fn a_client_is_heard_by_the_peers_once_the_relay_says_so() {
+    let hub = Hub::new(FanoutSettings::default());
+    // No relay (a node alone): nothing to wait for.
+    let alone = hub.subscribe(Filter::default()).unwrap();
+    assert!(alone.until_peers_heard(Duration::from_secs(5)).await);
+
+    let mut interest = hub.interest();
+    let mut client = hub.subscribe(Filter::default()).unwrap();
+    let version = *interest.borrow_and_update();
+    assert!(!client.until_peers_heard(Duration::from_millis(20)).await);
+    hub.peers_heard(version - 1);
+    assert!(!client.until_peers_heard(Duration::from_millis(20)).await);
+    hub.peers_heard(version);
+    assert!(client.until_peers_heard(Duration::ZERO).await);
+
+    // A new filter is interest of its own, and the relay hears of it.
+    client.set_filter(Filter {
+        sources: ["b".to_owned()].into(),
+        ..Filter::default()
+    });
+    assert!(interest.has_changed().unwrap());
+    assert!(!client.until_peers_heard(Duration::from_millis(20)).await);
+    hub.peers_heard(*interest.borrow_and_update());
+    assert!(client.until_peers_heard(Duration::ZERO).await);
+    // A peer link is no interest of this node's.
+    let _link = hub.subscribe_peer(Vec::new()).unwrap();
+    assert!(!interest.has_changed().unwrap());
+}

@@ -680,3 +680,41 @@ impl HoldingProxy {
         self.held.send_replace(false);
     }
 }
+
+/// What `anode bench` printed (stdout and stderr).
+pub struct BenchOutput(pub String);
+
+impl BenchOutput {
+    /// The line that starts with `name` (after its indent).
+    pub fn line(&self, name: &str) -> &str {
+        self.0
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{}", self.0))
+    }
+
+    /// The first figure of the line that starts with `name`.
+    pub fn figure(&self, name: &str) -> f64 {
+        first_figure(self.line(name))
+    }
+
+    /// The ids the simulator sent, none of which may be missing from the store.
+    pub fn sent_none_lost(&self) -> u64 {
+        let loss = self.line("loss");
+        assert!(loss.contains("loss        0 of"), "{}", self.0);
+        let sent: u64 = loss
+            .split_whitespace()
+            .nth(3)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(sent > 0, "the simulator sent ids: {}", self.0);
+        sent
+    }
+}
+
+/// The first number in `line`.
+pub fn first_figure(line: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no figure in `{line}`"))
+}
