@@ -61,6 +61,10 @@ struct Seen {
     /// Per record, in µs, the path in parts. Histograms, so memory stays flat however long
     /// the run.
     latencies_us: std::sync::Mutex<Latencies>,
+    /// On a cluster, the ids a subscriber of stored records saw, per source (for the loss),
+    /// and the records it was told it missed.
+    stored: std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
+    stored_lagged: AtomicU64,
 }
 
 #[derive(Default)]
@@ -609,17 +613,12 @@ async fn drive(
             |s| Ok(s.is_some()),
         )
         .await?;
-    // On a cluster, a subscriber of stored records sees which ids were stored, for the loss.
-    let stored_seen: Arc<std::sync::Mutex<HashMap<String, BTreeSet<u64>>>> = Arc::default();
-    let stored_lagged = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Seen::default());
     let mut subscribers = Vec::new();
+    // On a cluster, a subscriber of stored records sees which ids were stored, for the loss.
     if remote {
         let socket = subscribe(target, Some(cluster_filter(sources, Some("stored")))).await?;
-        let (seen, lagged, streams) = (
-            stored_seen.clone(),
-            stored_lagged.clone(),
-            sources.streams.clone(),
-        );
+        let (seen, streams) = (seen.clone(), sources.streams.clone());
         subscribers.push(tokio::spawn(async move {
             let (_tx, mut rx) = socket.split();
             while let Some(Ok(message)) = rx.next().await {
@@ -629,7 +628,8 @@ async fn drive(
                     continue;
                 };
                 if value["type"] == "lag" {
-                    lagged.fetch_add(value["dropped"].as_u64().unwrap_or(1), Relaxed);
+                    seen.stored_lagged
+                        .fetch_add(value["dropped"].as_u64().unwrap_or(1), Relaxed);
                 }
                 let (Some(source), Some(trade)) = (
                     value["source"].as_str(),
@@ -638,7 +638,8 @@ async fn drive(
                     continue;
                 };
                 if streams.contains_key(source) {
-                    seen.lock()
+                    seen.stored
+                        .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .entry(source.to_owned())
                         .or_default()
@@ -647,7 +648,6 @@ async fn drive(
             }
         }));
     }
-    let seen = Arc::new(Seen::default());
     let streams = Arc::new(sources.streams.clone());
     for k in 0..args.subscribers {
         // One subscriber looks up send times: enough samples, little load on the simulator.
@@ -698,17 +698,7 @@ async fn drive(
                 .context("cannot add the bench's sources")?;
             target.added.store(true, Relaxed);
         }
-        run_load(
-            args,
-            sim,
-            target,
-            sources,
-            &seen,
-            &stored_seen,
-            &stored_lagged,
-            started,
-        )
-        .await
+        run_load(args, sim, target, sources, &seen, started).await
     }
     .await;
     for s in subscribers {
@@ -717,15 +707,12 @@ async fn drive(
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_load(
     args: &BenchArgs,
     sim: &anode_feedsim::FeedSim,
     target: &Target<'_>,
     sources: &Sources,
     seen: &Seen,
-    stored_seen: &std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
-    stored_lagged: &AtomicU64,
     started: Instant,
 ) -> anyhow::Result<()> {
     target.until_live(sources, sim).await?;
@@ -784,32 +771,32 @@ async fn run_load(
             break;
         }
     }
-    let loss = match (drained, target.own) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Some((_, dir, postgres))) => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let stored = stored_ids(dir, postgres).await?;
-            Ok(missing(sim, sources, &stored))
-        }
-        (Ok(()), None) => {
-            // The stored records reach the subscriber after their commit: wait for them, a
-            // bounded time.
+    let loss = match drained {
+        Err(e) => Err(e),
+        // Stored records reach the store's readers (and a subscriber of stored records)
+        // after their commit: look until none is missing, a bounded time.
+        Ok(()) => {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let counted = missing(
-                    sim,
-                    sources,
-                    &stored_seen.lock().unwrap_or_else(|p| p.into_inner()),
-                );
+                let counted = match target.own {
+                    Some((_, dir, postgres)) => {
+                        missing(sim, sources, &stored_ids(dir, postgres).await?)
+                    }
+                    None => missing(
+                        sim,
+                        sources,
+                        &seen.stored.lock().unwrap_or_else(|p| p.into_inner()),
+                    ),
+                };
                 if counted.missing == 0 || Instant::now() > deadline {
-                    break match stored_lagged.load(Relaxed) {
+                    break match seen.stored_lagged.load(Relaxed) {
                         0 => Ok(counted),
                         n => Err(anyhow::anyhow!(
                             "the subscriber of stored records lagged and missed {n} of them"
                         )),
                     };
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     };

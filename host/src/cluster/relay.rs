@@ -183,7 +183,7 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut interest = state.hub.interest();
+    let mut interest = state.hub.attach_relay();
     let confirmations = Arc::new(tokio::sync::Notify::new());
     loop {
         tokio::select! {

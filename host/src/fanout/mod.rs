@@ -307,8 +307,10 @@ impl Hub {
         version
     }
 
-    /// The relay's view of client interest: a version bumped at each change.
-    pub fn interest(&self) -> watch::Receiver<u64> {
+    /// Attach the relay: from now on a client waits for the peers to hear its filter
+    /// ([`Subscription::until_peers_heard`]). The relay follows client interest through the
+    /// receiver, a version bumped at each change.
+    pub fn attach_relay(&self) -> watch::Receiver<u64> {
         self.inner.relay_attached.store(true, Relaxed);
         self.inner.interest.subscribe()
     }

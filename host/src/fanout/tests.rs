@@ -125,7 +125,7 @@ async fn a_client_is_heard_by_the_peers_once_the_relay_says_so() {
     let alone = hub.subscribe(Filter::default()).unwrap();
     assert!(alone.until_peers_heard(Duration::from_secs(5)).await);
 
-    let mut interest = hub.interest();
+    let mut interest = hub.attach_relay();
     let mut client = hub.subscribe(Filter::default()).unwrap();
     let version = *interest.borrow_and_update();
     assert!(!client.until_peers_heard(Duration::from_millis(20)).await);
