@@ -86,16 +86,23 @@ fn sha2_16(text: &str) -> Vec<u8> {
     sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
 }
 
-/// Both raw methods once, each into a fresh database: (`UNNEST`, `COPY`) rows/s.
+/// Both raw methods once, each into a fresh database: (`UNNEST`, `COPY`) rows/s; and `COPY`
+/// on two connections with two batches in flight, for what `store.postgres_in_flight = 2`
+/// can gain where the database has the cores.
 async fn raw_round(rows: &[Row], when: &str) -> (f64, f64) {
     let unnest = raw_unnest(&fresh_db("anode_bench_unnest").await, rows).await;
     let copy = raw_copy(&fresh_db("anode_bench_copy").await, rows).await;
+    let two = raw_copy_two(&fresh_db("anode_bench_copy_two").await, rows).await;
     println!(
         "== raw baseline, {when} the node's runs: {} rows straight into PostgreSQL, batches of {BATCH}",
         rows.len()
     );
     println!("  INSERT … SELECT FROM UNNEST   {unnest:>10.0} rows/s");
     println!("  COPY BINARY → stage → INSERT  {copy:>10.0} rows/s");
+    println!(
+        "  the same, two in flight       {two:>10.0} rows/s ({:.2}× one; two connections, each batch committed after the one before)",
+        two / copy
+    );
     (unnest, copy)
 }
 
@@ -129,55 +136,112 @@ async fn raw_unnest(url: &str, rows: &[Row]) -> f64 {
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn raw_copy(url: &str, rows: &[Row]) -> f64 {
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
-    let mut client = connect(url).await;
-    client
-        .batch_execute(&anode::sink::postgres_schema())
-        .await
-        .unwrap();
+/// A connection with the staging table `COPY` writes into.
+async fn copy_lane(url: &str) -> tokio_postgres::Client {
+    let client = connect(url).await;
     client
         .batch_execute(
             "CREATE TEMP TABLE stage (id bytea, source text, key text, upstream text, t bigint, payload text) ON COMMIT DELETE ROWS",
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    for chunk in rows.chunks(BATCH) {
-        let tx = client.transaction().await.unwrap();
-        let sink = tx.copy_in("COPY stage FROM STDIN BINARY").await.unwrap();
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::BYTEA,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT8,
-                Type::TEXT,
-            ],
-        );
-        futures_util::pin_mut!(writer);
-        for r in chunk {
-            let id = &r.id[..];
-            writer
-                .as_mut()
-                .write(&[&id, &r.source, &r.key, &r.upstream, &r.time, &r.payload])
-                .await
-                .unwrap();
-        }
-        writer.finish().await.unwrap();
-        tx.execute(
-            "INSERT INTO anode_records (id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload)
-             SELECT id, source, 'trades', key, upstream, t, t, 'raw', payload::jsonb
-             FROM stage ON CONFLICT (id) DO NOTHING",
-            &[],
-        )
+    client
+}
+
+async fn stage(client: &tokio_postgres::Client, chunk: &[Row]) {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let sink = client
+        .copy_in("COPY stage FROM STDIN BINARY")
         .await
         .unwrap();
-        tx.commit().await.unwrap();
+    let types = [
+        Type::BYTEA,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures_util::pin_mut!(writer);
+    for r in chunk {
+        let id = &r.id[..];
+        writer
+            .as_mut()
+            .write(&[&id, &r.source, &r.key, &r.upstream, &r.time, &r.payload])
+            .await
+            .unwrap();
     }
+    writer.finish().await.unwrap();
+}
+
+const FROM_STAGE: &str = "INSERT INTO anode_records (id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload)
+     SELECT id, source, 'trades', key, upstream, t, t, 'raw', payload::jsonb
+     FROM stage ON CONFLICT (id) DO NOTHING";
+
+async fn raw_copy(url: &str, rows: &[Row]) -> f64 {
+    connect(url)
+        .await
+        .batch_execute(&anode::sink::postgres_schema())
+        .await
+        .unwrap();
+    let client = copy_lane(url).await;
+    let started = Instant::now();
+    for chunk in rows.chunks(BATCH) {
+        client.batch_execute("BEGIN").await.unwrap();
+        stage(&client, chunk).await;
+        client.execute(FROM_STAGE, &[]).await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// [`raw_copy`] on two connections, batch k on connection k % 2: a batch takes its
+/// transaction id, inserts and commits each only after the batch before it has (as the node
+/// orders them), and stages its rows meanwhile.
+async fn raw_copy_two(url: &str, rows: &[Row]) -> f64 {
+    use tokio::sync::watch;
+    connect(url)
+        .await
+        .batch_execute(&anode::sink::postgres_schema())
+        .await
+        .unwrap();
+    let lanes = [copy_lane(url).await, copy_lane(url).await];
+    // Batches that have begun, inserted and committed, in order.
+    let (begun, inserted, committed) = (
+        watch::Sender::new(0),
+        watch::Sender::new(0),
+        watch::Sender::new(0),
+    );
+    let reached = |step: &watch::Sender<usize>, k: usize| {
+        let mut step = step.subscribe();
+        async move { step.wait_for(|done| *done >= k).await.map(|_| ()).unwrap() }
+    };
+    let started = Instant::now();
+    let chunks: Vec<&[Row]> = rows.chunks(BATCH).collect();
+    let lane = |l: usize| {
+        let (client, chunks) = (&lanes[l], &chunks);
+        let (begun, inserted, committed) = (&begun, &inserted, &committed);
+        async move {
+            for k in (l..chunks.len()).step_by(2) {
+                reached(begun, k).await;
+                client
+                    .batch_execute("BEGIN; SELECT pg_current_xact_id()")
+                    .await
+                    .unwrap();
+                begun.send_replace(k + 1);
+                stage(client, chunks[k]).await;
+                reached(inserted, k).await;
+                client.execute(FROM_STAGE, &[]).await.unwrap();
+                inserted.send_replace(k + 1);
+                reached(committed, k).await;
+                client.batch_execute("COMMIT").await.unwrap();
+                committed.send_replace(k + 1);
+            }
+        }
+    };
+    tokio::join!(lane(0), lane(1));
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -302,11 +366,12 @@ fn main() {
         let rows = rows(n_rows);
         let before = raw_round(&rows, "before").await;
         let mut through_node = Vec::new();
-        for method in ["unnest", "copy"] {
+        // The default (copy, one batch at a time) against two batches in flight, same run.
+        for (method, in_flight) in [("unnest", 1), ("copy", 1), ("copy", 2)] {
             let sim = anode_feedsim::start(SimConfig { rate_per_stream: 2_000.0, ..SimConfig::default() }).await.unwrap();
-            let url = fresh_db(&format!("anode_bench_node_{method}")).await;
+            let url = fresh_db(&format!("anode_bench_node_{method}_{in_flight}")).await;
             let node = Node::start(
-                &format!("[store]\npostgres_url = \"{url}\"\npostgres_method = \"{method}\"\n"),
+                &format!("[store]\npostgres_url = \"{url}\"\npostgres_method = \"{method}\"\npostgres_in_flight = {in_flight}\n"),
                 &binance_sources(&sim.ws_url(), 100),
             )
             .await;
@@ -318,7 +383,7 @@ fn main() {
             tokio::time::sleep(measure).await;
             let after = node.status().await;
             let rate = (after["store"]["rows_written"].as_u64().unwrap() - before) as f64 / started.elapsed().as_secs_f64();
-            through_node.push((method, rate, after["store"]["backlog"].clone(), after["store"]["backlog_bound"].clone()));
+            through_node.push((method, in_flight, rate, after["store"]["backlog"].clone(), after["store"]["backlog_bound"].clone()));
             drop(node);
             sim.shutdown().await;
         }
@@ -326,9 +391,9 @@ fn main() {
         drop(rows);
         let best = |(unnest, copy): (f64, f64)| if unnest >= copy { ("unnest", unnest) } else { ("copy", copy) };
         let ((best_before_name, best_before), (best_after_name, best_after)) = (best(before), best(after));
-        for (method, rate, backlog, bound) in through_node {
+        for (method, in_flight, rate, backlog, bound) in through_node {
             println!(
-                "== aNode ({method}): 100 Binance WebSocket sources (offered 200k trades/s) → WASM connector → PostgreSQL"
+                "== aNode ({method}, {in_flight} in flight): 100 Binance WebSocket sources (offered 200k trades/s) → WASM connector → PostgreSQL"
             );
             println!(
                 "  {rate:>10.0} rows/s   ratio to the best raw method: {:.2} before ({best_before_name}), {:.2} after ({best_after_name})   backlog {backlog} / {bound}",

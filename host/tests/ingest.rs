@@ -663,15 +663,7 @@ async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() 
             .unwrap();
         receipt.committed().await.unwrap();
         let stats = store.stats();
-        assert_eq!(
-            (
-                stats.rows_written,
-                stats.rows_rejected,
-                stats.duplicates_skipped
-            ),
-            (100, 1, 1),
-            "{method:?}: {stats:?}"
-        );
+        assert_eq!(rows(&stats), (100, 1, 1), "{method:?}: {stats:?}");
         // Read back in submission order, each once.
         let mut tail = store
             .tail(LogStart::Earliest, LogFilter::default())
@@ -693,4 +685,251 @@ async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() 
         task.await.unwrap();
         db.drop_db().await;
     }
+}
+
+/// A PostgreSQL store with two batches in flight (`store.postgres_in_flight = 2`, batches of
+/// 100) whose writes of source `first` wait, at `table`, for a lock the test holds.
+struct HeldStore {
+    db: TestDb,
+    test: tokio_postgres::Client,
+    store: anode::sink::StoreHandle,
+    task: tokio::task::JoinHandle<()>,
+    cancel: tokio_util::sync::CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl HeldStore {
+    const HOLD: i64 = 0x686f6c64;
+    /// The write held at the lock.
+    /// (Advisory locks belong to a database; tests run side by side, each in its own.)
+    const WAITING: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                           AND database = (SELECT oid FROM pg_database
+                                           WHERE datname = current_database())";
+
+    async fn start(table: &str) -> HeldStore {
+        use anode::sink::{StoreSettings, spawn_store};
+        let hold = Self::HOLD;
+        let db = TestDb::create(&support::pg_server()).await;
+        let test = db.client().await;
+        test.batch_execute(&anode::sink::postgres_schema())
+            .await
+            .unwrap();
+        test.batch_execute(&format!(
+            "CREATE FUNCTION hold_first() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                 IF NEW.source = 'first' THEN PERFORM pg_advisory_xact_lock_shared({hold}); END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hold_first BEFORE INSERT OR UPDATE ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION hold_first();
+             SELECT pg_advisory_lock({hold});"
+        ))
+        .await
+        .unwrap();
+        let settings = StoreSettings {
+            postgres_url: Some(db.url.clone()),
+            batch_max: 100,
+            flush_ms: 1,
+            reconnect_min_ms: 50,
+            postgres_in_flight: 2,
+            ..StoreSettings::default()
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let data = tempfile::tempdir().unwrap();
+        let (store, task) = spawn_store(&settings, data.path(), cancel.clone()).unwrap();
+        HeldStore {
+            db,
+            test,
+            store,
+            task,
+            cancel,
+            _data: data,
+        }
+    }
+
+    /// 100 records of `source` with its cursor; the one at `bad` (if any) is a payload the
+    /// server refuses (NUL in text).
+    async fn submit(&self, source: &'static str, bad: Option<usize>) -> anode::sink::Receipt {
+        let stamp = anode::record::Stamp {
+            source,
+            node: "n",
+            ingest_time_us: 1,
+        };
+        let records = (0..100)
+            .map(|i| {
+                let payload = if Some(i) == bad {
+                    r#"{"bad":"\u0000"}"#.to_owned()
+                } else {
+                    format!(r#"{{"i":{i}}}"#)
+                };
+                stamp.record(
+                    "trades".into(),
+                    None,
+                    Some(format!("{source}:{i}")),
+                    None,
+                    payload.into_bytes(),
+                )
+            })
+            .collect();
+        let batch = anode::sink::Batch {
+            source: Arc::from(source),
+            records,
+            cursor: Some(format!("{source}-cursor")),
+        };
+        self.store.submit(batch).await.unwrap()
+    }
+
+    async fn until_held(&self, what: &str) {
+        until(what, Duration::from_secs(10), || async {
+            let held = self.test.query(Self::WAITING, &[]).await.unwrap().len();
+            if held == 1 {
+                Ok(())
+            } else {
+                Err(format!("{held} held"))
+            }
+        })
+        .await;
+    }
+
+    /// Both batches' transactions are open (each takes its id first thing).
+    async fn until_two_in_flight(&self) {
+        let open = "SELECT count(*) FROM pg_stat_activity
+                    WHERE application_name = 'anode' AND backend_xid IS NOT NULL
+                      AND datname = current_database()";
+        until("two batches in flight", Duration::from_secs(10), || async {
+            let n: i64 = self.test.query_one(open, &[]).await.unwrap().get(0);
+            if n == 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} transactions"))
+            }
+        })
+        .await;
+    }
+
+    /// Rows and cursors of `second` that others can see: committed.
+    async fn second_committed(&self) -> (i64, i64) {
+        let row = self
+            .test
+            .query_one(
+                "SELECT (SELECT count(*) FROM anode_records WHERE source = 'second'),
+                        (SELECT count(*) FROM anode_cursors WHERE source = 'second')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    async fn release(&self) {
+        self.test
+            .batch_execute(&format!("SELECT pg_advisory_unlock({})", Self::HOLD))
+            .await
+            .unwrap();
+    }
+
+    /// Both receipts come; `first`'s rows come before `second`'s in the log, and both
+    /// cursors are stored.
+    async fn both_committed_in_order(self, receipts: [anode::sink::Receipt; 2]) {
+        for receipt in receipts {
+            tokio::time::timeout(Duration::from_secs(20), receipt.committed())
+                .await
+                .expect("both batches commit once the first may")
+                .unwrap();
+        }
+        let row = self
+            .test
+            .query_one(
+                "SELECT (SELECT max(tx) FROM anode_records WHERE source = 'first'),
+                        (SELECT min(tx) FROM anode_records WHERE source = 'second'),
+                        (SELECT count(*) FROM anode_cursors)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (first_tx, second_tx, cursors): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert!(
+            first_tx < second_tx,
+            "log order: {first_tx} then {second_tx}"
+        );
+        assert_eq!(cursors, 2);
+        self.cancel.cancel();
+        self.task.await.unwrap();
+        drop(self.test);
+        self.db.drop_db().await;
+    }
+}
+
+/// Two batches in flight: the second is written while the first is held at its cursor, yet it
+/// commits neither while the first is held nor when the first fails (its connection killed);
+/// once the first commits, both are stored once, the first's rows earlier in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_batch_in_flight_never_commits_before_the_first() {
+    let held = HeldStore::start("anode_cursors").await;
+    let first = held.submit("first", None).await;
+    held.until_held("the first batch held at its cursor").await;
+    let second = held.submit("second", None).await;
+    held.until_two_in_flight().await;
+    assert_eq!(
+        held.second_committed().await,
+        (0, 0),
+        "the second batch committed while the first was held"
+    );
+    // The first fails: its connection is killed while it is held.
+    let pid: i32 = held
+        .test
+        .query_one(HeldStore::WAITING, &[])
+        .await
+        .unwrap()
+        .get(0);
+    held.test
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    until("the failed write seen", Duration::from_secs(10), || async {
+        let errors = held.store.stats().write_errors;
+        if errors >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{errors} errors"))
+        }
+    })
+    .await;
+    held.until_held("the first batch written again and held")
+        .await;
+    assert_eq!(
+        held.second_committed().await,
+        (0, 0),
+        "the second batch committed although the first failed"
+    );
+    held.release().await;
+    let store = held.store.clone();
+    held.both_committed_in_order([first, second]).await;
+    let stats = store.stats();
+    assert_eq!(rows(&stats), (200, 0, 0), "{stats:?}");
+}
+
+/// Two batches in flight, the first refused for one row (found once the first's insert, held,
+/// goes on): the second, which waits for the first's insert, does not commit before the
+/// first is written in halves; only the bad row is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_batch_in_flight_loses_one_row_and_the_second_follows() {
+    let held = HeldStore::start("anode_records").await;
+    let first = held.submit("first", Some(37)).await;
+    held.until_held("the first batch held at its insert").await;
+    let second = held.submit("second", None).await;
+    held.until_two_in_flight().await;
+    held.release().await;
+    let store = held.store.clone();
+    held.both_committed_in_order([first, second]).await;
+    let stats = store.stats();
+    assert_eq!(rows(&stats), (199, 1, 0), "{stats:?}");
+}
+
+/// A store's rows: written, rejected, skipped as duplicates.
+fn rows(stats: &anode::sink::StoreStats) -> (u64, u64, u64) {
+    (
+        stats.rows_written,
+        stats.rows_rejected,
+        stats.duplicates_skipped,
+    )
 }

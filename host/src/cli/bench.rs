@@ -39,11 +39,15 @@ pub struct BenchArgs {
     /// `store.postgres_method` for the node: `copy` (the default), `unnest` or `json`.
     #[arg(long)]
     postgres_method: Option<String>,
+    /// `store.postgres_in_flight` for the node: PostgreSQL batches in flight at once (1 by
+    /// default, or 2).
+    #[arg(long)]
+    postgres_in_flight: Option<usize>,
     /// Drive the running node (and its cluster) at this API URL instead of starting one: the
     /// bench's sources (`bench-<pid>-<n>`) are added there and removed at the end (their
     /// records stay in the store). The nodes must reach and allow the simulator
     /// (`--sim-addr`, `sources.allow`).
-    #[arg(long, conflicts_with_all = ["postgres", "nats", "postgres_method"])]
+    #[arg(long, conflicts_with_all = ["postgres", "nats", "postgres_method", "postgres_in_flight"])]
     url: Option<String>,
     /// Bearer token for --url (`api.token`: the bench adds and removes sources).
     #[arg(long, env = "ANODE_TOKEN", hide_env_values = true, requires = "url")]
@@ -223,6 +227,9 @@ async fn measure(args: &BenchArgs, sim: &anode_feedsim::FeedSim, dir: &Path) -> 
     };
     if let Some(method) = &args.postgres_method {
         store.push_str(&format!("postgres_method = {method:?}\n"));
+    }
+    if let Some(n) = args.postgres_in_flight {
+        store.push_str(&format!("postgres_in_flight = {n}\n"));
     }
     if let Some(url) = &args.nats {
         let id = std::process::id();

@@ -10,7 +10,9 @@
 //! ([`writer`]), on a thread of its own, commits queued batches together into a
 //! [`Backend`] — [`postgres`] (production) or [`sqlite`] (the embedded default) — writing
 //! the records and each source's cursor in one transaction, so that a stored cursor never
-//! runs ahead of the stored records.
+//! runs ahead of the stored records. PostgreSQL can take two batches in flight, on two
+//! connections (`store.postgres_in_flight = 2`): the later one commits only after the
+//! earlier, and not at all when the earlier fails ([`order`]).
 //! Only then is each batch acknowledged through its [`Receipt`]. A batch leaves the buffer
 //! only once it is committed, so a database that goes away loses nothing that is in the
 //! buffer: the writer reconnects with backoff and writes the same batches again. Record ids
@@ -26,6 +28,7 @@
 mod buffer;
 pub mod log;
 pub(crate) mod nats;
+mod order;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod tls;
@@ -48,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::record::{Record, RecordId};
 use buffer::{Pending, Taken};
 use log::LogQuery;
+use order::{Order, Step};
 
 /// Where records go and the bounds of the buffer in front of the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,13 @@ pub struct StoreSettings {
     /// How PostgreSQL batches are written: `unnest` (one `INSERT … SELECT FROM UNNEST`) or
     /// `copy` (binary `COPY` into a staging table, then one `INSERT … SELECT`).
     pub postgres_method: PostgresMethod,
+    /// PostgreSQL batches in flight at once, each on a connection of its own. 1 (the default)
+    /// writes one batch at a time. With 2, the next full batch is staged and inserted while
+    /// the one before commits; a batch commits only after the one before it, and not at all
+    /// if that one fails. 2 is for a database with cores to spare: on 2 cores shared with the
+    /// node it stored no more rows (0.96× one, medians of 11 runs each) at 9% more server CPU
+    /// per row, and a raw write on two connections measured 1.00–1.16× one.
+    pub postgres_in_flight: usize,
     /// `disable` (the default), or `verify-full`: TLS, with the server's certificate checked
     /// against `postgres_ca_file` (or the public web roots) and its name against the URL's host.
     pub postgres_tls: PostgresTls,
@@ -117,6 +128,7 @@ impl Default for StoreSettings {
             reconnect_max_ms: 5_000,
             drain_timeout_ms: 10_000,
             postgres_method: PostgresMethod::default(),
+            postgres_in_flight: 1,
             postgres_tls: PostgresTls::default(),
             postgres_ca_file: None,
             nats: None,
@@ -146,6 +158,10 @@ pub(crate) enum WriteError {
     /// The server refused the data itself: write the rows one by one to find the bad ones.
     #[error("{0}")]
     Rejected(String),
+    /// The batch in flight before this one failed, so this one did not commit: both are
+    /// written again, in order.
+    #[error("the batch before it in flight failed")]
+    Cancelled,
 }
 
 /// What a write did.
@@ -168,6 +184,23 @@ pub(crate) trait Backend: Send + 'static {
         records: &[Record],
         cursors: &[(Arc<str>, String)],
     ) -> impl Future<Output = Result<Written, WriteError>> + Send;
+    /// [`Backend::write`], with another write of the same store possibly in flight before
+    /// it (on a connection of its own): it may overlap that write but must not commit before
+    /// it, nor commit at all when it fails (see [`order`]). By default it waits for that
+    /// write to commit and then writes: correct, without overlap.
+    fn write_ordered(
+        &mut self,
+        records: &[Record],
+        cursors: &[(Arc<str>, String)],
+        mut order: Order,
+    ) -> impl Future<Output = Result<Written, WriteError>> + Send {
+        async move {
+            order.earlier(Step::Committed).await?;
+            let written = self.write(records, cursors).await?;
+            order.mark(Step::Committed);
+            Ok(written)
+        }
+    }
     /// A source's last committed cursor (and when) and the ids of its `recent` latest
     /// records.
     fn resume(
@@ -263,7 +296,7 @@ struct Shared {
     /// One permit per free record slot in the buffer.
     room: Semaphore,
     capacity: usize,
-    /// Records taken out of the buffer by a write in progress.
+    /// Records taken out of the buffer by writes in progress.
     in_flight: AtomicUsize,
     arrived: Notify,
     /// Woken after each commit: tails waiting for new records read again.
@@ -516,7 +549,7 @@ pub fn spawn_store(
             ..settings.clone()
         };
         spawn_stage(
-            nats::JetStream::new(n.clone()),
+            vec![nats::JetStream::new(n.clone())],
             "jetstream",
             n.required,
             next,
@@ -534,11 +567,20 @@ pub fn spawn_store(
     let db_next = Next::Acknowledge { copies };
     let (db, db_start, log_reader) = match &settings.postgres_url {
         Some(url) => {
-            let backend = postgres::Postgres::new(url, settings)?;
+            if !(1..=MAX_IN_FLIGHT).contains(&settings.postgres_in_flight) {
+                return Err(SinkError::Config(format!(
+                    "store.postgres_in_flight is {}: set 1 (one batch at a time) to \
+                     {MAX_IN_FLIGHT}",
+                    settings.postgres_in_flight
+                )));
+            }
+            let lanes = (0..settings.postgres_in_flight)
+                .map(|_| postgres::Postgres::new(url, settings))
+                .collect::<Result<Vec<_>, _>>()?;
             let (url, copy) = (url.clone(), settings.clone());
-            // Checked above: the same URL and settings made the writer's backend.
+            // Checked above: the same URL and settings made the writer's backends.
             let reader = move || postgres::Postgres::new(&url, &copy).expect("checked settings");
-            let (shared, start) = spawn_stage(backend, "postgres", true, db_next, settings);
+            let (shared, start) = spawn_stage(lanes, "postgres", true, db_next, settings);
             (shared, start, reader_factory(reader))
         }
         None => {
@@ -548,7 +590,7 @@ pub fn spawn_store(
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
             let backend = sqlite::Sqlite::new(path.clone());
             let reader = move || sqlite::Sqlite::new(path.clone());
-            let (shared, start) = spawn_stage(backend, "sqlite", true, db_next, settings);
+            let (shared, start) = spawn_stage(vec![backend], "sqlite", true, db_next, settings);
             (shared, start, reader_factory(reader))
         }
     };
@@ -655,7 +697,7 @@ fn spawn_writer<B: Backend, R: Backend>(
     cancel: CancellationToken,
 ) -> (StoreHandle, JoinHandle<()>) {
     let next = Next::Acknowledge { copies: Vec::new() };
-    let (shared, start) = spawn_stage(backend, kind, true, next, settings);
+    let (shared, start) = spawn_stage(vec![backend], kind, true, next, settings);
     let log_reader = reader_factory(make_reader);
     let handle = StoreHandle {
         reader: Arc::new(tokio::sync::Mutex::new(log_reader())),
@@ -681,18 +723,19 @@ fn reader_factory<R: Backend>(make: impl Fn() -> R + Send + Sync + 'static) -> R
     })
 }
 
-/// A sink with its buffer; its writer starts when the returned start is called.
+/// A sink with its buffer; its writer starts when the returned start is called, and writes
+/// through `lanes` (one connection each, at least one).
 fn spawn_stage<B: Backend>(
-    backend: B,
+    lanes: Vec<B>,
     kind: &'static str,
     required: bool,
     next: Next,
     settings: &StoreSettings,
 ) -> (Arc<Shared>, StageStart) {
-    let shared = new_shared(kind, required, next, backend.describe(), settings);
+    let shared = new_shared(kind, required, next, lanes[0].describe(), settings);
     let (stage, settings) = (shared.clone(), settings.clone());
     let start: StageStart =
-        Box::new(move |cancel| Box::pin(writer::write_loop(backend, stage, settings, cancel)));
+        Box::new(move |cancel| Box::pin(writer::write_loop(lanes, stage, settings, cancel)));
     (shared, start)
 }
 
@@ -744,7 +787,7 @@ impl Shared {
     fn take(&self, max: usize) -> Taken {
         let taken = Taken::from_queue(&mut lock(&self.buffer), max);
         self.queued.fetch_sub(taken.records.len(), Relaxed);
-        self.in_flight.store(taken.records.len(), Relaxed);
+        self.in_flight.fetch_add(taken.records.len(), Relaxed);
         taken
     }
 
@@ -772,7 +815,7 @@ impl Shared {
             }
             Next::Done => {}
         }
-        self.in_flight.store(0, Relaxed);
+        self.in_flight.fetch_sub(count, Relaxed);
         self.room.add_permits(count);
     }
 
@@ -784,7 +827,7 @@ impl Shared {
             buffer.push_front(pending);
         }
         self.queued.fetch_add(count, Relaxed);
-        self.in_flight.store(0, Relaxed);
+        self.in_flight.fetch_sub(count, Relaxed);
     }
 
     /// Records waiting in the buffer.
@@ -802,6 +845,9 @@ impl Shared {
         lock(&self.buffer).is_empty()
     }
 }
+
+/// The most PostgreSQL batches in flight at once (`store.postgres_in_flight`).
+const MAX_IN_FLIGHT: usize = 4;
 
 /// The columns every backend stores, in order; one schema for both databases.
 pub(crate) const TABLE: &str = "anode_records";

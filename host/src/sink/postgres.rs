@@ -18,6 +18,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use super::log::{LogQuery, Position};
+use super::order::{Order, Step};
 use super::{
     Backend, CURSORS, PostgresMethod, PostgresTls, Resume, SinkError, StoreSettings, TABLE,
     WriteError, Written,
@@ -27,7 +28,8 @@ use crate::record::RecordId;
 
 /// Connecting takes at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A write that takes longer is abandoned and retried on a new connection.
+/// A write or read that takes longer is abandoned and retried on a new connection (a write
+/// waiting for one in flight before it has twice as long).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Arbitrary but fixed: serialises schema creation among nodes starting together.
 const SCHEMA_LOCK: i64 = 0x616e_6f64_6530;
@@ -320,19 +322,45 @@ impl Backend for Postgres {
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
     ) -> Result<Written, WriteError> {
+        self.write_ordered(batch, cursors, Order::alone()).await
+    }
+
+    /// With a batch in flight before it (on another connection), this one overlaps it as far
+    /// as is safe: it takes its transaction id after the earlier one (so the log keeps
+    /// submission order), stages its rows (`copy`) while the earlier inserts, inserts once
+    /// the earlier has inserted (so it can only ever wait on the earlier's row locks, never
+    /// the other way round: no deadlock), and sets its cursors and commits only once the
+    /// earlier has committed.
+    async fn write_ordered(
+        &mut self,
+        batch: &[Record],
+        cursors: &[(Arc<str>, String)],
+        mut order: Order,
+    ) -> Result<Written, WriteError> {
         let method = self.method;
         let live = self
             .live
             .as_mut()
             .ok_or_else(|| WriteError::Connection("not connected".into()))?;
         let write = async {
+            order.earlier(Step::Begun).await?;
             let tx = live.client.transaction().await.map_err(classify)?;
+            tx.execute("SELECT pg_current_xact_id()", &[])
+                .await
+                .map_err(classify)?;
+            order.mark(Step::Begun);
+            if method == PostgresMethod::Copy && !batch.is_empty() {
+                stage_copy(&tx, batch).await?;
+            }
+            order.earlier(Step::Inserted).await?;
             let inserted = match method {
                 _ if batch.is_empty() => 0,
                 PostgresMethod::Unnest => write_unnest(&tx, &live.insert, batch).await?,
-                PostgresMethod::Copy => write_copy(&tx, &live.insert, batch).await?,
+                PostgresMethod::Copy => tx.execute(&live.insert, &[]).await.map_err(classify)?,
                 PostgresMethod::Json => write_json(&tx, &live.insert, batch).await?,
             };
+            order.mark(Step::Inserted);
+            order.earlier(Step::Committed).await?;
             if !cursors.is_empty() {
                 let sources: Vec<&str> = cursors.iter().map(|(s, _)| &**s).collect();
                 let values: Vec<&str> = cursors.iter().map(|(_, c)| c.as_str()).collect();
@@ -342,16 +370,18 @@ impl Backend for Postgres {
                     .map_err(classify)?;
             }
             tx.commit().await.map_err(classify)?;
+            order.mark(Step::Committed);
             Ok::<u64, WriteError>(inserted)
         };
-        let inserted = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        // The wait for an earlier write counts too: it has a bound of its own.
+        let inserted = match tokio::time::timeout(2 * WRITE_TIMEOUT, write).await {
             Ok(result) => result?,
             Err(_) => {
                 self.live = None;
                 return Err(WriteError::Connection(format!(
                     "a write of {} rows took over {} s",
                     batch.len(),
-                    WRITE_TIMEOUT.as_secs()
+                    2 * WRITE_TIMEOUT.as_secs()
                 )));
             }
         };
@@ -538,11 +568,9 @@ async fn write_json(
     tx.execute(insert, &[&array]).await.map_err(classify)
 }
 
-async fn write_copy(
-    tx: &Transaction<'_>,
-    insert: &Statement,
-    batch: &[Record],
-) -> Result<u64, WriteError> {
+/// `copy`'s first part: the batch into the connection's staging table (the insert from it
+/// follows).
+async fn stage_copy(tx: &Transaction<'_>, batch: &[Record]) -> Result<(), WriteError> {
     let sink = tx
         .copy_in("COPY anode_stage FROM STDIN BINARY")
         .await
@@ -579,7 +607,7 @@ async fn write_copy(
         writer.as_mut().write(&row).await.map_err(classify)?;
     }
     writer.finish().await.map_err(classify)?;
-    tx.execute(insert, &[]).await.map_err(classify)
+    Ok(())
 }
 
 #[cfg(test)]

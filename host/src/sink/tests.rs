@@ -343,3 +343,23 @@ async fn a_refused_batch_is_split_in_halves_and_only_the_bad_rows_are_lost() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_in_flight_out_of_range_is_refused_with_its_name() {
+    for n in [0, MAX_IN_FLIGHT + 1] {
+        let settings = StoreSettings {
+            postgres_url: Some("postgres://anode@127.0.0.1:1/x".into()),
+            postgres_in_flight: n,
+            ..StoreSettings::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let error = spawn_store(&settings, dir.path(), CancellationToken::new())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("store.postgres_in_flight") && error.contains(&n.to_string()),
+            "{error}"
+        );
+    }
+}

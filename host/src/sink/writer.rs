@@ -1,19 +1,43 @@
 //! The writer task: connects (and reconnects with backoff), waits for a full batch or the
 //! flush interval, commits queued batches together, acknowledges them, and on shutdown keeps
-//! writing until the buffer is empty or `store.drain_timeout_ms` has passed.
+//! writing until the buffer is empty or `store.drain_timeout_ms` has passed. With two
+//! connections (`store.postgres_in_flight = 2`), a second full batch is written while the
+//! first is still in flight; [`Order`] keeps their commits in order.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::order::{Order, Step};
 use super::{Backend, Shared, StoreSettings, Taken, WriteError, Written, lock};
 use crate::backoff::Backoff;
 use crate::record::Record;
 
+/// One connection of the store, and whether it is up.
+struct Lane<B> {
+    backend: B,
+    connected: bool,
+}
+
+/// What a write task hands back: the lane, the batches and the outcome.
+type Ended<B> = (Lane<B>, Taken, Result<Written, WriteError>);
+
+/// A write in flight.
+struct InFlight<B> {
+    task: JoinHandle<Ended<B>>,
+    progress: watch::Receiver<Step>,
+    started: Instant,
+}
+
+/// Writes batches through `lanes` (one connection each): with two, a second batch is written
+/// while the first commits, in the order [`Order`] keeps.
 pub(super) async fn write_loop<B: Backend>(
-    mut backend: B,
+    lanes: Vec<B>,
     shared: Arc<Shared>,
     settings: StoreSettings,
     cancel: CancellationToken,
@@ -24,96 +48,144 @@ pub(super) async fn write_loop<B: Backend>(
     );
     let flush = Duration::from_millis(settings.flush_ms);
     let batch_max = settings.batch_max.max(1);
+    let mut free: Vec<Lane<B>> = lanes
+        .into_iter()
+        .map(|backend| Lane {
+            backend,
+            connected: false,
+        })
+        .collect();
+    // Oldest first.
+    let mut flight: VecDeque<InFlight<B>> = VecDeque::new();
     let mut drain_deadline: Option<Instant> = None;
+    let mut lane_retry_at = Instant::now();
     loop {
         if drain_deadline.is_none() && cancel.is_cancelled() {
             drain_deadline =
                 Some(Instant::now() + Duration::from_millis(settings.drain_timeout_ms));
         }
         if let Some(deadline) = drain_deadline {
-            if shared.idle() {
+            if shared.idle() && flight.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
                 tracing::error!(
                     "stopping with {} records not stored: the {} store did not take them within \
                      store.drain_timeout_ms ({} ms)",
-                    shared.queued(),
+                    shared.backlog(),
                     shared.kind,
                     settings.drain_timeout_ms
                 );
+                for write in flight {
+                    write.task.abort();
+                }
                 break;
             }
         }
-        if !shared.connected.load(Relaxed) {
-            match backend.connect().await {
+        // A lane that lost its connection reconnects once nothing is in flight. While another
+        // lane is up, a lane that cannot connect (a server out of connections) is tried again
+        // after a backoff, and the writer goes on with the lanes it has.
+        let lanes_up = free.iter().filter(|lane| lane.connected).count();
+        if flight.is_empty()
+            && (lanes_up == 0 || Instant::now() >= lane_retry_at)
+            && let Some(lane) = free.iter_mut().find(|lane| !lane.connected)
+        {
+            match lane.backend.connect().await {
                 Ok(()) => {
                     if shared.batches.load(Relaxed) > 0 || shared.write_errors.load(Relaxed) > 0 {
                         shared.reconnects.fetch_add(1, Relaxed);
                         tracing::info!("reconnected to the {} store", shared.kind);
                     }
+                    lane.connected = true;
                     shared.connected.store(true, Relaxed);
                     backoff.reset();
+                    continue;
                 }
                 Err(error) => {
                     shared.failed(&error);
                     let wait = backoff.fail();
+                    if lanes_up == 0 {
+                        shared.connected.store(false, Relaxed);
+                        tracing::warn!(
+                            "the {} store is unavailable ({error}); {} records buffered, retrying in {} ms",
+                            shared.kind,
+                            shared.queued(),
+                            wait.as_millis()
+                        );
+                        sleep_or_cancel(wait, &cancel, drain_deadline.is_some()).await;
+                        continue;
+                    }
                     tracing::warn!(
-                        "the {} store is unavailable ({error}); {} records buffered, retrying in {} ms",
+                        "another connection to the {} store failed ({error}); writing on {lanes_up}, \
+                         retrying in {} ms",
                         shared.kind,
-                        shared.queued(),
                         wait.as_millis()
                     );
-                    sleep_or_cancel(wait, &cancel, drain_deadline.is_some()).await;
+                    lane_retry_at = Instant::now() + wait;
+                }
+            }
+        }
+        let draining = drain_deadline.is_some();
+        if let Some(oldest) = flight.front_mut() {
+            // A second write starts only for a full batch (or while draining); otherwise the
+            // one in flight finishes first.
+            let lane_free = free.iter().any(|lane| lane.connected);
+            let ready = lane_free && !shared.idle() && (draining || shared.queued() >= batch_max);
+            if !ready {
+                let more = async {
+                    if lane_free && !draining {
+                        full_batch(&shared, batch_max, &cancel).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    ended = &mut oldest.task => {
+                        let started = flight.pop_front().map_or_else(Instant::now, |w| w.started);
+                        settle(ended, started, &mut flight, &mut free, &shared).await;
+                        continue;
+                    }
+                    () = more => {}
+                }
+                if shared.queued() < batch_max {
                     continue;
                 }
             }
-        }
-        // Wait for a full batch, or for the flush interval once something is waiting.
-        if shared.idle() {
-            if drain_deadline.is_some() {
+        } else {
+            // Wait for a full batch, or for the flush interval once something is waiting.
+            if shared.idle() {
+                if draining {
+                    continue;
+                }
+                tokio::select! {
+                    () = shared.arrived.notified() => {}
+                    () = cancel.cancelled() => {}
+                }
                 continue;
             }
-            tokio::select! {
-                () = shared.arrived.notified() => {}
-                () = cancel.cancelled() => {}
+            if shared.queued() < batch_max && !draining {
+                let _ = tokio::time::timeout(flush, full_batch(&shared, batch_max, &cancel)).await;
             }
+        }
+        let Some(at) = free.iter().position(|lane| lane.connected) else {
             continue;
-        }
-        if shared.queued() < batch_max && drain_deadline.is_none() {
-            let _ = tokio::time::timeout(flush, async {
-                while shared.queued() < batch_max {
-                    tokio::select! {
-                        () = shared.arrived.notified() => {}
-                        () = cancel.cancelled() => break,
-                    }
-                }
-            })
-            .await;
-        }
+        };
+        let mut lane = free.swap_remove(at);
         let taken = shared.take(batch_max);
-        let started = Instant::now();
-        match write_batch(&mut backend, &shared, &taken).await {
-            Ok(written) => {
-                shared.rows_written.fetch_add(written.inserted, Relaxed);
-                shared.duplicates.fetch_add(written.duplicates, Relaxed);
-                shared.batches.fetch_add(1, Relaxed);
-                shared
-                    .last_batch_us
-                    .store(started.elapsed().as_micros() as u64, Relaxed);
-                shared.done(taken).await;
-            }
-            Err(error) => {
-                shared.failed(&error);
-                shared.connected.store(false, Relaxed);
-                tracing::warn!(
-                    "writing {} records to the {} store failed ({error}); they stay buffered",
-                    taken.records.len(),
-                    shared.kind
-                );
-                shared.put_back(taken);
-            }
-        }
+        let order = Order::after(flight.back().map(|write| write.progress.clone()));
+        let progress = order.progress();
+        let task = tokio::spawn(async move {
+            let result = lane
+                .backend
+                .write_ordered(&taken.records, &taken.cursors, order)
+                .await;
+            (lane, taken, result)
+        });
+        flight.push_back(InFlight {
+            task,
+            progress,
+            started: Instant::now(),
+        });
     }
     shared.closed.cancel();
     shared.room.close();
@@ -121,29 +193,128 @@ pub(super) async fn write_loop<B: Backend>(
     lock(&shared.buffer).clear();
 }
 
-/// Write batches and their cursors; when the database rejects the data, split it in halves
-/// until the bad rows stand alone, so that only they are lost (counted and logged), not the
-/// batch, then write the cursors. One bad row in n costs about 2·log2(n) writes, not n.
-async fn write_batch<B: Backend>(
+/// Until `batch_max` records wait, or the store is told to stop.
+async fn full_batch(shared: &Shared, batch_max: usize, cancel: &CancellationToken) {
+    while shared.queued() < batch_max {
+        tokio::select! {
+            () = shared.arrived.notified() => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// The oldest write in flight has ended. Committed: acknowledge it. Failed: nothing after it
+/// committed (see [`Order`]); the later write is taken back first, so that both return to the
+/// buffer in order, then the failed batch is dealt with as one written alone would be.
+async fn settle<B: Backend>(
+    ended: Result<Ended<B>, tokio::task::JoinError>,
+    started: Instant,
+    flight: &mut VecDeque<InFlight<B>>,
+    free: &mut Vec<Lane<B>>,
+    shared: &Shared,
+) {
+    let (mut lane, taken, result) = joined(ended);
+    let result = match result {
+        Err(WriteError::Rejected(message)) => {
+            let later = take_back(flight, free, shared).await;
+            let result = write_refused(&mut lane.backend, shared, &taken, &message).await;
+            return_later(shared, later);
+            result
+        }
+        other => other,
+    };
+    match result {
+        Ok(written) => {
+            shared.rows_written.fetch_add(written.inserted, Relaxed);
+            shared.duplicates.fetch_add(written.duplicates, Relaxed);
+            shared.batches.fetch_add(1, Relaxed);
+            shared
+                .last_batch_us
+                .store(started.elapsed().as_micros() as u64, Relaxed);
+            shared.done(taken).await;
+        }
+        Err(error) => {
+            let later = take_back(flight, free, shared).await;
+            if !matches!(error, WriteError::Cancelled) {
+                shared.failed(&error);
+                shared.connected.store(false, Relaxed);
+                lane.connected = false;
+                tracing::warn!(
+                    "writing {} records to the {} store failed ({error}); they stay buffered",
+                    taken.records.len(),
+                    shared.kind
+                );
+            }
+            return_later(shared, later);
+            shared.put_back(taken);
+        }
+    }
+    free.push(lane);
+}
+
+/// The writes in flight after a failed one, which cannot commit: their batches, newest last.
+async fn take_back<B: Backend>(
+    flight: &mut VecDeque<InFlight<B>>,
+    free: &mut Vec<Lane<B>>,
+    shared: &Shared,
+) -> Vec<Taken> {
+    let mut later = Vec::new();
+    while let Some(write) = flight.pop_front() {
+        let (mut lane, taken, result) = joined(write.task.await);
+        match result {
+            // Not expected (a write waits for the commit of the one before it), but what
+            // committed is acknowledged.
+            Ok(_) => {
+                free.push(lane);
+                shared.done(taken).await;
+                continue;
+            }
+            Err(WriteError::Cancelled) => {}
+            Err(error) => {
+                shared.failed(&error);
+                lane.connected = !matches!(error, WriteError::Connection(_));
+            }
+        }
+        free.push(lane);
+        later.push(taken);
+    }
+    later
+}
+
+/// Batches taken back go to the front of the buffer, in their order: put back newest first.
+fn return_later(shared: &Shared, later: Vec<Taken>) {
+    for taken in later.into_iter().rev() {
+        shared.put_back(taken);
+    }
+}
+
+/// A write task's outcome; a panic in it goes on up, as it would have in the writer itself.
+fn joined<T>(ended: Result<T, tokio::task::JoinError>) -> T {
+    match ended {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// The store refused `taken` together: write it in halves until the bad rows stand alone,
+/// so that only they are lost (counted and logged), not the batch, then write the cursors.
+/// One bad row in n costs about 2·log2(n) writes, not n.
+async fn write_refused<B: Backend>(
     backend: &mut B,
     shared: &Shared,
     taken: &Taken,
+    message: &str,
 ) -> Result<Written, WriteError> {
     let records = &taken.records;
-    match backend.write(records, &taken.cursors).await {
-        Err(WriteError::Rejected(message)) => {
-            tracing::warn!(
-                "the {} store refused a batch of {} ({message}); writing it in halves to find \
-                 the bad rows",
-                shared.kind,
-                records.len()
-            );
-            let total = write_halves(backend, shared, records).await?;
-            backend.write(&[], &taken.cursors).await?;
-            Ok(total)
-        }
-        other => other,
-    }
+    tracing::warn!(
+        "the {} store refused a batch of {} ({message}); writing it in halves to find the bad \
+         rows",
+        shared.kind,
+        records.len()
+    );
+    let total = write_halves(backend, shared, records).await?;
+    backend.write(&[], &taken.cursors).await?;
+    Ok(total)
 }
 
 /// Write `records`, which the store refused together: each refused part is split in two
