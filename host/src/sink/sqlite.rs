@@ -25,10 +25,16 @@ impl Sqlite {
     }
 }
 
+/// The layout: rows in log order (`seq` is the row id, so a batch is appended at the end of
+/// the table), a unique index on `id` for idempotency, and one on `(source, ingest_time_us)`.
+/// Keyed by `id` itself (the layout before), every insert landed on a random page of the
+/// whole table: each record rewrote a page of its own in the WAL and read one back, and the
+/// store took half the rows per second it takes now.
 fn schema_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
-            id BLOB PRIMARY KEY,
+            seq INTEGER PRIMARY KEY,
+            id BLOB NOT NULL,
             source TEXT NOT NULL,
             stream TEXT NOT NULL,
             key TEXT,
@@ -36,9 +42,9 @@ fn schema_sql() -> String {
             event_time_us INTEGER,
             ingest_time_us INTEGER NOT NULL,
             node TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            seq INTEGER
-        ) WITHOUT ROWID;
+            payload TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_id ON {TABLE} (id);
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
         CREATE TABLE IF NOT EXISTS {CURSORS} (
             source TEXT PRIMARY KEY,
@@ -48,28 +54,61 @@ fn schema_sql() -> String {
     )
 }
 
-/// The log position (`seq`, see [`super::log`]): a file written before it existed gains the
-/// column, its rows numbered in ingest order, and the index.
-fn add_log_position(connection: &Connection) -> rusqlite::Result<()> {
-    let has_seq = connection
+/// A file of an earlier layout (keyed by `id`, `WITHOUT ROWID`) is rewritten into the current
+/// one, in one transaction, its rows keeping their log positions; a file older still, with no
+/// log position, first gets one, its rows numbered in ingest order. Returns the rows moved.
+fn upgrade(connection: &mut Connection) -> rusqlite::Result<Option<u64>> {
+    let layout: Option<String> = connection
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [TABLE],
+            |row| row.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    if !layout.is_some_and(|sql| sql.contains("WITHOUT ROWID")) {
+        return Ok(None);
+    }
+    tracing::info!(
+        "{}: moving the stored records to the current layout (rows in log order); a large \
+         file takes a while, and the node starts storing once it is done",
+        connection.path().unwrap_or("the embedded store")
+    );
+    let tx = connection.transaction()?;
+    let has_seq = tx
         .prepare(&format!(
             "SELECT 1 FROM pragma_table_info('{TABLE}') WHERE name = 'seq'"
         ))?
         .exists([])?;
-    if !has_seq {
-        connection.execute_batch(&format!(
-            "BEGIN;
-             ALTER TABLE {TABLE} ADD COLUMN seq INTEGER;
-             UPDATE {TABLE} SET seq = numbered.n FROM (
-                 SELECT id, row_number() OVER (ORDER BY ingest_time_us, id) AS n FROM {TABLE}
-             ) AS numbered WHERE {TABLE}.id = numbered.id;
-             COMMIT;"
-        ))?;
-    }
-    connection.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {TABLE}_log ON {TABLE} (seq);"
-    ))
+    let seq = if has_seq {
+        "seq"
+    } else {
+        "row_number() OVER (ORDER BY ingest_time_us, id)"
+    };
+    tx.execute_batch(&format!(
+        "ALTER TABLE {TABLE} RENAME TO {TABLE}_before;
+         DROP INDEX IF EXISTS {TABLE}_source_time;
+         DROP INDEX IF EXISTS {TABLE}_log;"
+    ))?;
+    tx.execute_batch(&schema_sql())?;
+    let moved = tx.execute(
+        &format!(
+            "INSERT INTO {TABLE} (seq, {COLUMNS})
+             SELECT {seq}, {COLUMNS} FROM {TABLE}_before ORDER BY 1"
+        ),
+        [],
+    )?;
+    tx.execute_batch(&format!("DROP TABLE {TABLE}_before;"))?;
+    tx.commit()?;
+    Ok(Some(moved as u64))
 }
+
+/// The stored columns, in [`schema_sql`]'s order after `seq`.
+const COLUMNS: &str =
+    "id, source, stream, key, upstream_id, event_time_us, ingest_time_us, node, payload";
 
 fn failed(what: &str, e: impl std::fmt::Display) -> WriteError {
     WriteError::Connection(format!("{what}: {e}"))
@@ -98,16 +137,20 @@ impl Backend for Sqlite {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
             }
-            let connection = Connection::open(&path).map_err(|e| failed(&format!("cannot open {}", path.display()), e))?;
+            let mut connection = Connection::open(&path).map_err(|e| failed(&format!("cannot open {}", path.display()), e))?;
             // WAL: readers (a user's queries) do not block the writer; NORMAL sync is durable
             // across a process crash, which is what a buffer in front of it needs.
             connection
                 .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
                 .map_err(|e| failed("cannot configure SQLite", e))?;
+            if let Some(moved) = upgrade(&mut connection)
+                .map_err(|e| failed(&format!("cannot upgrade {} to the current layout", path.display()), e))?
+            {
+                tracing::info!("{}: {moved} stored records moved to the current layout", path.display());
+            }
             connection
                 .execute_batch(&schema_sql())
                 .map_err(|e| failed("cannot create the schema", e))?;
-            add_log_position(&connection).map_err(|e| failed("cannot add the log position", e))?;
             Ok::<_, WriteError>(connection)
         })
         .await

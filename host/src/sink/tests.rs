@@ -363,3 +363,102 @@ async fn postgres_in_flight_out_of_range_is_refused_with_its_name() {
         );
     }
 }
+
+/// The embedded store's layouts before this one: keyed by `id` (`WITHOUT ROWID`), with the
+/// log position (`seq`) and, earlier still, without it.
+fn earlier_layout(with_seq: bool) -> String {
+    let seq = if with_seq { ", seq INTEGER" } else { "" };
+    format!(
+        "CREATE TABLE anode_records (
+            id BLOB PRIMARY KEY, source TEXT NOT NULL, stream TEXT NOT NULL, key TEXT,
+            upstream_id TEXT, event_time_us INTEGER, ingest_time_us INTEGER NOT NULL,
+            node TEXT NOT NULL, payload TEXT NOT NULL{seq}
+        ) WITHOUT ROWID;
+        CREATE INDEX anode_records_source_time ON anode_records (source, ingest_time_us);
+        CREATE TABLE anode_cursors (
+            source TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_us INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT INTO anode_cursors VALUES ('a', 'c-3', 1);"
+    )
+}
+
+#[tokio::test]
+async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
+    use super::sqlite::Sqlite;
+    for with_seq in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.sqlite");
+        // Three records whose log order (by seq, or by ingest time) is not their id order.
+        let mut old: Vec<Record> = (1..=3).map(|n| record("a", n)).collect();
+        old.sort_by_key(|r| r.id.0);
+        old.swap(0, 2);
+        {
+            let db = rusqlite::Connection::open(&path).unwrap();
+            db.execute_batch(&earlier_layout(with_seq)).unwrap();
+            for (n, r) in old.iter().enumerate() {
+                let n = n as i64 + 1;
+                db.execute(
+                    "INSERT INTO anode_records (id, source, stream, key, upstream_id, event_time_us,
+                     ingest_time_us, node, payload) VALUES (?1, ?2, ?3, NULL, ?4, NULL, ?5, ?6, ?7)",
+                    rusqlite::params![&r.id.0[..], r.source, r.stream, r.upstream_id, n, r.node, "{}"],
+                )
+                .unwrap();
+                if with_seq {
+                    db.execute(
+                        "UPDATE anode_records SET seq = ?1 WHERE id = ?2",
+                        rusqlite::params![n * 10, &r.id.0[..]],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let all = LogQuery {
+            after: None,
+            since_us: None,
+            filter: LogFilter::default(),
+            limit: 100,
+        };
+        let position = |n: i64| Position::Embedded {
+            seq: if with_seq { n * 10 } else { n },
+        };
+        for opening in 0..2 {
+            let mut store = Sqlite::new(path.clone());
+            store.connect().await.unwrap();
+            let log = store.read_log(&all).await.unwrap();
+            let ids: Vec<_> = log.iter().map(|(_, r)| r.id).collect();
+            assert_eq!(
+                ids,
+                old.iter().map(|r| r.id).collect::<Vec<_>>(),
+                "with_seq {with_seq}, opening {opening}: log order kept"
+            );
+            assert_eq!(log[2].0, position(3));
+            let resume = store.resume("a", 10).await.unwrap();
+            assert_eq!(resume.cursor.as_deref(), Some("c-3"));
+            let layout: String = rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = 'anode_records'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert!(!layout.contains("WITHOUT ROWID"), "{layout}");
+        }
+        // A repeat is still a duplicate, and a new record follows the old ones in the log.
+        let mut store = Sqlite::new(path.clone());
+        store.connect().await.unwrap();
+        let new = record("a", 4);
+        let written = store
+            .write(&[old[1].clone(), new.clone()], &[])
+            .await
+            .unwrap();
+        assert_eq!((written.inserted, written.duplicates), (1, 1));
+        let after = LogQuery {
+            after: Some(position(3)),
+            ..all
+        };
+        let log = store.read_log(&after).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].1.id, new.id);
+    }
+}
