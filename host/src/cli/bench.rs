@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long)]
     postgres_method: Option<String>,
     /// `store.postgres_in_flight` for the node: PostgreSQL batches in flight at once (1 by
-    /// default, or 2).
+    /// default, up to 4).
     #[arg(long)]
     postgres_in_flight: Option<usize>,
     /// Drive the running node (and its cluster) at this API URL instead of starting one: the

@@ -155,7 +155,7 @@ pub(crate) enum WriteError {
     /// The connection is gone or the server is unavailable: reconnect and write again.
     #[error("{0}")]
     Connection(String),
-    /// The server refused the data itself: write the rows one by one to find the bad ones.
+    /// The server refused the data itself: write it in halves to find the bad rows.
     #[error("{0}")]
     Rejected(String),
     /// The batch in flight before this one failed, so this one did not commit: both are

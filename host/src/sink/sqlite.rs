@@ -58,7 +58,10 @@ fn schema_sql() -> String {
 /// one, in one transaction, its rows keeping their log positions; a file older still, with no
 /// log position, first gets one, its rows numbered in ingest order. Returns the rows moved.
 fn upgrade(connection: &mut Connection) -> rusqlite::Result<Option<u64>> {
-    let layout: Option<String> = connection
+    // Immediate: the writer's and the reader's connections open the file together, and only
+    // one may look at the layout and move it.
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let layout: Option<String> = tx
         .query_row(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
             [TABLE],
@@ -75,9 +78,8 @@ fn upgrade(connection: &mut Connection) -> rusqlite::Result<Option<u64>> {
     tracing::info!(
         "{}: moving the stored records to the current layout (rows in log order); a large \
          file takes a while, and the node starts storing once it is done",
-        connection.path().unwrap_or("the embedded store")
+        tx.path().unwrap_or("the embedded store")
     );
-    let tx = connection.transaction()?;
     let has_seq = tx
         .prepare(&format!(
             "SELECT 1 FROM pragma_table_info('{TABLE}') WHERE name = 'seq'"

@@ -422,8 +422,12 @@ async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
             seq: if with_seq { n * 10 } else { n },
         };
         for opening in 0..2 {
+            // The writer's and the reader's connections open the file at once.
             let mut store = Sqlite::new(path.clone());
-            store.connect().await.unwrap();
+            let mut reader = Sqlite::new(path.clone());
+            let (writer_opened, reader_opened) = tokio::join!(store.connect(), reader.connect());
+            writer_opened.unwrap();
+            reader_opened.unwrap();
             let log = store.read_log(&all).await.unwrap();
             let ids: Vec<_> = log.iter().map(|(_, r)| r.id).collect();
             assert_eq!(
