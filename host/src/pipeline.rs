@@ -25,7 +25,7 @@ use crate::plugin::{
     CallError, ConnectorInstance, Event, HttpRequest, Plan, PluginError, SessionId,
     TransformInstance, Worker,
 };
-use crate::record::{RecentIds, Record, RecordId, Stamp};
+use crate::record::{Payload, RecentIds, Record, RecordId, Stamp};
 use crate::sink::{Batch, Receipt, StoreHandle};
 use crate::source::{Feed, Input, Outcome, Problem, SourceSettings, SourceSpec, SourceStatus};
 
@@ -128,16 +128,20 @@ async fn run_chain(
     Ok(events)
 }
 
-fn stamp(at: &Stamp<'_>, e: Event) -> Record {
-    at.record(e.stream, e.key, e.upstream_id, e.event_time, e.payload)
-}
-
-/// Sinks store payloads as JSON: a plugin that emits anything else loses that event
-/// (counted), not the batch. Returns how many were dropped.
-fn keep_json(events: &mut Vec<Event>) -> usize {
-    let before = events.len();
-    events.retain(|e| serde_json::from_slice::<serde::de::IgnoredAny>(&e.payload).is_ok());
-    before - events.len()
+/// Stamp each event whose payload is JSON (checked here, once: sinks store payloads as JSON,
+/// so a plugin that emits anything else loses that event, counted, not the batch). Returns
+/// the records and how many events were dropped.
+fn stamp_json(at: &Stamp<'_>, events: Vec<Event>) -> (Vec<Record>, usize) {
+    let total = events.len();
+    let records: Vec<Record> = events
+        .into_iter()
+        .filter_map(|e| {
+            let payload = Payload::parse(e.payload).ok()?;
+            Some(at.record(e.stream, e.key, e.upstream_id, e.event_time, payload))
+        })
+        .collect();
+    let invalid = total - records.len();
+    (records, invalid)
 }
 
 impl SourceCtx {
@@ -219,19 +223,19 @@ impl SourceCtx {
         let at = self.at(now);
         if self.chain.is_empty() {
             // Without transforms the records' ids are the repeat filter's ids: one hash each.
-            let mut events = events;
-            self.report_invalid(keep_json(&mut events));
+            let (stamped, invalid) = stamp_json(&at, events);
+            self.report_invalid(invalid);
+            let valid = stamped.len();
             let records: Vec<Record> = {
                 let mut recent = lock(&self.recent);
-                events
+                stamped
                     .into_iter()
-                    .map(|e| stamp(&at, e))
                     .filter(|r| recent.insert(&r.id))
                     .collect()
             };
             self.status
                 .duplicates
-                .fetch_add((total - records.len()) as u64, Relaxed);
+                .fetch_add((valid - records.len()) as u64, Relaxed);
             return Ok(records);
         }
         let fresh: Vec<Event> = {
@@ -268,10 +272,10 @@ impl SourceCtx {
         }
     }
 
-    fn stamp(&self, mut events: Vec<Event>, now: i64) -> Vec<Record> {
-        self.report_invalid(keep_json(&mut events));
-        let at = self.at(now);
-        events.into_iter().map(|e| stamp(&at, e)).collect()
+    fn stamp(&self, events: Vec<Event>, now: i64) -> Vec<Record> {
+        let (records, invalid) = stamp_json(&self.at(now), events);
+        self.report_invalid(invalid);
+        records
     }
 
     fn report_invalid(&self, invalid: usize) {

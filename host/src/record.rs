@@ -62,6 +62,44 @@ impl Serialize for RecordId {
     }
 }
 
+/// A record's payload: JSON text, checked once where it enters the node (UTF-8 and JSON, in
+/// [`Payload::parse`]), so that the store and the subscribers' encoding take it as it is,
+/// without parsing it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(String);
+
+/// Bytes that are not one JSON value in UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the payload is not JSON in UTF-8")]
+pub struct NotJson;
+
+impl Payload {
+    /// The payload if `bytes` is one JSON value in UTF-8.
+    pub fn parse(bytes: Vec<u8>) -> Result<Self, NotJson> {
+        let text = String::from_utf8(bytes).map_err(|_| NotJson)?;
+        // From a `str`, serde_json does not check the UTF-8 of strings again.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|_| NotJson)?;
+        Ok(Payload(text))
+    }
+
+    /// A payload read back from a store: it was checked when it was written, yet a file can
+    /// be changed by hand, so it is checked again; `null` stands for one that is not JSON.
+    pub fn stored(text: String) -> Self {
+        Payload::parse(text.into_bytes()).unwrap_or_else(|NotJson| {
+            tracing::warn!("a stored payload is not JSON; it is delivered as null");
+            Payload("null".to_owned())
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// One stored and streamed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -77,8 +115,7 @@ pub struct Record {
     pub ingest_time_us: i64,
     /// The node that ingested it.
     pub node: String,
-    /// A JSON object, UTF-8.
-    pub payload: Vec<u8>,
+    pub payload: Payload,
 }
 
 /// What the host stamps on every record of one batch.
@@ -100,9 +137,14 @@ impl Stamp<'_> {
         key: Option<String>,
         upstream_id: Option<String>,
         event_time_us: Option<i64>,
-        payload: Vec<u8>,
+        payload: Payload,
     ) -> Record {
-        let id = RecordId::derive(self.source, &stream, upstream_id.as_deref(), &payload);
+        let id = RecordId::derive(
+            self.source,
+            &stream,
+            upstream_id.as_deref(),
+            payload.as_bytes(),
+        );
         Record {
             id,
             source: self.source.to_owned(),
@@ -119,10 +161,10 @@ impl Stamp<'_> {
 
 impl Record {
     /// The record as one JSON object (what WebSocket subscribers receive); the payload is
-    /// embedded as JSON, not as a string.
+    /// embedded as JSON, as it is, not as a string.
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
-        struct Wire<'a> {
+        struct Head<'a> {
             id: RecordId,
             source: &'a str,
             stream: &'a str,
@@ -131,24 +173,29 @@ impl Record {
             event_time_us: Option<i64>,
             ingest_time_us: i64,
             node: &'a str,
-            payload: &'a serde_json::value::RawValue,
         }
-        let payload = std::str::from_utf8(&self.payload)
-            .ok()
-            .and_then(|s| serde_json::from_str::<&serde_json::value::RawValue>(s).ok());
-        let null = serde_json::value::RawValue::NULL;
-        serde_json::to_string(&Wire {
-            id: self.id,
-            source: &self.source,
-            stream: &self.stream,
-            key: self.key.as_deref(),
-            upstream_id: self.upstream_id.as_deref(),
-            event_time_us: self.event_time_us,
-            ingest_time_us: self.ingest_time_us,
-            node: &self.node,
-            payload: payload.unwrap_or(null),
-        })
-        .expect("plain data serialises")
+        let payload = self.payload.as_str();
+        let mut json = Vec::with_capacity(160 + self.source.len() + payload.len());
+        serde_json::to_writer(
+            &mut json,
+            &Head {
+                id: self.id,
+                source: &self.source,
+                stream: &self.stream,
+                key: self.key.as_deref(),
+                upstream_id: self.upstream_id.as_deref(),
+                event_time_us: self.event_time_us,
+                ingest_time_us: self.ingest_time_us,
+                node: &self.node,
+            },
+        )
+        .expect("plain data serialises");
+        // The head ends with its `}`: the payload goes in as the last field.
+        json.pop();
+        json.extend_from_slice(b",\"payload\":");
+        json.extend_from_slice(payload.as_bytes());
+        json.push(b'}');
+        String::from_utf8(json).expect("JSON text and a UTF-8 payload")
     }
 }
 
@@ -284,11 +331,57 @@ mod tests {
             Some("BTC.USDT".into()),
             Some("7".into()),
             Some(5),
-            br#"{"price":"1.5"}"#.to_vec(),
+            Payload::parse(br#"{"price":"1.5"}"#.to_vec()).unwrap(),
         );
         let json: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
         assert_eq!(json["payload"]["price"], "1.5");
         assert_eq!(json["id"].as_str().unwrap().len(), 32);
         assert_eq!(json["node"], "node-a");
+        // Every field, the absent ones as null, the payload as it was given (spaces and all).
+        let record = stamp.record(
+            "t\"x".into(),
+            None,
+            None,
+            None,
+            Payload::parse(br#" [1, {"a": "\u00e9"}] "#.to_vec()).unwrap(),
+        );
+        let text = record.to_json();
+        assert!(
+            text.ends_with(r#","payload": [1, {"a": "\u00e9"}] }"#),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": record.id.to_hex(),
+                "source": "src",
+                "stream": "t\"x",
+                "key": null,
+                "upstream_id": null,
+                "event_time_us": null,
+                "ingest_time_us": 9,
+                "node": "node-a",
+                "payload": [1, {"a": "é"}],
+            })
+        );
+    }
+
+    #[test]
+    fn a_payload_is_one_json_value_in_utf8() {
+        for good in [&b"{}"[..], b" [1, \"\xc3\xa9\"] ", b"null", b"\"x\""] {
+            assert!(Payload::parse(good.to_vec()).is_ok(), "{good:?}");
+        }
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{} {}",
+            b"\"\xff\"",
+            b"{\"a\":\"\xc3\"}",
+            b"not json",
+        ] {
+            assert_eq!(Payload::parse(bad.to_vec()), Err(NotJson), "{bad:?}");
+        }
+        assert_eq!(Payload::stored("{\"a\"".into()).as_str(), "null");
     }
 }

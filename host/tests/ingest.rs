@@ -616,7 +616,7 @@ async fn postgres_over_tls_stores_and_a_wrong_authority_is_refused() {
 /// in the order they were submitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() {
-    use anode::record::Stamp;
+    use anode::record::{Payload, Stamp};
     use anode::sink::{Batch, LogFilter, LogStart, PostgresMethod, StoreSettings, spawn_store};
     for method in [
         PostgresMethod::Copy,
@@ -644,7 +644,7 @@ async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() 
                 None,
                 Some(format!("T:{i}")),
                 None,
-                payload.as_bytes().to_vec(),
+                Payload::parse(payload.as_bytes().to_vec()).unwrap(),
             )
         };
         // 100 good rows, one the server refuses (NUL in text), and a repeat of the first.
@@ -766,7 +766,7 @@ impl HeldStore {
                     None,
                     Some(format!("{source}:{i}")),
                     None,
-                    payload.into_bytes(),
+                    anode::record::Payload::parse(payload.into_bytes()).unwrap(),
                 )
             })
             .collect();

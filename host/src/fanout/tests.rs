@@ -1,5 +1,5 @@
 use super::*;
-use crate::record::RecordId;
+use crate::record::{Payload, RecordId};
 
 fn record(source: &str, n: u64) -> Record {
     Record {
@@ -11,7 +11,7 @@ fn record(source: &str, n: u64) -> Record {
         event_time_us: None,
         ingest_time_us: 0,
         node: "n".into(),
-        payload: b"{}".to_vec(),
+        payload: Payload::parse(b"{}".to_vec()).unwrap(),
     }
 }
 

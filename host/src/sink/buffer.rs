@@ -173,7 +173,7 @@ impl Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordId;
+    use crate::record::{Payload, RecordId};
 
     fn batch(source: &str, ids: std::ops::Range<u64>, cursor: Option<&str>) -> Batch {
         Batch {
@@ -188,7 +188,7 @@ mod tests {
                     event_time_us: None,
                     ingest_time_us: 0,
                     node: "n".into(),
-                    payload: b"{}".to_vec(),
+                    payload: Payload::parse(b"{}".to_vec()).unwrap(),
                 })
                 .collect(),
             cursor: cursor.map(str::to_owned),

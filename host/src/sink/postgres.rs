@@ -23,8 +23,7 @@ use super::{
     Backend, CURSORS, PostgresMethod, PostgresTls, Resume, SinkError, StoreSettings, TABLE,
     WriteError, Written,
 };
-use crate::record::Record;
-use crate::record::RecordId;
+use crate::record::{Payload, Record, RecordId};
 
 /// Connecting takes at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -491,7 +490,7 @@ impl Backend for Postgres {
                         event_time_us: row.get(7),
                         ingest_time_us: row.get(8),
                         node: row.get(9),
-                        payload: payload.into_bytes(),
+                        payload: Payload::stored(payload),
                     },
                 ))
             })
@@ -517,11 +516,6 @@ impl Backend for Postgres {
     }
 }
 
-/// Payloads are JSON text; the pipeline only lets valid UTF-8 JSON through.
-fn payload_text(record: &Record) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(&record.payload)
-}
-
 async fn write_unnest(
     tx: &Transaction<'_>,
     insert: &Statement,
@@ -535,7 +529,7 @@ async fn write_unnest(
     let event_times: Vec<Option<i64>> = batch.iter().map(|r| r.event_time_us).collect();
     let ingest_times: Vec<i64> = batch.iter().map(|r| r.ingest_time_us).collect();
     let nodes: Vec<&str> = batch.iter().map(|r| r.node.as_str()).collect();
-    let payloads: Vec<std::borrow::Cow<'_, str>> = batch.iter().map(payload_text).collect();
+    let payloads: Vec<&str> = batch.iter().map(|r| r.payload.as_str()).collect();
     let params: [&(dyn ToSql + Sync); 9] = [
         &ids,
         &sources,
@@ -592,7 +586,7 @@ async fn stage_copy(tx: &Transaction<'_>, batch: &[Record]) -> Result<(), WriteE
     pin_mut!(writer);
     for r in batch {
         let id = &r.id.0[..];
-        let payload = payload_text(r);
+        let payload = r.payload.as_str();
         let row: [&(dyn ToSql + Sync); 9] = [
             &id,
             &r.source,

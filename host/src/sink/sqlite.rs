@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 
 use super::log::{LogQuery, Position};
 use super::{Backend, CURSORS, Resume, TABLE, WriteError, Written};
-use crate::record::{Record, RecordId};
+use crate::record::{Payload, Record, RecordId};
 
 pub(crate) struct Sqlite {
     path: PathBuf,
@@ -193,7 +193,6 @@ impl Backend for Sqlite {
                     .map_err(|e| failed("prepare", e))?;
                 for r in &rows {
                     seq += 1;
-                    let payload = String::from_utf8_lossy(&r.payload);
                     inserted += insert
                         .execute(params![
                             &r.id.0[..],
@@ -204,7 +203,7 @@ impl Backend for Sqlite {
                             r.event_time_us,
                             r.ingest_time_us,
                             r.node,
-                            payload,
+                            r.payload.as_str(),
                             seq
                         ])
                         .map_err(classify)? as u64;
@@ -316,7 +315,7 @@ impl Backend for Sqlite {
                             event_time_us: row.get(6)?,
                             ingest_time_us: row.get(7)?,
                             node: row.get(8)?,
-                            payload: row.get::<_, String>(9)?.into_bytes(),
+                            payload: Payload::stored(row.get(9)?),
                         },
                     ))
                 })

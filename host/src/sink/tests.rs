@@ -1,4 +1,5 @@
 use super::*;
+use crate::record::Payload;
 use std::time::{Duration, Instant};
 
 /// A backend in memory that can be told to fail: exercises the buffer, not a database.
@@ -104,7 +105,7 @@ fn record(source: &str, n: u64) -> Record {
         event_time_us: None,
         ingest_time_us: 0,
         node: "n".into(),
-        payload: b"{}".to_vec(),
+        payload: Payload::parse(b"{}".to_vec()).unwrap(),
     }
 }
 
