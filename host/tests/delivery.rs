@@ -24,7 +24,7 @@ use support::store::{
     Stored, every_generated_id_stored_once, evm_source, trade_stream, until_generated_moves_on,
     until_streams_move_on,
 };
-use support::{TestDb, binance_sources, simulator, until};
+use support::{TestDb, binance_sources, get_json, simulator, until};
 use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -147,27 +147,43 @@ async fn sigterm_and_restart_lose_nothing_with_postgres() {
     sigterm_then_restart_resumes_every_source(root, Stored::Postgres(db), Some(url)).await;
 }
 
-/// Read a subscriber's records for `stream` until `done` says enough.
-async fn read_until(url: &str, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+/// A subscriber's records (frames without a `type`), read by a task of its own for as long
+/// as the receiver lives, so nothing it is sent is missed between two checks.
+async fn subscribe(url: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
     let (socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("subscribe");
-    let (_tx, mut rx) = socket.split();
-    let mut records = Vec::new();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !done(&records) {
-        let next = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .unwrap_or_else(|_| panic!("timed out reading {url}; got {records:?}"));
-        let Some(Ok(Message::Text(text))) = next else {
-            panic!("{url} ended: {next:?}");
-        };
-        let value: Value = serde_json::from_str(&text).unwrap();
-        if value.get("type").is_none() {
-            records.push(value);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        let (_sink, mut frames) = socket.split();
+        while let Some(frame) = frames.next().await {
+            let Ok(Message::Text(text)) = frame else {
+                panic!("{url} ended: {frame:?}");
+            };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value.get("type").is_none() && tx.send(value).is_err() {
+                return;
+            }
         }
+    });
+    rx
+}
+
+/// Take a subscriber's records into `records` until `done` says enough.
+async fn read_until(
+    what: &str,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    records: &mut Vec<Value>,
+    mut done: impl FnMut(&[Value]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !done(records) {
+        let next = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out reading {what}; got {records:?}"));
+        records.push(next.unwrap_or_else(|| panic!("{what} ended")));
     }
-    records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,24 +195,19 @@ async fn stored_subscribers_see_stored_records_once_and_candles_close_on_time() 
     let mut spec = binance_sources(&sim, 1, "cd").remove(0);
     spec["transforms"] = json!([{"plugin": "candles", "config": {"interval_ms": 1000}}]);
     let ws = node.api.replace("http://", "ws://");
-    // Subscribed before the source starts: it sees every candle.
-    let candles = tokio::spawn({
-        let url = format!("{ws}/ws?stream=candles&after=stored");
-        async move {
-            read_until(&url, |records| {
-                // Enough once a candle closed after the venue paused (see below).
-                records.len() >= 4
-            })
-            .await
-        }
-    });
+    // Subscribed before the source starts, for the whole test: it sees every candle.
+    let candles_url = format!("{ws}/ws?stream=candles&after=stored");
+    let mut candle_feed = subscribe(&candles_url).await;
     // The candles transform consumes trades: stored trades come from a plain source.
     let plain = binance_sources(&sim, 1, "st").remove(0);
     let trades_url = format!("{ws}/ws?source=st-0&after=stored");
-    let trades =
-        tokio::spawn(async move { read_until(&trades_url, |records| records.len() >= 100).await });
+    let mut trade_feed = subscribe(&trades_url).await;
     add_all(&node, &[spec, plain]).await;
-    let trades = trades.await.unwrap();
+    let mut trades = Vec::new();
+    read_until(&trades_url, &mut trade_feed, &mut trades, |records| {
+        records.len() >= 100
+    })
+    .await;
     // Only stored records, each once.
     let ids: BTreeSet<&str> = trades.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(
@@ -213,23 +224,36 @@ async fn stored_subscribers_see_stored_records_once_and_candles_close_on_time() 
             "{upstream} reached a stored subscriber but is not in the store"
         );
     }
-    let candles = candles.await.unwrap();
+    let mut candles = Vec::new();
+    read_until(&candles_url, &mut candle_feed, &mut candles, |records| {
+        records.len() >= 4
+    })
+    .await;
     assert!(
         candles.iter().all(|c| c["payload"]["closed"] == true),
         "{candles:?}"
     );
 
-    // The venue goes quiet: the open window must still close, on time, by a tick.
+    // The venue goes quiet: the window holding its last trade must still close, by a tick,
+    // since no later trade can close it now.
     sim.pause();
-    let paused_at_ms = anode::clock::now_us() / 1000;
-    // Only the window open at the pause ends after it; no trade can close it now.
-    let last = read_until(&format!("{ws}/ws?stream=candles&after=stored"), |records| {
-        records
-            .iter()
-            .any(|c| c["payload"]["end"].as_i64().unwrap() > paused_at_ms)
+    let last_trade = get_json(&format!(
+        "{}/binance/api/v3/trades?symbol=CD0USDT&limit=1",
+        sim.http_url()
+    ))
+    .await;
+    let last_ms = last_trade[0]["time"]
+        .as_i64()
+        .expect("the venue's last trade");
+    let holds_last = |c: &Value| {
+        c["payload"]["start"].as_i64().unwrap() <= last_ms
+            && last_ms < c["payload"]["end"].as_i64().unwrap()
+    };
+    read_until(&candles_url, &mut candle_feed, &mut candles, |records| {
+        records.iter().any(holds_last)
     })
     .await;
-    let closing = last.last().unwrap();
+    let closing = candles.iter().find(|c| holds_last(c)).unwrap();
     assert_eq!(closing["payload"]["closed"], true);
     assert!(
         closing["payload"]["trades"].as_u64().unwrap() > 0,
