@@ -588,7 +588,7 @@ pub fn spawn_store(
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
-            let backend = sqlite::Sqlite::new(path.clone());
+            let backend = sqlite::Sqlite::writer(path.clone());
             let reader = move || sqlite::Sqlite::new(path.clone());
             let (shared, start) = spawn_stage(vec![backend], "sqlite", true, db_next, settings);
             (shared, start, reader_factory(reader))

@@ -1,8 +1,11 @@
 //! The embedded store (SQLite, bundled into the binary): the default when no PostgreSQL URL
 //! is set, so a node runs with no set-up. Same columns and the same idempotency as PostgreSQL;
-//! the payload is JSON text. SQLite calls are blocking and run on tokio's blocking pool.
+//! the payload is JSON text. SQLite calls are blocking and run on tokio's blocking pool; the
+//! writer's log is copied into the database file by a checkpointer thread of its own.
 
-use std::path::PathBuf;
+use std::ffi::c_int;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
@@ -14,15 +17,127 @@ use crate::record::{Payload, Record, RecordId};
 pub(crate) struct Sqlite {
     path: PathBuf,
     connection: Option<Arc<Mutex<Connection>>>,
+    /// The writer's: its log is checkpointed by a thread of its own (see [`Checkpoints`]).
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 impl Sqlite {
+    /// A connection for reading (the log, a resuming subscriber's catch-up).
     pub(crate) fn new(path: PathBuf) -> Self {
         Sqlite {
             path,
             connection: None,
+            checkpoints: None,
         }
     }
+
+    /// The store's one writer.
+    pub(crate) fn writer(path: PathBuf) -> Self {
+        Sqlite {
+            checkpoints: Some(Arc::default()),
+            ..Sqlite::new(path)
+        }
+    }
+
+    /// Checkpoints made so far by the checkpointer thread and by the writer itself.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> (u64, u64) {
+        self.checkpoints.as_ref().map_or((0, 0), |c| {
+            (c.background.load(Relaxed), c.by_writer.load(Relaxed))
+        })
+    }
+}
+
+/// Pages in the writer's log after which the checkpointer copies it into the database file
+/// (SQLite's own threshold for its automatic checkpoint).
+const CHECKPOINT_PAGES: c_int = 1000;
+
+/// Pages in the log after which the writer checkpoints at its commit, as SQLite does by itself:
+/// the checkpointer has fallen behind (or failed), and the log must not grow without bound.
+const BACKSTOP_PAGES: c_int = 16_000;
+
+/// The writer's page cache, 32 MiB (SQLite's default is 2 MiB): most of the id index's pages
+/// stay in memory instead of being read back from the file for each insert.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+/// Checkpoints of the writer's log (WAL). SQLite's automatic checkpoint runs inside the commit
+/// that crosses its threshold: the writer stops taking batches while it copies the log into
+/// the database file, and since each record's id lands on a random page of the unique index,
+/// that copy is a page per record. Measured here at 50,000 records/s offered for 60 s: the
+/// store took 31,800–34,600 rows/s with the copy in the writer, 42,400–44,700 with it on a
+/// thread and connection of its own (and payloads checked once), where it overlaps the next
+/// batches on the second core.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    background: AtomicU64,
+    by_writer: AtomicU64,
+}
+
+/// Start the checkpointer for `writer` (a connection to `path`): a thread with its own
+/// connection, woken by the writer's commits once the log holds [`CHECKPOINT_PAGES`]. The
+/// thread ends when the writer's connection is dropped (a reconnect starts a new one).
+fn checkpoint_in_background(
+    writer: &mut Connection,
+    path: &Path,
+    counts: Arc<Checkpoints>,
+) -> Result<(), WriteError> {
+    let checkpointer = Connection::open(path)
+        .map_err(|e| failed("cannot open the checkpointer's connection", e))?;
+    checkpointer
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| failed("cannot configure SQLite", e))?;
+    // A connection learns that the file is in WAL mode when it first reads it; until then a
+    // checkpoint on it does nothing (and says so only by returning -1).
+    let mode: String = checkpointer
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(|e| failed("cannot read the journal mode", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(failed(
+            "the checkpointer's connection",
+            format!("{} is in journal mode {mode}, not WAL", path.display()),
+        ));
+    }
+    // One wake-up pending at most: commits during a checkpoint are taken by the next one.
+    let (due, wake) = std::sync::mpsc::sync_channel::<()>(1);
+    let background = counts.clone();
+    let file = path.display().to_string();
+    std::thread::Builder::new()
+        .name("anode-checkpoint".into())
+        .spawn(move || {
+            while wake.recv().is_ok() {
+                // Passive: copies what no reader still needs, never waits on the writer.
+                match checkpointer.wal_checkpoint_v2(
+                    Some(rusqlite::MAIN_DB),
+                    rusqlite::wal::CheckpointMode::PASSIVE,
+                ) {
+                    Ok((log, _)) if log >= 0 => {
+                        background.background.fetch_add(1, Relaxed);
+                    }
+                    Ok(_) => tracing::warn!(
+                        "{file}: the background checkpoint found no log (not in WAL mode); the \
+                         writer checkpoints by itself past {BACKSTOP_PAGES} pages of log"
+                    ),
+                    Err(e) => tracing::warn!(
+                        "{file}: the background checkpoint failed ({e}); the writer checkpoints \
+                         by itself past {BACKSTOP_PAGES} pages of log"
+                    ),
+                }
+            }
+        })
+        .map_err(|e| failed("cannot start the checkpointer thread", e))?;
+    // The hook replaces SQLite's automatic checkpoint on this connection.
+    writer
+        .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: c_int| {
+            if pages >= BACKSTOP_PAGES {
+                wal.checkpoint()?;
+                counts.by_writer.fetch_add(1, Relaxed);
+            } else if pages >= CHECKPOINT_PAGES {
+                // Full: a wake-up is already pending.
+                let _ = due.try_send(());
+            }
+            Ok(())
+        }))
+        .map_err(|e| failed("cannot set the log hook", e))
 }
 
 /// The layout: rows in log order (`seq` is the row id, so a batch is appended at the end of
@@ -135,6 +250,7 @@ impl Sqlite {
 impl Backend for Sqlite {
     async fn connect(&mut self) -> Result<(), WriteError> {
         let path = self.path.clone();
+        let checkpoints = self.checkpoints.clone();
         let opened = tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
@@ -153,6 +269,12 @@ impl Backend for Sqlite {
             connection
                 .execute_batch(&schema_sql())
                 .map_err(|e| failed("cannot create the schema", e))?;
+            if let Some(counts) = checkpoints {
+                connection
+                    .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB};"))
+                    .map_err(|e| failed("cannot configure SQLite", e))?;
+                checkpoint_in_background(&mut connection, &path, counts)?;
+            }
             Ok::<_, WriteError>(connection)
         })
         .await

@@ -467,3 +467,48 @@ async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
         assert_eq!(log[0].1.id, new.id);
     }
 }
+
+#[tokio::test]
+async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
+    use super::sqlite::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.sqlite");
+    let mut store = Sqlite::writer(path.clone());
+    store.connect().await.unwrap();
+    // 2,000 records of 3 KB: about 1,500 pages of log, past the checkpointer's threshold.
+    let pad = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
+    let pad = Payload::parse(pad.into_bytes()).unwrap();
+    let records: Vec<Record> = (0..2000)
+        .map(|n| Record {
+            payload: pad.clone(),
+            ..record("a", n)
+        })
+        .collect();
+    let written = store.write(&records, &[]).await.unwrap();
+    assert_eq!(written.inserted, 2000);
+    // The database file by itself, its log left behind, comes to hold every row.
+    let copy = dir.path().join("copy.sqlite");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        std::fs::copy(&path, &copy).unwrap();
+        // A copy taken in the middle of a checkpoint may not open: try again.
+        let rows = rusqlite::Connection::open(&copy).and_then(|db| {
+            db.query_row("SELECT count(*) FROM anode_records", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        });
+        if matches!(rows, Ok(2000)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database file holds {rows:?} of 2000 rows after 20 s: the log was not \
+             checkpointed (checkpoints by the thread and by the writer: {:?})",
+            store.checkpoints()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (background, by_writer) = store.checkpoints();
+    assert!(background >= 1, "checkpointed by the checkpointer thread");
+    assert_eq!(by_writer, 0, "the writer did not have to checkpoint");
+}
