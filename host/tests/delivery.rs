@@ -149,11 +149,12 @@ async fn sigterm_and_restart_lose_nothing_with_postgres() {
 
 /// A subscriber's records (frames without a `type`), read by a task of its own for as long
 /// as the receiver lives, so nothing it is sent is missed between two checks.
-async fn subscribe(url: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+async fn subscribe(url: &str) -> tokio::sync::mpsc::Receiver<Value> {
     let (socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("subscribe");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: a feed the test no longer reads holds its socket, and the node counts the lag.
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
     let url = url.to_owned();
     tokio::spawn(async move {
         let (_sink, mut frames) = socket.split();
@@ -162,7 +163,7 @@ async fn subscribe(url: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
                 panic!("{url} ended: {frame:?}");
             };
             let value: Value = serde_json::from_str(&text).unwrap();
-            if value.get("type").is_none() && tx.send(value).is_err() {
+            if value.get("type").is_none() && tx.send(value).await.is_err() {
                 return;
             }
         }
@@ -173,7 +174,7 @@ async fn subscribe(url: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
 /// Take a subscriber's records into `records` until `done` says enough.
 async fn read_until(
     what: &str,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    rx: &mut tokio::sync::mpsc::Receiver<Value>,
     records: &mut Vec<Value>,
     mut done: impl FnMut(&[Value]) -> bool,
 ) {
