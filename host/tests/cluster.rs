@@ -889,20 +889,22 @@ async fn a_subscriber_is_acknowledged_once_the_other_nodes_have_its_filter() {
     let root = tempfile::tempdir().unwrap();
     let sim = simulator(20.0).await;
     let first = NodeProc::start(root.path(), "h1", &NodeOptions::default());
-    let port = support::free_port();
-    let proxy = support::HoldingProxy::start(([127, 0, 0, 1], port).into()).await;
+    // The proxy listens first (h2 advertises it); it forwards to h2's API once h2 has bound
+    // a port of its own choosing (a port picked beforehand could be taken meanwhile).
+    let proxy = support::HoldingProxy::listen().await;
     let second = NodeProc::start(
         root.path(),
         "h2",
         &NodeOptions {
             seeds: vec![first.gossip.clone()],
             api_section: Some(format!(
-                "bind = \"127.0.0.1:{port}\"\nadvertise = \"{}\"",
+                "bind = \"127.0.0.1:0\"\nadvertise = \"{}\"",
                 proxy.addr
             )),
             ..NodeOptions::default()
         },
     );
+    proxy.forward_to(second.api.trim_start_matches("http://").parse().unwrap());
     let specs = binance_sources(&sim, 6, "ack");
     add_all(&first, &specs).await;
     until_converged("2 nodes to converge", &[&first, &second], &ids(&specs)).await;

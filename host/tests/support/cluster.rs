@@ -156,12 +156,22 @@ impl NodeProc {
         let (mut api, mut gossip) = (None, None);
         while api.is_none() || gossip.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                let _ = child.kill();
+            let line = rx.recv_timeout(left).unwrap_or_else(|e| {
+                let what = match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => {
+                        let _ = child.kill();
+                        "did not start within 60 s".to_owned()
+                    }
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        format!("exited while starting ({:?})", child.wait())
+                    }
+                };
+                let log = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
-                    "node {} did not start within 60 s; see {}",
+                    "node {} {what}; the end of its log:\n{}",
                     self.id,
-                    self.dir.join("node.log").display()
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             });
             let mut words = line.split_whitespace();

@@ -590,21 +590,37 @@ pub async fn metrics_text(api: &str) -> String {
 /// through at once.
 pub struct HoldingProxy {
     pub addr: std::net::SocketAddr,
+    /// Where it forwards to; a client that comes before it is set waits for it.
+    upstream: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
     held: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     client_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HoldingProxy {
     pub async fn start(upstream: std::net::SocketAddr) -> HoldingProxy {
+        let proxy = HoldingProxy::listen().await;
+        proxy.forward_to(upstream);
+        proxy
+    }
+
+    /// A proxy that listens before it knows where to forward (see [`HoldingProxy::forward_to`]):
+    /// for a node that must be told the proxy's address before it binds its own port.
+    pub async fn listen() -> HoldingProxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let upstream = tokio::sync::watch::channel(None).0;
+        let mut target = upstream.subscribe();
         let held = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
         let shared = held.clone();
         let client_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = client_bytes.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = target.wait_for(Option::is_some).await.map(|to| to.unwrap())
+                else {
+                    return;
+                };
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -660,9 +676,15 @@ impl HoldingProxy {
         });
         HoldingProxy {
             addr,
+            upstream,
             held,
             client_bytes,
         }
+    }
+
+    /// Forward to `upstream` from now on.
+    pub fn forward_to(&self, upstream: std::net::SocketAddr) {
+        self.upstream.send_replace(Some(upstream));
     }
 
     /// Bytes the clients have sent through the proxy so far.
