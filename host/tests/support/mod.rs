@@ -433,13 +433,16 @@ impl Drop for PrivatePg {
     }
 }
 
-/// A port nobody listens on now.
+/// A port nobody listens on now, for a program that must be told its port before it starts
+/// (a database, a NATS server, a browser driver). Taken below the kernel's ephemeral range
+/// (32768 and up here): a port the kernel handed out for `bind(0)` would go back to a pool
+/// that every outgoing connection of the tests running beside this one draws from, and could
+/// be taken before the program binds it. Chosen at random, so tests rarely pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    (0..1_000)
+        .map(|_| 20_000 + rand::random::<u16>() % 12_000)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback port between 20000 and 32000")
 }
 
 /// What test nodes allow their sources to reach: the feed simulator on loopback.
