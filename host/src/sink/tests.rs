@@ -468,6 +468,26 @@ async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
     }
 }
 
+/// `n` records of source `a` with 3 KB payloads: about three quarters of a 4 KiB page each.
+fn padded(n: u64) -> Vec<Record> {
+    let pad = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
+    let pad = Payload::parse(pad.into_bytes()).unwrap();
+    (0..n)
+        .map(|n| Record {
+            payload: pad.clone(),
+            ..record("a", n)
+        })
+        .collect()
+}
+
+/// Rows in a copy of the database file at `path` by itself, its log left behind.
+fn rows_in_file_alone(path: &std::path::Path) -> rusqlite::Result<i64> {
+    let copy = path.with_extension("copy");
+    std::fs::copy(path, &copy).unwrap();
+    rusqlite::Connection::open(&copy)
+        .and_then(|db| db.query_row("SELECT count(*) FROM anode_records", [], |r| r.get(0)))
+}
+
 #[tokio::test]
 async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     use super::sqlite::Sqlite;
@@ -475,29 +495,16 @@ async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     let path = dir.path().join("records.sqlite");
     let mut store = Sqlite::writer(path.clone());
     store.connect().await.unwrap();
-    // 2,000 records of 3 KB: about 1,500 pages of log, past the checkpointer's threshold.
-    let pad = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
-    let pad = Payload::parse(pad.into_bytes()).unwrap();
-    let records: Vec<Record> = (0..2000)
-        .map(|n| Record {
-            payload: pad.clone(),
-            ..record("a", n)
-        })
-        .collect();
-    let written = store.write(&records, &[]).await.unwrap();
+    // About 1,500 pages of log, past the checkpointer's threshold.
+    let written = store.write(&padded(2000), &[]).await.unwrap();
     assert_eq!(written.inserted, 2000);
-    // The database file by itself, its log left behind, comes to hold every row.
-    let copy = dir.path().join("copy.sqlite");
+    // The database file by itself comes to hold every row, and the thread counts its
+    // checkpoint (just after it returns: the two are looked at together).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        std::fs::copy(&path, &copy).unwrap();
         // A copy taken in the middle of a checkpoint may not open: try again.
-        let rows = rusqlite::Connection::open(&copy).and_then(|db| {
-            db.query_row("SELECT count(*) FROM anode_records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        });
-        if matches!(rows, Ok(2000)) {
+        let rows = rows_in_file_alone(&path);
+        if matches!(rows, Ok(2000)) && store.checkpoints().0 >= 1 {
             break;
         }
         assert!(
@@ -511,4 +518,20 @@ async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     let (background, by_writer) = store.checkpoints();
     assert!(background >= 1, "checkpointed by the checkpointer thread");
     assert_eq!(by_writer, 0, "the writer did not have to checkpoint");
+}
+
+#[tokio::test]
+async fn a_log_past_the_backstop_is_checkpointed_by_the_writer_at_its_commit() {
+    use super::sqlite::Sqlite;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.sqlite");
+    let mut store = Sqlite::writer(path.clone());
+    store.connect().await.unwrap();
+    // One commit of about 16,500 pages of log: past the backstop before the thread can act.
+    let written = store.write(&padded(22_000), &[]).await.unwrap();
+    assert_eq!(written.inserted, 22_000);
+    let (_, by_writer) = store.checkpoints();
+    assert_eq!(by_writer, 1, "the writer checkpointed at its commit");
+    // Done within the commit: the file by itself holds every row already.
+    assert_eq!(rows_in_file_alone(&path).unwrap(), 22_000);
 }
