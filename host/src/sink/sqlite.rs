@@ -48,13 +48,16 @@ impl Sqlite {
     }
 }
 
-/// Pages in the writer's log after which the checkpointer copies it into the database file
-/// (SQLite's own threshold for its automatic checkpoint).
-const CHECKPOINT_PAGES: c_int = 1000;
+/// Pages in the writer's log (47 MiB) after which the checkpointer copies it into the database
+/// file. A page written again before the copy is copied once: with 12,000 instead of SQLite's
+/// own 1,000, the node stored 33,552–34,388 instead of 28,234–30,353 records/s at 50,000
+/// offered (60 s, runs alternated) and spent 10% less CPU per record at 20,000.
+const CHECKPOINT_PAGES: c_int = 12_000;
 
-/// Pages in the log after which the writer checkpoints at its commit, as SQLite does by itself:
-/// the checkpointer has fallen behind (or failed), and the log must not grow without bound.
-const BACKSTOP_PAGES: c_int = 16_000;
+/// Pages in the log (125 MiB) after which the writer checkpoints at its commit, as SQLite does
+/// by itself: the checkpointer has fallen behind (or failed), and the log must not grow
+/// without bound.
+const BACKSTOP_PAGES: c_int = 32_000;
 
 /// The writer's page cache, 32 MiB (SQLite's default is 2 MiB): most of the id index's pages
 /// stay in memory instead of being read back from the file for each insert.

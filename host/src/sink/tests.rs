@@ -495,21 +495,21 @@ async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     let path = dir.path().join("records.sqlite");
     let mut store = Sqlite::writer(path.clone());
     store.connect().await.unwrap();
-    // About 1,500 pages of log, past the checkpointer's threshold.
-    let written = store.write(&padded(2000), &[]).await.unwrap();
-    assert_eq!(written.inserted, 2000);
+    // About 12,750 pages of log, past the checkpointer's threshold (12,000).
+    let written = store.write(&padded(17_000), &[]).await.unwrap();
+    assert_eq!(written.inserted, 17_000);
     // The database file by itself comes to hold every row, and the thread counts its
     // checkpoint (just after it returns: the two are looked at together).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // A copy taken in the middle of a checkpoint may not open: try again.
         let rows = rows_in_file_alone(&path);
-        if matches!(rows, Ok(2000)) && store.checkpoints().0 >= 1 {
+        if matches!(rows, Ok(17_000)) && store.checkpoints().0 >= 1 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the database file holds {rows:?} of 2000 rows after 20 s: the log was not \
+            "the database file holds {rows:?} of 17,000 rows after 20 s: the log was not \
              checkpointed (checkpoints by the thread and by the writer: {:?})",
             store.checkpoints()
         );
@@ -527,11 +527,12 @@ async fn a_log_past_the_backstop_is_checkpointed_by_the_writer_at_its_commit() {
     let path = dir.path().join("records.sqlite");
     let mut store = Sqlite::writer(path.clone());
     store.connect().await.unwrap();
-    // One commit of about 16,500 pages of log: past the backstop before the thread can act.
-    let written = store.write(&padded(22_000), &[]).await.unwrap();
-    assert_eq!(written.inserted, 22_000);
+    // One commit of about 34,500 pages of log: past the backstop (32,000) before the thread
+    // can act.
+    let written = store.write(&padded(46_000), &[]).await.unwrap();
+    assert_eq!(written.inserted, 46_000);
     let (_, by_writer) = store.checkpoints();
     assert_eq!(by_writer, 1, "the writer checkpointed at its commit");
     // Done within the commit: the file by itself holds every row already.
-    assert_eq!(rows_in_file_alone(&path).unwrap(), 22_000);
+    assert_eq!(rows_in_file_alone(&path).unwrap(), 46_000);
 }
