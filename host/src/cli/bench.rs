@@ -591,12 +591,11 @@ async fn drive(
 ) -> anyhow::Result<()> {
     let remote = target.own.is_none();
     println!(
-        "anode bench: {} sources × {} trades/s = {:.0} records/s offered, {} subscribers, {} s, \
-         {}",
+        "anode bench: {} sources × {} trades/s = {:.0} records/s offered, {}, {} s, {}",
         args.sources,
         args.rate,
         args.sources as f64 * args.rate,
-        args.subscribers,
+        subscribers_named(args.subscribers),
         args.duration,
         match (remote, args.postgres.is_some(), args.nats.is_some()) {
             (true, ..) => format!(
@@ -813,9 +812,9 @@ async fn run_load(
     println!("  stored      {:>10.0} records/s", stored / seconds);
     if args.subscribers > 0 {
         println!(
-            "  delivered   {:>10.0} records/s to {} subscribers ({:.0} per subscriber)",
+            "  delivered   {:>10.0} records/s to {} ({:.0} per subscriber)",
             delivered / seconds,
-            args.subscribers,
+            subscribers_named(args.subscribers),
             delivered / seconds / args.subscribers as f64
         );
         let total = &latencies.total;
@@ -1059,6 +1058,11 @@ async fn stored_ids(
         }
     }
     Ok(ids)
+}
+
+/// "1 subscriber", "10 subscribers".
+fn subscribers_named(n: usize) -> String {
+    format!("{n} subscriber{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
