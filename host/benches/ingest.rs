@@ -1,8 +1,9 @@
 //! Ingestion benchmark: records per second from the feed simulator into PostgreSQL through a
 //! node (`anode up`, its own process) against a raw baseline measured in the same run — the
 //! same kind of rows written straight into PostgreSQL by the best batched method, no aNode in
-//! between, in rounds alternated with the node's runs — then latency from the simulator's emit time to a WebSocket subscriber, and the
-//! resident memory of a node with 1,000 and 10,000 sources.
+//! between, in rounds alternated with the node's runs — then latency from the simulator's emit
+//! time to a WebSocket subscriber, and the resident memory of a node with 1,000 and 10,000
+//! sources.
 //!
 //! `cargo bench -p anode --bench ingest` (PostgreSQL from `ANODE_TEST_PG`, default the local
 //! server). `ANODE_BENCH_QUICK=1` shortens every phase.
