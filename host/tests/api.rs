@@ -424,6 +424,8 @@ async fn anode_bench_reports_throughput_latency_and_no_loss() {
     assert!(out.figure("stored") > 0.0, "{text}");
     assert!(out.figure("delivered") > 0.0, "{text}");
     assert!(out.line("latency").contains("p99"), "{text}");
+    // The bench's own CPU (the simulator and the subscribers share the machine with the node).
+    assert!(out.figure("bench ") > 0.0, "{text}");
     // From the simulator's µs send clock, and the path in parts: the network, the decode,
     // the node to the subscriber.
     let from_send = out.line("from send");

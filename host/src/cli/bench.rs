@@ -666,25 +666,25 @@ async fn drive(
                 let Ok(text) = message.to_text() else {
                     continue;
                 };
-                let Ok(value) = serde_json::from_str::<Value>(text) else {
+                let Ok(frame) = serde_json::from_str::<TradeFrame>(text) else {
                     continue;
                 };
-                let Some(stream) = value["source"].as_str().and_then(|s| streams.get(s)) else {
+                let Some(stream) = frame.source.and_then(|s| streams.get(&*s)) else {
                     continue;
                 };
                 let (Some(emitted_ms), Some(received_us), Some(decoded_us)) = (
-                    value["payload"]["event_timestamp"].as_i64(),
-                    value["payload"]["atom_timestamp"].as_i64(),
-                    value["ingest_time_us"].as_i64(),
+                    frame.payload.event_timestamp,
+                    frame.payload.atom_timestamp,
+                    frame.ingest_time_us,
                 ) else {
                     continue;
                 };
                 let now = crate::clock::now_us();
                 let since = |from: i64| (now - from).max(0) as u64;
                 let span = |from: i64, to: i64| (to - from).max(0) as u64;
-                let sent_us = clock.as_ref().and_then(|clock| {
-                    clock.sent_us(stream, value["payload"]["trade_id"].as_u64()?)
-                });
+                let sent_us = clock
+                    .as_ref()
+                    .and_then(|clock| clock.sent_us(stream, frame.payload.trade_id?));
                 seen.records.fetch_add(1, Relaxed);
                 let mut latencies = seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
                 latencies.total.record(since(emitted_ms * 1000));
@@ -747,6 +747,7 @@ async fn run_load(
     let stored = after.stored.saturating_sub(before.stored) as f64;
     let delivered = (after.received - before.received) as f64;
     let cpu = after.cpu_s.zip(before.cpu_s).map(|(a, b)| a - b);
+    let own_cpu = after.own_cpu_s.zip(before.own_cpu_s).map(|(a, b)| a - b);
     let server_cpu = after
         .server_cpu_s
         .zip(before.server_cpu_s)
@@ -878,6 +879,12 @@ async fn run_load(
             println!("  CPU         not measured: a node did not report its process's CPU time")
         }
     }
+    if let Some(own) = own_cpu {
+        println!(
+            "  bench       {:.0}% of a core (the simulator and the subscribers, this process)",
+            own / seconds * 100.0
+        );
+    }
     if let Some(server) = server_cpu {
         println!(
             "  PostgreSQL  {:.0}% of a core; {:.1} µs of server CPU per stored record (every \
@@ -955,6 +962,8 @@ struct Sample {
     stored: u64,
     received: u64,
     cpu_s: Option<f64>,
+    /// CPU of this process: the simulator and the subscribers, on the same machine as the node.
+    own_cpu_s: Option<f64>,
     /// CPU of the local PostgreSQL server's processes, when the bench's node stores there.
     server_cpu_s: Option<f64>,
     rss_mib: Option<f64>,
@@ -971,6 +980,7 @@ impl Sample {
             stored: target.stored(sources).await?,
             received: seen.records.load(Relaxed),
             cpu_s: target.cpu_seconds().await,
+            own_cpu_s: crate::procstat::cpu_seconds("self"),
             server_cpu_s: local_postgres.then(crate::procstat::postgres_cpu_seconds),
             rss_mib: target.rss_mib().await,
             status,
@@ -1058,6 +1068,26 @@ async fn stored_ids(
         }
     }
     Ok(ids)
+}
+
+/// What a subscriber reads of each frame, borrowed from the text: the bench's clients share the
+/// machine with the node, so they skip the rest of the frame instead of building a `Value` of it.
+#[derive(serde::Deserialize)]
+struct TradeFrame<'a> {
+    #[serde(borrow, default)]
+    source: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    ingest_time_us: Option<i64>,
+    #[serde(default)]
+    payload: TradeTimes,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct TradeTimes {
+    event_timestamp: Option<i64>,
+    atom_timestamp: Option<i64>,
+    trade_id: Option<u64>,
 }
 
 /// "1 subscriber", "10 subscribers".

@@ -737,9 +737,9 @@ impl BenchOutput {
     }
 }
 
-/// The first number in `line`.
+/// The first number in `line` (a percentage's number without its `%`).
 pub fn first_figure(line: &str) -> f64 {
     line.split_whitespace()
-        .find_map(|w| w.parse::<f64>().ok())
+        .find_map(|w| w.trim_end_matches('%').parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no figure in `{line}`"))
 }
