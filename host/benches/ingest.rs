@@ -409,8 +409,9 @@ fn main() {
 
         // The raw baseline varies from run to run far more than the node does (a fresh
         // database's checkpoints and autovacuum land in some rounds and not others), so raw
-        // rounds and the node's runs alternate, each node run is compared with the raw rounds
-        // on either side of it, and the default is run three times for a median.
+        // rounds and the node's runs alternate, each node run is compared with the mean of the
+        // best raw method's rate in the two rounds either side of it, and the default is run
+        // three times for a median.
         let rows = rows(n_rows);
         let runs: &[(&str, usize)] = if quick() {
             &[("copy", 1)]
