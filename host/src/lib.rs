@@ -10,6 +10,9 @@
 //!   [`plugin::TransformInstance`] runs a chain step over batches of events.
 //! - [`record`]: events stamped with source, node, ingest time and a deterministic id, the
 //!   idempotency key of every sink.
+//! - [`deadletter`]: what could not be processed (a bad frame, an event a transform refuses,
+//!   a row the database refuses, a cursor it cannot keep), kept with its raw bytes, stage and
+//!   reason beside the records, for replay.
 //! - [`config`]: one TOML file plus `ANODE_*` overrides; every bound has a named default.
 //! - [`cli`]: the `anode` command.
 
@@ -28,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod deadletter;
 pub mod demo;
 pub mod events;
 pub mod fanout;

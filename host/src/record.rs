@@ -76,10 +76,18 @@ pub struct NotJson;
 impl Payload {
     /// The payload if `bytes` is one JSON value in UTF-8.
     pub fn parse(bytes: Vec<u8>) -> Result<Self, NotJson> {
-        let text = String::from_utf8(bytes).map_err(|_| NotJson)?;
+        Payload::parse_or_return(bytes).map_err(|_| NotJson)
+    }
+
+    /// [`Payload::parse`], handing the bytes back when they are not JSON in UTF-8 (for the
+    /// dead-letter store).
+    pub fn parse_or_return(bytes: Vec<u8>) -> Result<Self, Vec<u8>> {
+        let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
         // From a `str`, serde_json does not check the UTF-8 of strings again.
-        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|_| NotJson)?;
-        Ok(Payload(text))
+        match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            Ok(_) => Ok(Payload(text)),
+            Err(_) => Err(text.into_bytes()),
+        }
     }
 
     /// A payload read back from a store: it was checked when it was written, yet a file can
@@ -241,6 +249,12 @@ impl RecentIds {
             newer: IdSet::default(),
             older: IdSet::default(),
         }
+    }
+
+    /// Whether `id` is among the recent ones (without remembering it).
+    pub fn contains(&self, id: &RecordId) -> bool {
+        let short = u64::from_le_bytes(id.0[..8].try_into().expect("16-byte id"));
+        self.capacity > 0 && (self.older.contains(&short) || self.newer.contains(&short))
     }
 
     /// Remember `id`; false when it was already among the recent ones.

@@ -217,6 +217,19 @@ pub(super) async fn metrics(
         }
     }
 
+    // What could not be processed, per stage of the record path.
+    let dead = store
+        .dead_letters
+        .iter()
+        .map(|(stage, n)| (vec![(*stage).to_owned()], *n as f64))
+        .collect();
+    scrape.counter(
+        "anode_dead_letters_total",
+        "Inputs written to the dead-letter store, by stage (decode, transform, store, cursor).",
+        &["stage"],
+        dead,
+    );
+
     let fanout = state.fanout_stats();
     scrape.single(
         false,

@@ -4,6 +4,7 @@
 //! listens beyond loopback.
 
 pub mod dashboard;
+mod deadletters;
 mod limited;
 mod metrics;
 mod openapi;
@@ -82,6 +83,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts", post(rollout))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events))
+        .merge(deadletters::routes())
         .merge(dashboard::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state.clone())

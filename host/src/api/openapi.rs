@@ -253,6 +253,89 @@ pub(super) async fn openapi() -> Json<Value> {
         "schema": {"type": "integer", "minimum": 0}}]);
     paths.insert("/api/v1/events".into(), json!({ "get": events }));
 
+    let dead_filters = json!([
+        {"name": "source", "in": "query", "required": false, "description": "Only this source's",
+            "schema": {"type": "string"}},
+        {"name": "stage", "in": "query", "required": false, "description": "Only this stage's",
+            "schema": {"type": "string", "enum": ["decode", "transform", "store", "cursor"]}},
+        {"name": "pending", "in": "query", "required": false,
+            "description": "Only those not replayed yet", "schema": {"type": "boolean"}},
+        {"name": "after", "in": "query", "required": false,
+            "description": "Only those numbered after this", "schema": {"type": "integer", "format": "int64"}},
+    ]);
+    let unavailable = error("the store cannot be read now");
+    let bad_query = error("a parameter is not of its type, or an unknown stage");
+    let mut list_dead = operation(
+        "listDeadLetters",
+        "Dead letters: what could not be processed (bad frames, refused events, refused rows, \
+         bad cursors), oldest first, with the counts written per stage",
+        guarded(
+            json!({"200": json_response("the dead letters", object.clone()), "400": bad_query.clone(),
+                "503": unavailable.clone()}),
+            false,
+        ),
+    );
+    let mut list_params = dead_filters.clone();
+    list_params
+        .as_array_mut()
+        .expect("array")
+        .push(json!({"name": "limit", "in": "query",
+        "required": false, "description": "At most this many (1 to 1000; 1000 by default)",
+        "schema": {"type": "integer", "minimum": 0}}));
+    list_dead["parameters"] = list_params;
+    let mut purge_dead = operation(
+        "purgeDeadLetters",
+        "Delete dead letters: those the filters select, or every one with all=true",
+        guarded(
+            json!({"200": json_response("how many were deleted", object.clone()),
+                "400": error("no filter and no all=true, or a bad parameter"),
+                "503": unavailable.clone()}),
+            true,
+        ),
+    );
+    let mut purge_params = dead_filters;
+    purge_params.as_array_mut().expect("array").push(json!({"name": "all", "in": "query",
+        "required": false, "description": "Delete every dead letter (needed when no filter is given)",
+        "schema": {"type": "boolean"}}));
+    purge_dead["parameters"] = purge_params;
+    paths.insert(
+        "/api/v1/deadletters".into(),
+        json!({ "get": list_dead, "delete": purge_dead }),
+    );
+    let mut replay = operation(
+        "replayDeadLetters",
+        "Run pending dead letters again through the plugin that refused them, or a fixed build \
+         (`plugin`), and store what it now accepts (idempotently: records keep their ids)",
+        guarded(
+            json!({"200": json_response("which were replayed and which failed again, with why", object.clone()),
+                "400": error("a bad body, or no such plugin"),
+                "413": too_large.clone(),
+                "503": unavailable.clone()}),
+            true,
+        ),
+    );
+    replay["requestBody"] = json_body(json!({"type": "object", "additionalProperties": false,
+        "properties": {
+            "source": {"type": "string"},
+            "stage": {"type": "string", "enum": ["decode", "transform", "store", "cursor"]},
+            "ids": {"type": "array", "items": {"type": "integer", "format": "int64"}},
+            "plugin": {"type": "string", "description": "name or digest of the build to replay through"}}}));
+    paths.insert(
+        "/api/v1/deadletters/replay".into(),
+        json!({ "post": replay }),
+    );
+    paths.insert(
+        "/api/v1/deadletters/{id}".into(),
+        json!({
+            "parameters": [{"name": "id", "in": "path", "required": true,
+                "description": "The dead letter's number", "schema": {"type": "integer", "format": "int64"}}],
+            "get": operation("getDeadLetter", "One dead letter, with its raw bytes",
+                guarded(json!({"200": json_response("the dead letter", object.clone()),
+                    "400": error("not a number"), "404": error("no such dead letter"),
+                    "503": unavailable}), false)),
+        }),
+    );
+
     let mut install = operation(
         "installPlugin",
         "Install a plugin: the body is the component's .wasm bytes (with plugins.trusted_keys set, a \

@@ -1,6 +1,7 @@
 //! The `anode` command line.
 
 mod bench;
+mod deadletters;
 mod plugins;
 mod sources;
 mod status;
@@ -77,6 +78,10 @@ enum Command {
     /// Add, list and remove sources of a running node.
     #[command(subcommand)]
     Source(sources::SourceCommand),
+    /// List, show, replay (through a fixed plugin build) and purge what a node could not
+    /// process: bad frames, refused events, refused rows, bad cursors.
+    #[command(subcommand)]
+    Deadletter(deadletters::DeadLetterCommand),
     /// Show a running cluster: its members and every source with its owner, state and rate.
     Status {
         #[command(flatten)]
@@ -270,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feedsim(args) => tokio_runtime()?.block_on(anode_feedsim::cli::run(args)),
         Command::Plugin(command) => plugins::plugin_command(&config, command),
         Command::Source(command) => sources::source_command(command),
+        Command::Deadletter(command) => deadletters::dead_letter_command(command),
         Command::Status { remote } => {
             tokio_runtime()?.block_on(status::status(&remote.url, remote.token.as_deref()))
         }

@@ -179,7 +179,10 @@ fn json_arg(text: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("not valid JSON: {text}"))
 }
 
-fn authorised(request: reqwest::RequestBuilder, remote: &Remote) -> reqwest::RequestBuilder {
+pub(super) fn authorised(
+    request: reqwest::RequestBuilder,
+    remote: &Remote,
+) -> reqwest::RequestBuilder {
     match &remote.token {
         Some(token) => request.bearer_auth(token),
         None => request,

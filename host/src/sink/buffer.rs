@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::record::Record;
+use crate::deadletter::DeadLetter;
+use crate::record::{Record, RecordId};
 
-/// What a source hands the store: its records and the cursor they reach.
+/// What a source hands the store: its records, the cursor they reach, and the inputs of the
+/// batch that could not be processed.
 #[derive(Debug)]
 pub struct Batch {
     /// The source the records came from (the cursor is this source's).
@@ -20,14 +22,19 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Where the source has got to once these records are stored; committed with them.
     pub cursor: Option<String>,
+    /// Written to the dead-letter store in the same transaction as the records and cursor.
+    pub dead: Vec<DeadLetter>,
 }
 
 /// A batch the store has committed: its records and its cursor are in the database, in the
 /// same transaction.
 #[derive(Debug)]
 pub struct Committed {
+    /// The records stored (a row the database refused is not among them).
     pub records: Vec<Record>,
     pub cursor: Option<String>,
+    /// Rows of the batch the database refused: in the dead-letter store, not stored.
+    pub refused: usize,
 }
 
 /// The store has stopped (the node is shutting down) before committing a batch.
@@ -51,6 +58,7 @@ pub(crate) struct Pending {
     source: Arc<str>,
     records: Vec<Record>,
     cursor: Option<String>,
+    dead: Vec<DeadLetter>,
     ack: Option<oneshot::Sender<Committed>>,
 }
 
@@ -63,6 +71,7 @@ impl Pending {
                 source: batch.source,
                 records: batch.records,
                 cursor: batch.cursor,
+                dead: batch.dead,
                 ack: Some(ack),
             },
             Receipt(receipt),
@@ -75,18 +84,20 @@ impl Pending {
             source: Arc::from(""),
             records,
             cursor: None,
+            dead: Vec::new(),
             ack: None,
         }
     }
 
-    /// Split off the first `n` records as a part of their own, with no cursor and no
-    /// acknowledgement: those stay with the rest, which completes the batch.
+    /// Split off the first `n` records as a part of their own, with no cursor, no dead
+    /// letters and no acknowledgement: those stay with the rest, which completes the batch.
     pub(crate) fn split_front(&mut self, n: usize) -> Pending {
         let rest = self.records.split_off(n);
         Pending {
             source: self.source.clone(),
             records: std::mem::replace(&mut self.records, rest),
             cursor: None,
+            dead: Vec::new(),
             ack: None,
         }
     }
@@ -103,6 +114,10 @@ pub(crate) struct Taken {
     pub(crate) records: Vec<Record>,
     /// The last cursor of each source among the batches, in the order first seen.
     pub(crate) cursors: Vec<(Arc<str>, String)>,
+    /// Every dead letter, batch after batch.
+    pub(crate) dead: Vec<DeadLetter>,
+    /// Records taken out of `records` because the database refused them.
+    refused: usize,
     parts: Vec<Part>,
 }
 
@@ -110,6 +125,9 @@ struct Part {
     source: Arc<str>,
     len: usize,
     cursor: Option<String>,
+    dead: usize,
+    /// Rows the database refused (they are no longer in `records`).
+    refused: usize,
     ack: Option<oneshot::Sender<Committed>>,
 }
 
@@ -133,9 +151,12 @@ impl Taken {
                 source: pending.source,
                 len: pending.records.len(),
                 cursor: pending.cursor,
+                dead: pending.dead.len(),
+                refused: 0,
                 ack: pending.ack,
             });
             taken.records.extend(pending.records);
+            taken.dead.extend(pending.dead);
         }
         taken
     }
@@ -143,15 +164,54 @@ impl Taken {
     /// The write failed: the batches as they were, to go back to the front of the queue.
     pub(crate) fn into_pending(self) -> Vec<Pending> {
         let mut records = self.records.into_iter();
+        let mut dead = self.dead.into_iter();
         self.parts
             .into_iter()
             .map(|part| Pending {
                 source: part.source,
                 records: records.by_ref().take(part.len).collect(),
                 cursor: part.cursor,
+                dead: dead.by_ref().take(part.dead).collect(),
                 ack: part.ack,
             })
             .collect()
+    }
+
+    /// Take the rows the database refused out of the batches (they went to the dead-letter
+    /// store): they are neither acknowledged as stored nor copied to other sinks.
+    pub(crate) fn remove_refused(&mut self, refused: &[RecordId]) {
+        if refused.is_empty() {
+            return;
+        }
+        let refused: std::collections::HashSet<&RecordId> = refused.iter().collect();
+        let mut records = std::mem::take(&mut self.records).into_iter();
+        for part in &mut self.parts {
+            let kept_before = self.records.len();
+            self.records.extend(
+                records
+                    .by_ref()
+                    .take(part.len)
+                    .filter(|r| !refused.contains(&r.id)),
+            );
+            let kept = self.records.len() - kept_before;
+            part.refused += part.len - kept;
+            self.refused += part.len - kept;
+            part.len = kept;
+        }
+    }
+
+    /// Records taken from the buffer (refused ones included): the room they held.
+    pub(crate) fn taken_len(&self) -> usize {
+        self.records.len() + self.refused
+    }
+
+    /// Dead letters found while writing (refused rows, a refused cursor): they go with the
+    /// last batch, so that a sink handing the batches on hands them on too.
+    pub(crate) fn add_dead(&mut self, dead: Vec<DeadLetter>) {
+        if let Some(last) = self.parts.last_mut() {
+            last.dead += dead.len();
+            self.dead.extend(dead);
+        }
     }
 
     /// The write committed: tell every submitter.
@@ -164,6 +224,7 @@ impl Taken {
                 let _ = ack.send(Committed {
                     records: mine,
                     cursor: part.cursor,
+                    refused: part.refused,
                 });
             }
         }
@@ -192,6 +253,7 @@ mod tests {
                 })
                 .collect(),
             cursor: cursor.map(str::to_owned),
+            dead: Vec::new(),
         }
     }
 

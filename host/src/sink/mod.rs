@@ -48,6 +48,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::deadletter::{DeadLetter, DeadQuery, DeadStage, StoredDeadLetter};
 use crate::record::{Record, RecordId};
 use buffer::{Pending, Taken};
 use log::LogQuery;
@@ -88,6 +89,10 @@ pub struct StoreSettings {
     pub postgres_tls: PostgresTls,
     /// PEM file of the certificate authority that signed the server's certificate.
     pub postgres_ca_file: Option<PathBuf>,
+    /// The dead-letter store keeps at most this many (the oldest go first).
+    pub deadletters_max: u64,
+    /// The dead-letter store keeps each at most this long (seconds).
+    pub deadletters_max_age_s: u64,
     /// NATS JetStream as a sink beside the database, with its own buffer and writer: required
     /// (a batch is acknowledged, its cursor committed, only when both have it) or optional
     /// (copies, best effort). See `sink::nats`.
@@ -131,7 +136,33 @@ impl Default for StoreSettings {
             postgres_in_flight: 1,
             postgres_tls: PostgresTls::default(),
             postgres_ca_file: None,
+            deadletters_max: 100_000,
+            deadletters_max_age_s: 7 * 24 * 3600,
             nats: None,
+        }
+    }
+}
+
+/// How much the dead-letter store keeps (`store.deadletters_max`,
+/// `store.deadletters_max_age_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadBounds {
+    pub(crate) max: u64,
+    pub(crate) max_age_us: i64,
+}
+
+impl Default for DeadBounds {
+    fn default() -> Self {
+        DeadBounds::from(&StoreSettings::default())
+    }
+}
+
+impl From<&StoreSettings> for DeadBounds {
+    fn from(settings: &StoreSettings) -> Self {
+        DeadBounds {
+            max: settings.deadletters_max.max(1),
+            max_age_us: i64::try_from(settings.deadletters_max_age_s.saturating_mul(1_000_000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -177,12 +208,13 @@ pub(crate) struct Written {
 pub(crate) trait Backend: Send + 'static {
     /// Connect (or reconnect) and make sure the schema exists.
     fn connect(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
-    /// Store records and set sources' cursors in one transaction, skipping ids already
-    /// stored.
+    /// Store records, set sources' cursors and add dead letters in one transaction, skipping
+    /// ids already stored.
     fn write(
         &mut self,
         records: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
     ) -> impl Future<Output = Result<Written, WriteError>> + Send;
     /// [`Backend::write`], with another write of the same store possibly in flight before
     /// it (on a connection of its own): it may overlap that write but must not commit before
@@ -192,11 +224,12 @@ pub(crate) trait Backend: Send + 'static {
         &mut self,
         records: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
         mut order: Order,
     ) -> impl Future<Output = Result<Written, WriteError>> + Send {
         async move {
             order.earlier(Step::Committed).await?;
-            let written = self.write(records, cursors).await?;
+            let written = self.write(records, cursors, dead).await?;
             order.mark(Step::Committed);
             Ok(written)
         }
@@ -215,6 +248,36 @@ pub(crate) trait Backend: Send + 'static {
     ) -> impl Future<Output = Result<Vec<(Position, Record)>, WriteError>> + Send;
     /// The position of the newest durable record: a tail starting `now` reads after it.
     fn log_head(&mut self) -> impl Future<Output = Result<Position, WriteError>> + Send;
+    /// Dead letters matching `query`, oldest first, at most `query.page()`.
+    fn dead_letters(
+        &mut self,
+        query: &DeadQuery,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, WriteError>> + Send {
+        let _ = query;
+        let message = format!("{} keeps no dead letters", self.describe());
+        async move { Err(WriteError::Connection(message)) }
+    }
+    /// Mark dead letters replayed (at µs since the epoch), or delete them (`at` = `None`):
+    /// those matching `query`, however many. Returns how many.
+    fn settle_dead(
+        &mut self,
+        query: &DeadQuery,
+        at: Option<i64>,
+    ) -> impl Future<Output = Result<u64, WriteError>> + Send {
+        let _ = (query, at);
+        let message = format!("{} keeps no dead letters", self.describe());
+        async move { Err(WriteError::Connection(message)) }
+    }
+    /// Forget a removed source's cursor, so that a source added again under its id starts
+    /// afresh.
+    fn forget_cursor(
+        &mut self,
+        source: &str,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send {
+        let _ = source;
+        let message = format!("{} keeps no cursors", self.describe());
+        async move { Err(WriteError::Connection(message)) }
+    }
     /// Where the data goes, for the API (no password).
     fn describe(&self) -> String;
 }
@@ -267,6 +330,8 @@ pub struct StoreStats {
     pub last_error: Option<String>,
     /// Records an optional sink dropped because its buffer was full.
     pub dropped: u64,
+    /// Dead letters written, per stage (`decode`, `transform`, `store`, `cursor`).
+    pub dead_letters: std::collections::BTreeMap<&'static str, u64>,
     /// The other sinks (with the database's stats only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<StoreStats>,
@@ -305,6 +370,8 @@ struct Shared {
     rows_written: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
+    /// Dead letters written, per stage in [`DeadStage::ALL`] order.
+    dead: [AtomicU64; 4],
     batches: AtomicU64,
     cursors_committed: AtomicU64,
     last_batch_us: AtomicU64,
@@ -319,11 +386,18 @@ type Reader = Arc<tokio::sync::Mutex<Box<dyn ResumeReader>>>;
 
 type Boxed<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, WriteError>> + Send + 'a>>;
 
-/// The object-safe part of [`Backend`] that reads need.
+/// The object-safe part of [`Backend`] that reads (and the dead-letter store's upkeep) need.
 trait ResumeReader: Send {
     fn resume_boxed<'a>(&'a mut self, source: &'a str, recent: usize) -> Boxed<'a, Resume>;
     fn read_log_boxed<'a>(&'a mut self, query: &'a LogQuery) -> Boxed<'a, Vec<(Position, Record)>>;
     fn log_head_boxed(&mut self) -> Boxed<'_, Position>;
+    fn dead_letters_boxed<'a>(
+        &'a mut self,
+        query: &'a DeadQuery,
+    ) -> Boxed<'a, Vec<StoredDeadLetter>>;
+    fn settle_dead_boxed<'a>(&'a mut self, query: &'a DeadQuery, at: Option<i64>)
+    -> Boxed<'a, u64>;
+    fn forget_cursor_boxed<'a>(&'a mut self, source: &'a str) -> Boxed<'a, ()>;
 }
 
 /// Makes a reader of its own for each resuming subscriber (a tail polls; it should not
@@ -368,6 +442,25 @@ impl<B: Backend> ResumeReader for ReadOnly<B> {
 
     fn log_head_boxed(&mut self) -> Boxed<'_, Position> {
         Box::pin(self.read(|b| b.log_head()))
+    }
+
+    fn dead_letters_boxed<'a>(
+        &'a mut self,
+        query: &'a DeadQuery,
+    ) -> Boxed<'a, Vec<StoredDeadLetter>> {
+        Box::pin(self.read(move |b| b.dead_letters(query)))
+    }
+
+    fn settle_dead_boxed<'a>(
+        &'a mut self,
+        query: &'a DeadQuery,
+        at: Option<i64>,
+    ) -> Boxed<'a, u64> {
+        Box::pin(self.read(move |b| b.settle_dead(query, at)))
+    }
+
+    fn forget_cursor_boxed<'a>(&'a mut self, source: &'a str) -> Boxed<'a, ()> {
+        Box::pin(self.read(move |b| b.forget_cursor(source)))
     }
 }
 
@@ -431,6 +524,45 @@ impl StoreHandle {
             })
     }
 
+    /// Dead letters matching `query`, oldest first (at most [`DeadQuery::page`]).
+    pub async fn dead_letters(
+        &self,
+        query: &DeadQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreReadError> {
+        let mut reader = self.reader.lock().await;
+        let read = reader.dead_letters_boxed(query).await;
+        read.map_err(|e| self.read_error(e))
+    }
+
+    /// Mark the dead letters matching `query` replayed now; returns how many.
+    pub async fn mark_replayed(&self, query: &DeadQuery) -> Result<u64, StoreReadError> {
+        let now = crate::clock::now_us();
+        let mut reader = self.reader.lock().await;
+        let done = reader.settle_dead_boxed(query, Some(now)).await;
+        done.map_err(|e| self.read_error(e))
+    }
+
+    /// Delete the dead letters matching `query`; returns how many.
+    pub async fn purge_dead_letters(&self, query: &DeadQuery) -> Result<u64, StoreReadError> {
+        let mut reader = self.reader.lock().await;
+        let done = reader.settle_dead_boxed(query, None).await;
+        done.map_err(|e| self.read_error(e))
+    }
+
+    /// Forget a removed source's cursor.
+    pub async fn forget_cursor(&self, source: &str) -> Result<(), StoreReadError> {
+        let mut reader = self.reader.lock().await;
+        let done = reader.forget_cursor_boxed(source).await;
+        done.map_err(|e| self.read_error(e))
+    }
+
+    fn read_error(&self, e: WriteError) -> StoreReadError {
+        StoreReadError {
+            kind: self.shared.kind,
+            message: e.to_string(),
+        }
+    }
+
     /// Counters and state: the database's, with the other sinks'.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -460,6 +592,11 @@ impl Shared {
             reconnects: s.reconnects.load(Relaxed),
             last_error: lock(&s.last_error).clone(),
             dropped: s.dropped.load(Relaxed),
+            dead_letters: DeadStage::ALL
+                .iter()
+                .zip(&s.dead)
+                .map(|(stage, n)| (stage.as_str(), n.load(Relaxed)))
+                .collect(),
             sinks: Vec::new(),
         }
     }
@@ -588,7 +725,7 @@ pub fn spawn_store(
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("records.sqlite"));
-            let backend = sqlite::Sqlite::writer(path.clone());
+            let backend = sqlite::Sqlite::writer(path.clone(), DeadBounds::from(settings));
             let reader = move || sqlite::Sqlite::new(path.clone());
             let (shared, start) = spawn_stage(vec![backend], "sqlite", true, db_next, settings);
             (shared, start, reader_factory(reader))
@@ -766,6 +903,7 @@ fn new_shared(
         rows_written: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        dead: Default::default(),
         batches: AtomicU64::new(0),
         cursors_committed: AtomicU64::new(0),
         last_batch_us: AtomicU64::new(0),
@@ -777,6 +915,21 @@ fn new_shared(
 }
 
 impl Shared {
+    /// Count dead letters written, per stage.
+    fn count_dead(&self, dead: &[DeadLetter]) {
+        // The database writes them; a sink before it only hands them on.
+        if !matches!(self.next, Next::Acknowledge { .. }) {
+            return;
+        }
+        for letter in dead {
+            let at = DeadStage::ALL
+                .iter()
+                .position(|s| *s == letter.stage)
+                .expect("every stage is in ALL");
+            self.dead[at].fetch_add(1, Relaxed);
+        }
+    }
+
     fn failed(&self, error: &WriteError) {
         self.write_errors.fetch_add(1, Relaxed);
         *lock(&self.last_error) = Some(error.to_string());
@@ -794,7 +947,7 @@ impl Shared {
     /// The batches are written: hand them on (waiting for room there), or acknowledge them
     /// and copy them to the optional sinks; then give their room back.
     async fn done(&self, taken: Taken) {
-        let count = taken.records.len();
+        let count = taken.taken_len();
         match &self.next {
             Next::Forward(next) => {
                 for pending in taken.into_pending() {
@@ -853,6 +1006,9 @@ const MAX_IN_FLIGHT: usize = 4;
 pub(crate) const TABLE: &str = "anode_records";
 /// Each source's last committed cursor: `source` (primary key), `cursor`, `updated_us`.
 pub(crate) const CURSORS: &str = "anode_cursors";
+/// The dead-letter store: `id` (grows with time), `source`, `stage`, `plugin`, `step`,
+/// `reason`, `meta` (JSON text), `raw` (bytes), `at_us`, `replayed_us`.
+pub(crate) const DEAD: &str = "anode_deadletters";
 
 #[cfg(test)]
 mod tests;

@@ -255,6 +255,7 @@ impl Backend for JetStream {
         &mut self,
         records: &[Record],
         _cursors: &[(Arc<str>, String)],
+        _dead: &[crate::deadletter::DeadLetter],
     ) -> Result<Written, WriteError> {
         self.publish(records).await?;
         // The server drops a second copy of an id within the duplicate window; the count of

@@ -20,9 +20,10 @@ use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use super::log::{LogQuery, Position};
 use super::order::{Order, Step};
 use super::{
-    Backend, CURSORS, PostgresMethod, PostgresTls, Resume, SinkError, StoreSettings, TABLE,
-    WriteError, Written,
+    Backend, CURSORS, DEAD, DeadBounds, PostgresMethod, PostgresTls, Resume, SinkError,
+    StoreSettings, TABLE, WriteError, Written,
 };
+use crate::deadletter::{DeadLetter, DeadQuery, StoredDeadLetter};
 use crate::record::{Payload, Record, RecordId};
 
 /// Connecting takes at most this long.
@@ -67,6 +68,18 @@ pub(crate) fn schema_sql() -> String {
             cursor text NOT NULL,
             updated_us bigint NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS {DEAD} (
+            id bigserial PRIMARY KEY,
+            source text NOT NULL,
+            stage text NOT NULL,
+            plugin text,
+            step bigint,
+            reason text NOT NULL,
+            meta text NOT NULL,
+            raw bytea NOT NULL,
+            at_us bigint NOT NULL,
+            replayed_us bigint
+        );
         CREATE TABLE IF NOT EXISTS anode_schema (version integer NOT NULL);
         INSERT INTO anode_schema (version) SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM anode_schema);
         UPDATE anode_schema SET version = 2 WHERE version < 2;"
@@ -83,6 +96,7 @@ pub(crate) struct Postgres {
     config: tokio_postgres::Config,
     display: String,
     method: PostgresMethod,
+    dead_bounds: DeadBounds,
     /// TLS, when `store.postgres_tls` asks for it.
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     live: Option<Live>,
@@ -125,6 +139,7 @@ impl Postgres {
             config,
             display,
             method,
+            dead_bounds: DeadBounds::from(settings),
             tls,
             live: None,
         })
@@ -320,8 +335,10 @@ impl Backend for Postgres {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
-        self.write_ordered(batch, cursors, Order::alone()).await
+        self.write_ordered(batch, cursors, dead, Order::alone())
+            .await
     }
 
     /// With a batch in flight before it (on another connection), this one overlaps it as far
@@ -334,9 +351,11 @@ impl Backend for Postgres {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
         mut order: Order,
     ) -> Result<Written, WriteError> {
         let method = self.method;
+        let bounds = self.dead_bounds;
         let live = self
             .live
             .as_mut()
@@ -367,6 +386,9 @@ impl Backend for Postgres {
                 tx.execute(&live.upsert_cursors, &[&sources, &values, &now])
                     .await
                     .map_err(classify)?;
+            }
+            if !dead.is_empty() {
+                add_dead(&tx, dead, bounds).await?;
             }
             tx.commit().await.map_err(classify)?;
             order.mark(Step::Committed);
@@ -511,9 +533,135 @@ impl Backend for Postgres {
         })
     }
 
+    async fn dead_letters(
+        &mut self,
+        query: &DeadQuery,
+    ) -> Result<Vec<StoredDeadLetter>, WriteError> {
+        let (source, stage, ids, pending, after) = dead_params(query);
+        let limit = query.page() as i64;
+        let sql = format!(
+            "SELECT id, source, stage, plugin, step, reason, meta, raw, at_us, replayed_us
+             FROM {DEAD} WHERE {DEAD_WHERE} ORDER BY id LIMIT $6"
+        );
+        let params: [&(dyn ToSql + Sync); 6] = [&source, &stage, &ids, &pending, &after, &limit];
+        let read = self.client()?.query(&sql, &params);
+        let result = tokio::time::timeout(WRITE_TIMEOUT, read).await;
+        let rows = settle(&mut self.live, "reading dead letters", result)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                StoredDeadLetter::from_row(
+                    row.get(0),
+                    row.get(1),
+                    row.get::<_, &str>(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                    row.get::<_, &str>(6),
+                    row.get(7),
+                    row.get(8),
+                    row.get(9),
+                )
+            })
+            .collect())
+    }
+
+    async fn settle_dead(&mut self, query: &DeadQuery, at: Option<i64>) -> Result<u64, WriteError> {
+        let (source, stage, ids, pending, after) = dead_params(query);
+        let client = self.client()?;
+        let changed = match at {
+            Some(at) => {
+                let sql = format!("UPDATE {DEAD} SET replayed_us = $6 WHERE {DEAD_WHERE}");
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&source, &stage, &ids, &pending, &after, &at];
+                tokio::time::timeout(WRITE_TIMEOUT, client.execute(&sql, &params)).await
+            }
+            None => {
+                let sql = format!("DELETE FROM {DEAD} WHERE {DEAD_WHERE}");
+                let params: [&(dyn ToSql + Sync); 5] = [&source, &stage, &ids, &pending, &after];
+                tokio::time::timeout(WRITE_TIMEOUT, client.execute(&sql, &params)).await
+            }
+        };
+        settle(&mut self.live, "updating dead letters", changed)
+    }
+
+    async fn forget_cursor(&mut self, source: &str) -> Result<(), WriteError> {
+        let sql = format!("DELETE FROM {CURSORS} WHERE source = $1");
+        let params: [&(dyn ToSql + Sync); 1] = [&source];
+        let done = self.client()?.execute(&sql, &params);
+        let result = tokio::time::timeout(WRITE_TIMEOUT, done).await;
+        settle(&mut self.live, "forgetting a cursor", result).map(|_| ())
+    }
+
     fn describe(&self) -> String {
         self.display.clone()
     }
+}
+
+/// The dead letters a query selects: `$1` source, `$2` stage, `$3` ids, `$4` pending only,
+/// `$5` after.
+const DEAD_WHERE: &str = "($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR stage = $2)
+    AND ($3::int8[] IS NULL OR id = ANY($3)) AND (NOT $4::bool OR replayed_us IS NULL)
+    AND id > $5::int8";
+
+/// A query's parameters for [`DEAD_WHERE`].
+fn dead_params(
+    query: &DeadQuery,
+) -> (
+    Option<String>,
+    Option<&'static str>,
+    Option<Vec<i64>>,
+    bool,
+    i64,
+) {
+    (
+        query.source.clone(),
+        query.stage.map(|s| s.as_str()),
+        query.ids.clone(),
+        query.pending,
+        query.after.unwrap_or(0),
+    )
+}
+
+/// Add dead letters in the batch's transaction, then drop the oldest past the bounds.
+async fn add_dead(
+    tx: &Transaction<'_>,
+    dead: &[DeadLetter],
+    bounds: DeadBounds,
+) -> Result<(), WriteError> {
+    let source: Vec<&str> = dead.iter().map(|d| d.source.as_str()).collect();
+    let stage: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
+    let plugin: Vec<Option<&str>> = dead.iter().map(|d| d.plugin.as_deref()).collect();
+    let step: Vec<Option<i64>> = dead.iter().map(|d| d.step.map(i64::from)).collect();
+    let reason: Vec<String> = dead
+        .iter()
+        .map(|d| DeadLetter::text(&d.reason).into_owned())
+        .collect();
+    let meta: Vec<String> = dead.iter().map(DeadLetter::meta_json).collect();
+    let raw: Vec<&[u8]> = dead.iter().map(|d| d.raw.as_slice()).collect();
+    let at: Vec<i64> = dead.iter().map(|d| d.at_us).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {DEAD} (source, stage, plugin, step, reason, meta, raw, at_us)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+                                  $6::text[], $7::bytea[], $8::int8[])"
+        ),
+        &[&source, &stage, &plugin, &step, &reason, &meta, &raw, &at],
+    )
+    .await
+    .map_err(classify)?;
+    let oldest = crate::clock::now_us().saturating_sub(bounds.max_age_us);
+    let max = i64::try_from(bounds.max).unwrap_or(i64::MAX);
+    tx.execute(
+        &format!(
+            "DELETE FROM {DEAD} WHERE at_us < $1
+                OR id <= (SELECT max(id) FROM {DEAD}) - $2"
+        ),
+        &[&oldest, &max],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
 }
 
 async fn write_unnest(

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 
 use super::log::{LogQuery, Position};
-use super::{Backend, CURSORS, Resume, TABLE, WriteError, Written};
+use super::{Backend, CURSORS, DEAD, DeadBounds, Resume, TABLE, WriteError, Written};
+use crate::deadletter::{DeadLetter, DeadQuery, StoredDeadLetter};
 use crate::record::{Payload, Record, RecordId};
 
 pub(crate) struct Sqlite {
@@ -19,6 +20,7 @@ pub(crate) struct Sqlite {
     connection: Option<Arc<Mutex<Connection>>>,
     /// The writer's: its log is checkpointed by a thread of its own (see [`Checkpoints`]).
     checkpoints: Option<Arc<Checkpoints>>,
+    dead_bounds: DeadBounds,
 }
 
 impl Sqlite {
@@ -28,13 +30,15 @@ impl Sqlite {
             path,
             connection: None,
             checkpoints: None,
+            dead_bounds: DeadBounds::default(),
         }
     }
 
-    /// The store's one writer.
-    pub(crate) fn writer(path: PathBuf) -> Self {
+    /// The store's one writer, keeping the dead-letter store within `dead_bounds`.
+    pub(crate) fn writer(path: PathBuf, dead_bounds: DeadBounds) -> Self {
         Sqlite {
             checkpoints: Some(Arc::default()),
+            dead_bounds,
             ..Sqlite::new(path)
         }
     }
@@ -168,8 +172,88 @@ fn schema_sql() -> String {
             source TEXT PRIMARY KEY,
             cursor TEXT NOT NULL,
             updated_us INTEGER NOT NULL
-        ) WITHOUT ROWID;"
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS {DEAD} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            plugin TEXT,
+            step INTEGER,
+            reason TEXT NOT NULL,
+            meta TEXT NOT NULL,
+            raw BLOB NOT NULL,
+            at_us INTEGER NOT NULL,
+            replayed_us INTEGER
+        );"
     )
+}
+
+/// The dead letters a query selects: `?1` source, `?2` stage, `?3` ids (a JSON array), `?4`
+/// pending only, `?5` after.
+const DEAD_WHERE: &str = "(?1 IS NULL OR source = ?1) AND (?2 IS NULL OR stage = ?2)
+    AND (?3 IS NULL OR id IN (SELECT value FROM json_each(?3)))
+    AND (?4 = 0 OR replayed_us IS NULL) AND id > ?5";
+
+/// A query's parameters for [`DEAD_WHERE`].
+fn dead_params(
+    query: &DeadQuery,
+) -> (
+    Option<String>,
+    Option<&'static str>,
+    Option<String>,
+    bool,
+    i64,
+) {
+    (
+        query.source.clone(),
+        query.stage.map(|s| s.as_str()),
+        query
+            .ids
+            .as_ref()
+            .map(|ids| serde_json::json!(ids).to_string()),
+        query.pending,
+        query.after.unwrap_or(0),
+    )
+}
+
+/// Add dead letters, then drop the oldest past the bounds (by age, then by count).
+fn add_dead(
+    tx: &rusqlite::Transaction<'_>,
+    dead: &[DeadLetter],
+    bounds: DeadBounds,
+) -> Result<(), WriteError> {
+    let mut insert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {DEAD} (source, stage, plugin, step, reason, meta, raw, at_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))
+        .map_err(|e| failed("prepare", e))?;
+    for d in dead {
+        insert
+            .execute(params![
+                d.source,
+                d.stage.as_str(),
+                d.plugin,
+                d.step,
+                DeadLetter::text(&d.reason),
+                d.meta_json(),
+                d.raw,
+                d.at_us
+            ])
+            .map_err(classify)?;
+    }
+    let oldest = crate::clock::now_us().saturating_sub(bounds.max_age_us);
+    tx.execute(
+        &format!("DELETE FROM {DEAD} WHERE at_us < ?1"),
+        params![oldest],
+    )
+    .map_err(|e| failed("pruning dead letters", e))?;
+    tx.execute(
+        &format!("DELETE FROM {DEAD} WHERE id <= (SELECT max(id) FROM {DEAD}) - ?1"),
+        params![bounds.max as i64],
+    )
+    .map_err(|e| failed("pruning dead letters", e))?;
+    Ok(())
 }
 
 /// A file of an earlier layout (keyed by `id`, `WITHOUT ROWID`) is rewritten into the current
@@ -290,11 +374,14 @@ impl Backend for Sqlite {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
         let connection = self.open()?;
         // The blocking task needs owned rows; the copy is small next to the disk write.
         let rows = batch.to_vec();
         let cursors = cursors.to_vec();
+        let dead = dead.to_vec();
+        let bounds = self.dead_bounds;
         tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
             let tx = connection.transaction().map_err(|e| failed("begin", e))?;
@@ -344,8 +431,11 @@ impl Backend for Sqlite {
                 for (source, cursor) in &cursors {
                     upsert
                         .execute(params![&**source, cursor, now])
-                        .map_err(|e| failed("cursor", e))?;
+                        .map_err(classify)?;
                 }
+            }
+            if !dead.is_empty() {
+                add_dead(&tx, &dead, bounds)?;
             }
             tx.commit().map_err(|e| failed("commit", e))?;
             Ok(Written {
@@ -469,6 +559,84 @@ impl Backend for Sqlite {
                 )
                 .map(|seq| Position::Embedded { seq })
                 .map_err(|e| failed("reading the log's head", e))
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn dead_letters(
+        &mut self,
+        query: &DeadQuery,
+    ) -> Result<Vec<StoredDeadLetter>, WriteError> {
+        let connection = self.open()?;
+        let (source, stage, ids, pending, after) = dead_params(query);
+        let limit = query.page() as i64;
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            let mut read = connection
+                .prepare_cached(&format!(
+                    "SELECT id, source, stage, plugin, step, reason, meta, raw, at_us, replayed_us \
+                     FROM {DEAD} WHERE {DEAD_WHERE} ORDER BY id LIMIT ?6"
+                ))
+                .map_err(|e| failed("prepare", e))?;
+            let rows = read
+                .query_map(params![source, stage, ids, pending, after, limit], |row| {
+                    Ok(StoredDeadLetter::from_row(
+                        row.get(0)?,
+                        row.get(1)?,
+                        &row.get::<_, String>(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        &row.get::<_, String>(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                    ))
+                })
+                .map_err(|e| failed("reading dead letters", e))?;
+            rows.map(|row| row.map_err(|e| failed("reading dead letters", e)))
+                .collect()
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn settle_dead(&mut self, query: &DeadQuery, at: Option<i64>) -> Result<u64, WriteError> {
+        let connection = self.open()?;
+        let (source, stage, ids, pending, after) = dead_params(query);
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = match at {
+                Some(at) => connection.execute(
+                    &format!("UPDATE {DEAD} SET replayed_us = ?6 WHERE {DEAD_WHERE}"),
+                    params![source, stage, ids, pending, after, at],
+                ),
+                None => connection.execute(
+                    &format!("DELETE FROM {DEAD} WHERE {DEAD_WHERE}"),
+                    params![source, stage, ids, pending, after],
+                ),
+            };
+            changed
+                .map(|n| n as u64)
+                .map_err(|e| failed("updating dead letters", e))
+        })
+        .await
+        .map_err(|e| failed("SQLite task", e))?
+    }
+
+    async fn forget_cursor(&mut self, source: &str) -> Result<(), WriteError> {
+        let connection = self.open()?;
+        let source = source.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            connection
+                .execute(
+                    &format!("DELETE FROM {CURSORS} WHERE source = ?1"),
+                    params![source],
+                )
+                .map(|_| ())
+                .map_err(|e| failed("forgetting a cursor", e))
         })
         .await
         .map_err(|e| failed("SQLite task", e))?

@@ -1,4 +1,5 @@
 use super::*;
+use crate::deadletter::DeadMeta;
 use crate::record::Payload;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ struct Flaky {
     writes: Arc<std::sync::atomic::AtomicUsize>,
     stored: Arc<Mutex<Vec<RecordId>>>,
     cursors: Arc<Mutex<Vec<(String, String)>>>,
+    dead: Arc<Mutex<Vec<DeadLetter>>>,
     /// The thread of every write call.
     threads: Arc<Mutex<Vec<Option<String>>>>,
 }
@@ -21,6 +23,7 @@ impl Flaky {
             writes: Arc::default(),
             stored: Arc::default(),
             cursors: Arc::default(),
+            dead: Arc::default(),
             threads: Arc::default(),
         }
     }
@@ -38,6 +41,7 @@ impl Backend for Flaky {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
         if !self.up.load(Relaxed) {
             return Err(WriteError::Connection("down".into()));
@@ -48,6 +52,10 @@ impl Backend for Flaky {
         if batch.iter().any(|r| r.source == "bad") {
             return Err(WriteError::Rejected("bad row".into()));
         }
+        if cursors.iter().any(|(_, c)| c.contains('\0')) {
+            return Err(WriteError::Rejected("bad cursor".into()));
+        }
+        lock(&self.dead).extend(dead.iter().cloned());
         let mut saved = lock(&self.cursors);
         for (source, cursor) in cursors {
             saved.retain(|(s, _)| **s != **source);
@@ -92,6 +100,7 @@ fn batch(records: Vec<Record>) -> Batch {
         source: records.first().map_or("a", |r| r.source.as_str()).into(),
         records,
         cursor: None,
+        dead: Vec::new(),
     }
 }
 
@@ -187,6 +196,77 @@ async fn outage_buffers_then_pushes_back_and_loses_nothing() {
     assert!(store.submit(batch(vec![record("a", 99)])).await.is_err());
 }
 
+/// A refused row goes to the dead-letter store in the transaction of its batch's cursor, and
+/// is not acknowledged as stored; a refused cursor becomes a dead letter too, and neither
+/// holds back another source's batch taken in the same write.
+#[tokio::test]
+async fn refused_rows_and_cursors_become_dead_letters_and_are_not_acknowledged() {
+    let settings = StoreSettings {
+        flush_ms: 50,
+        ..StoreSettings::default()
+    };
+    let cancel = CancellationToken::new();
+    let backend = Flaky::new(true);
+    let (dead, stored) = (backend.dead.clone(), backend.stored.clone());
+    let (store, task) = in_memory(backend, &settings, &cancel);
+    let mut records: Vec<Record> = (0..6).map(|n| record("a", n)).collect();
+    records.insert(3, record("bad", 0));
+    let with_bad_row = store
+        .submit(Batch {
+            source: "a".into(),
+            records,
+            cursor: Some("a-6".into()),
+            dead: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let with_bad_cursor = store
+        .submit(Batch {
+            source: "c".into(),
+            records: vec![record("c", 0)],
+            cursor: Some("c\0".into()),
+            dead: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let committed = with_bad_row.committed().await.unwrap();
+    assert_eq!(
+        committed.records.len(),
+        6,
+        "the refused row is not acknowledged"
+    );
+    assert!(committed.records.iter().all(|r| r.source == "a"));
+    assert_eq!(
+        (committed.refused, committed.cursor.as_deref()),
+        (1, Some("a-6"))
+    );
+    let other = with_bad_cursor.committed().await.unwrap();
+    assert_eq!(other.records.len(), 1, "the other source's row is stored");
+    assert_eq!(lock(&stored).len(), 7);
+    let letters = lock(&dead).clone();
+    let stages: Vec<(DeadStage, &str)> = letters
+        .iter()
+        .map(|d| (d.stage, d.source.as_str()))
+        .collect();
+    assert_eq!(
+        stages,
+        [(DeadStage::Store, "bad"), (DeadStage::Cursor, "c")]
+    );
+    assert_eq!(
+        letters[0].meta.record_id,
+        Some(record("bad", 0).id.to_hex())
+    );
+    assert_eq!(letters[1].raw, b"c\0");
+    assert_eq!(store.resume("c", 1).await.unwrap().cursor, None);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.dead_letters["store"], stats.dead_letters["cursor"]),
+        (1, 1)
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cursor_is_committed_with_its_records_and_never_before() {
     let settings = StoreSettings {
@@ -204,6 +284,7 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
             source: "a".into(),
             records: (0..5).map(|n| record("a", n)).collect(),
             cursor: Some("4".into()),
+            dead: Vec::new(),
         })
         .await
         .unwrap();
@@ -225,6 +306,7 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
             source: "a".into(),
             records: Vec::new(),
             cursor: Some("5".into()),
+            dead: Vec::new(),
         })
         .await
         .unwrap()
@@ -454,7 +536,7 @@ async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
         store.connect().await.unwrap();
         let new = record("a", 4);
         let written = store
-            .write(&[old[1].clone(), new.clone()], &[])
+            .write(&[old[1].clone(), new.clone()], &[], &[])
             .await
             .unwrap();
         assert_eq!((written.inserted, written.duplicates), (1, 1));
@@ -493,10 +575,10 @@ async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     use super::sqlite::Sqlite;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("records.sqlite");
-    let mut store = Sqlite::writer(path.clone());
+    let mut store = Sqlite::writer(path.clone(), DeadBounds::default());
     store.connect().await.unwrap();
     // About 12,750 pages of log, past the checkpointer's threshold (12,000).
-    let written = store.write(&padded(17_000), &[]).await.unwrap();
+    let written = store.write(&padded(17_000), &[], &[]).await.unwrap();
     assert_eq!(written.inserted, 17_000);
     // The database file by itself comes to hold every row, and the thread counts its
     // checkpoint (just after it returns: the two are looked at together).
@@ -525,14 +607,97 @@ async fn a_log_past_the_backstop_is_checkpointed_by_the_writer_at_its_commit() {
     use super::sqlite::Sqlite;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("records.sqlite");
-    let mut store = Sqlite::writer(path.clone());
+    let mut store = Sqlite::writer(path.clone(), DeadBounds::default());
     store.connect().await.unwrap();
     // One commit of about 34,500 pages of log: past the backstop (32,000) before the thread
     // can act.
-    let written = store.write(&padded(46_000), &[]).await.unwrap();
+    let written = store.write(&padded(46_000), &[], &[]).await.unwrap();
     assert_eq!(written.inserted, 46_000);
     let (_, by_writer) = store.checkpoints();
     assert_eq!(by_writer, 1, "the writer checkpointed at its commit");
     // Done within the commit: the file by itself holds every row already.
     assert_eq!(rows_in_file_alone(&path).unwrap(), 46_000);
+}
+
+/// The embedded store keeps dead letters beside the records, within its bounds, and reads,
+/// marks and deletes them by filter.
+#[tokio::test]
+async fn the_embedded_dead_letter_store_is_bounded_and_read_by_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = DeadBounds {
+        max: 3,
+        max_age_us: 3_600_000_000,
+    };
+    let mut store = sqlite::Sqlite::writer(dir.path().join("records.sqlite"), bounds);
+    store.connect().await.unwrap();
+    let letter = |source: &str, stage: DeadStage, n: u8, at_us: i64| DeadLetter {
+        source: source.into(),
+        stage,
+        plugin: Some("ab".repeat(32)),
+        step: (stage == DeadStage::Transform).then_some(0),
+        reason: format!("no {n}\0"),
+        raw: vec![n, 0xff],
+        meta: DeadMeta {
+            upstream_id: Some(n.to_string()),
+            ..DeadMeta::default()
+        },
+        at_us,
+    };
+    let now = crate::clock::now_us();
+    let first = [
+        letter("a", DeadStage::Decode, 1, now - 7_200_000_000),
+        letter("a", DeadStage::Transform, 2, now),
+    ];
+    store.write(&[], &[], &first).await.unwrap();
+    let all = DeadQuery::default();
+    let read = store.dead_letters(&all).await.unwrap();
+    // The one older than the age bound went with the write.
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].meta.upstream_id.as_deref(), Some("2"));
+    assert_eq!(read[0].reason, "no 2\\0", "a NUL is written as \\0");
+    assert_eq!(
+        (read[0].raw.as_deref(), read[0].raw_hex.as_deref()),
+        (None, Some("02ff"))
+    );
+    assert_eq!(
+        (read[0].stage, read[0].step),
+        (DeadStage::Transform, Some(0))
+    );
+    let more: Vec<DeadLetter> = (3..7)
+        .map(|n| letter(if n % 2 == 0 { "b" } else { "a" }, DeadStage::Store, n, now))
+        .collect();
+    store
+        .write(&[record("a", 1)], &[("a".into(), "c".into())], &more)
+        .await
+        .unwrap();
+    let read = store.dead_letters(&all).await.unwrap();
+    let kept: Vec<&str> = read
+        .iter()
+        .map(|d| d.meta.upstream_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(kept, ["4", "5", "6"], "the count bound keeps the newest");
+    let of_b = DeadQuery {
+        source: Some("b".into()),
+        ..DeadQuery::default()
+    };
+    assert_eq!(store.dead_letters(&of_b).await.unwrap().len(), 2);
+    let marked = store.settle_dead(&of_b, Some(now)).await.unwrap();
+    assert_eq!(marked, 2);
+    let pending = DeadQuery {
+        pending: true,
+        ..DeadQuery::default()
+    };
+    let left = store.dead_letters(&pending).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].source, "a");
+    let page = DeadQuery {
+        after: Some(left[0].id - 1),
+        limit: Some(1),
+        ..DeadQuery::default()
+    };
+    assert_eq!(store.dead_letters(&page).await.unwrap()[0].id, left[0].id);
+    assert_eq!(store.settle_dead(&of_b, None).await.unwrap(), 2);
+    assert_eq!(store.dead_letters(&all).await.unwrap().len(), 1);
+    store.forget_cursor("a").await.unwrap();
+    assert_eq!(store.resume("a", 1).await.unwrap().cursor, None);
 }

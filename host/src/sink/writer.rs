@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::order::{Order, Step};
 use super::{Backend, Shared, StoreSettings, Taken, WriteError, Written, lock};
 use crate::backoff::Backoff;
-use crate::record::Record;
+use crate::deadletter::{DeadLetter, DeadStage};
+use crate::record::{Record, RecordId};
 
 /// One connection of the store, and whether it is up.
 struct Lane<B> {
@@ -177,7 +178,7 @@ pub(super) async fn write_loop<B: Backend>(
         let task = tokio::spawn(async move {
             let result = lane
                 .backend
-                .write_ordered(&taken.records, &taken.cursors, order)
+                .write_ordered(&taken.records, &taken.cursors, &taken.dead, order)
                 .await;
             (lane, taken, result)
         });
@@ -213,18 +214,23 @@ async fn settle<B: Backend>(
     free: &mut Vec<Lane<B>>,
     shared: &Shared,
 ) {
-    let (mut lane, taken, result) = joined(ended);
+    let (mut lane, mut taken, result) = joined(ended);
     let result = match result {
         Err(WriteError::Rejected(message)) => {
             let later = take_back(flight, free, shared).await;
             let result = write_refused(&mut lane.backend, shared, &taken, &message).await;
             return_later(shared, later);
-            result
+            result.map(|(written, refused)| {
+                taken.remove_refused(&refused.ids);
+                taken.add_dead(refused.dead);
+                written
+            })
         }
         other => other,
     };
     match result {
         Ok(written) => {
+            shared.count_dead(&taken.dead);
             shared.rows_written.fetch_add(written.inserted, Relaxed);
             shared.duplicates.fetch_add(written.duplicates, Relaxed);
             shared.batches.fetch_add(1, Relaxed);
@@ -296,15 +302,25 @@ fn joined<T>(ended: Result<T, tokio::task::JoinError>) -> T {
     }
 }
 
+/// What the store refused of a batch: the rows' ids, and the dead letters written for them
+/// (and for any cursor it refused).
+#[derive(Default)]
+struct Refused {
+    ids: Vec<RecordId>,
+    dead: Vec<DeadLetter>,
+}
+
 /// The store refused `taken` together: write it in halves until the bad rows stand alone,
-/// so that only they are lost (counted and logged), not the batch, then write the cursors.
-/// One bad row in n costs about 2·log2(n) writes, not n.
+/// so that only they are refused, then write the cursors with the batch's dead letters and
+/// the refused rows as dead letters of their own. One bad row in n costs about 2·log2(n)
+/// writes, not n. A cursor the store refuses becomes a dead letter too, so one source's bad
+/// cursor never holds the other sources' batches back.
 async fn write_refused<B: Backend>(
     backend: &mut B,
     shared: &Shared,
     taken: &Taken,
     message: &str,
-) -> Result<Written, WriteError> {
+) -> Result<(Written, Refused), WriteError> {
     let records = &taken.records;
     tracing::warn!(
         "the {} store refused a batch of {} ({message}); writing it in halves to find the bad \
@@ -312,17 +328,62 @@ async fn write_refused<B: Backend>(
         shared.kind,
         records.len()
     );
-    let total = write_halves(backend, shared, records).await?;
-    backend.write(&[], &taken.cursors).await?;
-    Ok(total)
+    let mut refused = Refused::default();
+    let total = write_halves(backend, shared, records, &mut refused).await?;
+    let mut dead: Vec<DeadLetter> = taken.dead.iter().chain(&refused.dead).cloned().collect();
+    match backend.write(&[], &taken.cursors, &dead).await {
+        Err(WriteError::Rejected(_)) => {}
+        other => return other.map(|_| (total, refused)),
+    }
+    // A cursor, or a dead letter, was refused: each cursor alone, then the dead letters.
+    for (source, cursor) in &taken.cursors {
+        let one = [(source.clone(), cursor.clone())];
+        match backend.write(&[], &one, &[]).await {
+            Ok(_) => {}
+            Err(WriteError::Rejected(why)) => {
+                tracing::error!(
+                    "the {} store refused the cursor of source `{source}`: {why}",
+                    shared.kind
+                );
+                let letter = DeadLetter {
+                    source: source.to_string(),
+                    stage: DeadStage::Cursor,
+                    plugin: None,
+                    step: None,
+                    reason: format!("the {} store refused the cursor: {why}", shared.kind),
+                    raw: cursor.as_bytes().to_vec(),
+                    meta: Default::default(),
+                    at_us: crate::clock::now_us(),
+                };
+                refused.dead.push(letter.clone());
+                dead.push(letter);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    match backend.write(&[], &[], &dead).await {
+        Ok(_) => {}
+        Err(WriteError::Rejected(why)) => {
+            // Not expected: dead letters are stored as bytes and escaped text.
+            tracing::error!(
+                "the {} store refused {} dead letters ({why}); they are lost",
+                shared.kind,
+                dead.len()
+            );
+        }
+        Err(error) => return Err(error),
+    }
+    Ok((total, refused))
 }
 
 /// Write `records`, which the store refused together: each refused part is split in two
-/// (first half first, so the order is kept) until a refused part is a single row, dropped.
+/// (first half first, so the order is kept) until a refused part is a single row, which goes
+/// to `refused`.
 async fn write_halves<B: Backend>(
     backend: &mut B,
     shared: &Shared,
     records: &[Record],
+    refused: &mut Refused,
 ) -> Result<Written, WriteError> {
     // The whole was refused already: start with its halves.
     let (first, rest) = records.split_at(records.len() / 2);
@@ -332,13 +393,18 @@ async fn write_halves<B: Backend>(
         if part.is_empty() {
             continue;
         }
-        match backend.write(part, &[]).await {
+        match backend.write(part, &[], &[]).await {
             Ok(w) => {
                 total.inserted += w.inserted;
                 total.duplicates += w.duplicates;
             }
             Err(WriteError::Rejected(message)) if part.len() == 1 => {
-                reject(shared, &part[0], &message)
+                reject(shared, &part[0], &message);
+                refused.ids.push(part[0].id);
+                refused.dead.push(DeadLetter::refused_row(
+                    &part[0],
+                    &format!("the {} store refused the row: {message}", shared.kind),
+                ));
             }
             Err(WriteError::Rejected(_)) => {
                 let (first, rest) = part.split_at(part.len() / 2);
@@ -354,7 +420,8 @@ async fn write_halves<B: Backend>(
 fn reject(shared: &Shared, record: &Record, message: &str) {
     shared.rejected.fetch_add(1, Relaxed);
     let text = format!(
-        "record {} of source `{}` was refused by the {} store and dropped: {message}",
+        "record {} of source `{}` was refused by the {} store and went to the dead-letter \
+         store: {message}",
         record.id.to_hex(),
         record.source,
         shared.kind

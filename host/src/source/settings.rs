@@ -45,6 +45,13 @@ pub struct SourceSettings {
     pub acks_in_flight: usize,
     /// How often a source's transforms are ticked, so time windows close without new events.
     pub tick_ms: u64,
+    /// Times a transform step that fails on a batch (a retryable error, an instance that
+    /// cannot start) is tried again on the same events before the events that fail alone are
+    /// isolated into the dead-letter store; the source waits meanwhile. A crash or a deadline
+    /// goes to isolation at once, on a probe instance of its own.
+    pub transform_retries: u32,
+    /// Wait before such a retry (an instance restarting waits for its own backoff instead).
+    pub transform_retry_ms: u64,
     /// Egress policy: what sources may reach beyond the defaults (see `egress.rs`): schemes
     /// (`https:`), host names (`api.example.com`, `*.example.com`), addresses or networks
     /// (`127.0.0.1:9100`, `10.0.0.0/8`), each with an optional `:port`.
@@ -73,6 +80,8 @@ impl Default for SourceSettings {
             dedupe_window: 2048,
             acks_in_flight: 4096,
             tick_ms: 1000,
+            transform_retries: 3,
+            transform_retry_ms: 200,
             allow: Vec::new(),
             deny: Vec::new(),
         }

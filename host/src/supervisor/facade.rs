@@ -193,6 +193,39 @@ impl NodeState {
         self.ingest.store.stats()
     }
 
+    /// Dead letters matching `query`, oldest first.
+    pub async fn dead_letters(
+        &self,
+        query: &crate::deadletter::DeadQuery,
+    ) -> Result<Vec<crate::deadletter::StoredDeadLetter>, NodeError> {
+        self.ingest
+            .store
+            .dead_letters(query)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))
+    }
+
+    /// Delete the dead letters matching `query`; returns how many.
+    pub async fn purge_dead_letters(
+        &self,
+        query: &crate::deadletter::DeadQuery,
+    ) -> Result<u64, NodeError> {
+        let purged = self
+            .ingest
+            .store
+            .purge_dead_letters(query)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        if purged > 0 {
+            self.events.push(
+                &self.node_id,
+                "deadletter",
+                format!("{purged} dead letter(s) purged"),
+            );
+        }
+        Ok(purged)
+    }
+
     pub fn fanout_stats(&self) -> FanoutStats {
         self.ingest.hub.stats()
     }

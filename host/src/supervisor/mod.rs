@@ -13,12 +13,14 @@
 //! - `run`: a running source's life (drive, tick, acknowledge, stop);
 //! - `reports`: what the sources report, here and cluster-wide;
 //! - `rollout`: moving a plugin's sources between its versions (canary, promote, rollback);
-//! - `removal`: removing a plugin version from the cluster once no source uses it.
+//! - `removal`: removing a plugin version from the cluster once no source uses it;
+//! - `replay`: running dead letters again through a (fixed) plugin build.
 
 mod facade;
 mod plugins;
 mod reconcile;
 mod removal;
+mod replay;
 mod reports;
 mod rollout;
 mod run;
@@ -27,6 +29,7 @@ pub use facade::log_filter;
 pub(crate) use facade::{Parts, share_cursors};
 use reconcile::Scope;
 pub(crate) use reconcile::reconcile_loop;
+pub use replay::{ReplayFailure, ReplayReport, ReplayRequest};
 pub(crate) use reports::sample_rates;
 pub use rollout::{RolloutOutcome, RolloutRequest, canary_position};
 

@@ -3,7 +3,9 @@
 //! source's sessions opened on them.
 
 use super::{Loaded, NodeError, NodeState, lock, stable_hash};
-use crate::pipeline::Bound;
+use std::sync::Arc;
+
+use crate::pipeline::{Bound, Probe};
 use crate::plugin::{
     CallError, ConnectorInstance, Digest, Kind, Plugin, PluginSignature, TransformInstance, Worker,
 };
@@ -113,11 +115,16 @@ impl NodeState {
             |l| &mut l.connectors,
             |p| self.runtime.connector(p),
         )?;
-        let config = spec.config.to_string();
+        let config: Arc<str> = spec.config.to_string().into();
+        let given = config.clone();
         let session = connector
-            .call_first(move |c| c.open(&config, cursor.as_deref()))
+            .call_first(move |c| c.open(&given, cursor.as_deref()))
             .await
             .map_err(|e| refused(spec, &e))?;
+        let connector_probe = Probe {
+            plugin: self.loaded_plugin(&digest),
+            config,
+        };
         let mut chain = Vec::new();
         for step in &spec.transforms {
             let digest = self.plugin(&step.plugin, Kind::Transform).await?;
@@ -127,20 +134,39 @@ impl NodeState {
                 |l| &mut l.transforms,
                 |p| self.runtime.transform(p),
             )?;
-            let config = step.config.to_string();
+            let config: Arc<str> = step.config.to_string().into();
+            let given = config.clone();
             let session = worker
-                .call_first(move |t| t.configure(&config))
+                .call_first(move |t| t.configure(&given))
                 .await
                 .map_err(|e| refused(spec, &e))?;
-            chain.push(Bound { worker, session });
+            let probe = Probe {
+                plugin: self.loaded_plugin(&digest),
+                config,
+            };
+            chain.push(Bound {
+                worker,
+                session,
+                probe,
+            });
         }
         Ok(Prepared {
             connector: Bound {
                 worker: connector,
                 session,
+                probe: connector_probe,
             },
             chain,
         })
+    }
+
+    /// A plugin loaded by [`NodeState::plugin`].
+    pub(super) fn loaded_plugin(&self, digest: &Digest) -> Plugin {
+        lock(&self.loaded)
+            .get(digest)
+            .expect("loaded before use")
+            .plugin
+            .clone()
     }
 
     /// Start a fetch of every cataloged plugin this node lacks (one at a time per digest).

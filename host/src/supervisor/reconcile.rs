@@ -103,14 +103,21 @@ impl NodeState {
                 }
                 Some(_) => {} // changed: restarted below
                 None => {
-                    let moving = self
-                        .cluster
-                        .catalog
-                        .get(&source_key(id))
-                        .is_some_and(|e| e.value.is_some_and(|v| v["paused"] != true));
+                    let entry = self.cluster.catalog.get(&source_key(id));
+                    let removed = entry.as_ref().is_none_or(|e| e.value.is_none());
+                    let moving =
+                        entry.is_some_and(|e| e.value.is_some_and(|v| v["paused"] != true));
                     if !moving {
                         // Removed or paused: it stops everywhere, now.
                         let _ = self.stop_source(id).await;
+                        if removed {
+                            // A source added again under this id starts afresh.
+                            if let Err(e) = self.ingest.store.forget_cursor(id).await {
+                                tracing::warn!(
+                                    "cannot forget the cursor of removed source `{id}`: {e}"
+                                );
+                            }
+                        }
                         continue;
                     }
                     let new_owner = view.owner(id);

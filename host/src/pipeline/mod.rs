@@ -5,6 +5,13 @@
 //! together → published to subscribers who want stored records, and the cursor shown as the
 //! source's committed position.
 //!
+//! What cannot be processed is not dropped: frames the connector calls bad input, events a
+//! transform refuses or fails on, payloads that are not JSON and cursors a store cannot keep
+//! travel with their batch as dead letters ([`crate::deadletter`]), and a failing transform
+//! step is retried and its poison isolated ([`recover`]). The repeat filter learns a batch's
+//! ids only once its chain has accepted it, so a batch that failed is not taken for a repeat
+//! when it comes again.
+//!
 //! A source never waits for its own acknowledgements batch by batch: up to
 //! `sources.acks_in_flight` batches are in the store's hands at once, and [`acknowledge`]
 //! follows them in order. Plugin calls are synchronous and bounded by the sandbox deadline;
@@ -19,7 +26,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod recover;
+
+pub(crate) use recover::Probe;
+
 use crate::clock::now_us;
+use crate::deadletter::{DeadLetter, DeadMeta, DeadStage, cursor_fault};
 use crate::fanout::{Hub, Stage};
 use crate::plugin::{
     CallError, ConnectorInstance, Event, HttpRequest, Plan, PluginError, SessionId,
@@ -77,6 +89,8 @@ impl CursorShelf {
 pub(crate) struct Bound<I> {
     pub(crate) worker: Worker<I>,
     pub(crate) session: SessionId,
+    /// The plugin and the session's configuration, for probes (see [`recover`]).
+    pub(crate) probe: Probe,
 }
 
 impl<I: Send + 'static> Bound<I> {
@@ -107,43 +121,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Chain = [Bound<TransformInstance>];
-
-/// Run events through the chain from step `from` on, one call per step on its instance.
-async fn run_chain(
-    chain: &Chain,
-    from: usize,
-    mut events: Vec<Event>,
-) -> Result<Vec<Event>, CallError> {
-    for step in &chain[from..] {
-        if events.is_empty() {
-            break;
-        }
-        let session = step.session;
-        events = step
-            .worker
-            .call(move |t| t.process(session, &events))
-            .await?;
-    }
-    Ok(events)
-}
-
-/// Stamp each event whose payload is JSON (checked here, once: sinks store payloads as JSON,
-/// so a plugin that emits anything else loses that event, counted, not the batch). Returns
-/// the records and how many events were dropped.
-fn stamp_json(at: &Stamp<'_>, events: Vec<Event>) -> (Vec<Record>, usize) {
-    let total = events.len();
-    let records: Vec<Record> = events
-        .into_iter()
-        .filter_map(|e| {
-            let payload = Payload::parse(e.payload).ok()?;
-            Some(at.record(e.stream, e.key, e.upstream_id, e.event_time, payload))
-        })
-        .collect();
-    let invalid = total - records.len();
-    (records, invalid)
-}
-
 impl SourceCtx {
     /// Ask the connector how to reach the source.
     pub(crate) async fn plan(&self) -> Result<Plan, Problem> {
@@ -166,18 +143,21 @@ impl SourceCtx {
     }
 
     /// Run one batch through the connector, the repeat filter and the chain; publish,
-    /// submit to the store with its cursor, and hand the receipt to the acker.
+    /// submit to the store with its cursor and its dead letters, and hand the receipt to the
+    /// acker.
     pub(crate) async fn ingest(&self, input: Input) -> Outcome {
-        let inputs = match &input {
+        let input = Arc::new(input);
+        let inputs = match &*input {
             Input::Frames(f) => f.len(),
             Input::Responses(r) => r.len(),
         };
         self.status.inputs.fetch_add(inputs as u64, Relaxed);
         let session = self.connector.session;
+        let given = input.clone();
         let decoded = self
             .connector
             .worker
-            .call(move |connector| match &input {
+            .call(move |connector| match &*given {
                 Input::Frames(frames) => connector.on_frames(session, frames),
                 Input::Responses(responses) => connector.on_responses(session, responses),
             })
@@ -196,35 +176,70 @@ impl SourceCtx {
             replies: decoded.replies,
             problem: None,
         };
+        let mut bad = Vec::new();
         for error in decoded.errors {
             match error {
-                PluginError::BadInput(m) => self.status.error(format!("bad input: {m}")),
+                PluginError::BadInput(m) => {
+                    self.status.error(format!("bad input: {m}"));
+                    bad.push(m);
+                }
                 PluginError::Retryable(m) => outcome.problem = Some(Problem::Retry(m)),
                 PluginError::Fatal(m) => outcome.problem = Some(Problem::Fatal(m)),
             }
         }
-        let records = match self.transform(decoded.events).await {
+        let mut dead = if bad.is_empty() {
+            Vec::new()
+        } else {
+            self.refused_inputs(&input, bad).await
+        };
+        drop(input);
+        let records = match self.transform(decoded.events, &mut dead).await {
             Ok(records) => records,
             Err(problem) => {
-                // The chain failed: the cursor must not pass records that were not stored.
+                // The chain cannot go on: the cursor must not pass records that were not
+                // stored, so nothing of the batch is submitted.
                 outcome.problem = Some(problem);
                 return outcome;
             }
         };
-        self.emit(records, decoded.cursor).await;
+        let mut cursor = decoded.cursor;
+        if let Some(fault) = cursor.as_deref().and_then(cursor_fault) {
+            // The source stops at its last good cursor; this batch's records are stored.
+            let bad_cursor = cursor.take().expect("checked");
+            let message = format!(
+                "the connector returned a cursor the store cannot keep ({fault}); it went to \
+                 the dead-letter store and the source stopped at its last good cursor: fix \
+                 the plugin, then restart the source"
+            );
+            dead.push(DeadLetter {
+                source: self.source.to_string(),
+                stage: DeadStage::Cursor,
+                plugin: Some(self.connector.probe.digest()),
+                step: None,
+                reason: fault,
+                raw: bad_cursor.into_bytes(),
+                meta: DeadMeta::default(),
+                at_us: now_us(),
+            });
+            outcome.problem = Some(Problem::Fatal(message));
+        }
+        self.emit(records, cursor, dead).await;
         outcome
     }
 
-    /// Drop repeats, run the chain, stamp the records.
-    async fn transform(&self, events: Vec<Event>) -> Result<Vec<Record>, Problem> {
+    /// Drop repeats, run the chain, stamp the records. The batch's ids join the repeat
+    /// window once the chain has taken the batch (what it refused is in `dead`).
+    async fn transform(
+        &self,
+        events: Vec<Event>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Vec<Record>, Problem> {
         let total = events.len();
         let now = now_us();
         let source = &*self.source;
-        let at = self.at(now);
         if self.chain.is_empty() {
             // Without transforms the records' ids are the repeat filter's ids: one hash each.
-            let (stamped, invalid) = stamp_json(&at, events);
-            self.report_invalid(invalid);
+            let stamped = self.stamp(events, now, None, dead);
             let valid = stamped.len();
             let records: Vec<Record> = {
                 let mut recent = lock(&self.recent);
@@ -238,19 +253,18 @@ impl SourceCtx {
                 .fetch_add((valid - records.len()) as u64, Relaxed);
             return Ok(records);
         }
-        let fresh: Vec<Event> = {
-            let mut recent = lock(&self.recent);
+        let ids: Vec<RecordId> = events
+            .iter()
+            .map(|e| RecordId::derive(source, &e.stream, e.upstream_id.as_deref(), &e.payload))
+            .collect();
+        let (fresh, fresh_ids): (Vec<Event>, Vec<RecordId>) = {
+            let recent = lock(&self.recent);
+            let mut batch = std::collections::HashSet::new();
             events
                 .into_iter()
-                .filter(|e| {
-                    recent.insert(&RecordId::derive(
-                        source,
-                        &e.stream,
-                        e.upstream_id.as_deref(),
-                        &e.payload,
-                    ))
-                })
-                .collect()
+                .zip(ids)
+                .filter(|(_, id)| !recent.contains(id) && batch.insert(*id))
+                .unzip()
         };
         self.status
             .duplicates
@@ -258,10 +272,15 @@ impl SourceCtx {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let out = run_chain(&self.chain, 0, fresh)
-            .await
-            .map_err(|e| self.call_problem(e))?;
-        Ok(self.stamp(out, now))
+        let out = self.run_chain(0, fresh, dead).await?;
+        {
+            let mut recent = lock(&self.recent);
+            for id in &fresh_ids {
+                recent.insert(id);
+            }
+        }
+        let last = self.chain.len() - 1;
+        Ok(self.stamp(out, now, Some(last), dead))
     }
 
     fn at(&self, now: i64) -> Stamp<'_> {
@@ -272,21 +291,59 @@ impl SourceCtx {
         }
     }
 
-    fn stamp(&self, events: Vec<Event>, now: i64) -> Vec<Record> {
-        let (records, invalid) = stamp_json(&self.at(now), events);
-        self.report_invalid(invalid);
-        records
-    }
-
-    fn report_invalid(&self, invalid: usize) {
+    /// Stamp each event whose payload is JSON (checked here, once: sinks store payloads as
+    /// JSON); one that is not goes to the dead-letter store, named after the plugin that
+    /// emitted it (the last transform `step`, or the connector).
+    fn stamp(
+        &self,
+        events: Vec<Event>,
+        now: i64,
+        step: Option<usize>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Vec<Record> {
+        let at = self.at(now);
+        let mut records = Vec::with_capacity(events.len());
+        let mut invalid = 0usize;
+        for e in events {
+            let Event {
+                stream,
+                key,
+                upstream_id,
+                event_time,
+                payload,
+            } = e;
+            match Payload::parse_or_return(payload) {
+                Ok(payload) => {
+                    records.push(at.record(stream, key, upstream_id, event_time, payload))
+                }
+                Err(rejected) => {
+                    invalid += 1;
+                    let event = Event {
+                        stream,
+                        key,
+                        upstream_id,
+                        event_time,
+                        payload: rejected,
+                    };
+                    dead.push(recover::event_letter(
+                        self,
+                        step,
+                        event,
+                        "the plugin emitted an event whose payload is not JSON".into(),
+                    ));
+                }
+            }
+        }
         if invalid > 0 {
             self.status.error_n(
                 invalid as u64,
                 format!(
-                    "the plugin emitted {invalid} event(s) whose payload is not JSON; they were dropped"
+                    "the plugin emitted {invalid} event(s) whose payload is not JSON; they went \
+                     to the dead-letter store"
                 ),
             );
         }
+        records
     }
 
     /// Let the transforms close what is due (time windows): every step's tick output goes
@@ -296,32 +353,32 @@ impl SourceCtx {
             return;
         }
         let now = now_us();
-        let ticked = async {
-            let mut out = Vec::new();
-            for (i, step) in self.chain.iter().enumerate() {
-                let session = step.session;
-                let due = step.worker.call(move |t| t.tick(session, now)).await?;
-                out.extend(run_chain(&self.chain, i + 1, due).await?);
-            }
-            Ok::<_, CallError>(out)
-        };
-        match ticked.await {
-            Ok(events) if !events.is_empty() => {
-                let records = self.stamp(events, now);
-                self.emit(records, None).await;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                self.call_problem(error);
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        for (i, step) in self.chain.iter().enumerate() {
+            let session = step.session;
+            let due = match step.worker.call(move |t| t.tick(session, now)).await {
+                Ok(due) => due,
+                Err(error) => {
+                    self.call_problem(error);
+                    continue;
+                }
+            };
+            match self.run_chain(i + 1, due, &mut dead).await {
+                Ok(events) => out.extend(events),
+                Err(Problem::Fatal(m) | Problem::Retry(m)) => self.status.error(m),
             }
         }
+        let last = self.chain.len() - 1;
+        let records = self.stamp(out, now, Some(last), &mut dead);
+        self.emit(records, None, dead).await;
     }
 
     /// Publish to subscribers of decoded records, then submit to the store with the cursor
     /// (waiting while its buffer is full, which pauses the source); the acker takes it from
     /// there.
-    async fn emit(&self, records: Vec<Record>, cursor: Option<String>) {
-        if records.is_empty() && cursor.is_none() {
+    async fn emit(&self, records: Vec<Record>, cursor: Option<String>, dead: Vec<DeadLetter>) {
+        if records.is_empty() && cursor.is_none() && dead.is_empty() {
             return;
         }
         let count = records.len();
@@ -333,6 +390,7 @@ impl SourceCtx {
             source: self.source.clone(),
             records,
             cursor,
+            dead,
         };
         // A stopping source still hands its last batch over, within the drain bound.
         let stopping = async {
@@ -427,6 +485,13 @@ pub(crate) async fn acknowledge(
     while let Some(receipt) = receipts.recv().await {
         match receipt.committed().await {
             Ok(committed) => {
+                if committed.refused > 0 {
+                    status.error(format!(
+                        "the store refused {} record(s); they went to the dead-letter store \
+                         and are not stored",
+                        committed.refused
+                    ));
+                }
                 hub.publish(&committed.records, Stage::Stored);
                 if let (Some((source, shelf)), Some(cursor)) = (&shelf, &committed.cursor) {
                     shelf.put(source, cursor.clone());
