@@ -303,7 +303,8 @@
       setText(c[0], s.id); setAttr(c[0], 'title', s.id);
       setText(c[1], s.plugin);
       setText(c[2], s.target); setAttr(c[2], 'title', s.target);
-      setText(c[3], s.owner || '—');
+      const owners = s.owners && s.owners.length > 1 ? s.owners.join(', ') : (s.owner || '—');
+      setText(c[3], owners); setAttr(c[3], 'title', owners);
       const st = stateOf(s);
       setText(r.badge, st);
       const cls = 'badge state-' + st;
@@ -322,7 +323,7 @@
 
     function matches(s, terms, state, owner) {
       if (state && stateOf(s) !== state) return false;
-      if (owner && s.owner !== owner) return false;
+      if (owner && s.owner !== owner && !(s.owners || []).includes(owner)) return false;
       if (!terms.length) return true;
       const hay = (s.id + ' ' + s.plugin + ' ' + s.target + ' ' + (s.owner || '') + ' ' + stateOf(s) + ' ' + (s.last_error || '')).toLowerCase();
       return terms.every((t) => hay.includes(t));
@@ -556,6 +557,12 @@
     setText($('#store-rows'), fmtInt(store.rows_written));
     setText($('#store-dups'), fmtInt(store.duplicates_skipped));
     setText($('#store-errors'), fmtInt(store.write_errors) + ' write errors, ' + fmtInt(store.rows_rejected) + ' rows rejected, ' + fmtInt(store.reconnects) + ' reconnects');
+    const dead = store.dead_letters || {};
+    const deadTotal = Object.values(dead).reduce((a, b) => a + b, 0);
+    setText($('#store-dead'), deadTotal
+      ? Object.entries(dead).filter(([, n]) => n > 0).map(([stage, n]) => fmtInt(n) + ' ' + stage).join(', ')
+      : 'none');
+    $('#store-dead').classList.toggle('warn', deadTotal > 0);
     setText($('#store-last-error'), store.last_error || '—');
     setAttr($('#store-last-error'), 'title', store.last_error || '');
     setText($('#fan-subs'), fmtInt(fan.subscribers));

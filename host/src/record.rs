@@ -215,6 +215,10 @@ impl Record {
 #[derive(Debug)]
 pub struct RecentIds {
     capacity: usize,
+    /// With a span, a generation also ends once it is this old: ids are remembered for at
+    /// least the span (while fewer than `capacity` arrive within it), not only by count.
+    span: Option<std::time::Duration>,
+    born: std::time::Instant,
     newer: IdSet,
     older: IdSet,
 }
@@ -246,8 +250,20 @@ impl RecentIds {
     pub fn new(capacity: usize) -> Self {
         RecentIds {
             capacity,
+            span: None,
+            born: std::time::Instant::now(),
             newer: IdSet::default(),
             older: IdSet::default(),
+        }
+    }
+
+    /// A window that remembers ids for at least `span` (and at least the last `capacity`;
+    /// at most twice as many): sized by time, for overlaps that last a while whatever the
+    /// rate, and bounded by count.
+    pub fn with_span(capacity: usize, span: std::time::Duration) -> Self {
+        RecentIds {
+            span: Some(span),
+            ..RecentIds::new(capacity)
         }
     }
 
@@ -267,10 +283,15 @@ impl RecentIds {
         if self.older.contains(&short) || !self.newer.insert(short) {
             return false;
         }
-        if self.newer.len() >= self.capacity {
+        // The clock is read once per 1,024 ids, not per id.
+        let aged = self.span.is_some_and(|span| {
+            self.newer.len().is_multiple_of(1024) && self.born.elapsed() >= span
+        });
+        if self.newer.len() >= self.capacity || aged {
             // The older generation goes; its table is kept for the next one.
             std::mem::swap(&mut self.newer, &mut self.older);
             self.newer.clear();
+            self.born = std::time::Instant::now();
         }
         true
     }
@@ -299,6 +320,28 @@ mod tests {
         }
         assert!(recent.insert(&id(1)));
         assert!(!recent.insert(&id(12)));
+    }
+
+    #[test]
+    fn a_window_with_a_span_is_sized_by_time_not_by_count() {
+        let id = |n: u32| RecordId::derive("s", "t", Some(&n.to_string()), b"");
+        // A span of an hour: thousands of ids later the first is still remembered.
+        let mut long = RecentIds::with_span(1 << 20, std::time::Duration::from_secs(3600));
+        for n in 0..5000 {
+            assert!(long.insert(&id(n)));
+        }
+        assert!(!long.insert(&id(0)));
+        // A span already past: a generation ends every 1,024 ids, so two later the first id
+        // is forgotten although the count bound is far away.
+        let mut short = RecentIds::with_span(1 << 20, std::time::Duration::ZERO);
+        for n in 0..2048 {
+            assert!(short.insert(&id(n)));
+        }
+        assert!(short.insert(&id(0)));
+        assert!(
+            !short.insert(&id(2047)),
+            "the newer generation is remembered"
+        );
     }
 
     #[test]

@@ -233,10 +233,16 @@ pub async fn cluster_json(state: &NodeState) -> Value {
     let view = cluster.view();
     let mut owned: HashMap<String, usize> = HashMap::new();
     for entry in cluster.catalog.live("source/") {
-        let paused = entry.value.as_ref().is_some_and(|v| v["paused"] == true);
-        if !paused {
-            let id = entry.key.trim_start_matches("source/");
-            *owned.entry(view.owner(id)).or_default() += 1;
+        let Some(spec) = entry
+            .value
+            .and_then(|v| serde_json::from_value::<SourceSpec>(v).ok())
+        else {
+            continue;
+        };
+        if !spec.paused {
+            for owner in state.owners_of(&view, &spec) {
+                *owned.entry(owner).or_default() += 1;
+            }
         }
     }
     let now_ms = crate::clock::now_us() / 1000;

@@ -66,10 +66,47 @@ where
         .max_by_key(|node| (score(node, source), *node))
 }
 
+/// The `k` owners of `source` among `nodes`, best first: the owner, then the nodes that
+/// would own it were the ones before them gone (rendezvous order). A source with `replicas`
+/// runs on all of them.
+pub fn owners<'a, I>(source: &str, nodes: I, k: usize) -> Vec<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let mut ranked: Vec<(u64, &'a str)> = nodes
+        .into_iter()
+        .map(|node| (score(node, source), node))
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(k.max(1)).map(|(_, n)| n).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_first_of_the_owners_is_the_owner_and_a_death_keeps_the_other() {
+        let all = nodes(5);
+        for i in 0..200 {
+            let source = format!("s-{i}");
+            let two = owners(&source, all.iter().map(String::as_str), 2);
+            assert_eq!(two.len(), 2);
+            assert_ne!(two[0], two[1]);
+            assert_eq!(Some(two[0]), owner(&source, all.iter().map(String::as_str)));
+            // The first owner dies: the second stays an owner, and becomes the first.
+            let rest: Vec<&str> = all
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != two[0])
+                .collect();
+            let after = owners(&source, rest.iter().copied(), 2);
+            assert_eq!(after[0], two[1]);
+        }
+        assert_eq!(owners("x", ["a"], 3), ["a"]);
+    }
 
     fn nodes(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node-{i}")).collect()

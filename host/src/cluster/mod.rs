@@ -171,6 +171,14 @@ impl View {
             .to_owned()
     }
 
+    /// The `k` nodes that run `source` (`replicas`), the owner first.
+    pub fn owners(&self, source: &str, k: usize) -> Vec<String> {
+        assign::owners(source, self.live_ids(), k)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn peer(&self, id: &str) -> Option<&Peer> {
         if id == self.me.id {
             return Some(&self.me);

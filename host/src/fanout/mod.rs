@@ -33,8 +33,13 @@ pub struct FanoutSettings {
     /// Most resuming subscribers (`/ws?since=`) per node; each holds a reader of the store.
     pub max_resuming: usize,
     /// Record ids remembered per stage to deliver each record once while two nodes run the
-    /// same source (a hand-over's overlap, a replay after a restart).
+    /// same source (a hand-over's overlap, a replay after a restart): at least the ids of
+    /// the last `dedupe_window_ms`, as long as they are fewer than this (a bound on memory:
+    /// about 16 bytes an id, twice over).
     pub dedupe_window: usize,
+    /// How long ids are remembered at least (the longest hand-over overlap:
+    /// `cluster.handover_timeout_ms`).
+    pub dedupe_window_ms: u64,
 }
 
 impl Default for FanoutSettings {
@@ -44,7 +49,8 @@ impl Default for FanoutSettings {
             lag_disconnect_ms: 5000,
             max_subscribers: 10_000,
             max_resuming: 64,
-            dedupe_window: 65_536,
+            dedupe_window: 1 << 20,
+            dedupe_window_ms: 10_000,
         }
     }
 }
@@ -226,10 +232,12 @@ impl Hub {
                 delivered: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 disconnected_for_lag: AtomicU64::new(0),
-                seen: Mutex::new([
-                    RecentIds::new(settings.dedupe_window),
-                    RecentIds::new(settings.dedupe_window),
-                ]),
+                seen: Mutex::new([(); 2].map(|()| {
+                    RecentIds::with_span(
+                        settings.dedupe_window,
+                        std::time::Duration::from_millis(settings.dedupe_window_ms),
+                    )
+                })),
                 repeats: AtomicU64::new(0),
                 interest: watch::Sender::new(0),
                 heard: watch::Sender::new(0),

@@ -23,6 +23,7 @@ async fn filters_and_isolates_a_slow_subscriber() {
         max_subscribers: 10,
         max_resuming: 1,
         dedupe_window: 64,
+        dedupe_window_ms: 10_000,
     });
     let mut fast = hub.subscribe(Filter::default()).unwrap();
     let mut slow = hub.subscribe(Filter::default()).unwrap();

@@ -38,7 +38,15 @@ pub struct SourceSpec {
     /// before, which a rollback returns it to. A promotion clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_plugin: Option<String>,
+    /// Nodes that collect the source at once (its first rendezvous owners); the record id
+    /// absorbs the doubles, so a feed with no history survives the loss of one. Default
+    /// `sources.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
+
+/// The most nodes one source may run on at once.
+pub const MAX_REPLICAS: u32 = 5;
 
 /// One step of a source's transform chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +86,15 @@ impl SourceSpec {
             .is_some_and(|p| p.trim().is_empty())
         {
             return Err(format!("source `{}`: `previous_plugin` is empty", self.id));
+        }
+        if self
+            .replicas
+            .is_some_and(|r| !(1..=MAX_REPLICAS).contains(&r))
+        {
+            return Err(format!(
+                "source `{}`: `replicas` must be 1 to {MAX_REPLICAS}",
+                self.id
+            ));
         }
         if !self.config.is_object() {
             return Err(format!(
@@ -194,6 +211,9 @@ pub struct ClusterSource {
     pub report: SourceReport,
     /// The node that should run it (none while paused).
     pub owner: Option<String>,
+    /// Every node that should run it, the owner first (more than one with `replicas`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub owners: Vec<String>,
     pub paused: bool,
 }
 
@@ -338,6 +358,15 @@ mod tests {
             ..spec.clone()
         };
         assert!(bad.validate().unwrap_err().contains("source id"));
+        let bad = SourceSpec {
+            replicas: Some(0),
+            ..spec.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("`replicas` must be 1 to 5")
+        );
         let bad = SourceSpec {
             config: serde_json::json!([1]),
             ..spec

@@ -45,6 +45,10 @@ pub struct SourceSettings {
     pub acks_in_flight: usize,
     /// How often a source's transforms are ticked, so time windows close without new events.
     pub tick_ms: u64,
+    /// Nodes that collect each source at once, unless its spec says (`replicas`); 2 keeps
+    /// a feed without a history API whole through the loss of a node, at twice the venue
+    /// connections and decoding.
+    pub replicas: u32,
     /// Times a transform step that fails on a batch (a retryable error, an instance that
     /// cannot start) is tried again on the same events before the events that fail alone are
     /// isolated into the dead-letter store; the source waits meanwhile. A crash or a deadline
@@ -80,6 +84,7 @@ impl Default for SourceSettings {
             dedupe_window: 2048,
             acks_in_flight: 4096,
             tick_ms: 1000,
+            replicas: 1,
             transform_retries: 3,
             transform_retry_ms: 200,
             allow: Vec::new(),

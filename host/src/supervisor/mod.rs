@@ -335,6 +335,12 @@ impl NodeState {
         );
     }
 
+    /// The nodes that run `spec` in `view`: its first `replicas` rendezvous owners.
+    pub(crate) fn owners_of(&self, view: &crate::cluster::View, spec: &SourceSpec) -> Vec<String> {
+        let k = spec.replicas.unwrap_or(self.config.sources.replicas).max(1);
+        view.owners(&spec.id, k as usize)
+    }
+
     pub(crate) fn catalog_spec(&self, id: &str) -> Result<SourceSpec, NodeError> {
         self.cluster
             .catalog

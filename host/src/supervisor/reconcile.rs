@@ -75,7 +75,9 @@ impl NodeState {
         let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
         for entry in entries {
             match serde_json::from_value::<SourceSpec>(entry.value.expect("live")) {
-                Ok(spec) if !spec.paused && view.owner(&spec.id) == self.node_id => {
+                Ok(spec)
+                    if !spec.paused && self.owners_of(&view, &spec).contains(&self.node_id) =>
+                {
                     wanted.insert(spec.id.clone(), spec);
                 }
                 Ok(_) => {}
@@ -105,8 +107,11 @@ impl NodeState {
                 None => {
                     let entry = self.cluster.catalog.get(&source_key(id));
                     let removed = entry.as_ref().is_none_or(|e| e.value.is_none());
-                    let moving =
-                        entry.is_some_and(|e| e.value.is_some_and(|v| v["paused"] != true));
+                    // The spec as the catalog has it now (its `replicas` may have changed).
+                    let now: Option<SourceSpec> = entry
+                        .and_then(|e| e.value)
+                        .and_then(|v| serde_json::from_value(v).ok());
+                    let moving = now.as_ref().is_some_and(|s| !s.paused);
                     if !moving {
                         // Removed or paused: it stops everywhere, now.
                         let _ = self.stop_source(id).await;
@@ -120,11 +125,11 @@ impl NodeState {
                         }
                         continue;
                     }
-                    let new_owner = view.owner(id);
-                    if self.handover_done(id, &new_owner).await {
+                    let new_owners = self.owners_of(&view, now.as_ref().unwrap_or(spec));
+                    if self.handover_done(id, &new_owners).await {
                         let _ = self.stop_source(id).await;
                         lock(&self.handing_over).remove(id);
-                        handed_over.push(format!("{id} → {new_owner}"));
+                        handed_over.push(format!("{id} → {}", new_owners.join(", ")));
                     }
                 }
             }
@@ -226,21 +231,28 @@ impl NodeState {
     /// once its new owner reports it live, or after `cluster.handover_timeout_ms` when the
     /// new owner says nothing of it; never while the new owner reports it cannot run it
     /// (say, its plugin has not arrived there).
-    async fn handover_done(&self, id: &str, new_owner: &str) -> bool {
+    ///
+    /// With `replicas`, every new owner must report it live: the source keeps running on as
+    /// many nodes as it asks for through the move.
+    async fn handover_done(&self, id: &str, new_owners: &[String]) -> bool {
         let started = *lock(&self.handing_over)
             .entry(id.to_owned())
             .or_insert_with(Instant::now);
         let reports = self.peer_reports().await;
-        let state = reports
+        let states: Vec<Option<SourceState>> = new_owners
             .iter()
-            .find(|r| r.id == id && r.node.as_deref() == Some(new_owner))
-            .map(|r| r.state);
+            .map(|owner| {
+                reports
+                    .iter()
+                    .find(|r| r.id == id && r.node.as_deref() == Some(owner.as_str()))
+                    .map(|r| r.state)
+            })
+            .collect();
         let timeout = Duration::from_millis(self.config.cluster.handover_timeout_ms);
-        match state {
-            Some(SourceState::Live) => true,
-            Some(SourceState::Failed) => false,
-            _ => started.elapsed() >= timeout,
+        if states.contains(&Some(SourceState::Failed)) {
+            return false;
         }
+        states.iter().all(|s| *s == Some(SourceState::Live)) || started.elapsed() >= timeout
     }
 
     /// After leaving: wait (bounded by `cluster.handover_timeout_ms`) until the members that

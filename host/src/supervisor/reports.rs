@@ -69,9 +69,15 @@ impl NodeState {
             if report.target.is_empty() {
                 report.target = spec.config["url"].as_str().unwrap_or_default().to_owned();
             }
+            let owners = if spec.paused {
+                Vec::new()
+            } else {
+                self.owners_of(&view, &spec)
+            };
             out.push(ClusterSource {
                 report,
-                owner: (!spec.paused).then(|| view.owner(&spec.id)),
+                owner: owners.first().cloned(),
+                owners: if owners.len() > 1 { owners } else { Vec::new() },
                 paused: spec.paused,
             });
         }
