@@ -1,7 +1,9 @@
 //! NATS JetStream as a second, required sink beside PostgreSQL: every record the simulator
 //! generated is in both, once, read back id by id; and a NATS server that goes away for 20 s
 //! mid-run loses nothing — sources back off within the buffer's bound, and what was held is
-//! published when the server returns.
+//! published when the server returns. An optional JetStream that dropped records is not what
+//! a resuming subscriber reads (the database is), and a JetStream tail hands out a record
+//! published twice once.
 //!
 //! The first test uses the NATS server on 127.0.0.1:4222 (`scripts/test.sh` starts one when
 //! none answers), with a stream of its own that it deletes; the second starts a private
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use anode::sink::NatsSettings;
 use async_nats::jetstream;
+use futures_util::StreamExt as _;
 use support::store::{Stored, trade_stream, until_streams_move_on};
 use support::{
     binance_sources, free_port, get_json, jetstream_config, simulator, start_node, until,
@@ -371,6 +374,119 @@ async fn an_optional_jetstream_away_never_holds_the_database_back() {
     .await;
     // The database has everything, once.
     every_sent_trade_in_postgres(&sim, &stored, &specs).await;
+    // A resuming subscriber reads the database, which is complete, not the optional
+    // JetStream, which dropped what did not fit its buffer: every stored record once.
+    let in_db: u64 = stored.counts().await.values().sum();
+    let ws = api.replace("http://", "ws://");
+    let (socket, _) = tokio_tungstenite::connect_async(format!("{ws}/ws?since=earliest"))
+        .await
+        .unwrap();
+    // (ids, records with a position): the second counts repeats too.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((HashSet::new(), 0u64)));
+    let reader = tokio::spawn({
+        let (seen, mut socket) = (seen.clone(), socket);
+        async move {
+            while let Some(Ok(message)) = socket.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                if let Some(position) = value["position"].as_str() {
+                    assert!(position.starts_with('p'), "a database position: {position}");
+                    let mut seen = seen.lock().unwrap();
+                    seen.0.insert(value["id"].as_str().unwrap().to_owned());
+                    seen.1 += 1;
+                }
+            }
+        }
+    });
+    until(
+        "the tail to read every stored record",
+        Duration::from_secs(60),
+        || async {
+            let n = seen.lock().unwrap().0.len() as u64;
+            if n == in_db {
+                Ok(())
+            } else {
+                Err(format!("{n} of {in_db}"))
+            }
+        },
+    )
+    .await;
+    reader.abort();
+    let positions = seen.lock().unwrap().1;
+    assert_eq!(positions, in_db, "each record once");
     node.shutdown().await;
     sim.shutdown().await;
+}
+
+/// A record published twice, outside the server's duplicate window (a crash, then a late
+/// restart that re-ingested it), is in the stream twice: a resuming subscriber reading the
+/// stream gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_tail_hands_out_a_record_published_twice_once() {
+    let url = support::nats_url();
+    let nats = support::nats_settings(&url, "TWICE");
+    delete_stream(&url, &nats.stream).await;
+    let db = support::TestDb::create(&support::pg_server()).await;
+    let data = tempfile::tempdir().unwrap();
+    let node = start_node(jetstream_config(data.path(), &db.url, nats.clone())).await;
+    let api = node.url();
+    until(
+        "the node to make its stream",
+        Duration::from_secs(30),
+        || async {
+            let store = get_json(&format!("{api}/api/v1/status")).await["store"].clone();
+            if store["sinks"][0]["connected"] == true {
+                Ok(())
+            } else {
+                Err(store.to_string())
+            }
+        },
+    )
+    .await;
+    let subject = format!("{}.trades.twice", nats.subject_prefix);
+    let context = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let record = |n: u32| {
+        let id = anode::record::RecordId::derive("twice", "trades", Some(&n.to_string()), b"");
+        serde_json::json!({"id": id.to_hex(), "source": "twice", "stream": "trades",
+            "key": null, "upstream_id": n.to_string(), "event_time_us": null,
+            "ingest_time_us": 1, "node": "n", "payload": {"n": n}})
+        .to_string()
+    };
+    // 1, 2, then 1 again under another message id (as after the duplicate window), then 3.
+    for (n, msg_id) in [(1, "a"), (2, "b"), (1, "c"), (3, "d")] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        context
+            .publish_with_headers(subject.clone(), headers, record(n).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let ws = node.url().replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{ws}/ws?since=earliest"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("records within 30 s")
+            .unwrap()
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        if value["position"].is_string() {
+            got.push(value["upstream_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        got,
+        ["1", "2", "3"],
+        "the repeat of 1 is skipped, in stream order"
+    );
+    node.shutdown().await;
+    delete_stream(&url, &nats.stream).await;
+    db.drop_db().await;
 }

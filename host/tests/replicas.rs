@@ -1,8 +1,9 @@
 //! Sources collected on two nodes at once (`"replicas": 2`): a feed with no history API
 //! (Binance with `backfill: false`) survives `kill -9` of one of its owners with every id the
 //! simulator generated stored once — the fault's own window included — because the other
-//! owner was collecting all along. Three `anode up` processes on one PostgreSQL; every wait
-//! polls with a deadline.
+//! owner was collecting all along. A subscriber on another node is told of the `gap` the
+//! dead node's link left. Three `anode up` processes on one PostgreSQL; every wait polls with a
+//! deadline.
 
 mod support;
 
@@ -110,7 +111,73 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
         .collect();
     assert!(!victims.is_empty(), "r3 collects no source");
 
+    // A subscriber on r1: records of r3's sources reach it over r3's link.
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws", first.api.replace("http://", "ws://")))
+            .await
+            .unwrap();
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let reader = tokio::spawn({
+        let notices = notices.clone();
+        let mut socket = socket;
+        async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(message)) = socket.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let value: Value = serde_json::from_str(text).unwrap_or_default();
+                if value["type"] == "gap" {
+                    notices.lock().unwrap().push(value);
+                }
+            }
+        }
+    });
+    until(
+        "records from r3 to reach r1's subscriber",
+        SETTLE,
+        || async {
+            let relayed = support::metrics_text(&first.api).await;
+            let line = relayed
+                .lines()
+                .find(|l| l.starts_with("anode_records_relayed_in_total"))
+                .unwrap_or("")
+                .to_owned();
+            if line
+                .split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                > 0.0
+            {
+                Ok(())
+            } else {
+                Err(line)
+            }
+        },
+    )
+    .await;
+
     third.kill();
+    let gap = until("a gap notice naming r3", SETTLE, || async {
+        let seen = notices.lock().unwrap().clone();
+        seen.into_iter()
+            .find(|n| n["node"] == "r3")
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    let named: BTreeSet<String> = gap["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!named.is_empty() && named.is_subset(&sources), "{gap}");
+    assert!(
+        gap["reason"].as_str().unwrap().contains("link failed"),
+        "{gap}"
+    );
+    reader.abort();
     // The survivors take r3's place: every source is on two live nodes again.
     let after = until_replicated(&[&first, &second], &sources).await;
     assert!(after.values().all(|of| !of.contains("r3")));

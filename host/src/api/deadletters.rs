@@ -92,9 +92,18 @@ async fn show(
 
 async fn replay(
     State(state): State<AppState>,
-    body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    // An object only (serde would take a struct from an array too).
+    if !body.is_object() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the body is a JSON object: {\"source\", \"stage\", \"ids\", \"plugin\"}, each optional".into(),
+        ));
+    }
+    let request: ReplayRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad body: {e}")))?;
     let report = state.replay_dead_letters(request).await?;
     Ok(Json(json!(report)))
 }

@@ -255,6 +255,12 @@ pub(super) async fn metrics(
         "Subscribers disconnected for lag.",
         fanout.disconnected_for_lag as f64,
     );
+    scrape.single(
+        true,
+        "anode_fanout_gap_notices_total",
+        "Gap notices given to subscribers: a link to a peer failed or dropped records for them.",
+        fanout.gap_notices as f64,
+    );
 
     let view = state.cluster().view();
     let count = |s: MemberState| view.others.iter().filter(|m| m.state == s).count() as f64;

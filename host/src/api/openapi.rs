@@ -316,10 +316,11 @@ pub(super) async fn openapi() -> Json<Value> {
     );
     replay["requestBody"] = json_body(json!({"type": "object", "additionalProperties": false,
         "properties": {
-            "source": {"type": "string"},
-            "stage": {"type": "string", "enum": ["decode", "transform", "store", "cursor"]},
-            "ids": {"type": "array", "items": {"type": "integer", "format": "int64"}},
-            "plugin": {"type": "string", "description": "name or digest of the build to replay through"}}}));
+            "source": {"type": "string", "nullable": true},
+            "stage": {"type": "string", "nullable": true, "enum": ["decode", "transform", "store", "cursor", null]},
+            "ids": {"type": "array", "nullable": true, "items": {"type": "integer", "format": "int64"}},
+            "plugin": {"type": "string", "nullable": true,
+                "description": "name or digest of the build to replay through"}}}));
     paths.insert(
         "/api/v1/deadletters/replay".into(),
         json!({ "post": replay }),

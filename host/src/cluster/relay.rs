@@ -52,6 +52,42 @@ struct Confirmed {
     confirmed: u64,
 }
 
+/// A peer's word that it dropped records for this link (it was behind).
+#[derive(Deserialize)]
+struct PeerGap {
+    gap: Dropped,
+}
+
+#[derive(Deserialize)]
+struct Dropped {
+    dropped: u64,
+}
+
+/// The `gap` notice for this node's clients: records of the sources `peer` runs may be
+/// missing, and why.
+fn gap_notice(state: &PeerContext, peer: &str, reason: &str) -> String {
+    let view = state.cluster.view();
+    let mut sources: Vec<String> = state
+        .cluster
+        .catalog
+        .live("source/")
+        .into_iter()
+        .filter_map(|e| e.key.strip_prefix("source/").map(str::to_owned))
+        .filter(|id| view.owner(id) == peer)
+        .collect();
+    sources.sort();
+    json!({
+        "type": "gap",
+        "node": peer,
+        "sources": sources,
+        "reason": reason,
+        "message": "records of these sources from that node may be missing here: the link to it \
+                    failed or fell behind (it reopens on its own). A subscriber that must not miss \
+                    any reads the stored log from its last position (since=)",
+    })
+    .to_string()
+}
+
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
@@ -115,6 +151,8 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
     let Ok(mut subscription) = state.hub.subscribe_peer(Vec::new()) else {
         return;
     };
+    // Records dropped for the link that the peer has been told of.
+    let mut told = 0u64;
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => {
@@ -122,10 +160,17 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
                 return;
             }
             delivery = subscription.next() => match delivery {
-                Delivery::Record { json, stage, .. } => {
+                Delivery::Record { json, stage, dropped_total } => {
                     // Whatever else is queued goes out with it, with one flush: one write per
-                    // batch on the link, not one per record.
-                    let mut batch = vec![peer_message(stage, &json)];
+                    // batch on the link, not one per record. Records dropped for the link (it
+                    // was behind) are announced first: the peer tells its clients.
+                    let mut batch = Vec::new();
+                    if dropped_total > told {
+                        let dropped = json!({ "gap": { "dropped": dropped_total - told } });
+                        batch.push(Message::text(dropped.to_string()));
+                        told = dropped_total;
+                    }
+                    batch.push(peer_message(stage, &json));
                     while batch.len() < LINK_BATCH_MAX {
                         let Some((stage, json, _)) = subscription.try_next_staged() else {
                             break;
@@ -261,11 +306,35 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     }
 }
 
+/// A link to `peer`, open until it fails; this node's clients get a `gap` notice when an
+/// open link fails or the peer dropped records for it.
 async fn link(
     state: PeerContext,
     peer: Peer,
+    filters: watch::Receiver<(u64, Vec<Filter>)>,
+    confirmations: (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
+) -> Result<(), String> {
+    let mut opened = false;
+    let ended = run_link(&state, &peer, filters, confirmations, &mut opened).await;
+    if let Err(reason) = &ended
+        && opened
+        && !state.shutdown.is_cancelled()
+    {
+        state.hub.notify_gap(&gap_notice(
+            &state,
+            &peer.id,
+            &format!("the link failed: {reason}"),
+        ));
+    }
+    ended
+}
+
+async fn run_link(
+    state: &PeerContext,
+    peer: &Peer,
     mut filters: watch::Receiver<(u64, Vec<Filter>)>,
     (confirmed, confirmations): (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
+    opened: &mut bool,
 ) -> Result<(), String> {
     use tungstenite::client::IntoClientRequest;
     let url = format!("ws://{}/cluster/v1/stream", peer.api);
@@ -301,6 +370,7 @@ async fn link(
     .await
     .map_err(|_| format!("connecting to {url} timed out"))?
     .map_err(|e| format!("connecting to {url}: {e}"))?;
+    *opened = true;
     let (mut tx, mut rx) = ws.split();
     let hello =
         |(version, f): &(u64, Vec<Filter>)| json!({ "filters": f, "version": version }).to_string();
@@ -331,9 +401,18 @@ async fn link(
                                 confirmed.fetch_max(c.confirmed, Relaxed);
                                 confirmations.notify_one();
                             }
-                            Err(_) => {
-                                stats.rejected_invalid.fetch_add(1, Relaxed);
-                            }
+                            Err(_) => match serde_json::from_str::<PeerGap>(text.as_str()) {
+                                Ok(gap) => {
+                                    let reason = format!(
+                                        "{} dropped {} record(s) for this node's link: it was behind",
+                                        peer.id, gap.gap.dropped
+                                    );
+                                    hub.notify_gap(&gap_notice(state, &peer.id, &reason));
+                                }
+                                Err(_) => {
+                                    stats.rejected_invalid.fetch_add(1, Relaxed);
+                                }
+                            },
                         },
                     }
                 }

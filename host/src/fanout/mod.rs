@@ -154,6 +154,8 @@ pub struct FanoutStats {
     /// delivered the same id.
     pub repeats: u64,
     pub disconnected_for_lag: u64,
+    /// Gap notices given to clients: a link to a peer failed or dropped records.
+    pub gap_notices: u64,
 }
 
 /// The fan-out hub of one node. Cheap to clone.
@@ -173,6 +175,8 @@ struct HubInner {
     seen: Mutex<[RecentIds; 2]>,
     /// Records not offered again because their id was among the recent ones.
     repeats: AtomicU64,
+    /// Gap notices given to clients (a link to a peer failed or dropped records).
+    gaps: AtomicU64,
     /// Bumped each time a client's interest grows (a new client, a new filter), for the
     /// relay to pass on to the other nodes.
     interest: watch::Sender<u64>,
@@ -239,6 +243,7 @@ impl Hub {
                     )
                 })),
                 repeats: AtomicU64::new(0),
+                gaps: AtomicU64::new(0),
                 interest: watch::Sender::new(0),
                 heard: watch::Sender::new(0),
                 relay_attached: Default::default(),
@@ -368,6 +373,18 @@ impl Hub {
         out
     }
 
+    /// Tell this node's clients (not peer links) that records may be missing: `notice` is a
+    /// `{"type":"gap",…}` message, delivered in order with their records. A client whose
+    /// queue is full misses it as it would a record, and gets a lag notice instead. Never
+    /// waits.
+    pub fn notify_gap(&self, notice: &str) {
+        let notice: Arc<str> = notice.into();
+        let clients: Vec<Arc<Subscriber>> =
+            self.snapshot().into_iter().filter(|s| !s.peer).collect();
+        self.inner.gaps.fetch_add(1, Relaxed);
+        self.offer(&clients, Stage::Decoded, |_| true, || notice.clone());
+    }
+
     /// Offer records ingested here, reaching `stage`, to every matching subscriber. Never
     /// waits.
     pub fn publish(&self, records: &[Record], stage: Stage) {
@@ -489,6 +506,7 @@ impl Hub {
             dropped: self.inner.dropped.load(Relaxed),
             repeats: self.inner.repeats.load(Relaxed),
             disconnected_for_lag: self.inner.disconnected_for_lag.load(Relaxed),
+            gap_notices: self.inner.gaps.load(Relaxed),
         }
     }
 }

@@ -494,17 +494,21 @@ impl StoreHandle {
 
     /// Follow the durable log from `start`: the stored records that match `filter`, each
     /// with its position, then every new one as it is committed. From JetStream when
-    /// `[store.nats]` is set, else from the database.
+    /// `[store.nats]` is set and required (it then has every acknowledged record), else from
+    /// the database: an optional JetStream drops what does not fit its buffer, so it is not a
+    /// log to resume from.
     pub async fn tail(
         &self,
         start: LogStart,
         filter: LogFilter,
     ) -> Result<log::Tail, log::TailError> {
         match &self.nats {
-            Some(settings) => nats::JetStreamTail::start(settings.clone(), start, filter)
-                .await
-                .map(log::Tail::jetstream),
-            None => log::Tail::store(self.shared.clone(), (self.log_reader)(), start, filter).await,
+            Some(settings) if settings.required => {
+                nats::JetStreamTail::start(settings.clone(), start, filter)
+                    .await
+                    .map(log::Tail::jetstream)
+            }
+            _ => log::Tail::store(self.shared.clone(), (self.log_reader)(), start, filter).await,
         }
     }
 

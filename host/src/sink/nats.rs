@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{LogFilter, LogQuery, LogStart, Position, TailError, other_log, with_position};
 use super::{Backend, Resume, StoreReadError, WriteError, Written};
-use crate::record::Record;
+use crate::record::{RecentIds, Record, RecordId};
 
 /// `[store.nats]`: JetStream as a required second sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,10 +293,18 @@ pub(crate) struct JetStreamTail {
     start: LogStart,
     /// The sequence of the last record handed out.
     last: Option<u64>,
+    /// Ids handed out lately: a record published again after `duplicate_window_s` (a crash
+    /// and a late restart re-ingest what JetStream had but the database had not
+    /// acknowledged) is in the stream twice, and is handed out once.
+    seen: RecentIds,
 }
 
 /// Records a tail hands out at once.
 const TAIL_BATCH: usize = 512;
+
+/// Record ids a JetStream tail remembers to skip repeats (at least this many, at most twice:
+/// about 16 MiB at most).
+pub(crate) const TAIL_REPEAT_WINDOW: usize = 1 << 19;
 
 fn js_error(message: impl std::fmt::Display) -> StoreReadError {
     StoreReadError {
@@ -326,6 +334,7 @@ impl JetStreamTail {
             filter,
             start,
             last: None,
+            seen: RecentIds::new(TAIL_REPEAT_WINDOW),
         })
     }
 
@@ -392,15 +401,18 @@ impl JetStreamTail {
         self.last = Some(seq);
         #[derive(Deserialize)]
         struct Head {
+            id: String,
             source: String,
             stream: String,
             key: Option<String>,
         }
         let body = std::str::from_utf8(&message.payload).map_err(js_error)?;
         let head: Head = serde_json::from_str(body).map_err(js_error)?;
-        if self
-            .filter
-            .matches(&head.source, &head.stream, head.key.as_deref())
+        let fresh = RecordId::from_hex(&head.id).is_none_or(|id| self.seen.insert(&id));
+        if fresh
+            && self
+                .filter
+                .matches(&head.source, &head.stream, head.key.as_deref())
         {
             out.push(with_position(body, &Position::JetStream { seq }));
         }
