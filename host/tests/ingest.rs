@@ -658,6 +658,7 @@ async fn every_postgres_write_method_stores_once_and_drops_only_a_refused_row() 
                 source: Arc::from("m"),
                 records,
                 cursor: Some("c1".into()),
+                states: Vec::new(),
                 dead: Vec::new(),
             })
             .await
@@ -775,6 +776,7 @@ impl HeldStore {
             source: Arc::from(source),
             records,
             cursor: Some(format!("{source}-cursor")),
+            states: Vec::new(),
             dead: Vec::new(),
         };
         self.store.submit(batch).await.unwrap()

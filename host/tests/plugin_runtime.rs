@@ -429,3 +429,74 @@ fn store_installs_lists_finds_and_removes() {
     ));
     assert!(runtime.cache_path(&digest).is_some_and(|p| !p.exists()));
 }
+
+/// A transform built with the SDK exports `checkpoint`: a step's state taken from one
+/// instance and given to another carries the open window on, and the candle closes there as
+/// one instance would have made it.
+#[test]
+fn a_stateful_transform_hands_its_state_to_another_instance() {
+    let runtime = runtime(None);
+    let (plugin, _) = runtime.load(&wasm("candles"), None).expect("candles loads");
+    assert!(plugin.stateful(), "an SDK transform exports checkpoint");
+    const T0: i64 = 1_700_000_040_000; // ms, on a second
+    let trade = |n: u64, price: &str, at_ms: i64| anode::plugin::Event {
+        stream: "trades".into(),
+        key: Some("BTC.USDT".into()),
+        upstream_id: Some(n.to_string()),
+        event_time: Some(at_ms * 1000),
+        payload: serde_json::json!({"exchange": "binance", "symbol": "BTC.USDT",
+            "price": price, "size": "1", "event_timestamp": at_ms})
+        .to_string()
+        .into_bytes(),
+    };
+    let config = r#"{"interval_ms": 1000}"#;
+    let mut one = runtime.transform(&plugin).expect("a transform");
+    let first = one.configure(config).unwrap();
+    assert_eq!(
+        one.snapshot(first).unwrap(),
+        None,
+        "no state before a trade"
+    );
+    one.process(
+        first,
+        &[trade(1, "100", T0 + 100), trade(2, "105", T0 + 200)],
+    )
+    .unwrap();
+    let state = one.snapshot(first).unwrap().expect("an open window");
+
+    let mut two = runtime.transform(&plugin).expect("a transform");
+    let second = two.configure(config).unwrap();
+    two.restore(second, state).unwrap();
+    let out = two
+        .process(
+            second,
+            &[trade(3, "99", T0 + 300), trade(4, "101", T0 + 1_100)],
+        )
+        .unwrap();
+    assert_eq!(out.len(), 1, "the window closes on the next window's trade");
+    let candle: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        (
+            &candle["trades"],
+            &candle["o"],
+            &candle["h"],
+            &candle["l"],
+            &candle["c"],
+            &candle["v"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!("100"),
+            &serde_json::json!("105"),
+            &serde_json::json!("99"),
+            &serde_json::json!("99"),
+            &serde_json::json!("3")
+        )
+    );
+    // A state the step cannot read is refused with its reason, and the step goes on empty.
+    let refused = two.restore(second, b"not a state".to_vec()).unwrap_err();
+    assert!(
+        refused.to_string().contains("unreadable state"),
+        "{refused}"
+    );
+}

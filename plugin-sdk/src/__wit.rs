@@ -22,10 +22,11 @@ pub mod connector {
     });
 }
 
-/// Bindings of the `transform` world.
+/// Bindings of the `stateful-transform` world: every transform exports `checkpoint` (a
+/// stateless one's snapshot is none), and a host that does not know it ignores it.
 pub mod transform {
     wit_bindgen::generate!({
-        world: "transform",
+        world: "stateful-transform",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__anode_export_transform_world",
@@ -41,6 +42,7 @@ use connector::anode::plugin::host as wit_host;
 use connector::anode::plugin::types as wit;
 use connector::exports::anode::plugin::source as wit_source;
 use transform::anode::plugin::types as wit_t;
+use transform::exports::anode::plugin::checkpoint as wit_checkpoint;
 use transform::exports::anode::plugin::transformer as wit_transformer;
 
 pub(crate) fn log(level: LogLevel, message: &str) {
@@ -234,6 +236,23 @@ impl<T: Transform> wit_transformer::Guest for TransformGlue<T> {
     fn configure(config: String) -> Result<wit_transformer::ChainStep, wit_t::PluginError> {
         T::configure(&config)
             .map(|t| wit_transformer::ChainStep::new(StepGlue(RefCell::new(t))))
+            .map_err(error_t)
+    }
+}
+
+impl<T: Transform> wit_checkpoint::Guest for TransformGlue<T> {
+    fn snapshot(step: wit_transformer::ChainStepBorrow<'_>) -> Option<Vec<u8>> {
+        step.get::<StepGlue<T>>().0.borrow().snapshot()
+    }
+
+    fn restore(
+        step: wit_transformer::ChainStepBorrow<'_>,
+        state: Vec<u8>,
+    ) -> Result<(), wit_t::PluginError> {
+        step.get::<StepGlue<T>>()
+            .0
+            .borrow_mut()
+            .restore(&state)
             .map_err(error_t)
     }
 }

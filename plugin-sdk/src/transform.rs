@@ -18,4 +18,20 @@ pub trait Transform: Sized + 'static {
         let _ = (now_us, out);
         Ok(())
     }
+
+    /// The state this step keeps (open windows, counters) as bytes [`Transform::restore`]
+    /// takes back, or `None` for none. The host calls it after every batch and tick whose
+    /// output it stores, keeps it with the source's cursor in the same transaction, and gives
+    /// it back wherever the source opens next (a restart, a hand-over, after a crash), so a
+    /// window survives them. Keep it small: it is written with every batch.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Take back a state [`Transform::snapshot`] gave (called once, after `configure`,
+    /// before any batch). A state that cannot be read is bad input: the step starts empty.
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let _ = state;
+        Ok(())
+    }
 }

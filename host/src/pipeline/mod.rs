@@ -38,7 +38,7 @@ use crate::plugin::{
     TransformInstance, Worker,
 };
 use crate::record::{Payload, RecentIds, Record, RecordId, Stamp};
-use crate::sink::{Batch, Receipt, StoreHandle};
+use crate::sink::{Batch, Receipt, StepState, StoreHandle};
 use crate::source::{Feed, Input, Outcome, Problem, SourceSettings, SourceSpec, SourceStatus};
 
 /// What every source on a node shares.
@@ -193,6 +193,7 @@ impl SourceCtx {
             self.refused_inputs(&input, bad).await
         };
         drop(input);
+        let changed = !decoded.events.is_empty() && !self.chain.is_empty();
         let records = match self.transform(decoded.events, &mut dead).await {
             Ok(records) => records,
             Err(problem) => {
@@ -223,8 +224,36 @@ impl SourceCtx {
             });
             outcome.problem = Some(Problem::Fatal(message));
         }
-        self.emit(records, cursor, dead).await;
+        let states = if changed {
+            self.snapshot_states().await
+        } else {
+            Vec::new()
+        };
+        self.emit(records, cursor, states, dead).await;
         outcome
+    }
+
+    /// The state of each stateful step after the batch it just took, to be committed with
+    /// the batch (an empty state when a step keeps none now, so an old one is not given back).
+    async fn snapshot_states(&self) -> Vec<StepState> {
+        let mut out = Vec::new();
+        for (i, step) in self.chain.iter().enumerate() {
+            if !step.probe.plugin.stateful() {
+                continue;
+            }
+            let session = step.session;
+            match step.worker.call(move |t| t.snapshot(session)).await {
+                Ok(state) => out.push(StepState {
+                    step: i as u32,
+                    plugin: step.probe.digest(),
+                    state: state.unwrap_or_default(),
+                }),
+                Err(e) => self.status.error(format!(
+                    "transform step {i}: its state could not be taken: {e}"
+                )),
+            }
+        }
+        out
     }
 
     /// Drop repeats, run the chain, stamp the records. The batch's ids join the repeat
@@ -371,13 +400,24 @@ impl SourceCtx {
         }
         let last = self.chain.len() - 1;
         let records = self.stamp(out, now, Some(last), &mut dead);
-        self.emit(records, None, dead).await;
+        let states = if records.is_empty() {
+            Vec::new()
+        } else {
+            self.snapshot_states().await
+        };
+        self.emit(records, None, states, dead).await;
     }
 
     /// Publish to subscribers of decoded records, then submit to the store with the cursor
     /// (waiting while its buffer is full, which pauses the source); the acker takes it from
     /// there.
-    async fn emit(&self, records: Vec<Record>, cursor: Option<String>, dead: Vec<DeadLetter>) {
+    async fn emit(
+        &self,
+        records: Vec<Record>,
+        cursor: Option<String>,
+        states: Vec<StepState>,
+        dead: Vec<DeadLetter>,
+    ) {
         if records.is_empty() && cursor.is_none() && dead.is_empty() {
             return;
         }
@@ -390,6 +430,7 @@ impl SourceCtx {
             source: self.source.clone(),
             records,
             cursor,
+            states,
             dead,
         };
         // A stopping source still hands its last batch over, within the drain bound.

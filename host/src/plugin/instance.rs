@@ -48,7 +48,7 @@ pub(crate) fn describe(
             })?;
             ctx.guard(&mut store, 0, |s| w.describe(s))
         }
-        Pre::Transform(_) | Pre::TransformV0_1(_) => {
+        Pre::Transform(_) | Pre::TransformV0_1(_) | Pre::StatefulTransform(_) => {
             let w = ctx.guard(&mut store, 0, |s| {
                 TransformWorld::start(pre, s).expect("matching world")
             })?;
@@ -130,6 +130,9 @@ impl CallCtx<'_> {
 struct Session {
     config: String,
     cursor: Option<String>,
+    /// A transform step's state as it last handed it out (or was given it): given back when
+    /// the session is re-opened after a crash.
+    state: Option<Vec<u8>>,
     /// The guest object; `None` until (re-)opened on the current instance.
     handle: Option<ResourceAny>,
 }
@@ -265,6 +268,7 @@ impl<W: World> Instance<W> {
             Session {
                 config: config.to_owned(),
                 cursor: cursor.map(str::to_owned),
+                state: None,
                 handle: Some(handle),
             },
         );
@@ -279,9 +283,16 @@ impl<W: World> Instance<W> {
             return Ok(handle);
         }
         let (config, cursor) = (session.config.clone(), session.cursor.clone());
+        let state = session.state.clone();
         let handle = self
             .run(0, |w, s| w.open(s, &config, cursor.as_deref()))?
             .map_err(|e| self.plugin_error(e))?;
+        if let Some(state) = state {
+            // The step goes on from its last state, as the batch being retried expects.
+            if let Err(e) = self.run(0, |w, s| w.reopen_with(s, handle, &state))? {
+                tracing::warn!(plugin = %self.plugin.inner.name, "a re-opened step refused its state: {e:?}");
+            }
+        }
         if let Some(session) = self.sessions.get_mut(&id) {
             session.handle = Some(handle);
         }
@@ -415,6 +426,29 @@ impl TransformInstance {
             .0
             .call_session(id, events.len(), |w, s, h| w.process(s, h, events))?;
         self.output(result)
+    }
+
+    /// The step's state now, for the host to keep with the source's cursor: `None` when it
+    /// keeps none, or its plugin has no `checkpoint`. Remembered, and given back to the step
+    /// if its instance is re-created after a crash.
+    pub fn snapshot(&mut self, id: SessionId) -> Result<Option<Vec<u8>>, CallError> {
+        let state = self.0.call_session(id, 0, |w, s, h| w.snapshot(s, h))?;
+        if let Some(session) = self.0.sessions.get_mut(&id) {
+            session.state.clone_from(&state);
+        }
+        Ok(state)
+    }
+
+    /// Give a step the state a snapshot of it gave (right after `configure`).
+    pub fn restore(&mut self, id: SessionId, state: Vec<u8>) -> Result<(), CallError> {
+        let result = self
+            .0
+            .call_session(id, 0, |w, s, h| w.restore(s, h, &state))?;
+        result.map_err(|e| self.0.plugin_error(e))?;
+        if let Some(session) = self.0.sessions.get_mut(&id) {
+            session.state = Some(state);
+        }
+        Ok(())
     }
 
     /// Let a step close windows when no event came for a while.

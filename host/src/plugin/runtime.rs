@@ -63,6 +63,8 @@ pub(crate) enum Pre {
     Transform(wit::transform::TransformPre<Sandbox>),
     ConnectorV0_1(wit::v0_1::connector::ConnectorPre<Sandbox>),
     TransformV0_1(wit::v0_1::transform::TransformPre<Sandbox>),
+    /// A transform that exports `checkpoint` too.
+    StatefulTransform(wit::stateful::StatefulTransformPre<Sandbox>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -83,6 +85,11 @@ impl Plugin {
     /// The plugin's counters (shared by all its instances).
     pub fn metrics(&self) -> &Arc<PluginMetrics> {
         &self.inner.metrics
+    }
+
+    /// Whether it is a transform whose steps hand out their state (`checkpoint`).
+    pub fn stateful(&self) -> bool {
+        matches!(self.inner.pre, Pre::StatefulTransform(_))
     }
 }
 
@@ -179,6 +186,13 @@ impl PluginRuntime {
         let pre = match (kind, version) {
             (Kind::Connector, WitVersion::Now) => {
                 Pre::Connector(wit::connector::ConnectorPre::new(instance_pre).map_err(link)?)
+            }
+            (Kind::Transform, WitVersion::Now)
+                if exports(&self.inner.engine, &component).any(|e| e == wit::CHECKPOINT_EXPORT) =>
+            {
+                Pre::StatefulTransform(
+                    wit::stateful::StatefulTransformPre::new(instance_pre).map_err(link)?,
+                )
             }
             (Kind::Transform, WitVersion::Now) => {
                 Pre::Transform(wit::transform::TransformPre::new(instance_pre).map_err(link)?)
@@ -307,14 +321,20 @@ impl WitVersion {
     }
 }
 
+/// The names of the interfaces a component exports.
+fn exports(engine: &Engine, component: &Component) -> impl Iterator<Item = String> {
+    let ty = component.component_type();
+    ty.exports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_owned())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
 /// Which of our worlds (and versions) the component implements, by its exports.
 fn world_of(engine: &Engine, component: &Component) -> Result<(Kind, WitVersion), PluginLoadError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(engine)
-        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
-        .map(|(name, _)| name.to_owned())
-        .collect();
+    let exports: Vec<String> = exports(engine, component).collect();
     let found: Vec<(Kind, WitVersion)> = [
         (CONNECTOR_EXPORT, Kind::Connector, WitVersion::Now),
         (TRANSFORM_EXPORT, Kind::Transform, WitVersion::Now),

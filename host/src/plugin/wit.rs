@@ -25,6 +25,19 @@ pub(crate) mod transform {
     });
 }
 
+/// Bindings of the `stateful-transform` world: a transform that also exports `checkpoint`
+/// (its steps' state, for the host to keep with the source's cursor).
+pub(crate) mod stateful {
+    wasmtime::component::bindgen!({
+        world: "stateful-transform",
+        path: "../wit",
+        with: {
+            "anode:plugin/types": super::connector::anode::plugin::types,
+            "anode:plugin/host": super::connector::anode::plugin::host,
+        },
+    });
+}
+
 /// Bindings of the `0.1.0` worlds. Their `types` are the current ones; their `host` interface
 /// and the records of their `source` interface are their own (see `legacy.rs`).
 pub(crate) mod v0_1 {
@@ -62,6 +75,8 @@ pub use connector::exports::anode::plugin::source::{
 pub const CONNECTOR_EXPORT: &str = "anode:plugin/source@0.2.0";
 /// The export a transform component has.
 pub const TRANSFORM_EXPORT: &str = "anode:plugin/transformer@0.2.0";
+/// The export of a transform whose steps hand out their state (optional).
+pub const CHECKPOINT_EXPORT: &str = "anode:plugin/checkpoint@0.2.0";
 /// The same exports in `0.1.0`, still loaded.
 pub const CONNECTOR_EXPORT_0_1: &str = "anode:plugin/source@0.1.0";
 pub const TRANSFORM_EXPORT_0_1: &str = "anode:plugin/transformer@0.1.0";

@@ -31,6 +31,17 @@ pub(crate) trait World: Sized {
         config: &str,
         cursor: Option<&str>,
     ) -> Call<Result<ResourceAny, PluginError>>;
+    /// Give a session re-opened after a crash the state it had handed out last (a
+    /// transform's `checkpoint`); nothing by default.
+    fn reopen_with(
+        &self,
+        store: &mut Store<Sandbox>,
+        session: ResourceAny,
+        state: &[u8],
+    ) -> Call<Result<(), PluginError>> {
+        let _ = (store, session, state);
+        Ok(Ok(()))
+    }
 }
 
 /// A connector instance's exports.
@@ -43,6 +54,8 @@ pub(crate) enum ConnectorWorld {
 pub(crate) enum TransformWorld {
     Now(wit::transform::Transform),
     V0_1(wit::v0_1::transform::Transform),
+    /// A transform that also exports `checkpoint`.
+    Stateful(wit::stateful::StatefulTransform),
 }
 
 impl World for ConnectorWorld {
@@ -51,7 +64,7 @@ impl World for ConnectorWorld {
         match pre {
             Pre::Connector(pre) => Some(pre.instantiate(store).map(ConnectorWorld::Now)),
             Pre::ConnectorV0_1(pre) => Some(pre.instantiate(store).map(ConnectorWorld::V0_1)),
-            Pre::Transform(_) | Pre::TransformV0_1(_) => None,
+            Pre::Transform(_) | Pre::TransformV0_1(_) | Pre::StatefulTransform(_) => None,
         }
     }
 
@@ -166,6 +179,9 @@ impl World for TransformWorld {
         match pre {
             Pre::Transform(pre) => Some(pre.instantiate(store).map(TransformWorld::Now)),
             Pre::TransformV0_1(pre) => Some(pre.instantiate(store).map(TransformWorld::V0_1)),
+            Pre::StatefulTransform(pre) => {
+                Some(pre.instantiate(store).map(TransformWorld::Stateful))
+            }
             Pre::Connector(_) | Pre::ConnectorV0_1(_) => None,
         }
     }
@@ -174,6 +190,7 @@ impl World for TransformWorld {
         match self {
             TransformWorld::Now(w) => w.anode_plugin_transformer().call_describe(store),
             TransformWorld::V0_1(w) => w.anode_plugin_transformer().call_describe(store),
+            TransformWorld::Stateful(w) => w.anode_plugin_transformer().call_describe(store),
         }
     }
 
@@ -186,7 +203,19 @@ impl World for TransformWorld {
         match self {
             TransformWorld::Now(w) => w.anode_plugin_transformer().call_configure(store, config),
             TransformWorld::V0_1(w) => w.anode_plugin_transformer().call_configure(store, config),
+            TransformWorld::Stateful(w) => {
+                w.anode_plugin_transformer().call_configure(store, config)
+            }
         }
+    }
+
+    fn reopen_with(
+        &self,
+        store: &mut Store<Sandbox>,
+        session: ResourceAny,
+        state: &[u8],
+    ) -> Call<Result<(), PluginError>> {
+        self.restore(store, session, state)
     }
 }
 
@@ -203,6 +232,10 @@ impl TransformWorld {
                 .chain_step()
                 .call_process(store, step, events),
             TransformWorld::V0_1(w) => w
+                .anode_plugin_transformer()
+                .chain_step()
+                .call_process(store, step, events),
+            TransformWorld::Stateful(w) => w
                 .anode_plugin_transformer()
                 .chain_step()
                 .call_process(store, step, events),
@@ -224,6 +257,37 @@ impl TransformWorld {
                 .anode_plugin_transformer()
                 .chain_step()
                 .call_tick(store, step, now_us),
+            TransformWorld::Stateful(w) => w
+                .anode_plugin_transformer()
+                .chain_step()
+                .call_tick(store, step, now_us),
+        }
+    }
+
+    /// The step's state (`checkpoint.snapshot`); none for a transform without `checkpoint`.
+    pub(crate) fn snapshot(
+        &self,
+        store: &mut Store<Sandbox>,
+        step: ResourceAny,
+    ) -> Call<Option<Vec<u8>>> {
+        match self {
+            TransformWorld::Stateful(w) => w.anode_plugin_checkpoint().call_snapshot(store, step),
+            TransformWorld::Now(_) | TransformWorld::V0_1(_) => Ok(None),
+        }
+    }
+
+    /// Give a step back its state (`checkpoint.restore`); nothing for a transform without it.
+    pub(crate) fn restore(
+        &self,
+        store: &mut Store<Sandbox>,
+        step: ResourceAny,
+        state: &[u8],
+    ) -> Call<Result<(), PluginError>> {
+        match self {
+            TransformWorld::Stateful(w) => {
+                w.anode_plugin_checkpoint().call_restore(store, step, state)
+            }
+            TransformWorld::Now(_) | TransformWorld::V0_1(_) => Ok(Ok(())),
         }
     }
 }

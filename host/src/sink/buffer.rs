@@ -13,8 +13,8 @@ use tokio::sync::oneshot;
 use crate::deadletter::DeadLetter;
 use crate::record::{Record, RecordId};
 
-/// What a source hands the store: its records, the cursor they reach, and the inputs of the
-/// batch that could not be processed.
+/// What a source hands the store: its records, the cursor they reach, its transforms' state
+/// after them, and the inputs of the batch that could not be processed.
 #[derive(Debug)]
 pub struct Batch {
     /// The source the records came from (the cursor is this source's).
@@ -22,8 +22,21 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Where the source has got to once these records are stored; committed with them.
     pub cursor: Option<String>,
+    /// The state of its stateful transform steps after this batch; committed with it.
+    pub states: Vec<StepState>,
     /// Written to the dead-letter store in the same transaction as the records and cursor.
     pub dead: Vec<DeadLetter>,
+}
+
+/// A transform step's state, kept with its source's cursor and given back to the step wherever
+/// the source opens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepState {
+    /// The step's place in the chain (0 is the first transform).
+    pub step: u32,
+    /// The digest of the plugin that made it: a state is given back to that plugin only.
+    pub plugin: String,
+    pub state: Vec<u8>,
 }
 
 /// A batch the store has committed: its records and its cursor are in the database, in the
@@ -58,6 +71,7 @@ pub(crate) struct Pending {
     source: Arc<str>,
     records: Vec<Record>,
     cursor: Option<String>,
+    states: Vec<StepState>,
     dead: Vec<DeadLetter>,
     ack: Option<oneshot::Sender<Committed>>,
 }
@@ -71,6 +85,7 @@ impl Pending {
                 source: batch.source,
                 records: batch.records,
                 cursor: batch.cursor,
+                states: batch.states,
                 dead: batch.dead,
                 ack: Some(ack),
             },
@@ -84,6 +99,7 @@ impl Pending {
             source: Arc::from(""),
             records,
             cursor: None,
+            states: Vec::new(),
             dead: Vec::new(),
             ack: None,
         }
@@ -97,6 +113,7 @@ impl Pending {
             source: self.source.clone(),
             records: std::mem::replace(&mut self.records, rest),
             cursor: None,
+            states: Vec::new(),
             dead: Vec::new(),
             ack: None,
         }
@@ -114,6 +131,8 @@ pub(crate) struct Taken {
     pub(crate) records: Vec<Record>,
     /// The last cursor of each source among the batches, in the order first seen.
     pub(crate) cursors: Vec<(Arc<str>, String)>,
+    /// The last state of each source's steps among the batches.
+    pub(crate) states: Vec<(Arc<str>, StepState)>,
     /// Every dead letter, batch after batch.
     pub(crate) dead: Vec<DeadLetter>,
     /// Records taken out of `records` because the database refused them.
@@ -125,6 +144,7 @@ struct Part {
     source: Arc<str>,
     len: usize,
     cursor: Option<String>,
+    states: Vec<StepState>,
     dead: usize,
     /// Rows the database refused (they are no longer in `records`).
     refused: usize,
@@ -147,10 +167,20 @@ impl Taken {
                     None => taken.cursors.push((pending.source.clone(), cursor.clone())),
                 }
             }
+            for state in &pending.states {
+                let same = |(s, st): &&mut (Arc<str>, StepState)| {
+                    *s == pending.source && st.step == state.step
+                };
+                match taken.states.iter_mut().find(same) {
+                    Some((_, st)) => st.clone_from(state),
+                    None => taken.states.push((pending.source.clone(), state.clone())),
+                }
+            }
             taken.parts.push(Part {
                 source: pending.source,
                 len: pending.records.len(),
                 cursor: pending.cursor,
+                states: pending.states,
                 dead: pending.dead.len(),
                 refused: 0,
                 ack: pending.ack,
@@ -171,6 +201,7 @@ impl Taken {
                 source: part.source,
                 records: records.by_ref().take(part.len).collect(),
                 cursor: part.cursor,
+                states: part.states,
                 dead: dead.by_ref().take(part.dead).collect(),
                 ack: part.ack,
             })
@@ -253,6 +284,7 @@ mod tests {
                 })
                 .collect(),
             cursor: cursor.map(str::to_owned),
+            states: Vec::new(),
             dead: Vec::new(),
         }
     }

@@ -34,7 +34,7 @@ pub(crate) mod sqlite;
 mod tls;
 mod writer;
 
-pub use buffer::{Batch, Committed, Receipt, StoreClosedError};
+pub use buffer::{Batch, Committed, Receipt, StepState, StoreClosedError};
 pub use log::{LogFilter, LogStart, Position, Tail, TailError};
 pub use nats::NatsSettings;
 
@@ -208,12 +208,13 @@ pub(crate) struct Written {
 pub(crate) trait Backend: Send + 'static {
     /// Connect (or reconnect) and make sure the schema exists.
     fn connect(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
-    /// Store records, set sources' cursors and add dead letters in one transaction, skipping
-    /// ids already stored.
+    /// Store records, set sources' cursors and their steps' states, and add dead letters, in
+    /// one transaction, skipping ids already stored.
     fn write(
         &mut self,
         records: &[Record],
         cursors: &[(Arc<str>, String)],
+        states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
     ) -> impl Future<Output = Result<Written, WriteError>> + Send;
     /// [`Backend::write`], with another write of the same store possibly in flight before
@@ -224,12 +225,13 @@ pub(crate) trait Backend: Send + 'static {
         &mut self,
         records: &[Record],
         cursors: &[(Arc<str>, String)],
+        states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
         mut order: Order,
     ) -> impl Future<Output = Result<Written, WriteError>> + Send {
         async move {
             order.earlier(Step::Committed).await?;
-            let written = self.write(records, cursors, dead).await?;
+            let written = self.write(records, cursors, states, dead).await?;
             order.mark(Step::Committed);
             Ok(written)
         }
@@ -287,6 +289,8 @@ pub(crate) trait Backend: Send + 'static {
 pub struct Resume {
     /// The cursor committed with the source's last stored batch.
     pub cursor: Option<String>,
+    /// Its transform steps' state committed with its last batch that had any.
+    pub states: Vec<StepState>,
     /// When that cursor was committed (µs since the epoch).
     pub updated_us: Option<i64>,
     /// Ids of the source's latest stored records, newest first: they seed its repeat window.
@@ -1010,6 +1014,9 @@ const MAX_IN_FLIGHT: usize = 4;
 pub(crate) const TABLE: &str = "anode_records";
 /// Each source's last committed cursor: `source` (primary key), `cursor`, `updated_us`.
 pub(crate) const CURSORS: &str = "anode_cursors";
+/// Transform steps' state: `source`, `step` (primary key), `plugin` (digest), `state`,
+/// `updated_us`.
+pub(crate) const STATES: &str = "anode_states";
 /// The dead-letter store: `id` (grows with time), `source`, `stage`, `plugin`, `step`,
 /// `reason`, `meta` (JSON text), `raw` (bytes), `at_us`, `replayed_us`.
 pub(crate) const DEAD: &str = "anode_deadletters";

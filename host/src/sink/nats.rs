@@ -255,6 +255,7 @@ impl Backend for JetStream {
         &mut self,
         records: &[Record],
         _cursors: &[(Arc<str>, String)],
+        _states: &[(Arc<str>, super::StepState)],
         _dead: &[crate::deadletter::DeadLetter],
     ) -> Result<Written, WriteError> {
         self.publish(records).await?;

@@ -20,8 +20,8 @@ use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use super::log::{LogQuery, Position};
 use super::order::{Order, Step};
 use super::{
-    Backend, CURSORS, DEAD, DeadBounds, PostgresMethod, PostgresTls, Resume, SinkError,
-    StoreSettings, TABLE, WriteError, Written,
+    Backend, CURSORS, DEAD, DeadBounds, PostgresMethod, PostgresTls, Resume, STATES, SinkError,
+    StepState, StoreSettings, TABLE, WriteError, Written,
 };
 use crate::deadletter::{DeadLetter, DeadQuery, StoredDeadLetter};
 use crate::record::{Payload, Record, RecordId};
@@ -67,6 +67,14 @@ pub(crate) fn schema_sql() -> String {
             source text PRIMARY KEY,
             cursor text NOT NULL,
             updated_us bigint NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS {STATES} (
+            source text NOT NULL,
+            step bigint NOT NULL,
+            plugin text NOT NULL,
+            state bytea NOT NULL,
+            updated_us bigint NOT NULL,
+            PRIMARY KEY (source, step)
         );
         CREATE TABLE IF NOT EXISTS {DEAD} (
             id bigserial PRIMARY KEY,
@@ -335,9 +343,10 @@ impl Backend for Postgres {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
-        self.write_ordered(batch, cursors, dead, Order::alone())
+        self.write_ordered(batch, cursors, states, dead, Order::alone())
             .await
     }
 
@@ -351,6 +360,7 @@ impl Backend for Postgres {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
         mut order: Order,
     ) -> Result<Written, WriteError> {
@@ -386,6 +396,9 @@ impl Backend for Postgres {
                 tx.execute(&live.upsert_cursors, &[&sources, &values, &now])
                     .await
                     .map_err(classify)?;
+            }
+            if !states.is_empty() {
+                keep_states(&tx, states).await?;
             }
             if !dead.is_empty() {
                 add_dead(&tx, dead, bounds).await?;
@@ -442,9 +455,29 @@ impl Backend for Postgres {
                 .iter()
                 .filter_map(|row| RecordId::from_slice(row.get::<_, &[u8]>(0)))
                 .collect();
+            let states = live
+                .client
+                .query(
+                    &format!(
+                        "SELECT step, plugin, state FROM {STATES} WHERE source = $1 ORDER BY step"
+                    ),
+                    &[&source],
+                )
+                .await
+                .map_err(classify)?
+                .iter()
+                .filter_map(|row| {
+                    Some(StepState {
+                        step: u32::try_from(row.get::<_, i64>(0)).ok()?,
+                        plugin: row.get(1),
+                        state: row.get(2),
+                    })
+                })
+                .collect();
             Ok::<_, WriteError>(Resume {
                 cursor,
                 updated_us,
+                states,
                 recent,
             })
         };
@@ -586,7 +619,11 @@ impl Backend for Postgres {
     }
 
     async fn forget_cursor(&mut self, source: &str) -> Result<(), WriteError> {
-        let sql = format!("DELETE FROM {CURSORS} WHERE source = $1");
+        // One statement, so the cursor and the states go together.
+        let sql = format!(
+            "WITH c AS (DELETE FROM {CURSORS} WHERE source = $1)
+             DELETE FROM {STATES} WHERE source = $1"
+        );
         let params: [&(dyn ToSql + Sync); 1] = [&source];
         let done = self.client()?.execute(&sql, &params);
         let result = tokio::time::timeout(WRITE_TIMEOUT, done).await;
@@ -621,6 +658,31 @@ fn dead_params(
         query.pending,
         query.after.unwrap_or(0),
     )
+}
+
+/// Set the sources' steps' states in the batch's transaction.
+async fn keep_states(
+    tx: &Transaction<'_>,
+    states: &[(Arc<str>, StepState)],
+) -> Result<(), WriteError> {
+    let source: Vec<&str> = states.iter().map(|(s, _)| &**s).collect();
+    let step: Vec<i64> = states.iter().map(|(_, s)| i64::from(s.step)).collect();
+    let plugin: Vec<&str> = states.iter().map(|(_, s)| s.plugin.as_str()).collect();
+    let state: Vec<&[u8]> = states.iter().map(|(_, s)| s.state.as_slice()).collect();
+    let now = crate::clock::now_us();
+    tx.execute(
+        &format!(
+            "INSERT INTO {STATES} (source, step, plugin, state, updated_us)
+             SELECT s, st, p, b, $5 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[])
+                 AS u(s, st, p, b)
+             ON CONFLICT (source, step) DO UPDATE
+             SET plugin = EXCLUDED.plugin, state = EXCLUDED.state, updated_us = EXCLUDED.updated_us"
+        ),
+        &[&source, &step, &plugin, &state, &now],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
 }
 
 /// Add dead letters in the batch's transaction, then drop the oldest past the bounds.

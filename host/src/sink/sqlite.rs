@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 
 use super::log::{LogQuery, Position};
-use super::{Backend, CURSORS, DEAD, DeadBounds, Resume, TABLE, WriteError, Written};
+use super::{
+    Backend, CURSORS, DEAD, DeadBounds, Resume, STATES, StepState, TABLE, WriteError, Written,
+};
 use crate::deadletter::{DeadLetter, DeadQuery, StoredDeadLetter};
 use crate::record::{Payload, Record, RecordId};
 
@@ -172,6 +174,14 @@ fn schema_sql() -> String {
             source TEXT PRIMARY KEY,
             cursor TEXT NOT NULL,
             updated_us INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS {STATES} (
+            source TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            plugin TEXT NOT NULL,
+            state BLOB NOT NULL,
+            updated_us INTEGER NOT NULL,
+            PRIMARY KEY (source, step)
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS {DEAD} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -374,12 +384,14 @@ impl Backend for Sqlite {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
         let connection = self.open()?;
         // The blocking task needs owned rows; the copy is small next to the disk write.
         let rows = batch.to_vec();
         let cursors = cursors.to_vec();
+        let states = states.to_vec();
         let dead = dead.to_vec();
         let bounds = self.dead_bounds;
         tokio::task::spawn_blocking(move || {
@@ -433,6 +445,20 @@ impl Backend for Sqlite {
                         .execute(params![&**source, cursor, now])
                         .map_err(classify)?;
                 }
+                if !states.is_empty() {
+                    let mut keep = tx
+                        .prepare_cached(&format!(
+                            "INSERT INTO {STATES} (source, step, plugin, state, updated_us) \
+                             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (source, step) DO UPDATE SET \
+                             plugin = excluded.plugin, state = excluded.state, \
+                             updated_us = excluded.updated_us"
+                        ))
+                        .map_err(|e| failed("prepare", e))?;
+                    for (source, s) in &states {
+                        keep.execute(params![&**source, s.step, s.plugin, s.state, now])
+                            .map_err(classify)?;
+                    }
+                }
             }
             if !dead.is_empty() {
                 add_dead(&tx, &dead, bounds)?;
@@ -476,9 +502,26 @@ impl Backend for Sqlite {
                 .filter_map(|id| id.ok().and_then(|id| RecordId::from_slice(&id)))
                 .collect();
             let (cursor, updated_us) = found.unzip();
+            let mut read = connection
+                .prepare_cached(&format!(
+                    "SELECT step, plugin, state FROM {STATES} WHERE source = ?1 ORDER BY step"
+                ))
+                .map_err(|e| failed("prepare", e))?;
+            let states = read
+                .query_map(params![source], |row| {
+                    Ok(StepState {
+                        step: row.get(0)?,
+                        plugin: row.get(1)?,
+                        state: row.get(2)?,
+                    })
+                })
+                .map_err(|e| failed("reading transform states", e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| failed("reading transform states", e))?;
             Ok(Resume {
                 cursor,
                 updated_us,
+                states,
                 recent,
             })
         })
@@ -629,14 +672,19 @@ impl Backend for Sqlite {
         let connection = self.open()?;
         let source = source.to_owned();
         tokio::task::spawn_blocking(move || {
-            let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-            connection
-                .execute(
-                    &format!("DELETE FROM {CURSORS} WHERE source = ?1"),
+            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            // The cursor and the states go together.
+            let tx = connection
+                .transaction()
+                .map_err(|e| failed("forgetting a cursor", e))?;
+            for table in [CURSORS, STATES] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE source = ?1"),
                     params![source],
                 )
-                .map(|_| ())
-                .map_err(|e| failed("forgetting a cursor", e))
+                .map_err(|e| failed("forgetting a cursor", e))?;
+            }
+            tx.commit().map_err(|e| failed("forgetting a cursor", e))
         })
         .await
         .map_err(|e| failed("SQLite task", e))?

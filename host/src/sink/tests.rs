@@ -41,6 +41,7 @@ impl Backend for Flaky {
         &mut self,
         batch: &[Record],
         cursors: &[(Arc<str>, String)],
+        _states: &[(Arc<str>, StepState)],
         dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
         if !self.up.load(Relaxed) {
@@ -81,7 +82,7 @@ impl Backend for Flaky {
         Ok(Resume {
             updated_us: cursor.as_ref().map(|_| 0),
             cursor,
-            recent: Vec::new(),
+            ..Resume::default()
         })
     }
     async fn read_log(&mut self, _query: &LogQuery) -> Result<Vec<(Position, Record)>, WriteError> {
@@ -100,6 +101,7 @@ fn batch(records: Vec<Record>) -> Batch {
         source: records.first().map_or("a", |r| r.source.as_str()).into(),
         records,
         cursor: None,
+        states: Vec::new(),
         dead: Vec::new(),
     }
 }
@@ -216,6 +218,7 @@ async fn refused_rows_and_cursors_become_dead_letters_and_are_not_acknowledged()
             source: "a".into(),
             records,
             cursor: Some("a-6".into()),
+            states: Vec::new(),
             dead: Vec::new(),
         })
         .await
@@ -225,6 +228,7 @@ async fn refused_rows_and_cursors_become_dead_letters_and_are_not_acknowledged()
             source: "c".into(),
             records: vec![record("c", 0)],
             cursor: Some("c\0".into()),
+            states: Vec::new(),
             dead: Vec::new(),
         })
         .await
@@ -284,6 +288,7 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
             source: "a".into(),
             records: (0..5).map(|n| record("a", n)).collect(),
             cursor: Some("4".into()),
+            states: Vec::new(),
             dead: Vec::new(),
         })
         .await
@@ -306,6 +311,7 @@ async fn a_cursor_is_committed_with_its_records_and_never_before() {
             source: "a".into(),
             records: Vec::new(),
             cursor: Some("5".into()),
+            states: Vec::new(),
             dead: Vec::new(),
         })
         .await
@@ -536,7 +542,7 @@ async fn an_embedded_store_of_an_earlier_layout_is_upgraded_keeping_its_log() {
         store.connect().await.unwrap();
         let new = record("a", 4);
         let written = store
-            .write(&[old[1].clone(), new.clone()], &[], &[])
+            .write(&[old[1].clone(), new.clone()], &[], &[], &[])
             .await
             .unwrap();
         assert_eq!((written.inserted, written.duplicates), (1, 1));
@@ -578,7 +584,7 @@ async fn the_embedded_stores_log_is_checkpointed_by_a_thread_of_its_own() {
     let mut store = Sqlite::writer(path.clone(), DeadBounds::default());
     store.connect().await.unwrap();
     // About 12,750 pages of log, past the checkpointer's threshold (12,000).
-    let written = store.write(&padded(17_000), &[], &[]).await.unwrap();
+    let written = store.write(&padded(17_000), &[], &[], &[]).await.unwrap();
     assert_eq!(written.inserted, 17_000);
     // The database file by itself comes to hold every row, and the thread counts its
     // checkpoint (just after it returns: the two are looked at together).
@@ -611,7 +617,7 @@ async fn a_log_past_the_backstop_is_checkpointed_by_the_writer_at_its_commit() {
     store.connect().await.unwrap();
     // One commit of about 34,500 pages of log: past the backstop (32,000) before the thread
     // can act.
-    let written = store.write(&padded(46_000), &[], &[]).await.unwrap();
+    let written = store.write(&padded(46_000), &[], &[], &[]).await.unwrap();
     assert_eq!(written.inserted, 46_000);
     let (_, by_writer) = store.checkpoints();
     assert_eq!(by_writer, 1, "the writer checkpointed at its commit");
@@ -648,7 +654,7 @@ async fn the_embedded_dead_letter_store_is_bounded_and_read_by_filter() {
         letter("a", DeadStage::Decode, 1, now - 7_200_000_000),
         letter("a", DeadStage::Transform, 2, now),
     ];
-    store.write(&[], &[], &first).await.unwrap();
+    store.write(&[], &[], &[], &first).await.unwrap();
     let all = DeadQuery::default();
     let read = store.dead_letters(&all).await.unwrap();
     // The one older than the age bound went with the write.
@@ -667,7 +673,7 @@ async fn the_embedded_dead_letter_store_is_bounded_and_read_by_filter() {
         .map(|n| letter(if n % 2 == 0 { "b" } else { "a" }, DeadStage::Store, n, now))
         .collect();
     store
-        .write(&[record("a", 1)], &[("a".into(), "c".into())], &more)
+        .write(&[record("a", 1)], &[("a".into(), "c".into())], &[], &more)
         .await
         .unwrap();
     let read = store.dead_letters(&all).await.unwrap();

@@ -178,7 +178,13 @@ pub(super) async fn write_loop<B: Backend>(
         let task = tokio::spawn(async move {
             let result = lane
                 .backend
-                .write_ordered(&taken.records, &taken.cursors, &taken.dead, order)
+                .write_ordered(
+                    &taken.records,
+                    &taken.cursors,
+                    &taken.states,
+                    &taken.dead,
+                    order,
+                )
                 .await;
             (lane, taken, result)
         });
@@ -331,14 +337,17 @@ async fn write_refused<B: Backend>(
     let mut refused = Refused::default();
     let total = write_halves(backend, shared, records, &mut refused).await?;
     let mut dead: Vec<DeadLetter> = taken.dead.iter().chain(&refused.dead).cloned().collect();
-    match backend.write(&[], &taken.cursors, &dead).await {
+    match backend
+        .write(&[], &taken.cursors, &taken.states, &dead)
+        .await
+    {
         Err(WriteError::Rejected(_)) => {}
         other => return other.map(|_| (total, refused)),
     }
     // A cursor, or a dead letter, was refused: each cursor alone, then the dead letters.
     for (source, cursor) in &taken.cursors {
         let one = [(source.clone(), cursor.clone())];
-        match backend.write(&[], &one, &[]).await {
+        match backend.write(&[], &one, &[], &[]).await {
             Ok(_) => {}
             Err(WriteError::Rejected(why)) => {
                 tracing::error!(
@@ -361,7 +370,7 @@ async fn write_refused<B: Backend>(
             Err(error) => return Err(error),
         }
     }
-    match backend.write(&[], &[], &dead).await {
+    match backend.write(&[], &[], &taken.states, &dead).await {
         Ok(_) => {}
         Err(WriteError::Rejected(why)) => {
             // Not expected: dead letters are stored as bytes and escaped text.
@@ -393,7 +402,7 @@ async fn write_halves<B: Backend>(
         if part.is_empty() {
             continue;
         }
-        match backend.write(part, &[], &[]).await {
+        match backend.write(part, &[], &[], &[]).await {
             Ok(w) => {
                 total.inserted += w.inserted;
                 total.duplicates += w.duplicates;

@@ -9,6 +9,7 @@ use crate::pipeline::{Bound, Probe};
 use crate::plugin::{
     CallError, ConnectorInstance, Digest, Kind, Plugin, PluginSignature, TransformInstance, Worker,
 };
+use crate::sink::StepState;
 use crate::source::SourceSpec;
 
 impl NodeState {
@@ -89,7 +90,7 @@ impl NodeState {
             }
         }
         if local {
-            let prepared = self.prepare(spec, None).await?;
+            let prepared = self.prepare(spec, None, &[]).await?;
             prepared.close();
         }
         Ok(())
@@ -103,10 +104,13 @@ impl NodeState {
     }
 
     /// Load a source's plugins and open its sessions.
+    /// Steps whose plugin made one of `states` get it back (a step whose plugin changed starts
+    /// empty).
     pub(super) async fn prepare(
         &self,
         spec: &SourceSpec,
         cursor: Option<String>,
+        states: &[StepState],
     ) -> Result<Prepared, NodeError> {
         let digest = self.plugin(&spec.plugin, Kind::Connector).await?;
         let connector = self.instance(
@@ -144,6 +148,25 @@ impl NodeState {
                 plugin: self.loaded_plugin(&digest),
                 config,
             };
+            let at = chain.len() as u32;
+            let kept = states
+                .iter()
+                .find(|s| s.step == at && s.plugin == probe.digest() && !s.state.is_empty());
+            if let Some(kept) = kept {
+                let state = kept.state.clone();
+                let restored = worker.call_first(move |t| t.restore(session, state)).await;
+                if let Err(e) = restored {
+                    // The step starts empty; what it had is not lost to the store.
+                    self.events.push(
+                        &self.node_id,
+                        "source",
+                        format!(
+                            "source `{}`: transform step {at} refused its stored state and starts empty: {e}",
+                            spec.id
+                        ),
+                    );
+                }
+            }
             chain.push(Bound {
                 worker,
                 session,

@@ -199,6 +199,7 @@ impl NodeState {
                 source: spec.id.as_str().into(),
                 records,
                 cursor: None,
+                states: Vec::new(),
                 dead: Vec::new(),
             })
             .await

@@ -23,7 +23,9 @@ impl NodeState {
             let _ = self.stop_source(&spec.id).await;
         }
         let resume = self.resume(&spec.id).await?;
-        let Prepared { connector, chain } = self.prepare(&spec, resume.cursor.clone()).await?;
+        let Prepared { connector, chain } = self
+            .prepare(&spec, resume.cursor.clone(), &resume.states)
+            .await?;
         let status = Arc::new(SourceStatus::default());
         status.resumed_at(resume.cursor);
         let mut recent = crate::record::RecentIds::new(self.config.sources.dedupe_window);
@@ -128,6 +130,9 @@ async fn run_source(ctx: SourceCtx, receipts: tokio::sync::mpsc::Receiver<crate:
     driven.cancel();
     if let Some(ticker) = ticker {
         let _ = ticker.await;
+        // A clean stop flushes what is due (windows past their end), and the steps' state
+        // goes to the store with it.
+        ctx.tick().await;
     }
     ctx.close();
     // The last reference: the acknowledgement channel closes once its receipts are settled.

@@ -48,7 +48,7 @@ fn default_stream() -> String {
 const TRADES: &str = "trades";
 
 /// A decimal held exactly: `mantissa × 10^-scale`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Decimal {
     mantissa: i128,
     scale: u32,
@@ -106,7 +106,7 @@ impl std::fmt::Display for Decimal {
 }
 
 /// Summed size: exact while every size is a plain decimal, else `f64`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Volume {
     exact: Option<Decimal>,
     approx: f64,
@@ -175,6 +175,7 @@ impl Trade {
 }
 
 /// A window being filled.
+#[derive(Serialize, Deserialize)]
 struct Candle {
     start: i64,
     trades: u64,
@@ -236,11 +237,19 @@ struct CandleRecord<'a> {
 }
 
 /// One `(exchange, symbol)`.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Series {
     open: Option<Candle>,
     /// Trades before this time (ms) belong to windows already closed.
     closed_until: i64,
+}
+
+/// What [`Candles`] hands the host to keep (see `snapshot`): the window length, and each
+/// series' exchange, symbol and state. `S` is `&Series` written, `Series` read back.
+#[derive(Serialize, Deserialize)]
+struct State<S> {
+    interval_ms: i64,
+    series: Vec<(String, String, S)>,
 }
 
 /// The transform.
@@ -389,6 +398,42 @@ impl Transform for Candles {
         Ok(())
     }
 
+    /// The open windows and where each series closed, as JSON: a restart, a hand-over or a
+    /// crash then goes on with the same windows instead of emitting a candle of part of them.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        if self.series.is_empty() {
+            return None;
+        }
+        let state: Vec<(String, String, &Series)> = self
+            .series
+            .iter()
+            .map(|((exchange, symbol), series)| (exchange.clone(), symbol.clone(), series))
+            .collect();
+        serde_json::to_vec(&State {
+            interval_ms: self.interval_ms,
+            series: state,
+        })
+        .ok()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let state: State<Series> = serde_json::from_slice(state)
+            .map_err(|e| PluginError::bad_input(format!("candles: unreadable state: {e}")))?;
+        if state.interval_ms != self.interval_ms {
+            // Another window length: the old windows do not fit; start afresh.
+            return Err(PluginError::bad_input(format!(
+                "candles: the state is of {} ms windows, this step makes {} ms ones",
+                state.interval_ms, self.interval_ms
+            )));
+        }
+        self.series = state
+            .series
+            .into_iter()
+            .map(|(exchange, symbol, series)| ((exchange, symbol), series))
+            .collect();
+        Ok(())
+    }
+
     fn tick(&mut self, now_us: i64, out: &mut Vec<Event>) -> Result<(), PluginError> {
         let now_ms = now_us.div_euclid(1000);
         let interval = self.interval_ms;
@@ -528,6 +573,36 @@ mod tests {
                 format!("coinbase:BTC.USDT:{T0}"),
             ]
         );
+    }
+
+    /// A window split over two steps by a snapshot and a restore (a restart, a hand-over)
+    /// closes as the candle one step would have made.
+    #[test]
+    fn a_window_survives_a_snapshot_and_a_restore() {
+        let trades = [
+            trade("100", "1", T0 + 1_000),
+            trade("105", "2", T0 + 2_000),
+            trade("99", "0.5", T0 + 3_000),
+            trade("101", "0.25", T0 + 4_000),
+        ];
+        let mut whole = configure("{}");
+        testing::process(&mut whole, trades.to_vec()).unwrap();
+        let want = testing::tick(&mut whole, (T0 + 60_000) * 1000).unwrap();
+
+        let mut before = configure("{}");
+        assert!(before.snapshot().is_none(), "nothing to keep yet");
+        testing::process(&mut before, trades[..2].to_vec()).unwrap();
+        let state = before.snapshot().expect("an open window");
+        let mut after = configure("{}");
+        after.restore(&state).unwrap();
+        testing::process(&mut after, trades[2..].to_vec()).unwrap();
+        let got = testing::tick(&mut after, (T0 + 60_000) * 1000).unwrap();
+        assert_eq!(testing::payloads(&got), testing::payloads(&want));
+        assert_eq!(testing::payloads(&got)[0]["v"], "3.75");
+        // Another window length refuses the state.
+        let mut other = configure(r#"{"interval_ms": 1000}"#);
+        assert!(other.restore(&state).is_err());
+        assert!(other.restore(b"not json").is_err());
     }
 
     #[test]
