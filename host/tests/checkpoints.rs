@@ -119,34 +119,27 @@ async fn candles_survive_a_restart_and_a_kill_nine_window_by_window() {
     })
     .await;
 
-    // A clean restart mid-window.
-    let status = node.terminate();
-    assert!(status.success(), "{status}");
-    node.restart();
-    let before = stored.count("ck-candles").await;
-    until("candles again after the restart", LIMIT, || async {
-        let n = stored.count("ck-candles").await;
-        if n >= before + 3 {
-            Ok(())
+    // A clean restart mid-window, then a crash mid-window: after each the source goes on
+    // making candles.
+    for fault in ["SIGTERM", "kill -9"] {
+        if fault == "SIGTERM" {
+            let status = node.terminate();
+            assert!(status.success(), "{status}");
         } else {
-            Err(format!("{n}"))
+            node.kill();
         }
-    })
-    .await;
-
-    // A crash mid-window.
-    node.kill();
-    node.restart();
-    let before = stored.count("ck-candles").await;
-    until("candles again after the kill", LIMIT, || async {
-        let n = stored.count("ck-candles").await;
-        if n >= before + 3 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    })
-    .await;
+        node.restart();
+        let before = stored.count("ck-candles").await;
+        until(&format!("candles again after {fault}"), LIMIT, || async {
+            let n = stored.count("ck-candles").await;
+            if n >= before + 3 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        })
+        .await;
+    }
     until_streams_move_on(&sim, std::slice::from_ref(&trades), 40).await;
     sim.pause();
     // Every trade the venue generated is stored (the plain source backfills its gaps too).

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::cluster::{
     NodeOptions, NodeProc, converged, get, live_members, metric, post, running_on,
+    three_on_postgres,
 };
 use support::store::{
     Stored, Subscriber, every_generated_id_stored_once, evm_source, until_streams_move_on,
@@ -154,21 +155,7 @@ async fn kill_nine_hands_sources_over_and_a_restarted_node_takes_its_share_back(
     let root = tempfile::tempdir().unwrap();
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(20.0).await;
-    let first = NodeProc::start(
-        root.path(),
-        "k1",
-        &NodeOptions {
-            postgres: Some(db.url.clone()),
-            ..NodeOptions::default()
-        },
-    );
-    let options = NodeOptions {
-        seeds: vec![first.gossip.clone()],
-        postgres: Some(db.url.clone()),
-        ..NodeOptions::default()
-    };
-    let second = NodeProc::start(root.path(), "k2", &options);
-    let mut third = NodeProc::start(root.path(), "k3", &options);
+    let [first, second, mut third] = three_on_postgres(root.path(), "k", &db.url);
     let binance = binance_sources(&sim, 30, "kl");
     let evm = vec![
         evm_source(&sim, "chain-k1", "kill-a"),

@@ -20,7 +20,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::store::{Stored, Subscriber, trade_stream};
-use support::{TestDb, binance_sources, get_json, node_config, simulator, start_node, until};
+use support::{
+    TestDb, binance_sources, component, get_json, install_plugin, node_config, post_json,
+    simulator, start_node, until,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -33,28 +36,6 @@ const NUL: (u64, u64) = (31, 5);
 
 fn hits((m, r): (u64, u64), n: u64) -> bool {
     n % m == r
-}
-
-fn wasm(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("ANODE_WASM_DIR"))
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-async fn install(api: &str, wasm: Vec<u8>) -> String {
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/plugins"))
-        .body(wasm)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["digest"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not installed: {answer}"))
-        .to_owned()
 }
 
 /// The numbers of the dead letters' upstream ids, per source, and the letters.
@@ -88,7 +69,7 @@ async fn poisoned_transforms_lose_nothing(
     config.plugins.call_timeout_ms = 150;
     let node = start_node(config).await;
     let api = node.url();
-    let poison = install(&api, wasm("poison-plugin")).await;
+    let poison = install_plugin(&api, component("poison-plugin")).await;
     let ws = format!("ws://{}/ws?after=stored", node.addr);
     let subscriber = Subscriber::connect(&ws).await;
     let mut specs = binance_sources(&sim, 3, "dl");
@@ -219,16 +200,12 @@ async fn poisoned_transforms_lose_nothing(
     );
 
     // The fixed build stores every one of them, once; a second replay has nothing left.
-    let fixed = install(&api, wasm("poison-fixed-plugin")).await;
-    let replay: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/deadletters/replay"))
-        .json(&json!({"plugin": fixed}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fixed = install_plugin(&api, component("poison-fixed-plugin")).await;
+    let replay: Value = post_json(
+        &format!("{api}/api/v1/deadletters/replay"),
+        &json!({"plugin": fixed}),
+    )
+    .await;
     assert_eq!(replay["failed"], json!([]), "{replay}");
     assert_eq!(
         replay["replayed"].as_array().unwrap().len(),
@@ -243,15 +220,11 @@ async fn poisoned_transforms_lose_nothing(
         assert_eq!(have.len(), set.len(), "{id}: stored twice");
         assert_eq!(set, (first..=last).collect(), "{id}: after the replay");
     }
-    let again: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/deadletters/replay"))
-        .json(&json!({"plugin": fixed}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = post_json(
+        &format!("{api}/api/v1/deadletters/replay"),
+        &json!({"plugin": fixed}),
+    )
+    .await;
     assert_eq!(again["replayed"], json!([]), "{again}");
     let pending = get_json(&format!("{api}/api/v1/deadletters?pending=true")).await;
     assert_eq!(pending["deadletters"], json!([]));
@@ -321,7 +294,7 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
     let stored = Stored::Sqlite(root.path().join("records.sqlite"));
     let node = start_node(node_config(root.path())).await;
     let api = node.url();
-    install(&api, wasm("hostile-plugin")).await;
+    install_plugin(&api, component("hostile-plugin")).await;
     let (url, frames) = venue().await;
     let other = binance_sources(&sim, 1, "bystander");
     let cursor_source = json!({"id": "cursors", "plugin": "hostile",
@@ -381,15 +354,11 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
     let before = stored.count("bystander-0").await;
     stored.until_at_least("bystander-0", before + 10).await;
     // A replay of the bad frame through the same plugin fails again, and says why.
-    let replay: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/deadletters/replay"))
-        .json(&json!({"source": "cursors"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay: Value = post_json(
+        &format!("{api}/api/v1/deadletters/replay"),
+        &json!({"source": "cursors"}),
+    )
+    .await;
     let failed: Vec<&str> = replay["failed"]
         .as_array()
         .unwrap()

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::cluster::{NodeOptions, NodeProc, post, running_on};
+use support::cluster::{NodeProc, post, running_on, three_on_postgres};
 use support::store::{Stored, every_generated_id_stored_once, until_streams_move_on};
 use support::{binance_sources, simulator, until};
 
@@ -75,21 +75,7 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
     let root = tempfile::tempdir().unwrap();
     let db = support::TestDb::create(&support::pg_server()).await;
     let sim = simulator(20.0).await;
-    let first = NodeProc::start(
-        root.path(),
-        "r1",
-        &NodeOptions {
-            postgres: Some(db.url.clone()),
-            ..NodeOptions::default()
-        },
-    );
-    let options = NodeOptions {
-        seeds: vec![first.gossip.clone()],
-        postgres: Some(db.url.clone()),
-        ..NodeOptions::default()
-    };
-    let second = NodeProc::start(root.path(), "r2", &options);
-    let mut third = NodeProc::start(root.path(), "r3", &options);
+    let [first, second, mut third] = three_on_postgres(root.path(), "r", &db.url);
     let mut specs = binance_sources(&sim, 12, "rp");
     for spec in &mut specs {
         // No history: what a dead owner missed can only come from the other replica.

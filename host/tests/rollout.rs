@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::store::{Stored, trade_stream};
 use support::{
-    HoldingProxy, binance_sources, get_json, node_config, simulator, start_node, until, variant_of,
+    HoldingProxy, binance_sources, get_json, install_plugin, node_config, simulator, start_node,
+    until, variant_of,
 };
 
 /// `anode source upgrade …` against the node at `api`; its output.
@@ -43,20 +43,6 @@ fn upgrade(api: &str, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "upgrade {args:?}: {text}");
     text
-}
-
-/// Upload a component through the node's API; its digest.
-async fn install(api: &str, wasm: Vec<u8>) -> String {
-    let installed: Value = reqwest::Client::new()
-        .post(format!("{api}/api/v1/plugins"))
-        .body(wasm)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    installed["digest"].as_str().expect("installed").to_owned()
 }
 
 /// Each source's plugin, as the catalog has it.
@@ -115,7 +101,7 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
         .unwrap()
         .to_owned();
     let wasm = std::fs::read(data.path().join("plugins").join(format!("{builtin}.wasm"))).unwrap();
-    let v2 = install(&api, variant_of(&wasm, "v2")).await;
+    let v2 = install_plugin(&api, variant_of(&wasm, "v2")).await;
 
     let specs = binance_sources(&sim, 20, "cy");
     support::add_sources(&api, &specs).await;
@@ -241,7 +227,7 @@ async fn a_canary_moves_its_share_rollback_and_promotion_finish_it_and_nothing_i
     let built_in = remove(&builtin);
     assert!(!built_in.status.success());
     assert!(String::from_utf8_lossy(&built_in.stderr).contains("built into"));
-    let v3 = install(&api, variant_of(&wasm, "v3")).await;
+    let v3 = install_plugin(&api, variant_of(&wasm, "v3")).await;
     let file = data.path().join("plugins").join(format!("{v3}.wasm"));
     assert!(file.exists());
     let removed = remove(&v3);

@@ -60,6 +60,27 @@ pub struct NodeOptions {
     pub write_token: Option<String>,
 }
 
+/// Three nodes `<prefix>1`, `<prefix>2`, `<prefix>3` on one PostgreSQL, the others joining the
+/// first.
+pub fn three_on_postgres(root: &Path, prefix: &str, postgres: &str) -> [NodeProc; 3] {
+    let first = NodeProc::start(
+        root,
+        &format!("{prefix}1"),
+        &NodeOptions {
+            postgres: Some(postgres.to_owned()),
+            ..NodeOptions::default()
+        },
+    );
+    let options = NodeOptions {
+        seeds: vec![first.gossip.clone()],
+        postgres: Some(postgres.to_owned()),
+        ..NodeOptions::default()
+    };
+    let second = NodeProc::start(root, &format!("{prefix}2"), &options);
+    let third = NodeProc::start(root, &format!("{prefix}3"), &options);
+    [first, second, third]
+}
+
 impl NodeProc {
     /// Start node `id` with its data in `root/<id>` and wait until it serves its API.
     pub fn start(root: &Path, id: &str, options: &NodeOptions) -> NodeProc {

@@ -535,6 +535,42 @@ pub fn variant_of(wasm: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// The bytes of a component the build made for the tests (`hostile-plugin`, `candles`, …).
+pub fn component(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("ANODE_WASM_DIR")).join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Upload a component through the node's API (no token); its digest.
+pub async fn install_plugin(api: &str, wasm: Vec<u8>) -> String {
+    let installed: serde_json::Value = reqwest::Client::new()
+        .post(format!("{api}/api/v1/plugins"))
+        .body(wasm)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    installed["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not installed: {installed}"))
+        .to_owned()
+}
+
+/// POST a JSON body (no token) and read the JSON answer, whatever its status.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: not JSON: {e}"))
+}
+
 /// `POST /api/v1/sources` with an array of specs (no token): all are added, or the test fails
 /// with the node's answer.
 pub async fn add_sources(api: &str, specs: &[serde_json::Value]) {
