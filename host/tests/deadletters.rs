@@ -5,8 +5,8 @@
 //!   others (the `poison` fixture), and rows PostgreSQL refuses (a NUL in `jsonb`): every
 //!   generated id is stored once or is in the dead-letter store, exactly the poisoned ones,
 //!   and an `after=stored` subscriber never sees a dead letter; replayed through the fixed
-//!   build of the plugin, every generated id is stored once — with the embedded store and
-//!   with PostgreSQL;
+//!   build of the plugin, every generated id is stored once — with the embedded store, with
+//!   PostgreSQL, and with PostgreSQL and JetStream (required, and optional);
 //! - a connector's cursor the store cannot keep (a NUL) fails that source only, with a clear
 //!   error: its records are stored, the cursor and a bad frame are dead letters, the committed
 //!   cursor stays the last good one, another source on the node keeps storing; removing the
@@ -61,10 +61,12 @@ async fn poisoned_transforms_lose_nothing(
     root: tempfile::TempDir,
     stored: Stored,
     postgres: Option<String>,
+    nats: Option<anode::sink::NatsSettings>,
 ) {
     let sim = simulator(40.0).await;
     let mut config = node_config(root.path());
     config.store.postgres_url = postgres.clone();
+    config.store.nats = nats.clone();
     // A deadline passed costs its call this long (and each probe that holds the event).
     config.plugins.call_timeout_ms = 150;
     let node = start_node(config).await;
@@ -240,8 +242,14 @@ async fn poisoned_transforms_lose_nothing(
     assert_eq!(purged["purged"], json!(letters.len()));
     subscriber.task.abort();
     sim.shutdown().await;
+    node.shutdown().await;
+    if let Some(nats) = nats {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&nats.stream)
+            .await;
+    }
     if let Stored::Postgres(db) = stored {
-        drop(node);
         db.drop_db().await;
     }
 }
@@ -250,7 +258,7 @@ async fn poisoned_transforms_lose_nothing(
 async fn failing_transforms_lose_nothing_with_the_embedded_store() {
     let root = tempfile::tempdir().unwrap();
     let stored = Stored::Sqlite(root.path().join("records.sqlite"));
-    poisoned_transforms_lose_nothing(root, stored, None).await;
+    poisoned_transforms_lose_nothing(root, stored, None, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +266,31 @@ async fn failing_transforms_and_refused_rows_lose_nothing_with_postgres() {
     let db = TestDb::create(&support::pg_server()).await;
     let url = db.url.clone();
     let root = tempfile::tempdir().unwrap();
-    poisoned_transforms_lose_nothing(root, Stored::Postgres(db), Some(url)).await;
+    poisoned_transforms_lose_nothing(root, Stored::Postgres(db), Some(url), None).await;
+}
+
+/// With JetStream required before PostgreSQL: a row PostgreSQL refuses was already published
+/// (it is in the dead-letter store, and not stored); nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_transforms_and_refused_rows_lose_nothing_with_jetstream_required() {
+    let db = TestDb::create(&support::pg_server()).await;
+    let url = db.url.clone();
+    let root = tempfile::tempdir().unwrap();
+    let nats = support::nats_settings(&support::nats_url(), "DLREQ");
+    poisoned_transforms_lose_nothing(root, Stored::Postgres(db), Some(url), Some(nats)).await;
+}
+
+/// With an optional JetStream after PostgreSQL: a refused row is not copied to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_transforms_and_refused_rows_lose_nothing_with_jetstream_optional() {
+    let db = TestDb::create(&support::pg_server()).await;
+    let url = db.url.clone();
+    let root = tempfile::tempdir().unwrap();
+    let nats = anode::sink::NatsSettings {
+        required: false,
+        ..support::nats_settings(&support::nats_url(), "DLOPT")
+    };
+    poisoned_transforms_lose_nothing(root, Stored::Postgres(db), Some(url), Some(nats)).await;
 }
 
 /// A venue the test drives frame by frame: one WebSocket connection at a time, fed what the
