@@ -135,6 +135,27 @@ impl DeadLetter {
     pub fn meta_json(&self) -> String {
         serde_json::to_string(&self.meta).expect("plain fields serialise")
     }
+
+    /// As a message (JetStream): the fields the API shows, the raw bytes as text when they
+    /// are UTF-8, else as `raw_hex`.
+    pub fn to_json(&self) -> String {
+        let (raw, raw_hex) = match std::str::from_utf8(&self.raw) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (None, Some(hex::encode(&self.raw))),
+        };
+        serde_json::json!({
+            "source": self.source,
+            "stage": self.stage,
+            "plugin": self.plugin,
+            "step": self.step,
+            "reason": self.reason,
+            "raw": raw,
+            "raw_hex": raw_hex,
+            "meta": self.meta,
+            "at_us": self.at_us,
+        })
+        .to_string()
+    }
 }
 
 /// A dead letter as stored: its number in the store, and whether it was replayed.

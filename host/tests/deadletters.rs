@@ -57,6 +57,34 @@ async fn dead_letters(api: &str) -> (BTreeMap<String, BTreeSet<u64>>, Vec<Value>
     (by_source, letters)
 }
 
+/// Dead letters on JetStream's dead-letter subject (`<prefix>._deadletters.<source>`).
+async fn jetstream_dead_letters(nats: &anode::sink::NatsSettings) -> usize {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let context = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let stream = context.get_stream(&nats.stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}._deadletters.>", nats.subject_prefix),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut n = 0;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        let letter: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert!(
+            letter["reason"].is_string() && letter["stage"].is_string(),
+            "{letter}"
+        );
+        n += 1;
+    }
+    n
+}
+
 async fn poisoned_transforms_lose_nothing(
     root: tempfile::TempDir,
     stored: Stored,
@@ -192,6 +220,25 @@ async fn poisoned_transforms_lose_nothing(
         },
     )
     .await;
+    if let Some(nats) = &nats {
+        // JetStream has them too, on their own subject: a required JetStream those the batch
+        // carried (the rows PostgreSQL refused come later, from the database), an optional
+        // one every one (it gets copies of what the database committed).
+        let want = if nats.required {
+            letters.iter().filter(|l| l["stage"] != "store").count()
+        } else {
+            letters.len()
+        };
+        until("the dead letters on JetStream", LIMIT, || async {
+            let n = jetstream_dead_letters(nats).await;
+            if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n} of {want}"))
+            }
+        })
+        .await;
+    }
     let metrics = support::metrics_text(&api).await;
     assert!(
         metrics.contains(&format!(

@@ -454,12 +454,25 @@ async fn a_jetstream_tail_hands_out_a_record_published_twice_once() {
             "ingest_time_us": 1, "node": "n", "payload": {"n": n}})
         .to_string()
     };
-    // 1, 2, then 1 again under another message id (as after the duplicate window), then 3.
-    for (n, msg_id) in [(1, "a"), (2, "b"), (1, "c"), (3, "d")] {
+    // 1, 2, then 1 again under another message id (as after the duplicate window), a dead
+    // letter on its own subject (not a record), then 3.
+    let dead = serde_json::json!({"source": "twice", "stage": "transform", "reason": "r"});
+    let messages = [
+        (subject.clone(), record(1), "a"),
+        (subject.clone(), record(2), "b"),
+        (subject.clone(), record(1), "c"),
+        (
+            format!("{}._deadletters.twice", nats.subject_prefix),
+            dead.to_string(),
+            "e",
+        ),
+        (subject.clone(), record(3), "d"),
+    ];
+    for (subject, body, msg_id) in messages {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         context
-            .publish_with_headers(subject.clone(), headers, record(n).into())
+            .publish_with_headers(subject, headers, body.into())
             .await
             .unwrap()
             .await

@@ -93,14 +93,15 @@ impl Pending {
         )
     }
 
-    /// Records with no source cursor and no acknowledgement: a copy for an optional sink.
-    pub(crate) fn copy(records: Vec<Record>) -> Pending {
+    /// Records (and dead letters) with no source cursor and no acknowledgement: a copy for
+    /// an optional sink.
+    pub(crate) fn copy(records: Vec<Record>, dead: Vec<DeadLetter>) -> Pending {
         Pending {
             source: Arc::from(""),
             records,
             cursor: None,
             states: Vec::new(),
-            dead: Vec::new(),
+            dead,
             ack: None,
         }
     }

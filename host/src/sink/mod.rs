@@ -643,8 +643,8 @@ impl Shared {
 
     /// An optional sink takes a copy of committed records when they fit its buffer, and
     /// counts them dropped when they do not: it never holds the database back.
-    fn offer(&self, records: &[Record]) {
-        if records.is_empty() || self.closed.is_cancelled() {
+    fn offer(&self, records: &[Record], dead: &[DeadLetter]) {
+        if (records.is_empty() && dead.is_empty()) || self.closed.is_cancelled() {
             return;
         }
         match u32::try_from(records.len())
@@ -653,7 +653,7 @@ impl Shared {
         {
             Some(permits) => {
                 permits.forget();
-                self.push(Pending::copy(records.to_vec()));
+                self.push(Pending::copy(records.to_vec(), dead.to_vec()));
             }
             None => {
                 let dropped = self.dropped.fetch_add(records.len() as u64, Relaxed);
@@ -969,7 +969,7 @@ impl Shared {
                 self.cursors_committed
                     .fetch_add(taken.cursors.len() as u64, Relaxed);
                 for copy in copies {
-                    copy.offer(&taken.records);
+                    copy.offer(&taken.records, &taken.dead);
                 }
                 taken.acknowledge();
                 self.committed.notify_waiters();

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{LogFilter, LogQuery, LogStart, Position, TailError, other_log, with_position};
 use super::{Backend, Resume, StoreReadError, WriteError, Written};
+use crate::deadletter::DeadLetter;
 use crate::record::{RecentIds, Record, RecordId};
 
 /// `[store.nats]`: JetStream as a required second sink.
@@ -113,6 +114,16 @@ impl NatsSettings {
         )
     }
 
+    /// The subject of `source`'s dead letters: `<prefix>._deadletters.<source>` (tails skip
+    /// it).
+    pub fn dead_subject(&self, source: &str) -> String {
+        format!(
+            "{}.{DEAD_TOKEN}.{}",
+            self.subject_prefix,
+            subject_token(source)
+        )
+    }
+
     /// The narrowest one subject that covers `filter` (a wildcard where it names several);
     /// the tail checks each record against the whole filter.
     fn filter_subject(&self, filter: &LogFilter) -> String {
@@ -130,6 +141,9 @@ impl NatsSettings {
 }
 
 /// A stream or source name as one subject token.
+/// The subject token of dead letters, where a record's stream would be.
+const DEAD_TOKEN: &str = "_deadletters";
+
 fn subject_token(name: &str) -> String {
     name.replace(['.', ' ', '*', '>'], "_")
 }
@@ -212,34 +226,42 @@ impl JetStream {
     }
 
     /// Publish every record, then wait for all the acknowledgements.
-    async fn publish(&mut self, records: &[Record]) -> Result<(), WriteError> {
+    /// Publish records, and dead letters on their own subject, each with its id as
+    /// `Nats-Msg-Id`; wait for every acknowledgement.
+    async fn publish(&mut self, records: &[Record], dead: &[DeadLetter]) -> Result<(), WriteError> {
         let context = self
             .context
             .as_ref()
             .ok_or_else(|| WriteError::Connection("NATS is not connected".into()))?;
         let lost = |e: &dyn std::fmt::Display| WriteError::Connection(format!("JetStream: {e}"));
-        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(records.len());
-        for record in records {
+        let records = records.iter().map(|r| {
+            let subject = self.settings.subject(&r.stream, &r.source);
+            (r.id.to_hex(), subject, r.to_json())
+        });
+        let letters = dead.iter().map(|d| {
+            let body = d.to_json();
+            let id = RecordId::derive(&d.source, DEAD_TOKEN, None, body.as_bytes());
+            (id.to_hex(), self.settings.dead_subject(&d.source), body)
+        });
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(records.len() + dead.len());
+        for (id, subject, body) in records.chain(letters) {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                record.id.to_hex().as_str(),
-            );
-            let subject = self.settings.subject(&record.stream, &record.source);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             let ack = context
-                .publish_with_headers(subject, headers, record.to_json().into())
+                .publish_with_headers(subject, headers, body.into())
                 .await
                 .map_err(|e| lost(&e))?;
             acks.push(ack);
         }
         let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
+        let acks_len = acks.len();
         let all = futures_util::future::try_join_all(acks.into_iter().map(|a| a.into_future()));
         match tokio::time::timeout(timeout, all).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(lost(&e)),
             Err(_) => Err(WriteError::Connection(format!(
-                "JetStream did not acknowledge {} records within {timeout:?}",
-                records.len()
+                "JetStream did not acknowledge {} messages within {timeout:?}",
+                acks_len
             ))),
         }
     }
@@ -256,9 +278,9 @@ impl Backend for JetStream {
         records: &[Record],
         _cursors: &[(Arc<str>, String)],
         _states: &[(Arc<str>, super::StepState)],
-        _dead: &[crate::deadletter::DeadLetter],
+        dead: &[DeadLetter],
     ) -> Result<Written, WriteError> {
-        self.publish(records).await?;
+        self.publish(records, dead).await?;
         // The server drops a second copy of an id within the duplicate window; the count of
         // those is not in its acknowledgements' totals, so every record counts as written.
         Ok(Written {
@@ -294,6 +316,8 @@ pub(crate) struct JetStreamTail {
     start: LogStart,
     /// The sequence of the last record handed out.
     last: Option<u64>,
+    /// Tokens in the subject prefix: the stream's token comes next.
+    prefix_tokens: usize,
     /// Ids handed out lately: a record published again after `duplicate_window_s` (a crash
     /// and a late restart re-ingest what JetStream had but the database had not
     /// acknowledged) is in the stream twice, and is handed out once.
@@ -328,6 +352,7 @@ impl JetStreamTail {
         let client = connect_client(&settings).await.map_err(js_error)?;
         let context = jetstream::new(client);
         let messages = Self::consume(&context, &settings, &filter, start).await?;
+        let prefix_tokens = settings.subject_prefix.split('.').count();
         Ok(JetStreamTail {
             settings,
             context,
@@ -335,6 +360,7 @@ impl JetStreamTail {
             filter,
             start,
             last: None,
+            prefix_tokens,
             seen: RecentIds::new(TAIL_REPEAT_WINDOW),
         })
     }
@@ -400,6 +426,10 @@ impl JetStreamTail {
             .map_err(js_error)?;
         let seq = message.info().map_err(js_error)?.stream_sequence;
         self.last = Some(seq);
+        if message.subject.split('.').nth(self.prefix_tokens) == Some(DEAD_TOKEN) {
+            // A dead letter: not a record.
+            return Ok(());
+        }
         #[derive(Deserialize)]
         struct Head {
             id: String,
