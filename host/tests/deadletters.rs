@@ -7,6 +7,8 @@
 //!   and an `after=stored` subscriber never sees a dead letter; replayed through the fixed
 //!   build of the plugin, every generated id is stored once — with the embedded store, with
 //!   PostgreSQL, and with PostgreSQL and JetStream (required, and optional);
+//! - a transform that says the source cannot go on stops it, and the events it was given are
+//!   dead letters, so every id up to them is stored or kept;
 //! - a connector's cursor the store cannot keep (a NUL) fails that source only, with a clear
 //!   error: its records are stored, the cursor and a bad frame are dead letters, the committed
 //!   cursor stays the last good one, another source on the node keeps storing; removing the
@@ -463,5 +465,61 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
         }
     })
     .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_transform_stops_its_source_and_keeps_what_it_was_given() {
+    let sim = simulator(40.0).await;
+    let root = tempfile::tempdir().unwrap();
+    let stored = Stored::Sqlite(root.path().join("records.sqlite"));
+    let node = start_node(node_config(root.path())).await;
+    let api = node.url();
+    install_plugin(&api, component("poison-plugin")).await;
+    let mut spec = binance_sources(&sim, 1, "ft").remove(0);
+    spec["transforms"] = json!([{"plugin": "poison", "config": {"fatal_on": [[40, 7]]}}]);
+    support::add_sources(&api, &[spec.clone()]).await;
+    let failed = until("the source to fail", LIMIT, || async {
+        let report = get_json(&format!("{api}/api/v1/sources/ft-0")).await;
+        if report["status"]["state"] == "failed" {
+            Ok(report)
+        } else {
+            Err(report.to_string())
+        }
+    })
+    .await;
+    let error = failed["status"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("giving up"), "{error}");
+    // Every id from the first generated up to the last one the step was given is stored or a
+    // dead letter; the one it gave up on is a dead letter saying so.
+    let (first, _) = sim.report().streams[&trade_stream(&spec)]
+        .generated
+        .unwrap();
+    let (dead, letters) = until("the dead letters", LIMIT, || async {
+        let (dead, letters) = dead_letters(&api).await;
+        if dead.contains_key("ft-0") {
+            Ok((dead, letters))
+        } else {
+            Err("none".into())
+        }
+    })
+    .await;
+    let dead = &dead["ft-0"];
+    let last = *dead.iter().next_back().unwrap();
+    let have: BTreeSet<u64> = stored.ids("ft-0").await.into_iter().collect();
+    let missing: Vec<u64> = (first..=last)
+        .filter(|n| !have.contains(n) && !dead.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "ids lost: {missing:?}");
+    assert!(dead.iter().any(|n| n % 40 == 7), "{dead:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["reason"].as_str().unwrap().contains("stopped the source")),
+        "{letters:?}"
+    );
     sim.shutdown().await;
 }

@@ -196,9 +196,17 @@ impl SourceCtx {
         let changed = !decoded.events.is_empty() && !self.chain.is_empty();
         let records = match self.transform(decoded.events, &mut dead).await {
             Ok(records) => records,
+            Err(Problem::Fatal(message)) => {
+                // A step stopped the source: what it was given is in `dead`, so the batch goes
+                // to the store (its cursor may pass what is kept there), then the source stops.
+                let cursor = decoded.cursor.filter(|c| cursor_fault(c).is_none());
+                self.emit(Vec::new(), cursor, Vec::new(), dead).await;
+                outcome.problem = Some(Problem::Fatal(message));
+                return outcome;
+            }
             Err(problem) => {
-                // The chain cannot go on: the cursor must not pass records that were not
-                // stored, so nothing of the batch is submitted.
+                // Stopping mid-retry: the cursor must not pass records that were not stored,
+                // so nothing of the batch is submitted.
                 outcome.problem = Some(problem);
                 return outcome;
             }

@@ -227,6 +227,9 @@ impl SourceCtx {
         let settings = &self.ingest.settings;
         let mut events = events;
         let mut retries = 0u32;
+        // Isolations that found no culprit: the failure came from the shared step (its
+        // state, the machine), not from an event; after the second, the batch is kept whole.
+        let mut unexplained = 0u32;
         loop {
             let (result, back) = call_step(step, events).await;
             events = back;
@@ -240,10 +243,16 @@ impl SourceCtx {
                 CallError::Plugin {
                     error: PluginError::Fatal(m),
                     ..
-                } => return Err(Problem::Fatal(m.clone())),
-                CallError::NoSession(_) => return Err(Problem::Fatal(message)),
-                // The instance is restarting (another source's batch crashed it): wait for it.
-                CallError::BackingOff { wait, .. } => Some(*wait),
+                } => return Err(self.fatal(at, events, m.clone(), dead)),
+                CallError::NoSession(_) => return Err(self.fatal(at, events, message, dead)),
+                // The instance is restarting (another source's batch crashed it): wait for
+                // it, however often; its backoff is bounded, and it instantiates again.
+                CallError::BackingOff { wait, .. } => {
+                    tokio::select! {
+                        () = tokio::time::sleep((*wait).max(Duration::from_millis(1))) => continue,
+                        () = self.cancel.cancelled() => return Err(stopped(at, &message)),
+                    }
+                }
                 CallError::Plugin {
                     error: PluginError::Retryable(_),
                     ..
@@ -261,24 +270,29 @@ impl SourceCtx {
                 retries += 1;
                 tokio::select! {
                     () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => continue,
-                    () = self.cancel.cancelled() => {
-                        return Err(Problem::Retry(format!(
-                            "stopped while retrying transform step {at}: {message}"
-                        )));
-                    }
+                    () = self.cancel.cancelled() => return Err(stopped(at, &message)),
                 }
             }
             // The rest of the batch goes on; what fails alone is a dead letter.
             let (good, bad) = isolate(&step.probe, events).await;
             let culprits = bad.len();
             if culprits == 0 {
-                // Not reproduced on a fresh instance: the failure depends on the step's state.
+                unexplained += 1;
+                if unexplained < 2 {
+                    // No event fails alone: try the shared step again, with fresh retries.
+                    events = good;
+                    retries = 0;
+                    continue;
+                }
                 for event in good {
                     dead.push(event_letter(
                         self,
                         Some(at),
                         event,
-                        format!("failed {} times at step {at}: {message}", retries + 1),
+                        format!(
+                            "step {at} failed on this batch again and again, and no event of \
+                             it fails alone on a fresh instance: {message}"
+                        ),
                     ));
                 }
                 return Ok(Vec::new());
@@ -298,6 +312,30 @@ impl SourceCtx {
             retries = 0;
         }
     }
+
+    /// A step said the source cannot go on: the events it was given are kept as dead letters
+    /// (the source's cursor may pass them: nothing is lost), and the source stops.
+    fn fatal(
+        &self,
+        at: usize,
+        events: Vec<Event>,
+        message: String,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Problem {
+        for event in events {
+            let why = format!("step {at} stopped the source: {message}");
+            dead.push(event_letter(self, Some(at), event, why));
+        }
+        Problem::Fatal(message)
+    }
+}
+
+/// The source is stopping while a step waits to be retried: the batch is not stored, and its
+/// cursor not committed (the next session takes it up from the last one).
+fn stopped(at: usize, message: &str) -> Problem {
+    Problem::Retry(format!(
+        "stopped while retrying transform step {at}: {message}"
+    ))
 }
 
 /// Run one step on its shared instance; the events come back with the result, so a retry
