@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::cluster::{NodeOptions, NodeProc};
 use support::store::{Stored, Subscriber, trade_stream};
 use support::{
     TestDb, binance_sources, component, get_json, install_plugin, node_config, post_json,
@@ -87,6 +88,77 @@ async fn jetstream_dead_letters(nats: &anode::sink::NatsSettings) -> usize {
     n
 }
 
+/// Every id the venue generated for each of `specs` is stored once, or is a dead letter —
+/// exactly those `poisoned` says.
+async fn every_id_stored_once_or_dead(
+    api: &str,
+    stored: &Stored,
+    specs: &[Value],
+    report: &anode_feedsim::Report,
+    poisoned: &dyn Fn(u64) -> bool,
+) {
+    until(
+        "every generated id stored once or dead-lettered",
+        LIMIT,
+        || async {
+            let (dead, _) = dead_letters(api).await;
+            let counts = stored.counts().await;
+            let mut wrong = Vec::new();
+            for spec in specs {
+                let id = spec["id"].as_str().unwrap();
+                let (first, last) = report.streams[&trade_stream(spec)].generated.unwrap();
+                let have: Vec<u64> = stored.ids(id).await;
+                let have_set: BTreeSet<u64> = have.iter().copied().collect();
+                let dead = dead.get(id).cloned().unwrap_or_default();
+                let want_stored: BTreeSet<u64> = (first..=last).filter(|&n| !poisoned(n)).collect();
+                let want_dead: BTreeSet<u64> = (first..=last).filter(|&n| poisoned(n)).collect();
+                if have_set != want_stored || dead != want_dead || have.len() != have_set.len() {
+                    let missing = want_stored.difference(&have_set).count();
+                    let extra = have_set.difference(&want_stored).count();
+                    wrong.push(format!(
+                        "{id} {first}..={last}: {missing} missing, {extra} stored that are \
+                         poisoned, {} rows for {} ids; dead {dead:?} want {want_dead:?}",
+                        counts.get(id).copied().unwrap_or(0),
+                        have_set.len()
+                    ));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("; "))
+            }
+        },
+    )
+    .await;
+}
+
+/// The poison transform's chain, with every rule.
+fn poisoned_chain() -> Value {
+    json!([{"plugin": "poison", "config": {
+        "trap_on": [TRAP], "spin_on": [SPIN], "reject_on": [REJECT], "nul_on": [NUL]}}])
+}
+
+/// Wait until each of `specs`' streams has generated `ids` ids.
+async fn until_streams_pass(sim: &anode_feedsim::FeedSim, specs: &[Value], ids: u64) {
+    let head = |s: &Value| {
+        sim.report()
+            .streams
+            .get(&trade_stream(s))
+            .and_then(|s| s.generated)
+            .map_or(0, |g| g.1 - g.0)
+    };
+    until(&format!("each stream to pass {ids} ids"), LIMIT, || async {
+        let low = specs.iter().map(head).min().unwrap_or(0);
+        if low >= ids {
+            Ok(())
+        } else {
+            Err(format!("{low}"))
+        }
+    })
+    .await;
+}
+
 async fn poisoned_transforms_lose_nothing(
     root: tempfile::TempDir,
     stored: Stored,
@@ -106,27 +178,11 @@ async fn poisoned_transforms_lose_nothing(
     let subscriber = Subscriber::connect(&ws).await;
     let mut specs = binance_sources(&sim, 3, "dl");
     for spec in &mut specs {
-        spec["transforms"] = json!([{"plugin": "poison", "config": {
-            "trap_on": [TRAP], "spin_on": [SPIN], "reject_on": [REJECT], "nul_on": [NUL]}}]);
+        spec["transforms"] = poisoned_chain();
     }
     support::add_sources(&api, &specs).await;
     // Long enough for every fault to strike every source more than once.
-    let head = |s: &Value| {
-        sim.report()
-            .streams
-            .get(&trade_stream(s))
-            .and_then(|s| s.generated)
-            .map_or(0, |g| g.1 - g.0)
-    };
-    until("each stream to pass 130 ids", LIMIT, || async {
-        let low = specs.iter().map(head).min().unwrap_or(0);
-        if low >= 130 {
-            Ok(())
-        } else {
-            Err(format!("{low}"))
-        }
-    })
-    .await;
+    until_streams_pass(&sim, &specs, 130).await;
     sim.pause();
 
     // Poisoned for this store: the NUL row is refused by PostgreSQL's jsonb only.
@@ -135,40 +191,7 @@ async fn poisoned_transforms_lose_nothing(
         hits(TRAP, n) || hits(SPIN, n) || hits(REJECT, n) || (refused_by_store && hits(NUL, n))
     };
     let report = sim.report();
-    until(
-        "every generated id stored once or dead-lettered",
-        LIMIT,
-        || async {
-            let (dead, _) = dead_letters(&api).await;
-            let counts = stored.counts().await;
-            let mut wrong = Vec::new();
-            for spec in &specs {
-                let id = spec["id"].as_str().unwrap();
-                let (first, last) = report.streams[&trade_stream(spec)].generated.unwrap();
-                let have: Vec<u64> = stored.ids(id).await;
-                let have_set: BTreeSet<u64> = have.iter().copied().collect();
-                let dead = dead.get(id).cloned().unwrap_or_default();
-                let want_stored: BTreeSet<u64> = (first..=last).filter(|&n| !poisoned(n)).collect();
-                let want_dead: BTreeSet<u64> = (first..=last).filter(|&n| poisoned(n)).collect();
-                if have_set != want_stored || dead != want_dead || have.len() != have_set.len() {
-                    let missing = want_stored.difference(&have_set).count();
-                    let extra = have_set.difference(&want_stored).count();
-                    wrong.push(format!(
-                        "{id} {first}..={last}: {missing} missing, {extra} stored that are \
-                     poisoned, {} rows for {} ids; dead {dead:?} want {want_dead:?}",
-                        counts.get(id).copied().unwrap_or(0),
-                        have_set.len()
-                    ));
-                }
-            }
-            if wrong.is_empty() {
-                Ok(())
-            } else {
-                Err(wrong.join("; "))
-            }
-        },
-    )
-    .await;
+    every_id_stored_once_or_dead(&api, &stored, &specs, &report, &poisoned).await;
 
     // Each dead letter says where and why, and names the plugin that refused it.
     let (_, letters) = dead_letters(&api).await;
@@ -364,8 +387,21 @@ async fn venue() -> (String, tokio::sync::mpsc::Sender<String>) {
     (url, send)
 }
 
-async fn source_report(api: &str, id: &str) -> Value {
-    get_json(&format!("{api}/api/v1/sources/{id}")).await
+/// Wait until source `id` is `failed`; its last error.
+async fn until_failed(api: &str, id: &str) -> String {
+    let report = until(&format!("{id} to fail"), LIMIT, || async {
+        let report = get_json(&format!("{api}/api/v1/sources/{id}")).await;
+        if report["status"]["state"] == "failed" {
+            Ok(report)
+        } else {
+            Err(report.to_string())
+        }
+    })
+    .await;
+    report["status"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,19 +431,7 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
     })
     .await;
     frames.send("4\u{0}".into()).await.unwrap();
-    let failed = until("the source to fail", LIMIT, || async {
-        let report = source_report(&api, "cursors").await;
-        if report["status"]["state"] == "failed" {
-            Ok(report)
-        } else {
-            Err(report.to_string())
-        }
-    })
-    .await;
-    let error = failed["status"]["last_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = until_failed(&api, "cursors").await;
     assert!(error.contains("cursor") && error.contains("NUL"), "{error}");
     // The batch's record is stored; the cursor stays the last good one.
     stored.until_at_least("cursors", 4).await;
@@ -479,19 +503,7 @@ async fn a_fatal_transform_stops_its_source_and_keeps_what_it_was_given() {
     let mut spec = binance_sources(&sim, 1, "ft").remove(0);
     spec["transforms"] = json!([{"plugin": "poison", "config": {"fatal_on": [[40, 7]]}}]);
     support::add_sources(&api, &[spec.clone()]).await;
-    let failed = until("the source to fail", LIMIT, || async {
-        let report = get_json(&format!("{api}/api/v1/sources/ft-0")).await;
-        if report["status"]["state"] == "failed" {
-            Ok(report)
-        } else {
-            Err(report.to_string())
-        }
-    })
-    .await;
-    let error = failed["status"]["last_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = until_failed(&api, "ft-0").await;
     assert!(error.contains("giving up"), "{error}");
     // Every id from the first generated up to the last one the step was given is stored or a
     // dead letter; the one it gave up on is a dead letter saying so.
@@ -522,4 +534,84 @@ async fn a_fatal_transform_stops_its_source_and_keeps_what_it_was_given() {
         "{letters:?}"
     );
     sim.shutdown().await;
+}
+
+/// The same faults with two nodes on one PostgreSQL, the `after=stored` subscriber on the
+/// other node than half the sources: it receives exactly what is stored, relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_transforms_lose_nothing_for_a_subscriber_on_another_node() {
+    let root = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&support::pg_server()).await;
+    let sim = simulator(40.0).await;
+    let options = |seeds: Vec<String>| NodeOptions {
+        seeds,
+        postgres: Some(db.url.clone()),
+        extra: "[plugins]\ncall_timeout_ms = 150\n".into(),
+        ..NodeOptions::default()
+    };
+    let first = NodeProc::start(root.path(), "x1", &options(Vec::new()));
+    let second = NodeProc::start(root.path(), "x2", &options(vec![first.gossip.clone()]));
+    install_plugin(&first.api, component("poison-plugin")).await;
+    let ws = second.api.replace("http://", "ws://");
+    let subscriber = Subscriber::connect(&format!("{ws}/ws?after=stored")).await;
+    let mut specs = binance_sources(&sim, 4, "xn");
+    for spec in &mut specs {
+        spec["transforms"] = poisoned_chain();
+    }
+    support::add_sources(&first.api, &specs).await;
+    until_streams_pass(&sim, &specs, 130).await;
+    // Both nodes collect some of them.
+    let owners: BTreeSet<String> = get_json(&format!("{}/api/v1/sources", first.api))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["owner"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        owners.len(),
+        2,
+        "the sources are spread over both nodes: {owners:?}"
+    );
+    sim.pause();
+    let poisoned = |n: u64| hits(TRAP, n) || hits(SPIN, n) || hits(REJECT, n) || hits(NUL, n);
+    let stored = Stored::Postgres(db);
+    let report = sim.report();
+    every_id_stored_once_or_dead(&first.api, &stored, &specs, &report, &poisoned).await;
+    let stored_ids: BTreeSet<String> = {
+        let Stored::Postgres(db) = &stored else {
+            unreachable!()
+        };
+        db.client()
+            .await
+            .query("SELECT encode(id, 'hex') FROM anode_records", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    until(
+        "the subscriber on x2 to have every stored record",
+        LIMIT,
+        || async {
+            let got: BTreeSet<String> = subscriber.ids.lock().unwrap().iter().cloned().collect();
+            let missing = stored_ids.difference(&got).count();
+            let extra = got.difference(&stored_ids).count();
+            if missing == 0 && extra == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{missing} stored not received, {extra} received not stored"
+                ))
+            }
+        },
+    )
+    .await;
+    subscriber.task.abort();
+    sim.shutdown().await;
+    drop((first, second));
+    if let Stored::Postgres(db) = stored {
+        db.drop_db().await;
+    }
 }
