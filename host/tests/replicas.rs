@@ -1,8 +1,8 @@
 //! Sources collected on two nodes at once (`"replicas": 2`): a feed with no history API
 //! (Binance with `backfill: false`) survives `kill -9` of one of its owners with every id the
 //! simulator generated stored once — the fault's own window included — because the other
-//! owner was collecting all along. A subscriber on another node is told of the `gap` the
-//! dead node's link left. Three `anode up` processes on one PostgreSQL; every wait polls with a
+//! owner was collecting all along. An `after=stored` subscriber on another node receives
+//! every stored record, and is told of the `gap` the dead node's link left. Three `anode up` processes on one PostgreSQL; every wait polls with a
 //! deadline.
 
 mod support;
@@ -82,22 +82,13 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
         spec["config"]["backfill"] = json!(false);
         spec["replicas"] = json!(2);
     }
-    for spec in &specs {
-        post(&format!("{}/api/v1/sources", first.api), spec).await;
-    }
-    let sources: BTreeSet<String> = specs
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    let owners = until_replicated(&[&first, &second, &third], &sources).await;
-    let victims: Vec<&String> = owners
-        .iter()
-        .filter(|(_, of)| of.contains("r3"))
-        .map(|(id, _)| id)
-        .collect();
-    assert!(!victims.is_empty(), "r3 collects no source");
-
-    // A subscriber on r1: records of r3's sources reach it over r3's link.
+    // An after=stored subscriber on r1, from before the sources start: records of the
+    // sources r2 and r3 collect reach it over their links.
+    let subscriber = support::store::Subscriber::connect(&format!(
+        "{}/ws?after=stored",
+        first.api.replace("http://", "ws://")
+    ))
+    .await;
     let (socket, _) =
         tokio_tungstenite::connect_async(format!("{}/ws", first.api.replace("http://", "ws://")))
             .await
@@ -119,6 +110,21 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
             }
         }
     });
+    for spec in &specs {
+        post(&format!("{}/api/v1/sources", first.api), spec).await;
+    }
+    let sources: BTreeSet<String> = specs
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    let owners = until_replicated(&[&first, &second, &third], &sources).await;
+    let victims: Vec<&String> = owners
+        .iter()
+        .filter(|(_, of)| of.contains("r3"))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!victims.is_empty(), "r3 collects no source");
+
     until(
         "records from r3 to reach r1's subscriber",
         SETTLE,
@@ -173,6 +179,39 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
     let stored = Stored::Postgres(db);
     // Every id generated while r3 died and after is stored once: no backfill did it.
     every_generated_id_stored_once(&sim, &stored, &specs, &[]).await;
+    // The subscriber on r1 received every stored record, r3's window included: the other
+    // replica of each of r3's sources stored and relayed the same ids.
+    let stored_ids: BTreeSet<String> = {
+        let Stored::Postgres(db) = &stored else {
+            unreachable!()
+        };
+        db.client()
+            .await
+            .query("SELECT encode(id, 'hex') FROM anode_records", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    until(
+        "r1's subscriber to have every stored record",
+        SETTLE,
+        || async {
+            let got: BTreeSet<String> = subscriber.ids.lock().unwrap().iter().cloned().collect();
+            let missing = stored_ids.difference(&got).count();
+            let extra = got.difference(&stored_ids).count();
+            if missing == 0 && extra == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{missing} stored not received, {extra} received not stored"
+                ))
+            }
+        },
+    )
+    .await;
+    subscriber.task.abort();
     let listed = first.get("/api/v1/sources").await;
     let shown: Vec<&Value> = listed.as_array().unwrap().iter().collect();
     assert!(
