@@ -11,8 +11,9 @@
 //!   dead letters, so every id up to them is stored or kept;
 //! - a connector's cursor the store cannot keep (a NUL) fails that source only, with a clear
 //!   error: its records are stored, the cursor and a bad frame are dead letters, the committed
-//!   cursor stays the last good one, another source on the node keeps storing; removing the
-//!   source forgets its cursor.
+//!   cursor stays the last good one, another source on the node keeps storing; `anode
+//!   deadletter` lists, shows, replays and purges them; removing the source forgets its
+//!   cursor.
 
 mod support;
 
@@ -473,6 +474,43 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
     assert_eq!(failed.len(), 2, "{replay}");
     assert!(failed[0].contains("holds no number"), "{replay}");
     assert!(failed[1].contains("cursor is not replayed"), "{replay}");
+    // The CLI shows the same: a table, one in full, a replay that says why, and a purge
+    // that names what it deletes.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_anode"))
+            .args(args)
+            .args(["--url", &api])
+            .env_remove("ANODE_TOKEN")
+            .output()
+            .expect("run anode");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, table) = cli(&["deadletter", "list", "--source", "cursors"]);
+    assert!(
+        ok && table.contains("decode") && table.contains("cursor"),
+        "{table}"
+    );
+    assert!(table.contains("holds no number"), "{table}");
+    let (ok, one) = cli(&["deadletter", "show", &letters[0]["id"].to_string()]);
+    assert!(ok && one.contains("\"raw\": \"not a number\""), "{one}");
+    let (ok, replayed) = cli(&["deadletter", "replay", "--source", "cursors"]);
+    assert!(
+        ok && replayed.contains("0 dead letter(s) replayed"),
+        "{replayed}"
+    );
+    assert!(replayed.contains("failed again"), "{replayed}");
+    let (ok, refused) = cli(&["deadletter", "purge"]);
+    assert!(
+        !ok && refused.contains("a purge names what it deletes"),
+        "{refused}"
+    );
+    let (ok, purged) = cli(&["deadletter", "purge", "--source", "cursors"]);
+    assert!(ok && purged.contains("2 dead letter(s) purged"), "{purged}");
     // Removed, the source's cursor goes with it: one added again under its id starts afresh.
     let removed = reqwest::Client::new()
         .delete(format!("{api}/api/v1/sources/cursors"))
