@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -40,24 +40,6 @@ async fn add_all(node: &NodeProc, specs: &[Value]) {
 
 async fn until_converged(what: &str, nodes: &[&NodeProc], sources: &BTreeSet<String>) {
     until(what, SETTLE, || converged(nodes, sources)).await;
-}
-
-/// Record ids (hex) in the store, of every node or of one.
-async fn stored_ids(stored: &Stored, node: Option<&str>) -> HashSet<String> {
-    let Stored::Postgres(db) = stored else {
-        unreachable!("cluster tests share one PostgreSQL")
-    };
-    db.client()
-        .await
-        .query(
-            "SELECT encode(id, 'hex') FROM anode_records WHERE $1::text IS NULL OR node = $1",
-            &[&node],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 /// Wait until each of `observers` sees `member` in `state`.
@@ -613,7 +595,7 @@ async fn a_graceful_join_and_leave_under_load_lose_nothing_and_deliver_each_reco
     // Each record once, and only records the store has; every record its own node stored
     // (through both hand-overs) reached it. Records another node stored before this node's link
     // to it was open are not replayed (resuming from a position is not built yet).
-    let local = stored_ids(&stored, Some("g1")).await;
+    let local = stored.record_ids(Some("g1")).await;
     until(
         "the subscriber to see every record g1 stored",
         SETTLE,
@@ -634,7 +616,7 @@ async fn a_graceful_join_and_leave_under_load_lose_nothing_and_deliver_each_reco
         seen.len() as u64,
         "a stored subscriber sees each record once across the hand-overs"
     );
-    let in_store = stored_ids(&stored, None).await;
+    let in_store = stored.record_ids(None).await;
     let strangers: Vec<&String> = seen.iter().filter(|id| !in_store.contains(*id)).collect();
     assert!(strangers.is_empty(), "not in the store: {strangers:?}");
     subscriber.task.abort();

@@ -616,36 +616,8 @@ async fn failing_transforms_lose_nothing_for_a_subscriber_on_another_node() {
     let stored = Stored::Postgres(db);
     let report = sim.report();
     every_id_stored_once_or_dead(&first.api, &stored, &specs, &report, &poisoned).await;
-    let stored_ids: BTreeSet<String> = {
-        let Stored::Postgres(db) = &stored else {
-            unreachable!()
-        };
-        db.client()
-            .await
-            .query("SELECT encode(id, 'hex') FROM anode_records", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    until(
-        "the subscriber on x2 to have every stored record",
-        LIMIT,
-        || async {
-            let got: BTreeSet<String> = subscriber.ids.lock().unwrap().iter().cloned().collect();
-            let missing = stored_ids.difference(&got).count();
-            let extra = got.difference(&stored_ids).count();
-            if missing == 0 && extra == 0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{missing} stored not received, {extra} received not stored"
-                ))
-            }
-        },
-    )
-    .await;
+    let stored_ids = stored.record_ids(None).await;
+    subscriber.until_received_exactly(&stored_ids, LIMIT).await;
     subscriber.task.abort();
     sim.shutdown().await;
     drop((first, second));

@@ -90,17 +90,7 @@ async fn every_sent_trade_in_postgres(
         },
     )
     .await;
-    let Stored::Postgres(db) = stored else {
-        unreachable!()
-    };
-    db.client()
-        .await
-        .query("SELECT encode(id, 'hex') FROM anode_records", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    stored.record_ids(None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

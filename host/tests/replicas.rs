@@ -181,36 +181,8 @@ async fn two_replicas_lose_nothing_of_a_feed_without_history_through_kill_nine()
     every_generated_id_stored_once(&sim, &stored, &specs, &[]).await;
     // The subscriber on r1 received every stored record, r3's window included: the other
     // replica of each of r3's sources stored and relayed the same ids.
-    let stored_ids: BTreeSet<String> = {
-        let Stored::Postgres(db) = &stored else {
-            unreachable!()
-        };
-        db.client()
-            .await
-            .query("SELECT encode(id, 'hex') FROM anode_records", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    until(
-        "r1's subscriber to have every stored record",
-        SETTLE,
-        || async {
-            let got: BTreeSet<String> = subscriber.ids.lock().unwrap().iter().cloned().collect();
-            let missing = stored_ids.difference(&got).count();
-            let extra = got.difference(&stored_ids).count();
-            if missing == 0 && extra == 0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{missing} stored not received, {extra} received not stored"
-                ))
-            }
-        },
-    )
-    .await;
+    let stored_ids = stored.record_ids(None).await;
+    subscriber.until_received_exactly(&stored_ids, SETTLE).await;
     subscriber.task.abort();
     let listed = first.get("/api/v1/sources").await;
     let shown: Vec<&Value> = listed.as_array().unwrap().iter().collect();

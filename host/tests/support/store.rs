@@ -164,6 +164,26 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// Record ids (hex) in PostgreSQL, of every node or of one.
+    pub async fn record_ids(&self, node: Option<&str>) -> HashSet<String> {
+        let Stored::Postgres(db) = self else {
+            unreachable!("record ids are read from PostgreSQL")
+        };
+        db.client()
+            .await
+            .query(
+                "SELECT encode(id, 'hex') FROM anode_records WHERE $1::text IS NULL OR node = $1",
+                &[&node],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
 /// A WebSocket subscriber that reads everything and remembers the record ids.
 pub struct Subscriber {
     pub ids: Arc<Mutex<HashSet<String>>>,
@@ -205,6 +225,28 @@ impl Subscriber {
 
     pub fn received(&self) -> usize {
         self.ids.lock().unwrap().len()
+    }
+
+    /// Wait until the subscriber has received exactly `ids` (record ids, hex): none missing,
+    /// none that is not among them.
+    pub async fn until_received_exactly(&self, ids: &HashSet<String>, limit: Duration) {
+        until(
+            "the subscriber to have every stored record",
+            limit,
+            || async {
+                let got = self.ids.lock().unwrap().clone();
+                let missing = ids.difference(&got).count();
+                let extra = got.difference(ids).count();
+                if missing == 0 && extra == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{missing} stored not received, {extra} received not stored"
+                    ))
+                }
+            },
+        )
+        .await;
     }
 }
 
