@@ -113,6 +113,9 @@ pub(crate) struct SourceCtx {
     pub(crate) cancel: CancellationToken,
     /// Ids this source produced lately: repeats are dropped before the transforms.
     pub(crate) recent: Mutex<RecentIds>,
+    /// Per chain step, whether the store holds a state of it: a step that keeps none (most
+    /// transforms, most of the time) writes nothing, but an empty state once to clear a kept one.
+    pub(crate) kept_states: Mutex<Vec<bool>>,
     /// Receipts of submitted batches, in order, for [`acknowledge`].
     pub(crate) acks: mpsc::Sender<Receipt>,
 }
@@ -242,7 +245,8 @@ impl SourceCtx {
     }
 
     /// The state of each stateful step after the batch it just took, to be committed with
-    /// the batch (an empty state when a step keeps none now, so an old one is not given back).
+    /// the batch: a step's state when it has one, and an empty one when it no longer has, so
+    /// that an old one is not given back; nothing for a step that had none and has none.
     async fn snapshot_states(&self) -> Vec<StepState> {
         let mut out = Vec::new();
         for (i, step) in self.chain.iter().enumerate() {
@@ -251,11 +255,17 @@ impl SourceCtx {
             }
             let session = step.session;
             match step.worker.call(move |t| t.snapshot(session)).await {
-                Ok(state) => out.push(StepState {
-                    step: i as u32,
-                    plugin: step.probe.digest(),
-                    state: state.unwrap_or_default(),
-                }),
+                Ok(state) => {
+                    let state = state.unwrap_or_default();
+                    let had = std::mem::replace(&mut lock(&self.kept_states)[i], !state.is_empty());
+                    if had || !state.is_empty() {
+                        out.push(StepState {
+                            step: i as u32,
+                            plugin: step.probe.digest(),
+                            state,
+                        });
+                    }
+                }
                 Err(e) => self.status.error(format!(
                     "transform step {i}: its state could not be taken: {e}"
                 )),

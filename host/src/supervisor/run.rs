@@ -44,6 +44,16 @@ impl NodeState {
             ingest: self.ingest.clone(),
             cancel: cancel.clone(),
             recent: Mutex::new(recent),
+            kept_states: Mutex::new(
+                (0..spec.transforms.len() as u32)
+                    .map(|i| {
+                        resume
+                            .states
+                            .iter()
+                            .any(|s| s.step == i && !s.state.is_empty())
+                    })
+                    .collect(),
+            ),
             acks,
         };
         let task = tokio::spawn(run_source(ctx, receipts));
