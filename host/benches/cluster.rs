@@ -11,8 +11,13 @@
 //!    ids stored — with the connector's backfill on, then off — and the false downs: nodes not
 //!    killed that were taken for down under that load.
 //!
+//! 4. **The relay outbox**: what numbering and keeping records for peer links to resume from
+//!    costs the fan-out per record, one link attached, against the same hub with no outbox
+//!    (`fanout.relay_buffer_bytes = 0`), measured in one run, alternating.
+//!
 //! `cargo bench -p anode --bench cluster`; `ANODE_BENCH_QUICK=1` runs fewer rounds;
-//! `ANODE_BENCH_ONLY=failover` (or `balance`, `catalog`, comma-separated) runs only those parts.
+//! `ANODE_BENCH_ONLY=failover` (or `balance`, `catalog`, `outbox`, comma-separated) runs only
+//! those parts.
 
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
@@ -426,8 +431,86 @@ async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The fan-out's cost per record with one peer link attached that reads everything, with the
+/// outbox on (default bounds) and off, alternating rounds; the medians and their ratio.
+fn outbox_cost() {
+    use anode::fanout::{Delivery, FanoutSettings, Filter, Hub, Stage};
+    use anode::record::{Payload, Record, RecordId};
+    println!("== relay outbox: fan-out cost per record, one peer link reading everything");
+    let batches = if quick() { 200 } else { 2_000 };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let payload = br#"{"exchange":"binance","symbol":"BTC.USDT","price":"43000.10","size":"0.01","taker_side":"buy","trade_id":42}"#;
+    let mut next = 0u64;
+    let mut batch = |n: usize| -> Vec<Record> {
+        (0..n)
+            .map(|_| {
+                next += 1;
+                let upstream = next.to_string();
+                Record {
+                    id: RecordId::derive("bench", "trades", Some(&upstream), payload),
+                    source: "bench".into(),
+                    stream: "trades".into(),
+                    key: Some("BTC.USDT".into()),
+                    upstream_id: Some(upstream),
+                    event_time_us: Some(1_700_000_000_000_000),
+                    ingest_time_us: 1_700_000_000_000_100,
+                    node: "bench-node".into(),
+                    payload: Payload::parse(payload.to_vec()).unwrap(),
+                }
+            })
+            .collect()
+    };
+    let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let rounds = if quick() { 3 } else { 7 };
+    for _ in 0..rounds {
+        for (i, bytes) in [0usize, FanoutSettings::default().relay_buffer_bytes]
+            .into_iter()
+            .enumerate()
+        {
+            let hub = Hub::new(FanoutSettings {
+                relay_buffer_bytes: bytes,
+                ..FanoutSettings::default()
+            });
+            let mut link = hub.subscribe_peer(vec![Filter::default()]).unwrap();
+            let inputs: Vec<Vec<Record>> = (0..batches).map(|_| batch(100)).collect();
+            let started = Instant::now();
+            runtime.block_on(async {
+                for records in &inputs {
+                    hub.publish(records, Stage::Decoded);
+                    hub.publish(records, Stage::Stored);
+                    for _ in 0..records.len() * 2 {
+                        match link.next().await {
+                            Delivery::Record { .. } => {}
+                            Delivery::Disconnect(why) => panic!("{why}"),
+                        }
+                    }
+                }
+            });
+            let per_record = started.elapsed().as_nanos() as f64 / (batches * 200) as f64;
+            samples[i].push(per_record);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut samples[0]), median(&mut samples[1]));
+    println!(
+        "{:>22} {:>10.0} ns/record (median of {rounds})\n{:>22} {:>10.0} ns/record\n{:>22} {:>10.2}",
+        "outbox off",
+        off,
+        "outbox on",
+        on,
+        "on/off",
+        on / off
+    );
+}
+
 /// Whether part `name` runs: all of them, or those named in `ANODE_BENCH_ONLY`
-/// (comma-separated: `balance`, `catalog`, `failover`).
+/// (comma-separated: `balance`, `catalog`, `failover`, `outbox`).
 fn part(name: &str) -> bool {
     std::env::var("ANODE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == name))
 }
@@ -435,6 +518,9 @@ fn part(name: &str) -> bool {
 fn main() {
     if part("balance") {
         balance_and_movement();
+    }
+    if part("outbox") {
+        outbox_cost();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -43,3 +43,4 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub(crate) mod sync;

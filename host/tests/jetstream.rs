@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use anode::sink::NatsSettings;
@@ -20,7 +19,8 @@ use async_nats::jetstream;
 use futures_util::StreamExt as _;
 use support::store::{Stored, trade_stream, until_streams_move_on};
 use support::{
-    binance_sources, free_port, get_json, jetstream_config, simulator, start_node, until,
+    binance_sources, free_port, get_json, jetstream_config, nats_server, simulator, start_node,
+    until, until_nats_answers,
 };
 
 /// The record ids (hex) in JetStream stream `name`, and how many messages it holds.
@@ -143,54 +143,6 @@ async fn a_hundred_sources_into_jetstream_and_postgres_each_id_once_in_both() {
     delete_stream(&url, &nats.stream).await;
     node.shutdown().await;
     sim.shutdown().await;
-}
-
-/// A private NATS server, stopped when dropped (also when the test fails).
-struct NatsServer(Child);
-
-impl NatsServer {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A private `nats-server -js` on `port`, keeping its stream in `dir`.
-fn nats_server(port: u16, dir: &std::path::Path) -> NatsServer {
-    let server = std::env::var("ANODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-    Command::new(&server)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(NatsServer)
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {server}: {e}; install it (Debian: apt-get install nats-server) or \
-                 set ANODE_NATS_SERVER"
-            )
-        })
-}
-
-async fn until_nats_answers(url: &str) {
-    until(
-        "the NATS server to answer",
-        Duration::from_secs(20),
-        || async {
-            async_nats::connect(url)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,6 +343,16 @@ pub(super) async fn metrics(
             "records_relayed_in",
             "Records received from peers for this node's subscribers.",
         ),
+        (
+            "anode_relay_links_resumed_total",
+            "links_resumed",
+            "Links to peers reopened from the position they had reached, missing nothing.",
+        ),
+        (
+            "anode_relay_records_resent_total",
+            "records_resent",
+            "Records sent to peers from this node's outbox: what their link missed while down or behind.",
+        ),
     ] {
         scrape.single(true, name, help, gossip[key].as_f64().unwrap_or(0.0));
     }

@@ -128,6 +128,9 @@ pub trait SourceReports: Send + Sync {
     ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::source::SourceReport>> + Send + '_>>;
     /// Whether this node is shutting down (it takes no source over).
     fn leaving(&self) -> bool;
+    /// The sources `node` collects in `view` (as their owner or one of their replicas),
+    /// sorted.
+    fn sources_of(&self, view: &View, node: &str) -> Vec<String>;
 }
 
 /// The owner of `source` among `nodes` (stable ids), by rendezvous hashing.
@@ -226,6 +229,11 @@ pub struct GossipStats {
     pub broadcasts_received: AtomicU64,
     /// Records received from peers for this node's subscribers.
     pub records_relayed_in: AtomicU64,
+    /// Links to peers reopened from the position they had reached: nothing was missed.
+    pub links_resumed: AtomicU64,
+    /// Records sent to peers from this node's outbox: what their link had missed while it
+    /// was down or behind.
+    pub records_resent: AtomicU64,
     /// Catalog entries sent by HTTP because they are too big for a gossip packet.
     pub pushed_over_http: AtomicU64,
     pub sync_rounds: AtomicU64,
@@ -256,6 +264,8 @@ impl GossipStats {
             "stale_suspicions_cleared": g(&self.stale_suspicions_cleared),
             "broadcasts_received": g(&self.broadcasts_received),
             "records_relayed_in": g(&self.records_relayed_in),
+            "links_resumed": g(&self.links_resumed),
+            "records_resent": g(&self.records_resent),
             "pushed_over_http": g(&self.pushed_over_http),
             "sync_rounds": g(&self.sync_rounds),
             "sync_failures": g(&self.sync_failures),

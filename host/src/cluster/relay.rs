@@ -8,6 +8,14 @@
 //! Each change of interest carries a version, which the peer confirms once its filters are in
 //! place; a client is told it is subscribed once every live peer has confirmed its filter
 //! (bounded by [`HEARD_WITHIN`]), so from then on it misses nothing of their sources.
+//!
+//! A link resumes by position: the peer numbers every record it sends (its outbox, see
+//! [`crate::fanout::LinkPosition`]); after a drop the link reopens with the epoch and number
+//! it reached, and the peer sends what followed before going on live. When the peer sends
+//! nothing a link missed while it was behind, it sends that from its outbox too. Only what the
+//! outbox no longer holds (the peer restarted, died, or the link stayed down longer than
+//! `fanout.relay_buffer_ms`) becomes a `gap` notice to this node's clients, naming the sources
+//! and the position the link had reached.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,8 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -27,7 +35,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::{Peer, PeerContext};
-use crate::fanout::{Delivery, Filter, Stage};
+use crate::fanout::{Delivery, Filter, LinkPosition, Stage};
 use crate::record::RecordId;
 
 /// How often links are opened and closed to follow interest and membership.
@@ -52,7 +60,8 @@ struct Confirmed {
     confirmed: u64,
 }
 
-/// A peer's word that it dropped records for this link (it was behind).
+/// A peer's word that it dropped records for this link (it was behind) and its outbox no
+/// longer held them.
 #[derive(Deserialize)]
 struct PeerGap {
     gap: Dropped,
@@ -63,24 +72,46 @@ struct Dropped {
     dropped: u64,
 }
 
-/// The `gap` notice for this node's clients: records of the sources `peer` runs may be
-/// missing, and why.
-fn gap_notice(state: &PeerContext, peer: &str, reason: &str) -> String {
-    let view = state.cluster.view();
-    let mut sources: Vec<String> = state
-        .cluster
-        .catalog
-        .live("source/")
-        .into_iter()
-        .filter_map(|e| e.key.strip_prefix("source/").map(str::to_owned))
-        .filter(|id| view.owner(id) == peer)
-        .collect();
-    sources.sort();
+/// A peer's first word on a numbered link: its outbox epoch, the number after which it sends
+/// records, and whether that is where the link asked to resume.
+#[derive(Deserialize)]
+struct LinkOpened {
+    link: Opened,
+}
+
+#[derive(Deserialize)]
+struct Opened {
+    epoch: u64,
+    from: u64,
+    complete: bool,
+}
+
+/// What a link asks for when it opens (`/cluster/v1/stream?resume=1&epoch=…&after=…`):
+/// numbered records, from a position when it has one.
+#[derive(Debug, Default, Deserialize)]
+pub struct LinkQuery {
+    #[serde(default)]
+    resume: Option<u8>,
+    #[serde(default)]
+    epoch: Option<u64>,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+/// The `gap` notice for this node's clients: records of `sources`, which `peer` collects,
+/// may be missing, and why; `position` is where the link to it had got to.
+fn gap_notice(
+    peer: &str,
+    sources: &[String],
+    reason: &str,
+    position: Option<LinkPosition>,
+) -> String {
     json!({
         "type": "gap",
         "node": peer,
         "sources": sources,
         "reason": reason,
+        "position": position.map(|p| json!({ "epoch": p.epoch, "after": p.seq })),
         "message": "records of these sources from that node may be missing here: the link to it \
                     failed or fell behind (it reopens on its own). A subscriber that must not miss \
                     any reads the stored log from its last position (since=)",
@@ -109,7 +140,26 @@ struct StoredRecord<'a> {
     record: &'a serde_json::value::RawValue,
 }
 
-/// A record from a peer link: what filters look at, its stage and its JSON.
+/// A record on a numbered link: its number in the peer's outbox, its stage and the record.
+#[derive(Deserialize)]
+struct Numbered<'a> {
+    seq: u64,
+    after: Stage,
+    #[serde(borrow)]
+    record: &'a serde_json::value::RawValue,
+}
+
+/// A record from a numbered link: its number, id, the fields filters look at, its stage and
+/// its JSON.
+fn numbered(text: &str) -> Option<(u64, RecordId, Head<'_>, Stage, &str)> {
+    let n = serde_json::from_str::<Numbered>(text).ok()?;
+    let record = n.record.get();
+    let head = serde_json::from_str::<Head>(record).ok()?;
+    Some((n.seq, RecordId::from_hex(&head.id)?, head, n.after, record))
+}
+
+/// A record from a peer link (unnumbered, from a peer that numbers nothing): what filters
+/// look at, its stage and its JSON.
 fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
     let (head, stage, record) = match serde_json::from_str::<Head>(text) {
         Ok(head) => (head, Stage::Decoded, text),
@@ -127,66 +177,130 @@ fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
 }
 
 /// `GET /cluster/v1/stream`: stream this node's records to a peer.
-pub async fn serve(State(state): State<PeerContext>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn serve(
+    State(state): State<PeerContext>,
+    Query(query): Query<LinkQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     // A peer sends only filter updates.
     upgrade
         .read_buffer_size(8 * 1024)
         .max_message_size(1024 * 1024)
-        .on_upgrade(move |socket| stream_to_peer(socket, state))
+        .on_upgrade(move |socket| stream_to_peer(socket, state, query))
 }
 
 /// Records written to a peer link before one flush, at most.
 const LINK_BATCH_MAX: usize = 256;
 
-fn peer_message(stage: Stage, json: &str) -> Message {
-    Message::text(match stage {
-        Stage::Decoded => json.to_owned(),
+/// A record for a link: numbered (`seq` > 0, for a link that resumes), or as an older peer
+/// reads it.
+fn peer_message(stage: Stage, json: &str, seq: Option<u64>) -> Message {
+    Message::text(match (seq, stage) {
+        (Some(seq), Stage::Decoded) => {
+            format!(r#"{{"seq":{seq},"after":"decoded","record":{json}}}"#)
+        }
+        (Some(seq), Stage::Stored) => {
+            format!(r#"{{"seq":{seq},"after":"stored","record":{json}}}"#)
+        }
+        (None, Stage::Decoded) => json.to_owned(),
         // The receiver must know which of its clients may see it.
-        Stage::Stored => format!(r#"{{"after":"stored","record":{json}}}"#),
+        (None, Stage::Stored) => format!(r#"{{"after":"stored","record":{json}}}"#),
     })
 }
 
-async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
+/// Where a link stands on the sending side: the last outbox number sent, and the records
+/// dropped for it so far that were made up for (or announced).
+struct Sending {
+    numbered: bool,
+    sent: u64,
+    told: u64,
+}
+
+impl Sending {
+    /// Queue a record unless it went out already (from the outbox).
+    fn push(&mut self, batch: &mut Vec<Message>, stage: Stage, json: &str, seq: u64) {
+        if !self.numbered {
+            batch.push(peer_message(stage, json, None));
+        } else if seq > self.sent {
+            self.sent = seq;
+            batch.push(peer_message(stage, json, Some(seq)));
+        }
+    }
+
+    /// Queue what the outbox holds after the last record sent that matches `filters`, if it
+    /// holds all of it; whether it did.
+    fn resend(
+        &mut self,
+        state: &PeerContext,
+        batch: &mut Vec<Message>,
+        filters: &[Filter],
+    ) -> bool {
+        let missed = state.hub.missed(self.sent, filters);
+        if !missed.complete {
+            return false;
+        }
+        let stats = &state.cluster.stats;
+        stats
+            .records_resent
+            .fetch_add(missed.records.len() as u64, Relaxed);
+        for (seq, stage, json) in &missed.records {
+            self.push(batch, *stage, json, *seq);
+        }
+        // Nothing else up to the last one made matches.
+        self.sent = self.sent.max(missed.last);
+        true
+    }
+}
+
+async fn stream_to_peer(socket: WebSocket, state: PeerContext, query: LinkQuery) {
     let (mut tx, mut rx) = socket.split();
     let Ok(mut subscription) = state.hub.subscribe_peer(Vec::new()) else {
         return;
     };
-    // Records dropped for the link that the peer has been told of.
-    let mut told = 0u64;
+    let mut sending = Sending {
+        numbered: query.resume.is_some(),
+        sent: 0,
+        told: 0,
+    };
+    let mut opened = false;
+    let mut filters: Vec<Filter> = Vec::new();
     loop {
-        tokio::select! {
+        let batch: Vec<Message> = tokio::select! {
             () = state.shutdown.cancelled() => {
                 let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
                 return;
             }
             delivery = subscription.next() => match delivery {
-                Delivery::Record { json, stage, dropped_total } => {
+                Delivery::Record { json, stage, seq, dropped_total } => {
                     // Whatever else is queued goes out with it, with one flush: one write per
-                    // batch on the link, not one per record. Records dropped for the link (it
-                    // was behind) are announced first: the peer tells its clients.
-                    let mut batch = Vec::new();
-                    if dropped_total > told {
-                        let dropped = json!({ "gap": { "dropped": dropped_total - told } });
-                        batch.push(Message::text(dropped.to_string()));
-                        told = dropped_total;
-                    }
-                    batch.push(peer_message(stage, &json));
-                    while batch.len() < LINK_BATCH_MAX {
-                        let Some((stage, json, _)) = subscription.try_next_staged() else {
+                    // batch on the link, not one per record.
+                    let mut queued = vec![(stage, json, seq)];
+                    while let Some(q) = subscription.try_next_queued() {
+                        queued.push((q.stage, q.json, q.seq));
+                        if queued.len() >= LINK_BATCH_MAX {
                             break;
-                        };
-                        batch.push(peer_message(stage, &json));
-                    }
-                    let send = async {
-                        for message in batch {
-                            tx.feed(message).await?;
                         }
-                        tx.flush().await
-                    };
-                    let sent = tokio::time::timeout(Duration::from_secs(5), send).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return;
                     }
+                    let mut batch = Vec::new();
+                    if dropped_total > sending.told {
+                        // Records were dropped for the link (it was behind): a numbered link
+                        // gets them from the outbox, in order (everything still queued is
+                        // taken first, so nothing made meanwhile is missed); otherwise, or
+                        // when the outbox no longer has them, the peer tells its clients.
+                        let told = subscription.dropped_total();
+                        while let Some(q) = subscription.try_next_queued() {
+                            queued.push((q.stage, q.json, q.seq));
+                        }
+                        if !(sending.numbered && sending.resend(&state, &mut batch, &filters)) {
+                            let dropped = json!({ "gap": { "dropped": told - sending.told } });
+                            batch.push(Message::text(dropped.to_string()));
+                        }
+                        sending.told = told;
+                    }
+                    for (stage, json, seq) in queued {
+                        sending.push(&mut batch, stage, &json, seq);
+                    }
+                    batch
                 }
                 Delivery::Disconnect(reason) => {
                     let _ = tx.send(Message::Close(Some(CloseFrame { code: 4008, reason: reason.into() }))).await;
@@ -195,19 +309,57 @@ async fn stream_to_peer(socket: WebSocket, state: PeerContext) {
             },
             incoming = rx.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    if let Ok(interest) = serde_json::from_str::<Interest>(&text) {
-                        subscription.set_filters(interest.filters);
-                        if let Some(version) = interest.version {
-                            let confirmed = json!({ "confirmed": version }).to_string();
-                            if tx.send(Message::text(confirmed)).await.is_err() {
-                                return;
+                    let Ok(interest) = serde_json::from_str::<Interest>(&text) else {
+                        continue;
+                    };
+                    filters = interest.filters;
+                    subscription.set_filters(filters.clone());
+                    let mut batch = Vec::new();
+                    if sending.numbered && !opened {
+                        // The filters are in place: what is made from now on comes live.
+                        // A resuming link first gets what followed its position, from the
+                        // outbox, if it still holds all of it.
+                        opened = true;
+                        let epoch = state.hub.outbox_epoch();
+                        let mut resent = Vec::new();
+                        let resumed = match query.epoch.zip(query.after) {
+                            Some((e, after)) if e == epoch => {
+                                sending.sent = after;
+                                sending.resend(&state, &mut resent, &filters).then_some(after)
                             }
-                        }
+                            _ => None,
+                        };
+                        // A new link, or one that cannot resume: from the last record made.
+                        let from = resumed.unwrap_or_else(|| {
+                            sending.sent = state.hub.outbox_last();
+                            sending.sent
+                        });
+                        let complete = resumed.is_some() || query.after.is_none();
+                        let link = json!({ "link": { "epoch": epoch, "from": from, "complete": complete } });
+                        batch.push(Message::text(link.to_string()));
+                        batch.extend(resent);
                     }
+                    if let Some(version) = interest.version {
+                        batch.push(Message::text(json!({ "confirmed": version }).to_string()));
+                    }
+                    batch
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => continue,
             },
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let send = async {
+            for message in batch {
+                tx.feed(message).await?;
+            }
+            tx.flush().await
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(5), send).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
         }
     }
 }
@@ -221,11 +373,67 @@ struct Link {
     task: JoinHandle<Result<(), String>>,
 }
 
+/// Where this node's link to one peer got to, kept across its reopenings.
+#[derive(Default)]
+struct Reached {
+    /// The peer's outbox epoch (0 until a numbered link opened) and the last number received.
+    epoch: AtomicU64,
+    seq: AtomicU64,
+    /// Since when the link is down, and why (`None` while it is open).
+    broken: std::sync::Mutex<Option<(Instant, String)>>,
+    /// The sources the peer collected when the link last opened or failed: what a `gap`
+    /// notice names once the peer is gone from the view.
+    sources: std::sync::Mutex<Vec<String>>,
+}
+
+impl Reached {
+    fn position(&self) -> Option<LinkPosition> {
+        let epoch = self.epoch.load(Relaxed);
+        (epoch != 0).then(|| LinkPosition {
+            epoch,
+            seq: self.seq.load(Relaxed),
+        })
+    }
+
+    /// Note which sources `peer` collects now.
+    fn remember_sources(&self, state: &PeerContext, peer: &str) {
+        let sources = state.reports.sources_of(&state.cluster.view(), peer);
+        if !sources.is_empty() {
+            *crate::sync::lock(&self.sources) = sources;
+        }
+    }
+
+    fn sources(&self) -> Vec<String> {
+        crate::sync::lock(&self.sources).clone()
+    }
+
+    /// Note the link failed (the first failure's time is kept until it opens again).
+    fn broke(&self, why: &str) {
+        crate::sync::lock(&self.broken).get_or_insert_with(|| (Instant::now(), why.to_owned()));
+    }
+
+    /// How long the link has been down, and why.
+    fn down(&self) -> Option<(Duration, String)> {
+        let broken = crate::sync::lock(&self.broken);
+        broken.as_ref().map(|(at, why)| (at.elapsed(), why.clone()))
+    }
+
+    /// The link opened at `position`; returns why it had been down, if it had.
+    fn opened(&self, position: LinkPosition) -> Option<String> {
+        self.epoch.store(position.epoch, Relaxed);
+        self.seq.store(position.seq, Relaxed);
+        crate::sync::lock(&self.broken).take().map(|(_, why)| why)
+    }
+}
+
 /// Keep one link open to every live peer while this node has clients; none otherwise. Tell
-/// the hub which interest every live peer has confirmed.
+/// the hub which interest every live peer has confirmed. A link that stays down past the
+/// peers' outbox span (`fanout.relay_buffer_ms`), or whose peer leaves the live members,
+/// gives this node's clients a `gap` notice.
 pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut failed: HashMap<String, Instant> = HashMap::new();
+    let mut reached: HashMap<String, Arc<Reached>> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interest = state.hub.attach_relay();
@@ -252,9 +460,12 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
             keep
         });
         if filters.is_empty() {
+            // No clients: nothing to resume for.
+            reached.clear();
             state.hub.peers_heard(version);
             continue;
         }
+        give_up_links(&state, &view, &mut reached);
         for peer in view.live_peers() {
             if links.contains_key(&peer.id)
                 || failed
@@ -270,6 +481,7 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
                 peer.clone(),
                 rx,
                 (confirmed.clone(), confirmations.clone()),
+                reached.entry(peer.id.clone()).or_default().clone(),
             ));
             links.insert(
                 peer.id.clone(),
@@ -306,25 +518,55 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
     }
 }
 
-/// A link to `peer`, open until it fails; this node's clients get a `gap` notice when an
-/// open link fails or the peer dropped records for it.
+/// Links that can no longer resume: their peer left the live members, or they stayed down
+/// longer than the peers' outbox keeps records. This node's clients get a `gap` notice with
+/// the position the link had reached, and the next link starts afresh.
+fn give_up_links(
+    state: &PeerContext,
+    view: &super::View,
+    reached: &mut HashMap<String, Arc<Reached>>,
+) {
+    let span = state.hub.relay_buffer();
+    reached.retain(|id, r| {
+        let live = view.live_peers().any(|p| p.id == *id);
+        let reason = match (live, r.down()) {
+            (false, Some((_, why))) => format!(
+                "the link failed ({why}) and {id} left the live members before it could resume"
+            ),
+            (false, None) => format!(
+                "the link failed: {id} left the live members, and what it collected and had \
+                 not sent is not here"
+            ),
+            (true, Some((down, why))) if down >= span => format!(
+                "the link failed ({why}) and stayed down for {} s, longer than the peer keeps \
+                 records to resume from (fanout.relay_buffer_ms)",
+                down.as_secs()
+            ),
+            _ => return true,
+        };
+        if let Some(position) = r.position() {
+            let notice = gap_notice(id, &r.sources(), &reason, Some(position));
+            state.hub.notify_gap(&notice);
+        }
+        false
+    });
+}
+
+/// A link to `peer`, open until it fails; on failure the position it reached is kept for
+/// the next one to resume from.
 async fn link(
     state: PeerContext,
     peer: Peer,
     filters: watch::Receiver<(u64, Vec<Filter>)>,
     confirmations: (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
+    reached: Arc<Reached>,
 ) -> Result<(), String> {
-    let mut opened = false;
-    let ended = run_link(&state, &peer, filters, confirmations, &mut opened).await;
+    let ended = run_link(&state, &peer, filters, confirmations, &reached).await;
     if let Err(reason) = &ended
-        && opened
         && !state.shutdown.is_cancelled()
     {
-        state.hub.notify_gap(&gap_notice(
-            &state,
-            &peer.id,
-            &format!("the link failed: {reason}"),
-        ));
+        reached.remember_sources(&state, &peer.id);
+        reached.broke(reason);
     }
     ended
 }
@@ -334,21 +576,28 @@ async fn run_link(
     peer: &Peer,
     mut filters: watch::Receiver<(u64, Vec<Filter>)>,
     (confirmed, confirmations): (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
-    opened: &mut bool,
+    reached: &Reached,
 ) -> Result<(), String> {
     use tungstenite::client::IntoClientRequest;
-    let url = format!("ws://{}/cluster/v1/stream", peer.api);
+    let asked = reached.position();
+    let path = match asked {
+        Some(p) => format!(
+            "/cluster/v1/stream?resume=1&epoch={}&after={}",
+            p.epoch, p.seq
+        ),
+        None => "/cluster/v1/stream?resume=1".to_owned(),
+    };
+    let url = format!("ws://{}{path}", peer.api);
     let mut request = url
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
     let now_ms = crate::clock::now_us() / 1000;
-    if let Some(signature) =
-        state
-            .cluster
-            .envelope
-            .keys()
-            .sign_request("GET", "/cluster/v1/stream", b"", now_ms)
+    if let Some(signature) = state
+        .cluster
+        .envelope
+        .keys()
+        .sign_request("GET", &path, b"", now_ms)
     {
         request.headers_mut().insert(
             super::AUTH_HEADER,
@@ -370,7 +619,6 @@ async fn run_link(
     .await
     .map_err(|_| format!("connecting to {url} timed out"))?
     .map_err(|e| format!("connecting to {url}: {e}"))?;
-    *opened = true;
     let (mut tx, mut rx) = ws.split();
     let hello =
         |(version, f): &(u64, Vec<Filter>)| json!({ "filters": f, "version": version }).to_string();
@@ -391,29 +639,18 @@ async fn run_link(
             }
             incoming = rx.next() => match incoming {
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    match relayed(text.as_str()) {
-                        Some((id, head, stage, record)) => {
-                            stats.records_relayed_in.fetch_add(1, Relaxed);
-                            hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
-                        }
-                        None => match serde_json::from_str::<Confirmed>(text.as_str()) {
-                            Ok(c) => {
-                                confirmed.fetch_max(c.confirmed, Relaxed);
-                                confirmations.notify_one();
-                            }
-                            Err(_) => match serde_json::from_str::<PeerGap>(text.as_str()) {
-                                Ok(gap) => {
-                                    let reason = format!(
-                                        "{} dropped {} record(s) for this node's link: it was behind",
-                                        peer.id, gap.gap.dropped
-                                    );
-                                    hub.notify_gap(&gap_notice(state, &peer.id, &reason));
-                                }
-                                Err(_) => {
-                                    stats.rejected_invalid.fetch_add(1, Relaxed);
-                                }
-                            },
-                        },
+                    let text = text.as_str();
+                    if let Some((seq, id, head, stage, record)) = numbered(text) {
+                        reached.seq.store(seq, Relaxed);
+                        stats.records_relayed_in.fetch_add(1, Relaxed);
+                        hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
+                    } else if let Some((id, head, stage, record)) = relayed(text) {
+                        // A peer of an older version: its link is up, but cannot resume.
+                        reached.opened(LinkPosition { epoch: 0, seq: 0 });
+                        stats.records_relayed_in.fetch_add(1, Relaxed);
+                        hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
+                    } else {
+                        peer_word(state, peer, reached, asked, text, (&confirmed, &confirmations));
                     }
                 }
                 Some(Ok(tungstenite::Message::Close(frame))) => {
@@ -424,5 +661,59 @@ async fn run_link(
                 None => return Err(format!("{} ended the stream", peer.id)),
             },
         }
+    }
+}
+
+/// A message from a peer that is not a record: a confirmation, the link's opening, or a gap
+/// the peer could not make up for.
+fn peer_word(
+    state: &PeerContext,
+    peer: &Peer,
+    reached: &Reached,
+    asked: Option<LinkPosition>,
+    text: &str,
+    (confirmed, confirmations): (&AtomicU64, &tokio::sync::Notify),
+) {
+    if let Ok(c) = serde_json::from_str::<Confirmed>(text) {
+        confirmed.fetch_max(c.confirmed, Relaxed);
+        confirmations.notify_one();
+    } else if let Ok(LinkOpened { link }) = serde_json::from_str::<LinkOpened>(text) {
+        let at = LinkPosition {
+            epoch: link.epoch,
+            seq: link.from,
+        };
+        let why = reached.opened(at);
+        reached.remember_sources(state, &peer.id);
+        match asked {
+            Some(position) if !link.complete => {
+                let cause = if position.epoch == link.epoch {
+                    "its outbox no longer holds what followed (fanout.relay_buffer_ms, \
+                     fanout.relay_buffer_bytes)"
+                } else {
+                    "it restarted since"
+                };
+                let reason = format!(
+                    "the link failed ({}) and {} cannot resume it: {cause}",
+                    why.as_deref().unwrap_or("closed"),
+                    peer.id
+                );
+                let notice = gap_notice(&peer.id, &reached.sources(), &reason, Some(position));
+                state.hub.notify_gap(&notice);
+            }
+            Some(_) => {
+                state.cluster.stats.links_resumed.fetch_add(1, Relaxed);
+            }
+            None => {}
+        }
+    } else if let Ok(gap) = serde_json::from_str::<PeerGap>(text) {
+        let reason = format!(
+            "{} dropped {} record(s) for this node's link: it was behind",
+            peer.id, gap.gap.dropped
+        );
+        reached.remember_sources(state, &peer.id);
+        let notice = gap_notice(&peer.id, &reached.sources(), &reason, reached.position());
+        state.hub.notify_gap(&notice);
+    } else {
+        state.cluster.stats.rejected_invalid.fetch_add(1, Relaxed);
     }
 }

@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{RecentIds, Record, RecordId};
+use crate::sync::lock;
+
+mod outbox;
+use outbox::Outbox;
+pub use outbox::{LinkPosition, Missed};
 
 /// Fan-out bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +45,12 @@ pub struct FanoutSettings {
     /// How long ids are remembered at least (the longest hand-over overlap:
     /// `cluster.handover_timeout_ms`).
     pub dedupe_window_ms: u64,
+    /// Records ingested here kept for links to other nodes to resume from after a drop (the
+    /// outbox), at most this many bytes of JSON...
+    pub relay_buffer_bytes: usize,
+    /// ...and at most this long. A node whose link to a peer stays broken longer gives its
+    /// clients a `gap` notice.
+    pub relay_buffer_ms: u64,
 }
 
 impl Default for FanoutSettings {
@@ -51,6 +62,8 @@ impl Default for FanoutSettings {
             max_resuming: 64,
             dedupe_window: 1 << 20,
             dedupe_window_ms: 10_000,
+            relay_buffer_bytes: 32 << 20,
+            relay_buffer_ms: 30_000,
         }
     }
 }
@@ -184,6 +197,8 @@ struct HubInner {
     /// attached): records of their sources that match it flow here.
     heard: watch::Sender<u64>,
     relay_attached: std::sync::atomic::AtomicBool,
+    /// Records ingested here, numbered, for peer links to resume from.
+    outbox: Mutex<Outbox>,
 }
 
 struct Subscriber {
@@ -192,7 +207,7 @@ struct Subscriber {
     filters: RwLock<Vec<Filter>>,
     /// A link to another node: gets records ingested here only, never relayed ones.
     peer: bool,
-    queue: mpsc::Sender<(Stage, Arc<str>)>,
+    queue: mpsc::Sender<Queued>,
     dropped: AtomicU64,
     lagging_since: Mutex<Option<Instant>>,
     kicked: Notify,
@@ -204,7 +219,7 @@ pub struct Subscription {
     id: u64,
     hub: Hub,
     shared: Arc<Subscriber>,
-    records: mpsc::Receiver<(Stage, Arc<str>)>,
+    records: mpsc::Receiver<Queued>,
     /// The interest version of this client's latest filter.
     version: u64,
 }
@@ -214,13 +229,23 @@ pub struct Subscription {
 #[error("this node already serves {0} subscribers (fanout.max_subscribers); try another node")]
 pub struct TooManySubscribersError(usize);
 
+/// A record in a subscriber's queue: its JSON, the stage it reached and, for a peer link,
+/// its number in the outbox (0 for a client).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub stage: Stage,
+    pub json: Arc<str>,
+    pub seq: u64,
+}
+
 /// What a subscriber should do next.
 pub enum Delivery {
     /// A record (JSON) reaching `stage`, preceded by a lag notice when records were dropped
-    /// since the last one.
+    /// since the last one; `seq` is its outbox number (peer links only).
     Record {
         json: Arc<str>,
         stage: Stage,
+        seq: u64,
         dropped_total: u64,
     },
     /// The hub disconnected this subscriber; the reason is for the close frame.
@@ -247,6 +272,10 @@ impl Hub {
                 interest: watch::Sender::new(0),
                 heard: watch::Sender::new(0),
                 relay_attached: Default::default(),
+                outbox: Mutex::new(Outbox::new(
+                    settings.relay_buffer_bytes,
+                    Duration::from_millis(settings.relay_buffer_ms),
+                )),
                 settings,
             }),
         }
@@ -254,8 +283,7 @@ impl Hub {
 
     /// Whether `id` is offered for the first time at `stage` (lately).
     fn first_time(&self, stage: Stage, id: &RecordId) -> bool {
-        let fresh =
-            self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())[stage as usize].insert(id);
+        let fresh = lock(&self.inner.seen)[stage as usize].insert(id);
         if !fresh {
             self.inner.repeats.fetch_add(1, Relaxed);
         }
@@ -382,18 +410,28 @@ impl Hub {
         let clients: Vec<Arc<Subscriber>> =
             self.snapshot().into_iter().filter(|s| !s.peer).collect();
         self.inner.gaps.fetch_add(1, Relaxed);
-        self.offer(&clients, Stage::Decoded, |_| true, || notice.clone());
+        self.offer(&clients, Stage::Decoded, |_| true, 0, || notice.clone());
     }
 
     /// Offer records ingested here, reaching `stage`, to every matching subscriber. Never
-    /// waits.
+    /// waits. While peer links are attached (and for `relay_buffer_ms` after), each record
+    /// is numbered and kept in the outbox for a link to resume from.
     pub fn publish(&self, records: &[Record], stage: Stage) {
         let subscribers = self.snapshot();
-        if subscribers.is_empty() {
+        let now = Instant::now();
+        let (peers, clients): (Vec<_>, Vec<_>) = subscribers.into_iter().partition(|s| s.peer);
+        let mut outbox = lock(&self.inner.outbox);
+        if !peers.is_empty() {
+            outbox.linked(now);
+        }
+        // Records are numbered while links are attached, and kept a while after, so that a
+        // link that dropped can resume.
+        let mut outbox = (!peers.is_empty() || outbox.filling(now)).then_some(outbox);
+        if outbox.is_none() && clients.is_empty() {
             return;
         }
         let fresh: Vec<&Record> = {
-            let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.inner.seen);
             let window = &mut seen[stage as usize];
             records.iter().filter(|r| window.insert(&r.id)).collect()
         };
@@ -401,15 +439,62 @@ impl Hub {
         if repeats > 0 {
             self.inner.repeats.fetch_add(repeats as u64, Relaxed);
         }
-        for record in fresh {
-            let mut json: Option<Arc<str>> = None;
+        let mut jsons: Vec<Option<Arc<str>>> = vec![None; fresh.len()];
+        if let Some(outbox) = outbox.as_mut() {
+            // Numbered and offered to the links under one lock: a link sees numbers in order.
+            // Kept: what a link wanted (sent or dropped for it), or everything while no link
+            // is attached (one is reconnecting).
+            for (record, slot) in fresh.iter().zip(&mut jsons) {
+                let seq = outbox.number();
+                let json = |slot: &mut Option<Arc<str>>| {
+                    slot.get_or_insert_with(|| record.to_json().into()).clone()
+                };
+                let wanted = self.offer(
+                    &peers,
+                    stage,
+                    |f| f.matches(record, stage),
+                    seq,
+                    || json(slot),
+                );
+                if wanted || peers.is_empty() {
+                    outbox.keep(seq, stage, json(slot), now);
+                }
+            }
+        }
+        drop(outbox);
+        if clients.is_empty() {
+            return;
+        }
+        for (record, json) in fresh.into_iter().zip(&mut jsons) {
             self.offer(
-                &subscribers,
+                &clients,
                 stage,
                 |f| f.matches(record, stage),
+                0,
                 || json.get_or_insert_with(|| record.to_json().into()).clone(),
             );
         }
+    }
+
+    /// How long the outbox keeps records for a link to resume from.
+    pub fn relay_buffer(&self) -> Duration {
+        Duration::from_millis(self.inner.settings.relay_buffer_ms)
+    }
+
+    /// This process's outbox epoch: a link position from another epoch cannot resume.
+    pub fn outbox_epoch(&self) -> u64 {
+        lock(&self.inner.outbox).epoch()
+    }
+
+    /// What a peer link with `filters` missed after outbox number `after`, and whether the
+    /// outbox still held all of it.
+    pub fn missed(&self, after: u64, filters: &[Filter]) -> Missed {
+        lock(&self.inner.outbox).missed(after, filters)
+    }
+
+    /// The number of the last record put in the outbox.
+    pub fn outbox_last(&self) -> u64 {
+        lock(&self.inner.outbox).last()
     }
 
     /// Offer a record another node ingested (as JSON, with the fields filters look at) to
@@ -432,6 +517,7 @@ impl Hub {
             &clients,
             stage,
             |f| f.matches_parts(source, stream, key, stage),
+            0,
             || json.clone(),
         );
     }
@@ -441,10 +527,12 @@ impl Hub {
         subscribers: &[Arc<Subscriber>],
         stage: Stage,
         wanted: impl Fn(&Filter) -> bool,
+        seq: u64,
         mut json: impl FnMut() -> Arc<str>,
-    ) {
+    ) -> bool {
         let lag_limit = Duration::from_millis(self.inner.settings.lag_disconnect_ms);
         let now = Instant::now();
+        let mut any = false;
         for sub in subscribers {
             let wanted = sub
                 .filters
@@ -455,7 +543,13 @@ impl Hub {
             if !wanted {
                 continue;
             }
-            match sub.queue.try_send((stage, json())) {
+            any = true;
+            let queued = Queued {
+                stage,
+                json: json(),
+                seq,
+            };
+            match sub.queue.try_send(queued) {
                 Ok(()) => {
                     self.inner.delivered.fetch_add(1, Relaxed);
                     let mut since = sub.lagging_since.lock().unwrap_or_else(|p| p.into_inner());
@@ -480,6 +574,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        any
     }
 
     fn kick(&self, sub: &Subscriber, reason: String) {
@@ -523,9 +618,10 @@ impl Subscription {
                 Delivery::Disconnect(self.kick_reason().unwrap_or_else(|| "disconnected".into()))
             }
             next = self.records.recv() => match next {
-                Some((stage, json)) => Delivery::Record {
+                Some(Queued { stage, json, seq }) => Delivery::Record {
                     json,
                     stage,
+                    seq,
                     dropped_total: self.shared.dropped.load(Relaxed),
                 },
                 None => Delivery::Disconnect("the node is shutting down".into()),
@@ -535,17 +631,21 @@ impl Subscription {
 
     /// A record already queued, without waiting: (JSON, records dropped so far).
     pub fn try_next(&mut self) -> Option<(Arc<str>, u64)> {
-        self.try_next_staged()
-            .map(|(_, json, dropped)| (json, dropped))
+        let queued = self.try_next_queued()?;
+        Some((queued.json, self.shared.dropped.load(Relaxed)))
     }
 
-    /// [`Subscription::try_next`] with the stage the record reached (for peer links).
-    pub fn try_next_staged(&mut self) -> Option<(Stage, Arc<str>, u64)> {
+    /// A record already queued, with its stage and outbox number (for peer links).
+    pub fn try_next_queued(&mut self) -> Option<Queued> {
         if self.kick_reason().is_some() {
             return None;
         }
-        let (stage, json) = self.records.try_recv().ok()?;
-        Some((stage, json, self.shared.dropped.load(Relaxed)))
+        self.records.try_recv().ok()
+    }
+
+    /// Records dropped for this subscriber so far.
+    pub fn dropped_total(&self) -> u64 {
+        self.shared.dropped.load(Relaxed)
     }
 
     /// Resolves when the hub disconnects this subscriber (for use while a send is pending).

@@ -24,6 +24,7 @@ async fn filters_and_isolates_a_slow_subscriber() {
         max_resuming: 1,
         dedupe_window: 64,
         dedupe_window_ms: 10_000,
+        ..FanoutSettings::default()
     });
     let mut fast = hub.subscribe(Filter::default()).unwrap();
     let mut slow = hub.subscribe(Filter::default()).unwrap();
@@ -147,4 +148,46 @@ async fn a_client_is_heard_by_the_peers_once_the_relay_says_so() {
     // A peer link is no interest of this node's.
     let _link = hub.subscribe_peer(Vec::new()).unwrap();
     assert!(!interest.has_changed().unwrap());
+}
+
+/// The outbox numbers records for peer links and gives a link that dropped what it missed,
+/// matching its filters, while it holds all of it; once the oldest wanted record is gone, it
+/// says so.
+#[tokio::test]
+async fn a_link_resumes_from_the_outbox_while_it_holds_what_followed() {
+    let hub = Hub::new(FanoutSettings {
+        relay_buffer_bytes: 4 * record("a", 0).to_json().len(),
+        ..FanoutSettings::default()
+    });
+    let only_a = vec![Filter {
+        sources: ["a".to_owned()].into(),
+        ..Filter::default()
+    }];
+    let mut link = hub.subscribe_peer(only_a.clone()).unwrap();
+    hub.publish(&[record("a", 1), record("b", 1)], Stage::Decoded);
+    let Delivery::Record { seq: first, .. } = link.next().await else {
+        panic!("disconnected")
+    };
+    assert_eq!(first, 1);
+    // The link drops; records go on being numbered and kept (those of `b` too: a link
+    // coming back may want them).
+    drop(link);
+    hub.publish(&[record("a", 2), record("b", 2)], Stage::Decoded);
+    let missed = hub.missed(first, &only_a);
+    assert!(missed.complete);
+    assert_eq!(missed.last, 4);
+    let seqs: Vec<u64> = missed.records.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        [3],
+        "record b1 (2) and b2 (4) do not match the filter"
+    );
+    assert!(missed.records[0].2.contains(r#""upstream_id":"2""#));
+    // Past the bound the oldest go: a link at 1 can no longer resume, one at 3 can.
+    hub.publish(&[record("a", 3), record("a", 4)], Stage::Decoded);
+    assert!(!hub.missed(first, &only_a).complete);
+    let from_three = hub.missed(3, &only_a);
+    assert!(from_three.complete, "4 is still kept");
+    assert_eq!(from_three.records.len(), 2);
+    assert_eq!(hub.outbox_last(), 6);
 }

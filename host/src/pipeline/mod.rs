@@ -40,6 +40,7 @@ use crate::plugin::{
 use crate::record::{Payload, RecentIds, Record, RecordId, Stamp};
 use crate::sink::{Batch, Receipt, StepState, StoreHandle};
 use crate::source::{Feed, Input, Outcome, Problem, SourceSettings, SourceSpec, SourceStatus};
+use crate::sync::lock;
 
 /// What every source on a node shares.
 pub(crate) struct Ingest {
@@ -118,10 +119,6 @@ pub(crate) struct SourceCtx {
     pub(crate) kept_states: Mutex<Vec<bool>>,
     /// Receipts of submitted batches, in order, for [`acknowledge`].
     pub(crate) acks: mpsc::Sender<Receipt>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SourceCtx {

@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{DeadLetter, DeadQuery, DeadStage, StoredDeadLetter};
 use crate::record::{Record, RecordId};
+pub(crate) use crate::sync::lock;
 use buffer::{Pending, Taken};
 use log::LogQuery;
 use order::{Order, Step};
@@ -481,10 +482,6 @@ pub struct StoreHandle {
     log_reader: ReaderFactory,
     /// Where tails read from instead of the database, when set.
     nats: Option<Arc<NatsSettings>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StoreHandle {

@@ -48,6 +48,7 @@ use crate::plugin::{
     ConnectorInstance, Digest, Plugin, PluginRuntime, PluginStore, TransformInstance, Worker,
 };
 use crate::source::{SourceSpec, SourceStatus};
+pub(crate) use crate::sync::lock;
 
 /// Something the node was asked to do cannot be done; the message says why.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,20 @@ impl crate::cluster::SourceReports for NodeState {
     fn leaving(&self) -> bool {
         self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    fn sources_of(&self, view: &crate::cluster::View, node: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .cluster
+            .catalog
+            .live("source/")
+            .into_iter()
+            .filter_map(|e| serde_json::from_value::<SourceSpec>(e.value?).ok())
+            .filter(|spec| self.owners_of(view, spec).iter().any(|o| o == node))
+            .map(|spec| spec.id)
+            .collect();
+        ids.sort();
+        ids
+    }
 }
 
 /// Events kept for the API and the dashboard.
@@ -167,10 +182,6 @@ pub(crate) fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl NodeState {

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod proxy;
 pub mod store;
 
 use std::future::Future;
@@ -587,6 +588,54 @@ pub async fn add_sources(api: &str, specs: &[serde_json::Value]) {
 /// The NATS server the JetStream tests share: `ANODE_TEST_NATS`, else 127.0.0.1:4222.
 pub fn nats_url() -> String {
     std::env::var("ANODE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A private NATS server, stopped when dropped (also when the test fails).
+pub struct NatsServer(std::process::Child);
+
+impl NatsServer {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private `nats-server -js` on `port`, keeping its stream in `dir`.
+pub fn nats_server(port: u16, dir: &Path) -> NatsServer {
+    let server = std::env::var("ANODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    Command::new(&server)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(NatsServer)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {server}: {e}; install it (Debian: apt-get install nats-server) or \
+                 set ANODE_NATS_SERVER"
+            )
+        })
+}
+
+pub async fn until_nats_answers(url: &str) {
+    until(
+        "the NATS server to answer",
+        Duration::from_secs(20),
+        || async {
+            async_nats::connect(url)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
 }
 
 /// JetStream settings with a stream and subjects of the test's own (`tag`).

@@ -165,10 +165,28 @@ impl Stored {
 }
 
 impl Stored {
-    /// Record ids (hex) in PostgreSQL, of every node or of one.
+    /// Record ids (hex), of every node or of one.
     pub async fn record_ids(&self, node: Option<&str>) -> HashSet<String> {
-        let Stored::Postgres(db) = self else {
-            unreachable!("record ids are read from PostgreSQL")
+        let db = match self {
+            Stored::Postgres(db) => db,
+            Stored::Sqlite(path) => {
+                let (path, node) = (path.clone(), node.map(str::to_owned));
+                return tokio::task::spawn_blocking(move || {
+                    let db = rusqlite::Connection::open(&path).unwrap();
+                    let mut q = db
+                        .prepare(
+                            "SELECT lower(hex(id)) FROM anode_records \
+                             WHERE ?1 IS NULL OR node = ?1",
+                        )
+                        .unwrap();
+                    q.query_map([node], |r| r.get::<_, String>(0))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect()
+                })
+                .await
+                .unwrap();
+            }
         };
         db.client()
             .await
@@ -188,6 +206,8 @@ impl Stored {
 pub struct Subscriber {
     pub ids: Arc<Mutex<HashSet<String>>>,
     pub messages: Arc<Mutex<u64>>,
+    /// Notices received (`gap`, `lag`, …): every message without a record id.
+    pub notices: Arc<Mutex<Vec<Value>>>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -203,8 +223,9 @@ impl Subscriber {
         assert_eq!(hello["type"], "subscribed", "{hello}");
         let ids = Arc::new(Mutex::new(HashSet::new()));
         let messages = Arc::new(Mutex::new(0));
+        let notices = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
-            let (ids, messages) = (ids.clone(), messages.clone());
+            let (ids, messages, notices) = (ids.clone(), messages.clone(), notices.clone());
             async move {
                 let _tx = _tx;
                 while let Some(Ok(Message::Text(text))) = rx.next().await {
@@ -212,6 +233,8 @@ impl Subscriber {
                     if let Some(id) = value["id"].as_str() {
                         ids.lock().unwrap().insert(id.to_owned());
                         *messages.lock().unwrap() += 1;
+                    } else {
+                        notices.lock().unwrap().push(value);
                     }
                 }
             }
@@ -219,6 +242,7 @@ impl Subscriber {
         Subscriber {
             ids,
             messages,
+            notices,
             task,
         }
     }
