@@ -474,7 +474,13 @@ fn outbox_cost() {
                 relay_buffer_bytes: bytes,
                 ..FanoutSettings::default()
             });
-            let mut link = hub.subscribe_peer(vec![Filter::default()]).unwrap();
+            let every = |after| Filter {
+                after,
+                ..Filter::default()
+            };
+            let mut link = hub
+                .subscribe_peer(vec![every(Stage::Decoded), every(Stage::Stored)])
+                .unwrap();
             let inputs: Vec<Vec<Record>> = (0..batches).map(|_| batch(100)).collect();
             let started = Instant::now();
             runtime.block_on(async {

@@ -1,5 +1,7 @@
 //! JSON helpers that turn missing or mistyped fields into [`PluginError::BadInput`].
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -59,12 +61,65 @@ pub fn i64_field(value: &Value, name: &str) -> Result<i64, PluginError> {
 /// precision is lost on the way to the record.
 pub fn decimal_field(value: &Value, name: &str) -> Result<String, PluginError> {
     match value.get(name) {
-        Some(Value::String(s)) if is_decimal(s) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if is_decimal(s) => Ok(plain_owned(s)),
+        Some(Value::Number(n)) => Ok(plain_owned(&n.to_string())),
         _ => Err(PluginError::bad_input(format!(
             "missing decimal field `{name}`"
         ))),
     }
+}
+
+fn plain_owned(s: &str) -> String {
+    plain_decimal(s).map_or_else(|| s.to_owned(), Cow::into_owned)
+}
+
+/// `s` as a plain decimal (`0.000051` for `5.1e-05`, `1500` for `1.5E+3`), digit for digit,
+/// with no detour through a float; `None` when it is not a finite number. A number already
+/// plain comes back as it is, borrowed. Venues send exponents now and then (Kraken's
+/// quantities, a JSON library's output); records carry plain decimals only.
+pub fn plain_decimal(s: &str) -> Option<Cow<'_, str>> {
+    if !is_decimal(s) {
+        return None;
+    }
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if plain && !s.starts_with('.') && !s.starts_with("-.") && !s.ends_with('.') {
+        return Some(Cow::Borrowed(s));
+    }
+    let (negative, unsigned) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !(int.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    // Where the point goes among `digits`.
+    let point = int.len() as i64 + exponent;
+    let mut out = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        let (whole, part) = digits.split_at(point as usize);
+        format!("{whole}.{part}")
+    };
+    // No leading zeros before the point, but one.
+    let whole_len = out.find('.').unwrap_or(out.len());
+    let zeros = out[..whole_len].bytes().take_while(|&b| b == b'0').count();
+    out.drain(..zeros.min(whole_len.saturating_sub(1)));
+    let zero = out.bytes().all(|b| b == b'0' || b == b'.');
+    if negative && !zero {
+        out.insert(0, '-');
+    }
+    Some(Cow::Owned(out))
 }
 
 /// Whether `s` looks like a decimal number (`-12.5`, `0.001`, `3e-5`).
@@ -143,6 +198,42 @@ pub fn response(response: &HttpResponse) -> Result<Value, PluginError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn exponents_become_plain_decimals_digit_for_digit() {
+        let plain = |s: &str| plain_decimal(s).map(Cow::into_owned);
+        for (given, want) in [
+            ("5.1e-05", "0.000051"),
+            ("1.5E+3", "1500"),
+            ("1e3", "1000"),
+            ("-2.5e-1", "-0.25"),
+            ("12.3456e2", "1234.56"),
+            ("0.5e1", "5"),
+            ("+7", "7"),
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("-0e5", "0"),
+            (
+                "123456789012345678901234567890e-30",
+                "0.123456789012345678901234567890",
+            ),
+        ] {
+            assert_eq!(plain(given).as_deref(), Some(want), "{given}");
+        }
+        // Plain ones are not copied.
+        assert!(matches!(
+            plain_decimal("71770.4"),
+            Some(Cow::Borrowed("71770.4"))
+        ));
+        assert!(matches!(plain_decimal("-0.001"), Some(Cow::Borrowed(_))));
+        for bad in ["", "abc", "1e", "inf", "NaN", "1e400", "0x10"] {
+            assert_eq!(plain(bad), None, "{bad}");
+        }
+        assert_eq!(
+            decimal_field(&json!({"q": 5.1e-05}), "q").unwrap(),
+            "0.000051"
+        );
+    }
 
     #[test]
     fn fields_and_errors() {

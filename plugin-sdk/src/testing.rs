@@ -79,3 +79,37 @@ pub fn payloads(events: &[Event]) -> Vec<serde_json::Value> {
         .map(|e| serde_json::from_slice(&e.payload).expect("payload is JSON"))
         .collect()
 }
+
+/// The frames of `file` in the corpus of real recorded venue frames, one per line: the folder
+/// `ANODE_REALFRAMES` names, else `realframes/` in the `shared` folder beside the project's
+/// root. `None` when the folder is absent, after saying on stderr that conformance to
+/// recorded frames was not checked (a file missing from a present folder fails the test).
+pub fn real_frames(file: &str) -> Option<Vec<String>> {
+    let dir = std::env::var_os("ANODE_REALFRAMES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/realframes")
+        });
+    if !dir.is_dir() {
+        eprintln!(
+            "NOT CHECKED: the corpus of real venue frames is absent ({} is not a folder); \
+             conformance to recorded frames was not tested. Set ANODE_REALFRAMES to the folder \
+             that holds it.",
+            dir.display()
+        );
+        return None;
+    }
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} is in the corpus list but unreadable: {e}",
+            path.display()
+        )
+    });
+    Some(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}

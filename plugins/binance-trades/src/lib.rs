@@ -10,6 +10,8 @@
 //! skipped.
 
 mod backfill;
+#[cfg(test)]
+mod conformance;
 mod cursor;
 #[cfg(test)]
 mod tests;
@@ -85,7 +87,20 @@ struct Message<'a> {
     m: Option<bool>,
     #[serde(borrow)]
     data: Option<Box<Message<'a>>>,
+    /// The combined stream's name (`btcusdt@trade`).
+    #[serde(borrow)]
+    stream: Option<Cow<'a, str>>,
     id: Option<serde::de::IgnoredAny>,
+    /// A refused method call: `{"error":{"code":2,"msg":"Invalid request: …"},"id":1}`.
+    error: Option<Refusal<'a>>,
+}
+
+/// Binance's word that it refused a method call (SUBSCRIBE).
+#[derive(Deserialize)]
+struct Refusal<'a> {
+    code: Option<i64>,
+    #[serde(borrow)]
+    msg: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize)]
@@ -378,18 +393,21 @@ impl SymbolState {
 
     /// Emit backfilled `trade`, the same event as had it come live.
     fn backfilled(&self, trade: &HistoricalTrade, received_at: i64, out: &mut Output) {
-        if !json::is_decimal(&trade.price) || !json::is_decimal(&trade.qty) {
+        let (Some(price), Some(size)) = (
+            json::plain_decimal(&trade.price),
+            json::plain_decimal(&trade.qty),
+        ) else {
             out.errors.push(PluginError::bad_input(format!(
                 "{}: backfilled trade {} has a price or size that is not a decimal",
                 self.name, trade.id
             )));
             return;
-        }
+        };
         let payload = Trade {
             exchange: "binance",
             symbol: &self.normalised,
-            price: &trade.price,
-            size: &trade.qty,
+            price: &price,
+            size: &size,
             taker_side: taker_side(trade.is_buyer_maker),
             trade_id: trade.id,
             event_timestamp: trade.time,
@@ -511,6 +529,18 @@ impl Connector for BinanceTrades {
 
     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {
         let message: Message = json::decode(&frame.data)?;
+        if let Some(refusal) = &message.error {
+            // The subscription will not start: the source stops with Binance's own words.
+            return Err(PluginError::fatal(format!(
+                "binance refused the subscription: {} (code {}); check the symbols and the \
+                 base_url (wss://stream.binance.com:9443 for spot)",
+                refusal.msg.as_deref().unwrap_or("no message"),
+                refusal
+                    .code
+                    .map_or_else(|| "none".to_owned(), |c| c.to_string())
+            )));
+        }
+        let stream = message.stream.clone();
         let trade = match message.data {
             Some(inner) => *inner,
             // `{"result":null,"id":1}`: the reply to SUBSCRIBE.
@@ -518,7 +548,14 @@ impl Connector for BinanceTrades {
             None => message,
         };
         if trade.e.as_deref() != Some("trade") {
-            return Err(PluginError::bad_input("not a trade message"));
+            return Err(PluginError::bad_input(match (stream, trade.e) {
+                (Some(stream), _) if !stream.ends_with("@trade") => format!(
+                    "a frame of the `{stream}` stream: binance-trades reads `<symbol>@trade` \
+                     streams only"
+                ),
+                (_, Some(kind)) => format!("a `{kind}` message, not a trade"),
+                _ => "not a trade message".to_owned(),
+            }));
         }
         let missing = |field| PluginError::bad_input(format!("trade without `{field}`"));
         let raw_symbol = trade.s.ok_or_else(|| missing("s"))?;
@@ -527,11 +564,12 @@ impl Connector for BinanceTrades {
         let trade_id = trade.t.ok_or_else(|| missing("t"))?;
         let trade_time = trade.trade_time.ok_or_else(|| missing("T"))?;
         let buyer_is_maker = trade.m.ok_or_else(|| missing("m"))?;
-        if !json::is_decimal(&price) || !json::is_decimal(&size) {
+        let (Some(price), Some(size)) = (json::plain_decimal(&price), json::plain_decimal(&size))
+        else {
             return Err(PluginError::bad_input(
                 "trade price or size is not a decimal",
             ));
-        }
+        };
         let i = self.symbol_index(&raw_symbol);
         let payload = Trade {
             exchange: "binance",

@@ -134,8 +134,8 @@ struct Message<'a> {
 struct Trade<'a> {
     exchange: &'static str,
     symbol: &'a str,
-    price: &'a str,
-    size: &'a str,
+    price: Cow<'a, str>,
+    size: Cow<'a, str>,
     taker_side: &'static str,
     trade_id: u64,
     event_timestamp: i64,
@@ -146,10 +146,13 @@ struct Trade<'a> {
 struct Ticker<'a> {
     exchange: &'static str,
     symbol: &'a str,
-    bid_price: &'a str,
-    bid_size: &'a str,
-    ask_price: &'a str,
-    ask_size: &'a str,
+    bid_price: Cow<'a, str>,
+    /// Absent when the venue sent no size (its tickers before 2022 carry none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bid_size: Option<Cow<'a, str>>,
+    ask_price: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ask_size: Option<Cow<'a, str>>,
     event_timestamp: i64,
     atom_timestamp: i64,
 }
@@ -168,14 +171,22 @@ fn decimal<'m>(
     field: &'m Option<Cow<'_, str>>,
     kind: &str,
     name: &str,
-) -> Result<&'m str, PluginError> {
+) -> Result<Cow<'m, str>, PluginError> {
     let text = required(field, kind, name)?;
-    if json::is_decimal(text) {
-        Ok(text)
-    } else {
-        Err(PluginError::bad_input(format!(
-            "`{kind}` message: `{name}` is not a decimal"
-        )))
+    json::plain_decimal(text).ok_or_else(|| {
+        PluginError::bad_input(format!("`{kind}` message: `{name}` is not a decimal"))
+    })
+}
+
+/// A decimal field the venue may leave out.
+fn optional_decimal<'m>(
+    field: &'m Option<Cow<'_, str>>,
+    kind: &str,
+    name: &str,
+) -> Result<Option<Cow<'m, str>>, PluginError> {
+    match field {
+        None => Ok(None),
+        Some(_) => decimal(field, kind, name).map(Some),
     }
 }
 
@@ -415,9 +426,9 @@ impl Coinbase {
         let product = required(&m.product_id, kind, "product_id")?;
         let sequence = *required(&m.sequence, kind, "sequence")?;
         let bid_price = decimal(&m.best_bid, kind, "best_bid")?;
-        let bid_size = decimal(&m.best_bid_size, kind, "best_bid_size")?;
+        let bid_size = optional_decimal(&m.best_bid_size, kind, "best_bid_size")?;
         let ask_price = decimal(&m.best_ask, kind, "best_ask")?;
-        let ask_size = decimal(&m.best_ask_size, kind, "best_ask_size")?;
+        let ask_size = optional_decimal(&m.best_ask_size, kind, "best_ask_size")?;
         let (time_us, time_ms) = Self::times(m, kind)?;
         let i = self.product_index(product);
         let symbol = &self.products[i].symbol;
@@ -568,7 +579,8 @@ impl Connector for Coinbase {
             }
             other => {
                 return Err(PluginError::bad_input(format!(
-                    "unexpected message type `{other}`"
+                    "a `{other}` message: the coinbase connector reads the matches, ticker and \
+                     heartbeat channels only"
                 )));
             }
         }
@@ -598,6 +610,9 @@ impl Connector for Coinbase {
 }
 
 export_connector!(Coinbase);
+
+#[cfg(test)]
+mod conformance;
 
 #[cfg(test)]
 mod tests {

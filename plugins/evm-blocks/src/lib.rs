@@ -371,6 +371,9 @@ impl Connector for EvmBlocks {
 export_connector!(EvmBlocks);
 
 #[cfg(test)]
+mod conformance;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use anode_plugin_sdk::testing;

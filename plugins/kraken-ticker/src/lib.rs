@@ -45,6 +45,17 @@ struct Message<'a> {
     success: Option<bool>,
     #[serde(borrow)]
     error: Option<Cow<'a, str>>,
+    /// Kraken's v1 API names its messages by `event` (`systemStatus`, `heartbeat`, …).
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+}
+
+/// The error for a frame of Kraken's WebSocket v1 API: this connector speaks v2.
+fn v1_api(what: &str) -> PluginError {
+    PluginError::fatal(format!(
+        "{what}: this is Kraken's WebSocket v1 API, and kraken-ticker speaks v2; set base_url \
+         to wss://ws.kraken.com/v2"
+    ))
 }
 
 /// One item of a ticker message.
@@ -80,13 +91,13 @@ struct Ticker<'a> {
 fn exact_decimal<'a>(raw: &'a RawValue, name: &str) -> Result<Cow<'a, str>, PluginError> {
     let text = raw.get();
     let decimal: Option<Cow<'a, str>> = if text.starts_with('"') {
-        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+        serde_json::from_str::<String>(text)
+            .ok()
+            .and_then(|d| json::plain_decimal(&d).map(|p| Cow::Owned(p.into_owned())))
     } else {
-        Some(Cow::Borrowed(text))
+        json::plain_decimal(text)
     };
-    decimal
-        .filter(|d| json::is_decimal(d))
-        .ok_or_else(|| PluginError::bad_input(format!("ticker item: `{name}` is not a number")))
+    decimal.ok_or_else(|| PluginError::bad_input(format!("ticker item: `{name}` is not a number")))
 }
 
 /// The connector.
@@ -206,7 +217,13 @@ impl Connector for KrakenTicker {
     }
 
     fn on_frame(&mut self, frame: &Frame, out: &mut Output) -> Result<(), PluginError> {
+        if frame.data.trim_ascii_start().starts_with(b"[") {
+            return Err(v1_api("a channel message as an array"));
+        }
         let message: Message = json::decode(&frame.data)?;
+        if let Some(event) = message.event.as_deref() {
+            return Err(v1_api(&format!("an `{event}` event")));
+        }
         match (message.channel.as_deref(), message.method.as_deref()) {
             (Some("ticker"), _) => {
                 match message.kind.as_deref() {
@@ -231,7 +248,7 @@ impl Connector for KrakenTicker {
             }
             (Some("heartbeat" | "status"), _) => Ok(()),
             (Some(other), _) => Err(PluginError::bad_input(format!(
-                "unexpected channel `{other}`"
+                "a message of the `{other}` channel: kraken-ticker reads the ticker channel only"
             ))),
             (None, Some(method)) => Self::method_reply(method, &message),
             (None, None) => Err(PluginError::bad_input(
@@ -242,6 +259,9 @@ impl Connector for KrakenTicker {
 }
 
 export_connector!(KrakenTicker);
+
+#[cfg(test)]
+mod conformance;
 
 #[cfg(test)]
 mod tests {
