@@ -164,5 +164,15 @@ if [ -z "${ANODE_TEST_NODE_MODULES:-}" ]; then
     export ANODE_TEST_NODE_MODULES="$js_tools/node_modules"
 fi
 
+# The corpus of frames real venues and Ethereum nodes sent (kept beside the project, never in
+# it): the connectors' conformance tests read it; without it they check nothing and say so.
+frames_dir="${ANODE_REALFRAMES:-$PWD/../shared/realframes}"
+if [ -d "$frames_dir" ]; then
+    export ANODE_REALFRAMES="$(cd "$frames_dir" && pwd)"
+    say "real venue frames for the conformance tests: $ANODE_REALFRAMES"
+else
+    say "NOT CHECKED: no corpus of real venue frames at $frames_dir (set ANODE_REALFRAMES); the connectors' conformance to recorded frames is not tested in this run"
+fi
+
 say "cargo test --workspace"
 exec cargo test --workspace "$@"
