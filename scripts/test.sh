@@ -128,10 +128,11 @@ if ! have_browser; then
 fi
 
 # Python tools, pinned, in a virtualenv of their own: schemathesis (OpenAPI contract tester),
-# the reference Prometheus client's text parser, and componentize-py (builds the Python plugin
-# the polyglot test makes with `anode plugin new --lang python`).
+# the reference Prometheus client's text parser, componentize-py (builds the Python plugin
+# the polyglot test makes with `anode plugin new --lang python`), and websockets (the one
+# dependency of the Python subscriber client in clients/python, tested against live nodes).
 py_tools="$PWD/target/test-tools/py"
-py_want="schemathesis==4.32.5 prometheus-client==0.26.0 componentize-py==0.25.1"
+py_want="schemathesis==4.32.5 prometheus-client==0.26.0 componentize-py==0.25.1 websockets==15.0.1"
 if [ -z "${ANODE_TEST_PYTHON:-}" ]; then
     if [ "$(cat "$py_tools/.installed" 2>/dev/null)" != "$py_want" ]; then
         command -v python3 >/dev/null || die "python3 is missing: install Python 3.9+ (Debian: apt-get install python3 python3-venv)"

@@ -15,7 +15,9 @@
 //!
 //! On PostgreSQL the sources are spread over both nodes and the second takes the dead one's
 //! over from their stored cursors (backfill); the embedded store keeps each node's cursors
-//! to itself, so there every source is collected on both nodes (`"replicas": 2`). The
+//! to itself, so there every source is collected on both nodes (`"replicas": 2`), each node
+//! stores what it collected, and every generated id is in one of the two stores (each store
+//! holding it once). The
 //! transform faults (a trap, a deadline, a refused event, a refused row, a bad cursor) are
 //! crossed with the same stores in `deadletters.rs`.
 
@@ -218,8 +220,22 @@ async fn faults_lose_nothing(store: Store, prefix: &str) {
         Some(db) => Stored::Postgres(db),
         None => Stored::Sqlite(second.dir.join("records.sqlite")),
     };
-    every_generated_id_stored_once(&sim, &stored, &specs, &[]).await;
-    let stored_ids = stored.record_ids(None).await;
+    let stored_ids = match &stored {
+        Stored::Postgres(_) => {
+            every_generated_id_stored_once(&sim, &stored, &specs, &[]).await;
+            stored.record_ids(None).await
+        }
+        // Each node stored what it collected: the second from when its own copy of each
+        // source connected, the first until it died. Together they hold every id, each
+        // store each id once.
+        Stored::Sqlite(_) => {
+            let first_store = Stored::Sqlite(first.dir.join("records.sqlite"));
+            every_generated_id_in_one_of(&sim, [&first_store, &stored], &specs).await;
+            let mut ids = first_store.record_ids(None).await;
+            ids.extend(stored.record_ids(None).await);
+            ids
+        }
+    };
     // The subscriber: nothing twice, nothing not stored, and nothing missing but records of
     // the dead node's sources that a gap notice named.
     let named: BTreeSet<String> = subscriber
@@ -287,6 +303,46 @@ async fn faults_lose_nothing(store: Store, prefix: &str) {
     if let Stored::Postgres(db) = stored {
         db.drop_db().await;
     }
+}
+
+/// Every id the simulator generated for each source is in one of `stores` at least, and no
+/// store holds one twice.
+async fn every_generated_id_in_one_of(
+    sim: &anode_feedsim::FeedSim,
+    stores: [&Stored; 2],
+    specs: &[serde_json::Value],
+) {
+    until("every generated id stored", SETTLE, || async {
+        let report = sim.report();
+        let mut wrong = Vec::new();
+        for spec in specs {
+            let id = spec["id"].as_str().unwrap();
+            let (first, last) = report.streams[&support::store::trade_stream(spec)]
+                .generated
+                .expect("a subscribed stream has generated ids");
+            let mut union = BTreeSet::new();
+            for store in stores {
+                let ids = store.ids(id).await;
+                let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+                if distinct.len() != ids.len() {
+                    wrong.push(format!("{id}: stored twice in one store"));
+                }
+                union.extend(distinct);
+            }
+            let missing = (first..=last).filter(|n| !union.contains(n)).count();
+            if missing > 0 {
+                wrong.push(format!(
+                    "{id}: generated {first}..={last}, {missing} missing"
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    })
+    .await;
 }
 
 /// Ids (hex) of `source`'s records that `node` stored.
