@@ -13,7 +13,7 @@
 //!   error: its records are stored, the cursor and a bad frame are dead letters, the committed
 //!   cursor stays the last good one, another source on the node keeps storing; `anode
 //!   deadletter` lists, shows, replays and purges them; removing the source forgets its
-//!   cursor.
+//!   cursor — with the embedded store and with PostgreSQL.
 
 mod support;
 
@@ -407,10 +407,28 @@ async fn until_failed(api: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
-    let sim = simulator(20.0).await;
     let root = tempfile::tempdir().unwrap();
     let stored = Stored::Sqlite(root.path().join("records.sqlite"));
-    let node = start_node(node_config(root.path())).await;
+    a_bad_cursor_fails_its_source_only(root, stored, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cursor_fails_its_source_only_with_postgres() {
+    let root = tempfile::tempdir().unwrap();
+    let db = TestDb::create(&support::pg_server()).await;
+    let url = db.url.clone();
+    a_bad_cursor_fails_its_source_only(root, Stored::Postgres(db), Some(url)).await;
+}
+
+async fn a_bad_cursor_fails_its_source_only(
+    root: tempfile::TempDir,
+    stored: Stored,
+    postgres: Option<String>,
+) {
+    let sim = simulator(20.0).await;
+    let mut config = node_config(root.path());
+    config.store.postgres_url = postgres;
+    let node = start_node(config).await;
     let api = node.url();
     install_plugin(&api, component("hostile-plugin")).await;
     let (url, frames) = venue().await;
@@ -528,6 +546,10 @@ async fn a_bad_cursor_fails_its_source_only_and_a_bad_frame_is_kept() {
     })
     .await;
     sim.shutdown().await;
+    node.shutdown().await;
+    if let Stored::Postgres(db) = stored {
+        db.drop_db().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
