@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{Filter, Stage};
+use super::filter::{Filter, Stage};
 
 /// A position in one node's outbox: the process (`epoch`) and the last record number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,104 +1,27 @@
-//! The data plane: a WebSocket subscriber on any node receives matching records of every
-//! source in the cluster. A node with clients opens one authenticated stream to each live
-//! peer (`/cluster/v1/stream`), sends the union of its clients' filters (and every change of
-//! it), and republishes what arrives to its clients. A node without clients opens none, so
-//! records only flow toward nodes with interested subscribers. Peers send only records they
-//! ingested themselves, never relayed ones, so nothing loops.
-//!
-//! Each change of interest carries a version, which the peer confirms once its filters are in
-//! place; a client is told it is subscribed once every live peer has confirmed its filter
-//! (bounded by [`HEARD_WITHIN`]), so from then on it misses nothing of their sources.
-//!
-//! A link resumes by position: the peer numbers every record it sends (its outbox, see
-//! [`crate::fanout::LinkPosition`]); after a drop the link reopens with the epoch and number
-//! it reached, and the peer sends what followed before going on live. When the peer sends
-//! nothing a link missed while it was behind, it sends that from its outbox too. Only what the
-//! outbox no longer holds (the peer restarted, died, or the link stayed down longer than
-//! `fanout.relay_buffer_ms`) becomes a `gap` notice to this node's clients, naming the sources
-//! and the position the link had reached.
+//! The receiving side: one link to each live peer while this node has clients, resumed from
+//! the position it reached after a drop; `gap` notices when it cannot be.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
-use super::{Peer, PeerContext};
-use crate::fanout::{Delivery, Filter, LinkPosition, Stage};
-use crate::record::RecordId;
+use super::wire::{Confirmed, LinkOpened, PeerGap, numbered, relayed};
+use crate::cluster::{Peer, PeerContext};
+use crate::fanout::{Filter, LinkPosition};
 
 /// How often links are opened and closed to follow interest and membership.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Wait before reopening a link that failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// How long a new or changed subscriber waits for the peers to confirm its filter (a peer of
-/// an older version never does).
-pub const HEARD_WITHIN: Duration = Duration::from_secs(2);
 
-#[derive(Deserialize)]
-struct Interest {
-    filters: Vec<Filter>,
-    /// The interest version, confirmed back once the filters are set.
-    #[serde(default)]
-    version: Option<u64>,
-}
-
-/// A peer's confirmation that it has set the filters of interest `confirmed`.
-#[derive(Deserialize)]
-struct Confirmed {
-    confirmed: u64,
-}
-
-/// A peer's word that it dropped records for this link (it was behind) and its outbox no
-/// longer held them.
-#[derive(Deserialize)]
-struct PeerGap {
-    gap: Dropped,
-}
-
-#[derive(Deserialize)]
-struct Dropped {
-    dropped: u64,
-}
-
-/// A peer's first word on a numbered link: its outbox epoch, the number after which it sends
-/// records, and whether that is where the link asked to resume.
-#[derive(Deserialize)]
-struct LinkOpened {
-    link: Opened,
-}
-
-#[derive(Deserialize)]
-struct Opened {
-    epoch: u64,
-    from: u64,
-    complete: bool,
-}
-
-/// What a link asks for when it opens (`/cluster/v1/stream?resume=1&epoch=…&after=…`):
-/// numbered records, from a position when it has one.
-#[derive(Debug, Default, Deserialize)]
-pub struct LinkQuery {
-    #[serde(default)]
-    resume: Option<u8>,
-    #[serde(default)]
-    epoch: Option<u64>,
-    #[serde(default)]
-    after: Option<u64>,
-}
-
-/// The `gap` notice for this node's clients: records of `sources`, which `peer` collects,
 /// may be missing, and why; `position` is where the link to it had got to.
 fn gap_notice(
     peer: &str,
@@ -117,251 +40,6 @@ fn gap_notice(
                     any reads the stored log from its last position (since=)",
     })
     .to_string()
-}
-
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(borrow)]
-    source: Cow<'a, str>,
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
-    #[serde(borrow, default)]
-    key: Option<Cow<'a, str>>,
-}
-
-/// A stored record, as a peer link sends it; a decoded one goes bare.
-#[derive(Deserialize)]
-struct StoredRecord<'a> {
-    #[allow(dead_code)]
-    after: Stage,
-    #[serde(borrow)]
-    record: &'a serde_json::value::RawValue,
-}
-
-/// A record on a numbered link: its number in the peer's outbox, its stage and the record.
-#[derive(Deserialize)]
-struct Numbered<'a> {
-    seq: u64,
-    after: Stage,
-    #[serde(borrow)]
-    record: &'a serde_json::value::RawValue,
-}
-
-/// A record from a numbered link: its number, id, the fields filters look at, its stage and
-/// its JSON.
-fn numbered(text: &str) -> Option<(u64, RecordId, Head<'_>, Stage, &str)> {
-    let n = serde_json::from_str::<Numbered>(text).ok()?;
-    let record = n.record.get();
-    let head = serde_json::from_str::<Head>(record).ok()?;
-    Some((n.seq, RecordId::from_hex(&head.id)?, head, n.after, record))
-}
-
-/// A record from a peer link (unnumbered, from a peer that numbers nothing): what filters
-/// look at, its stage and its JSON.
-fn relayed(text: &str) -> Option<(RecordId, Head<'_>, Stage, &str)> {
-    let (head, stage, record) = match serde_json::from_str::<Head>(text) {
-        Ok(head) => (head, Stage::Decoded, text),
-        Err(_) => {
-            let stored = serde_json::from_str::<StoredRecord>(text).ok()?;
-            let record = stored.record.get();
-            (
-                serde_json::from_str::<Head>(record).ok()?,
-                Stage::Stored,
-                record,
-            )
-        }
-    };
-    Some((RecordId::from_hex(&head.id)?, head, stage, record))
-}
-
-/// `GET /cluster/v1/stream`: stream this node's records to a peer.
-pub async fn serve(
-    State(state): State<PeerContext>,
-    Query(query): Query<LinkQuery>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    // A peer sends only filter updates.
-    upgrade
-        .read_buffer_size(8 * 1024)
-        .max_message_size(1024 * 1024)
-        .on_upgrade(move |socket| stream_to_peer(socket, state, query))
-}
-
-/// Records written to a peer link before one flush, at most.
-const LINK_BATCH_MAX: usize = 256;
-
-/// A record for a link: numbered (`seq` > 0, for a link that resumes), or as an older peer
-/// reads it.
-fn peer_message(stage: Stage, json: &str, seq: Option<u64>) -> Message {
-    Message::text(match (seq, stage) {
-        (Some(seq), Stage::Decoded) => {
-            format!(r#"{{"seq":{seq},"after":"decoded","record":{json}}}"#)
-        }
-        (Some(seq), Stage::Stored) => {
-            format!(r#"{{"seq":{seq},"after":"stored","record":{json}}}"#)
-        }
-        (None, Stage::Decoded) => json.to_owned(),
-        // The receiver must know which of its clients may see it.
-        (None, Stage::Stored) => format!(r#"{{"after":"stored","record":{json}}}"#),
-    })
-}
-
-/// Where a link stands on the sending side: the last outbox number sent, and the records
-/// dropped for it so far that were made up for (or announced).
-struct Sending {
-    numbered: bool,
-    sent: u64,
-    told: u64,
-}
-
-impl Sending {
-    /// Queue a record unless it went out already (from the outbox).
-    fn push(&mut self, batch: &mut Vec<Message>, stage: Stage, json: &str, seq: u64) {
-        if !self.numbered {
-            batch.push(peer_message(stage, json, None));
-        } else if seq > self.sent {
-            self.sent = seq;
-            batch.push(peer_message(stage, json, Some(seq)));
-        }
-    }
-
-    /// Queue what the outbox holds after the last record sent that matches `filters`, if it
-    /// holds all of it; whether it did.
-    fn resend(
-        &mut self,
-        state: &PeerContext,
-        batch: &mut Vec<Message>,
-        filters: &[Filter],
-    ) -> bool {
-        let missed = state.hub.missed(self.sent, filters);
-        if !missed.complete {
-            return false;
-        }
-        let stats = &state.cluster.stats;
-        stats
-            .records_resent
-            .fetch_add(missed.records.len() as u64, Relaxed);
-        for (seq, stage, json) in &missed.records {
-            self.push(batch, *stage, json, *seq);
-        }
-        // Nothing else up to the last one made matches.
-        self.sent = self.sent.max(missed.last);
-        true
-    }
-}
-
-async fn stream_to_peer(socket: WebSocket, state: PeerContext, query: LinkQuery) {
-    let (mut tx, mut rx) = socket.split();
-    let Ok(mut subscription) = state.hub.subscribe_peer(Vec::new()) else {
-        return;
-    };
-    let mut sending = Sending {
-        numbered: query.resume.is_some(),
-        sent: 0,
-        told: 0,
-    };
-    let mut opened = false;
-    let mut filters: Vec<Filter> = Vec::new();
-    loop {
-        let batch: Vec<Message> = tokio::select! {
-            () = state.shutdown.cancelled() => {
-                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "node shutting down".into() }))).await;
-                return;
-            }
-            delivery = subscription.next() => match delivery {
-                Delivery::Record { json, stage, seq, dropped_total } => {
-                    // Whatever else is queued goes out with it, with one flush: one write per
-                    // batch on the link, not one per record.
-                    let mut queued = vec![(stage, json, seq)];
-                    while let Some(q) = subscription.try_next_queued() {
-                        queued.push((q.stage, q.json, q.seq));
-                        if queued.len() >= LINK_BATCH_MAX {
-                            break;
-                        }
-                    }
-                    let mut batch = Vec::new();
-                    if dropped_total > sending.told {
-                        // Records were dropped for the link (it was behind): a numbered link
-                        // gets them from the outbox, in order (everything still queued is
-                        // taken first, so nothing made meanwhile is missed); otherwise, or
-                        // when the outbox no longer has them, the peer tells its clients.
-                        let told = subscription.dropped_total();
-                        while let Some(q) = subscription.try_next_queued() {
-                            queued.push((q.stage, q.json, q.seq));
-                        }
-                        if !(sending.numbered && sending.resend(&state, &mut batch, &filters)) {
-                            let dropped = json!({ "gap": { "dropped": told - sending.told } });
-                            batch.push(Message::text(dropped.to_string()));
-                        }
-                        sending.told = told;
-                    }
-                    for (stage, json, seq) in queued {
-                        sending.push(&mut batch, stage, &json, seq);
-                    }
-                    batch
-                }
-                Delivery::Disconnect(reason) => {
-                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 4008, reason: reason.into() }))).await;
-                    return;
-                }
-            },
-            incoming = rx.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    let Ok(interest) = serde_json::from_str::<Interest>(&text) else {
-                        continue;
-                    };
-                    filters = interest.filters;
-                    subscription.set_filters(filters.clone());
-                    let mut batch = Vec::new();
-                    if sending.numbered && !opened {
-                        // The filters are in place: what is made from now on comes live.
-                        // A resuming link first gets what followed its position, from the
-                        // outbox, if it still holds all of it.
-                        opened = true;
-                        let epoch = state.hub.outbox_epoch();
-                        let mut resent = Vec::new();
-                        let resumed = match query.epoch.zip(query.after) {
-                            Some((e, after)) if e == epoch => {
-                                sending.sent = after;
-                                sending.resend(&state, &mut resent, &filters).then_some(after)
-                            }
-                            _ => None,
-                        };
-                        // A new link, or one that cannot resume: from the last record made.
-                        let from = resumed.unwrap_or_else(|| {
-                            sending.sent = state.hub.outbox_last();
-                            sending.sent
-                        });
-                        let complete = resumed.is_some() || query.after.is_none();
-                        let link = json!({ "link": { "epoch": epoch, "from": from, "complete": complete } });
-                        batch.push(Message::text(link.to_string()));
-                        batch.extend(resent);
-                    }
-                    if let Some(version) = interest.version {
-                        batch.push(Message::text(json!({ "confirmed": version }).to_string()));
-                    }
-                    batch
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => continue,
-            },
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let send = async {
-            for message in batch {
-                tx.feed(message).await?;
-            }
-            tx.flush().await
-        };
-        let sent = tokio::time::timeout(Duration::from_secs(5), send).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return;
-        }
-    }
 }
 
 struct Link {
@@ -523,7 +201,7 @@ pub async fn run_links(state: PeerContext, shutdown: CancellationToken) {
 /// the position the link had reached, and the next link starts afresh.
 fn give_up_links(
     state: &PeerContext,
-    view: &super::View,
+    view: &crate::cluster::View,
     reached: &mut HashMap<String, Arc<Reached>>,
 ) {
     let span = state.hub.relay_buffer();
@@ -600,7 +278,7 @@ async fn run_link(
         .sign_request("GET", &path, b"", now_ms)
     {
         request.headers_mut().insert(
-            super::AUTH_HEADER,
+            crate::cluster::AUTH_HEADER,
             signature.parse().map_err(|_| "bad signature header")?,
         );
     }
