@@ -5,6 +5,8 @@
 //!   it is refused and counted; forged catalog entries over a valid signature (a clock far
 //!   ahead, a wrong shape, an unknown kind) change nothing; a node without a key refuses writes;
 //! - a replayed or stale gossip packet is dropped and counted, and membership is unchanged;
+//! - gossip is sealed: every packet one node sent another, captured on the way, hides the
+//!   catalog entry it carried (a source's header value and id), and the entry still arrived;
 //! - the cluster key rolls across three live nodes (SIGHUP) with no member ever down, after
 //!   which a node holding only the old key is refused;
 //! - beyond loopback, reads need the read token (changes the write token) and secrets a
@@ -225,6 +227,99 @@ async fn a_replayed_gossip_packet_is_dropped_and_counted() {
     )
     .await;
     until_all_see_each_other(&[&a, &b]).await;
+}
+
+/// The second node reaches the first's gossip only through a UDP relay in the test, which
+/// keeps a copy of every packet: none holds the source it announces in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_on_the_wire_hides_the_catalog_it_carries() {
+    let root = tempfile::tempdir().unwrap();
+    let (gossip_port, relay_port) = (support::free_udp_port(), support::free_udp_port());
+    let a = NodeProc::start(
+        root.path(),
+        "w1",
+        &NodeOptions {
+            gossip_bind: Some(format!("127.0.0.1:{gossip_port}")),
+            // Under `[cluster]`: peers send to the relay.
+            extra: format!("advertise = \"127.0.0.1:{relay_port}\"\n"),
+            ..NodeOptions::default()
+        },
+    );
+    let relay = tokio::net::UdpSocket::bind(("127.0.0.1", relay_port))
+        .await
+        .unwrap();
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let relaying = tokio::spawn({
+        let captured = captured.clone();
+        async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((len, _)) = relay.recv_from(&mut buf).await {
+                captured.lock().unwrap().push(buf[..len].to_vec());
+                let _ = relay.send_to(&buf[..len], ("127.0.0.1", gossip_port)).await;
+            }
+        }
+    });
+    let b = NodeProc::start(
+        root.path(),
+        "w2",
+        &NodeOptions {
+            seeds: vec![format!("127.0.0.1:{relay_port}")],
+            ..NodeOptions::default()
+        },
+    );
+    until_all_see_each_other(&[&a, &b]).await;
+    let secret = "wire-secret-7f3a9c";
+    let spec = json!({"id": "on-the-wire", "plugin": "http-json", "config": {
+        "url": "http://127.0.0.1:9/prices", "headers": {"X-Api-Key": secret}}});
+    let (status, body) = b.post("/api/v1/sources", &spec).await;
+    assert_eq!(status, 201, "{body}");
+    until("w1 to hold the source w2 announced", SETTLE, || async {
+        let listed = a.get("/api/v1/sources").await;
+        let ids: Vec<&str> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        if ids.contains(&"on-the-wire") {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+    .await;
+    // A few rounds of probes and gossip after the announcement.
+    until("gossip rounds through the relay", SETTLE, || async {
+        let n = captured.lock().unwrap().len();
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} packets"))
+        }
+    })
+    .await;
+    relaying.abort();
+    // The entry did travel by gossip (w2 reaches w1's gossip only through the relay).
+    let heard = a.get("/api/v1/cluster").await["gossip"]["broadcasts_received"].clone();
+    assert!(
+        heard.as_u64().is_some_and(|n| n >= 1),
+        "w1 heard {heard} broadcasts"
+    );
+    let packets = captured.lock().unwrap().clone();
+    // Needles long enough that sealed (random-looking) bytes never hold one by chance.
+    for needle in [secret.as_bytes(), b"on-the-wire", b"http-json", b"/prices"] {
+        let seen = packets
+            .iter()
+            .filter(|p| p.windows(needle.len()).any(|w| w == needle))
+            .count();
+        assert_eq!(
+            seen,
+            0,
+            "`{}` in the clear in {seen} of {} gossip packets",
+            String::from_utf8_lossy(needle),
+            packets.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

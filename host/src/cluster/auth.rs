@@ -109,6 +109,19 @@ impl Keys {
         Some(mac.finalize().into_bytes().into())
     }
 
+    /// The keys gossip packets are sealed with (ChaCha20-Poly1305), derived from the cluster
+    /// keys in their order: the first seals, every one opens. Empty without keys.
+    pub fn sealing_keys(&self) -> Vec<[u8; 32]> {
+        self.current()
+            .iter()
+            .map(|key| {
+                let mut mac = Self::mac(key);
+                mac.update(b"anode gossip seal v1");
+                mac.finalize().into_bytes().into()
+            })
+            .collect()
+    }
+
     /// Whether any key gives `tag` for `parts` (compared in constant time).
     pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
         self.current().iter().any(|key| {

@@ -1,16 +1,33 @@
 //! The envelope of every gossip packet: magic, protocol version, cluster id, the time it was
-//! sealed and a random nonce, the body, and an HMAC-SHA256 over all of it when a cluster key
-//! is set. Packets of other clusters, other versions, with a wrong tag, stale or seen before
-//! are refused before foca sees them (see [`super::auth`]).
+//! sealed and a random nonce, then the body. With a cluster key the body is sealed with
+//! ChaCha20-Poly1305 under a key derived from it, the header (time and nonce included) bound as
+//! associated data: an onlooker reads neither the membership nor the catalog entries gossip
+//! carries, and a packet changed in any byte does not open. Packets of other clusters, other
+//! versions, that do not open under any key, stale or seen before are refused before foca sees
+//! them (see [`super::auth`]).
+
+use std::borrow::Cow;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 
 use super::auth::{Keys, Refused};
 
 const MAGIC: &[u8; 2] = b"AN";
-/// Version of the envelope and of what is inside it (2: time and nonce, key lists).
-pub const PROTOCOL: u8 = 2;
-const TAG_LEN: usize = 32;
+/// Version of the envelope and of what is inside it (3: the body sealed, not only signed).
+pub const PROTOCOL: u8 = 3;
+/// The AEAD's tag after the sealed body.
+const TAG_LEN: usize = 16;
 /// Time (ms, big-endian) and nonce after the cluster id.
 const FRESHNESS_LEN: usize = 16;
+
+/// The AEAD nonce of a packet: the low half of its time and its random nonce, so two packets
+/// share one only if sealed in the same 49 days with the same 64 random bits.
+fn aead_nonce(freshness: &[u8]) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&freshness[4..16]);
+    nonce.into()
+}
 
 /// Seals and opens gossip packets.
 #[derive(Clone)]
@@ -57,15 +74,27 @@ impl Envelope {
         out.extend_from_slice(id);
         out.extend_from_slice(&now_ms.to_be_bytes());
         out.extend_from_slice(&rand::random::<u64>().to_be_bytes());
-        out.extend_from_slice(body);
-        if let Some(tag) = self.keys.tag(&[&out]) {
-            out.extend_from_slice(&tag);
+        match self.keys.sealing_keys().first() {
+            None => out.extend_from_slice(body),
+            Some(key) => {
+                let nonce = aead_nonce(&out[out.len() - FRESHNESS_LEN..]);
+                let sealed = ChaCha20Poly1305::new(key.into())
+                    .encrypt(
+                        &nonce,
+                        Payload {
+                            msg: body,
+                            aad: &out,
+                        },
+                    )
+                    .expect("sealing a gossip packet cannot fail");
+                out.extend_from_slice(&sealed);
+            }
         }
         out
     }
 
     /// The body of a packet made by a node of this cluster, once.
-    pub fn open<'a>(&self, packet: &'a [u8], now_ms: i64) -> Result<&'a [u8], Rejected> {
+    pub fn open<'a>(&self, packet: &'a [u8], now_ms: i64) -> Result<Cow<'a, [u8]>, Rejected> {
         if packet.len() < 4 || &packet[..2] != MAGIC || packet[2] != PROTOCOL {
             return Err(Rejected::Garbage);
         }
@@ -78,19 +107,32 @@ impl Envelope {
         if packet[4..fresh_start] != *self.keys.cluster_id() {
             return Err(Rejected::Foreign);
         }
-        if !self.keys.any() {
-            return Ok(&packet[body_start..]);
+        let keys = self.keys.sealing_keys();
+        if keys.is_empty() {
+            return Ok(Cow::Borrowed(&packet[body_start..]));
         }
         if packet.len() < body_start + TAG_LEN {
             return Err(Rejected::Auth);
         }
-        let (signed, tag) = packet.split_at(packet.len() - TAG_LEN);
-        if !self.keys.verify(&[signed], tag) {
-            return Err(Rejected::Auth);
-        }
+        let (header, sealed) = packet.split_at(body_start);
+        let nonce = aead_nonce(&header[fresh_start..]);
+        let body = keys
+            .iter()
+            .find_map(|key| {
+                ChaCha20Poly1305::new(key.into())
+                    .decrypt(
+                        &nonce,
+                        Payload {
+                            msg: sealed,
+                            aad: header,
+                        },
+                    )
+                    .ok()
+            })
+            .ok_or(Rejected::Auth)?;
         let at_ms = i64::from_be_bytes(packet[fresh_start..fresh_start + 8].try_into().expect("8"));
         let nonce = u64::from_be_bytes(packet[fresh_start + 8..body_start].try_into().expect("8"));
         self.keys.fresh(at_ms, nonce, now_ms)?;
-        Ok(&signed[body_start..])
+        Ok(Cow::Owned(body))
     }
 }

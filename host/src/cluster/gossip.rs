@@ -146,7 +146,7 @@ impl Gossip {
                     match self.envelope.open(&buf[..len], crate::clock::now_us() / 1000) {
                         Ok(body) => {
                             let backlog = self.foca.custom_broadcast_backlog();
-                            if let Err(e) = self.foca.handle_data(body, &mut self.runtime) {
+                            if let Err(e) = self.foca.handle_data(&body, &mut self.runtime) {
                                 self.stats.rejected_invalid.fetch_add(1, Relaxed);
                                 tracing::debug!("gossip packet refused: {e}");
                             } else {

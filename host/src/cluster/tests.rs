@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use super::*;
 
 fn envelope(cluster: &str, keys: &[&str]) -> Envelope {
@@ -11,13 +13,16 @@ const NOW: i64 = 1_700_000_000_000;
 fn envelopes_check_magic_cluster_and_key() {
     let keyed = envelope("prod", &["secret"]);
     let sealed = keyed.seal(b"hello", NOW);
-    assert_eq!(keyed.open(&sealed, NOW), Ok(&b"hello"[..]));
+    assert_eq!(keyed.open(&sealed, NOW), Ok(Cow::from(&b"hello"[..])));
     assert_eq!(
         envelope("prod", &["other"]).open(&sealed, NOW),
         Err(Rejected::Auth)
     );
     let open = envelope("prod", &[]);
-    assert_eq!(open.open(&open.seal(b"x", NOW), NOW), Ok(&b"x"[..]));
+    assert_eq!(
+        open.open(&open.seal(b"x", NOW), NOW),
+        Ok(Cow::from(&b"x"[..]))
+    );
     // Without a tag, a keyed node refuses; with a flipped bit, too.
     assert_eq!(
         keyed.open(&open.seal(b"hello", NOW), NOW),
@@ -35,10 +40,37 @@ fn envelopes_check_magic_cluster_and_key() {
 }
 
 #[test]
+fn a_sealed_packet_hides_its_body_and_any_changed_byte_spoils_it() {
+    let keyed = envelope("prod", &["secret"]);
+    let body = br#"{"key":"source/binance-btc","value":{"headers":{"X-Api-Key":"hunter2"}}}"#;
+    let sealed = keyed.seal(body, NOW);
+    for needle in [&b"hunter2"[..], b"binance-btc", b"source/"] {
+        assert!(
+            !sealed.windows(needle.len()).any(|w| w == needle),
+            "{} in the clear",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // Every byte after the header's cluster id is bound: time, nonce, body, tag.
+    for at in 8..sealed.len() {
+        let mut changed = sealed.clone();
+        changed[at] ^= 0x40;
+        assert_eq!(keyed.open(&changed, NOW), Err(Rejected::Auth), "byte {at}");
+    }
+    let mut cut = sealed.clone();
+    cut.pop();
+    assert_eq!(keyed.open(&cut, NOW), Err(Rejected::Auth));
+    assert_eq!(keyed.open(&sealed, NOW), Ok(Cow::from(&body[..])));
+    // Without a key (a loopback-only node) the body travels as it is.
+    let open = envelope("prod", &[]);
+    assert!(open.seal(b"plain", NOW).ends_with(b"plain"));
+}
+
+#[test]
 fn a_packet_opens_once_and_only_while_fresh() {
     let keyed = envelope("prod", &["secret"]);
     let sealed = keyed.seal(b"hello", NOW);
-    assert_eq!(keyed.open(&sealed, NOW + 5), Ok(&b"hello"[..]));
+    assert_eq!(keyed.open(&sealed, NOW + 5), Ok(Cow::from(&b"hello"[..])));
     assert_eq!(keyed.open(&sealed, NOW + 10), Err(Rejected::Replayed));
     let old = keyed.seal(b"hello", NOW - 31_000);
     assert_eq!(keyed.open(&old, NOW), Err(Rejected::Stale));
@@ -46,8 +78,8 @@ fn a_packet_opens_once_and_only_while_fresh() {
     assert_eq!(keyed.open(&ahead, NOW), Err(Rejected::Stale));
     // Two packets sealed in the same millisecond differ by their nonce.
     let (a, b) = (keyed.seal(b"x", NOW), keyed.seal(b"x", NOW));
-    assert_eq!(keyed.open(&a, NOW), Ok(&b"x"[..]));
-    assert_eq!(keyed.open(&b, NOW), Ok(&b"x"[..]));
+    assert_eq!(keyed.open(&a, NOW), Ok(Cow::from(&b"x"[..])));
+    assert_eq!(keyed.open(&b, NOW), Ok(Cow::from(&b"x"[..])));
 }
 
 #[test]
@@ -186,7 +218,7 @@ fn fuzzed_packets_never_open_unless_sealed_by_a_key_holder() {
         );
         assert_eq!(
             keyed.open(&sealed, NOW + round),
-            Ok(&body[..]),
+            Ok(Cow::from(&body[..])),
             "round {round}"
         );
     }

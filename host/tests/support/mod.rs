@@ -446,6 +446,14 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port between 20000 and 32000")
 }
 
+/// A UDP port nobody uses now on loopback (below the ephemeral range, as [`free_port`]).
+pub fn free_udp_port() -> u16 {
+    (0..1_000)
+        .map(|_| 20_000 + rand::random::<u16>() % 12_000)
+        .find(|&port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback UDP port between 20000 and 32000")
+}
+
 /// What test nodes allow their sources to reach: the feed simulator on loopback.
 pub const LOOPBACK: &str = "127.0.0.0/8";
 
