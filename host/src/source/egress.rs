@@ -2,10 +2,12 @@
 //! request names is checked before the host connects, against `sources.allow` and
 //! `sources.deny` (schemes such as `https:`, host names such as `api.example.com` or
 //! `*.example.com`, addresses or networks such as `10.0.0.0/8`, each with an optional
-//! `:port`). Deny wins. By default loopback, link-local (`169.254.0.0/16`, `fe80::/10`) and
-//! unspecified addresses, and this node's own API, are refused unless an allow entry names
-//! them: a source must not read the node itself, a cloud metadata service or another service
-//! on the host.
+//! `:port`). Deny wins. By default loopback, link-local (`169.254.0.0/16`, `fe80::/10`),
+//! unspecified and unique-local IPv6 (`fc00::/7`) addresses, the known cloud metadata
+//! addresses outside them (`100.100.100.200`), and this node's own API, are refused unless an
+//! allow entry names them — also written in IPv6 as IPv4-mapped (`::ffff:127.0.0.1`),
+//! IPv4-compatible (`::127.0.0.1`) or NAT64 (`64:ff9b::7f00:1`): a source must not read the
+//! node itself, a cloud metadata service or another service on the host.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -214,10 +216,13 @@ impl Egress {
         if allowed_by(false) {
             return Ok(());
         }
-        if let Some(ip) = ips.iter().find(|ip| denied_by_default(**ip)) {
+        if let Some((ip, rule)) = ips
+            .iter()
+            .find_map(|ip| default_refusal(*ip).map(|rule| (ip, rule)))
+        {
             return Err(refuse(format!(
-                "{ip} is a loopback, link-local or unspecified address, which sources may not \
-                 reach unless sources.allow names it (for example \"{ip}:{port}\")"
+                "{ip} is {rule}, which sources may not reach unless sources.allow names it \
+                 (for example \"{ip}:{port}\")"
             )));
         }
         Ok(())
@@ -249,21 +254,69 @@ struct Target<'a> {
 }
 
 fn denied_by_default(ip: IpAddr) -> bool {
-    let ip = canonical(ip);
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+    default_refusal(ip).is_some()
+}
+
+/// Cloud metadata services outside the ranges refused anyway (link-local `169.254.169.254`
+/// serves AWS, GCP, Azure and most others; AWS's IPv6 `fd00:ec2::254` is unique-local).
+const METADATA: &[(std::net::Ipv4Addr, &str)] =
+    &[(std::net::Ipv4Addr::new(100, 100, 100, 200), "Alibaba Cloud")];
+
+/// Why sources may not reach `ip` unless an allow entry names it: the rule, in words.
+fn default_refusal(ip: IpAddr) -> Option<String> {
+    let (plain, form) = unwrapped(ip);
+    let rule = match plain {
+        IpAddr::V4(v4) if v4.is_loopback() => "a loopback address".to_owned(),
+        IpAddr::V4(v4) if v4.is_link_local() => {
+            "a link-local address (cloud metadata services listen on 169.254.169.254)".to_owned()
         }
+        IpAddr::V4(v4) if v4.is_unspecified() => "the unspecified address".to_owned(),
+        IpAddr::V4(v4) => {
+            let (_, cloud) = METADATA.iter().find(|(m, _)| *m == v4)?;
+            format!("the cloud metadata address of {cloud}")
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => "a loopback address".to_owned(),
+        IpAddr::V6(v6) if v6.is_unspecified() => "the unspecified address".to_owned(),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => {
+            "a link-local address (fe80::/10)".to_owned()
+        }
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => {
+            "a unique-local IPv6 address (fc00::/7; AWS's metadata service is fd00:ec2::254)"
+                .to_owned()
+        }
+        IpAddr::V6(_) => return None,
+    };
+    Some(match form {
+        Some(form) => format!("{rule}, {plain} written as {form}"),
+        None => rule,
+    })
+}
+
+/// `ip` with an IPv4 address written in IPv6 taken out (`::ffff:a.b.c.d` mapped,
+/// `::a.b.c.d` compatible, `64:ff9b::a.b.c.d` NAT64), and which form it was.
+fn unwrapped(ip: IpAddr) -> (IpAddr, Option<&'static str>) {
+    let IpAddr::V6(v6) = ip else {
+        return (ip, None);
+    };
+    let s = v6.segments();
+    let v4 = || {
+        let o = v6.octets();
+        IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        (IpAddr::V4(mapped), Some("an IPv4-mapped IPv6 address"))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        (v4(), Some("a NAT64 address (64:ff9b::/96)"))
+    } else if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        (v4(), Some("an IPv4-compatible IPv6 address"))
+    } else {
+        (ip, None)
     }
 }
 
-/// `::ffff:a.b.c.d` is `a.b.c.d`.
+/// `::ffff:a.b.c.d`, `::a.b.c.d` and `64:ff9b::a.b.c.d` are `a.b.c.d`.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+    unwrapped(ip).0
 }
 
 fn is_own_api(api: SocketAddr, ip: IpAddr, port: u16) -> bool {
@@ -454,6 +507,23 @@ mod tests {
             let refused = p.check(url).await.unwrap_err();
             assert!(refused.to_string().contains("refused"), "{url}: {refused}");
         }
+        // Each refusal names its rule, also for the IPv6 spellings of a refused IPv4 address.
+        for (url, rule) in [
+            ("http://[fd00:ec2::254]/latest/meta-data/", "unique-local"),
+            ("http://[fc12::1]/", "unique-local"),
+            ("http://100.100.100.200/latest/meta-data/", "Alibaba Cloud"),
+            ("http://[64:ff9b::7f00:1]/", "NAT64"),
+            ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),
+            ("http://[::127.0.0.1]/", "IPv4-compatible"),
+            ("http://[::ffff:169.254.169.254]/", "IPv4-mapped"),
+            ("http://169.254.169.254/", "metadata"),
+        ] {
+            let refused = p.check(url).await.unwrap_err();
+            assert!(refused.why.contains(rule), "{url}: {refused}");
+        }
+        // A NAT64 address of a public one is public.
+        assert!(p.check("http://[64:ff9b::5db8:d822]/").await.is_ok());
+        assert!(p.check("http://[2001:db8::1]/").await.is_ok());
         assert!(p.check("http://10.1.2.3:80/x").await.is_ok());
         assert!(p.check("https://93.184.216.34/").await.is_ok());
         let bad = p.check("file:///etc/passwd").await.unwrap_err();
