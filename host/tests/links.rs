@@ -19,74 +19,21 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cluster::{NodeOptions, NodeProc, metric, post, running_on};
-use support::proxy::Proxy;
+use support::cluster::{NodeProc, metric, post, running_on};
+use support::proxy::two_nodes_behind_proxy;
 use support::store::{Stored, Subscriber, until_streams_move_on};
-use support::{binance_sources, free_port, simulator, until};
+use support::{binance_sources, simulator, until, until_metric_above};
 
 const SETTLE: Duration = Duration::from_secs(60);
 /// The outbox span of both nodes: a link down longer than this cannot resume.
 const RELAY_BUFFER_MS: u64 = 6_000;
 
-async fn counter(node: &NodeProc, name: &str) -> f64 {
-    metric(node, name).await
-}
-
-/// Wait until `node`'s counter `name` is above `above`; returns it.
-async fn until_counter_above(node: &NodeProc, name: &str, above: f64) -> f64 {
-    until(
-        &format!("{name} on {} above {above}", node.id),
-        SETTLE,
-        || async {
-            let now = counter(node, name).await;
-            if now > above {
-                Ok(now)
-            } else {
-                Err(format!("{now}"))
-            }
-        },
-    )
-    .await
-}
-
 async fn a_cut_link_resumes_or_says_what_is_missing(postgres: Option<&str>, prefix: &str) {
     let root = tempfile::tempdir().unwrap();
     let sim = simulator(20.0).await;
-    let (api_port, proxy_port) = (free_port(), free_port());
     let extra = format!("[fanout]\nrelay_buffer_ms = {RELAY_BUFFER_MS}\n");
-    let first = NodeProc::start(
-        root.path(),
-        &format!("{prefix}1"),
-        &NodeOptions {
-            postgres: postgres.map(str::to_owned),
-            // Other nodes reach this API through the proxy.
-            api_section: Some(format!(
-                "bind = \"127.0.0.1:{api_port}\"\nadvertise = \"127.0.0.1:{proxy_port}\""
-            )),
-            extra: extra.clone(),
-            ..NodeOptions::default()
-        },
-    );
-    let proxy = Proxy::start(proxy_port, ([127, 0, 0, 1], api_port).into()).await;
-    let second = NodeProc::start(
-        root.path(),
-        &format!("{prefix}2"),
-        &NodeOptions {
-            seeds: vec![first.gossip.clone()],
-            postgres: postgres.map(str::to_owned),
-            extra,
-            ..NodeOptions::default()
-        },
-    );
-    until("the two nodes to see each other", SETTLE, || async {
-        let live = support::cluster::live_members(&second).await;
-        if live.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{live:?}"))
-        }
-    })
-    .await;
+    let (first, proxy, second) =
+        two_nodes_behind_proxy(root.path(), prefix, postgres, &extra).await;
     // An after=stored subscriber on the second node, from before the sources start: the
     // first node's records reach it over the link through the proxy.
     let subscriber = Subscriber::connect(&format!(
@@ -115,16 +62,16 @@ async fn a_cut_link_resumes_or_says_what_is_missing(postgres: Option<&str>, pref
     })
     .await;
     let relayed = "anode_records_relayed_in_total";
-    until_counter_above(&second, relayed, 0.0).await;
+    until_metric_above(&second, relayed, 0.0).await;
 
     // A short cut: the link reopens from where it was, missing nothing.
     let resumed = "anode_relay_links_resumed_total";
     proxy.cut();
     until_streams_move_on(&sim, &specs, 10).await;
     proxy.mend();
-    until_counter_above(&second, resumed, 0.0).await;
+    until_metric_above(&second, resumed, 0.0).await;
     assert!(
-        counter(&first, "anode_relay_records_resent_total").await > 0.0,
+        metric(&first, "anode_relay_records_resent_total").await > 0.0,
         "the first node sent what the link missed from its outbox"
     );
     until_streams_move_on(&sim, &specs, 10).await;
@@ -163,7 +110,7 @@ async fn a_cut_link_resumes_or_says_what_is_missing(postgres: Option<&str>, pref
 
     // A cut longer than the outbox keeps records: a gap notice with the position reached.
     sim.resume();
-    let before = counter(&second, relayed).await;
+    let before = metric(&second, relayed).await;
     proxy.cut();
     let gap = until("a gap notice naming the first node", SETTLE, || async {
         let notices = subscriber.notices.lock().unwrap().clone();
@@ -198,7 +145,7 @@ async fn a_cut_link_resumes_or_says_what_is_missing(postgres: Option<&str>, pref
         "{gap}"
     );
     // The link opens afresh and records flow again.
-    until_counter_above(&second, relayed, before).await;
+    until_metric_above(&second, relayed, before).await;
     subscriber.task.abort();
     sim.shutdown().await;
     drop((first, second, proxy));

@@ -27,11 +27,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::cluster::{NodeOptions, NodeProc, metric, post, running_on};
-use support::proxy::Proxy;
+use support::cluster::{NodeProc, post, running_on};
+use support::proxy::two_nodes_behind_proxy;
 use support::store::{Stored, Subscriber, every_generated_id_stored_once, until_streams_move_on};
 use support::{
-    TestDb, binance_sources, free_port, get_json, nats_server, simulator, until, until_nats_answers,
+    TestDb, binance_sources, free_port, get_json, nats_server, simulator, until,
+    until_metric_above, until_nats_answers,
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -83,22 +84,6 @@ async fn until_live(
     .await
 }
 
-async fn until_counter_above(node: &NodeProc, name: &str, above: f64) {
-    until(
-        &format!("{name} on {} above {above}", node.id),
-        SETTLE,
-        || async {
-            let now = metric(node, name).await;
-            if now > above {
-                Ok(())
-            } else {
-                Err(format!("{now}"))
-            }
-        },
-    )
-    .await;
-}
-
 async fn faults_lose_nothing(store: Store, prefix: &str) {
     let root = tempfile::tempdir().unwrap();
     let sim = simulator(20.0).await;
@@ -121,39 +106,12 @@ async fn faults_lose_nothing(store: Store, prefix: &str) {
             prefix.to_ascii_uppercase()
         ));
     }
-    let (api_port, proxy_port) = (free_port(), free_port());
-    let first = NodeProc::start(
+    let (first, proxy, second) = two_nodes_behind_proxy(
         root.path(),
-        &format!("{prefix}1"),
-        &NodeOptions {
-            postgres: db.as_ref().map(|db| db.url.clone()),
-            // The other node reaches this API through the proxy.
-            api_section: Some(format!(
-                "bind = \"127.0.0.1:{api_port}\"\nadvertise = \"127.0.0.1:{proxy_port}\""
-            )),
-            extra: extra.clone(),
-            ..NodeOptions::default()
-        },
-    );
-    let proxy = Proxy::start(proxy_port, ([127, 0, 0, 1], api_port).into()).await;
-    let second = NodeProc::start(
-        root.path(),
-        &format!("{prefix}2"),
-        &NodeOptions {
-            seeds: vec![first.gossip.clone()],
-            postgres: db.as_ref().map(|db| db.url.clone()),
-            extra,
-            ..NodeOptions::default()
-        },
-    );
-    until("the two nodes to see each other", SETTLE, || async {
-        let live = support::cluster::live_members(&second).await;
-        if live.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{live:?}"))
-        }
-    })
+        prefix,
+        db.as_ref().map(|db| db.url.as_str()),
+        &extra,
+    )
     .await;
     let subscriber = Subscriber::connect(&format!(
         "{}/ws?after=stored",
@@ -181,13 +139,13 @@ async fn faults_lose_nothing(store: Store, prefix: &str) {
         .map(|(id, _)| id.clone())
         .collect();
     assert!(!of_first.is_empty(), "the first node collects none: {on:?}");
-    until_counter_above(&second, "anode_records_relayed_in_total", 0.0).await;
+    until_metric_above(&second, "anode_records_relayed_in_total", 0.0).await;
 
     // 1. The link is cut, and mended: it resumes where it was.
     proxy.cut();
     until_streams_move_on(&sim, &specs, 10).await;
     proxy.mend();
-    until_counter_above(&second, "anode_relay_links_resumed_total", 0.0).await;
+    until_metric_above(&second, "anode_relay_links_resumed_total", 0.0).await;
     until_streams_move_on(&sim, &specs, 10).await;
 
     // 2. NATS goes away for 20 s, and comes back with its stream on disk.

@@ -454,6 +454,20 @@ pub fn free_udp_port() -> u16 {
         .expect("a free loopback UDP port between 20000 and 32000")
 }
 
+/// Wait (up to 60 s) until `node`'s metric `line_start` is above `above`; returns it.
+pub async fn until_metric_above(node: &cluster::NodeProc, line_start: &str, above: f64) -> f64 {
+    let what = format!("{line_start} on {} above {above}", node.id);
+    until(&what, Duration::from_secs(60), || async {
+        let now = cluster::metric(node, line_start).await;
+        if now > above {
+            Ok(now)
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await
+}
+
 /// What test nodes allow their sources to reach: the feed simulator on loopback.
 pub const LOOPBACK: &str = "127.0.0.0/8";
 

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::cluster::{NodeOptions, NodeProc};
+
 /// A TCP proxy on loopback that can be cut: while cut, open connections are closed and new
 /// ones are closed as soon as they are accepted.
 pub struct Proxy {
@@ -68,4 +70,55 @@ impl Drop for Proxy {
         self.cut();
         self.task.abort();
     }
+}
+
+/// Two `anode up` nodes, `<prefix>1` and `<prefix>2` (on PostgreSQL at `postgres`, else each
+/// on its embedded store, both with the TOML `extra`), the second reaching the first's API —
+/// and so its record stream — only through a [`Proxy`] the test can cut. Returns once they
+/// see each other.
+pub async fn two_nodes_behind_proxy(
+    root: &std::path::Path,
+    prefix: &str,
+    postgres: Option<&str>,
+    extra: &str,
+) -> (NodeProc, Proxy, NodeProc) {
+    let (api_port, proxy_port) = (super::free_port(), super::free_port());
+    let first = NodeProc::start(
+        root,
+        &format!("{prefix}1"),
+        &NodeOptions {
+            postgres: postgres.map(str::to_owned),
+            // Other nodes reach this API through the proxy.
+            api_section: Some(format!(
+                "bind = \"127.0.0.1:{api_port}\"\nadvertise = \"127.0.0.1:{proxy_port}\""
+            )),
+            extra: extra.to_owned(),
+            ..NodeOptions::default()
+        },
+    );
+    let proxy = Proxy::start(proxy_port, ([127, 0, 0, 1], api_port).into()).await;
+    let second = NodeProc::start(
+        root,
+        &format!("{prefix}2"),
+        &NodeOptions {
+            seeds: vec![first.gossip.clone()],
+            postgres: postgres.map(str::to_owned),
+            extra: extra.to_owned(),
+            ..NodeOptions::default()
+        },
+    );
+    super::until(
+        "the two nodes to see each other",
+        std::time::Duration::from_secs(60),
+        || async {
+            let live = super::cluster::live_members(&second).await;
+            if live.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{live:?}"))
+            }
+        },
+    )
+    .await;
+    (first, proxy, second)
 }
