@@ -167,12 +167,87 @@ impl Stamp<'_> {
     }
 }
 
+/// Where a record stands on a source that can take back what it said (a chain that
+/// reorganises), read off its upstream id (see `upstream-id` in the WIT):
+///
+/// - `undo:<n>:<id>`: the record of the same stream with upstream id `<id>` is no longer true
+///   (a block left the chain); `<n>` tells one undo of the same record from another.
+/// - `final:<id>`: the record with upstream id `<id>`, now irreversible; it supersedes that
+///   record, which need not exist (a block first seen already final).
+/// - anything else, or none: an ordinary record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fork<'a> {
+    New,
+    /// Undoes the record with this upstream id.
+    Undo(&'a str),
+    /// The irreversible version of the record with this upstream id.
+    Final(&'a str),
+}
+
+impl<'a> Fork<'a> {
+    pub fn of(upstream_id: Option<&'a str>) -> Self {
+        let Some(id) = upstream_id else {
+            return Fork::New;
+        };
+        if let Some(rest) = id.strip_prefix("final:") {
+            return Fork::Final(rest);
+        }
+        if let Some((_, undone)) = id
+            .strip_prefix("undo:")
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(g, _)| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Fork::Undo(undone);
+        }
+        Fork::New
+    }
+
+    /// Whether a subscriber that wants only irreversible records (`after=final`) gets it.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Fork::Final(_))
+    }
+}
+
 impl Record {
+    pub fn fork(&self) -> Fork<'_> {
+        Fork::of(self.upstream_id.as_deref())
+    }
+
+    /// The id of the record this one undoes, if it is an undo.
+    pub fn undoes(&self) -> Option<RecordId> {
+        match self.fork() {
+            Fork::Undo(undone) => Some(self.sibling(undone)),
+            _ => None,
+        }
+    }
+
+    /// The records this one takes off the canonical view of its stream: an undo takes the
+    /// record it undoes and itself; an irreversible record takes the version of it that was
+    /// not final yet. Stores mark them in the transaction that stores this record.
+    pub fn retires(&self) -> impl Iterator<Item = RecordId> {
+        let ids = match self.fork() {
+            Fork::New => [None, None],
+            Fork::Undo(undone) => [Some(self.sibling(undone)), Some(self.id)],
+            Fork::Final(earlier) => [Some(self.sibling(earlier)), None],
+        };
+        ids.into_iter().flatten()
+    }
+
+    /// The id of the record of this source and stream with upstream id `upstream_id`.
+    fn sibling(&self, upstream_id: &str) -> RecordId {
+        RecordId::derive(&self.source, &self.stream, Some(upstream_id), &[])
+    }
+
     /// The record as one JSON object (what WebSocket subscribers receive); the payload is
-    /// embedded as JSON, as it is, not as a string.
+    /// embedded as JSON, as it is, not as a string. An undo also says `"type":"undo"` and
+    /// names the record it undoes (`undoes`).
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
         struct Head<'a> {
+            #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+            kind: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            undoes: Option<RecordId>,
             id: RecordId,
             source: &'a str,
             stream: &'a str,
@@ -183,7 +258,10 @@ impl Record {
             node: &'a str,
         }
         let payload = self.payload.as_str();
+        let undoes = self.undoes();
         let mut json = serde_json::to_string(&Head {
+            kind: undoes.map(|_| "undo"),
+            undoes,
             id: self.id,
             source: &self.source,
             stream: &self.stream,
@@ -300,6 +378,51 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block(upstream_id: &str) -> Record {
+        let stamp = Stamp {
+            source: "eth",
+            node: "n",
+            ingest_time_us: 1,
+        };
+        let payload = Payload::parse(br#"{"number":7}"#.to_vec()).unwrap();
+        stamp.record(
+            "blocks".into(),
+            None,
+            Some(upstream_id.into()),
+            None,
+            payload,
+        )
+    }
+
+    #[test]
+    fn fork_steps_are_read_off_the_upstream_id() {
+        let new = block("7:0xaa");
+        assert_eq!(new.fork(), Fork::New);
+        assert_eq!(new.retires().count(), 0);
+        assert!(!new.to_json().contains("\"type\""));
+
+        let undo = block("undo:3:7:0xaa");
+        assert_eq!(undo.fork(), Fork::Undo("7:0xaa"));
+        assert_eq!(undo.undoes(), Some(new.id));
+        // The undo takes the block and itself off the canonical view.
+        assert_eq!(undo.retires().collect::<Vec<_>>(), vec![new.id, undo.id]);
+        let json: serde_json::Value = serde_json::from_str(&undo.to_json()).unwrap();
+        assert_eq!(json["type"], "undo");
+        assert_eq!(json["undoes"], new.id.to_hex());
+        assert_eq!(json["payload"]["number"], 7);
+
+        let last = block("final:7:0xaa");
+        assert_eq!(last.fork(), Fork::Final("7:0xaa"));
+        assert!(last.fork().is_final());
+        assert_eq!(last.retires().collect::<Vec<_>>(), vec![new.id]);
+
+        // Not the grammar: ordinary records.
+        for id in ["undo:x:7", "undo:7", "undo::7", "finality", "7:final:0xaa"] {
+            assert_eq!(block(id).fork(), Fork::New, "{id}");
+        }
+        assert_eq!(Fork::of(None), Fork::New);
+    }
 
     #[test]
     fn recent_ids_drop_repeats_within_the_window() {

@@ -134,6 +134,25 @@ impl Event {
         self
     }
 
+    /// Mark this event as undoing the earlier event of the same stream whose upstream id
+    /// is `undone` (a block that left the chain): stores take that event off the canonical
+    /// view, subscribers get `{"type":"undo","undoes":<its record id>,…}`. `generation`
+    /// tells one undo of the same event from a later one (count the undos a source made).
+    /// Sets the upstream id to `undo:<generation>:<undone>`.
+    pub fn undoes(mut self, generation: u64, undone: &str) -> Self {
+        self.upstream_id = Some(format!("undo:{generation}:{undone}"));
+        self
+    }
+
+    /// Mark this event as the irreversible version of the event whose upstream id is
+    /// `earlier` (a block now final): stores keep this one in the canonical view instead of
+    /// the earlier, which need not exist; `after=final` subscribers get only such events.
+    /// Sets the upstream id to `final:<earlier>`.
+    pub fn irreversible(mut self, earlier: &str) -> Self {
+        self.upstream_id = Some(format!("final:{earlier}"));
+        self
+    }
+
     /// Set the event time, in microseconds since the Unix epoch.
     pub fn at(mut self, event_time_us: i64) -> Self {
         self.event_time = Some(event_time_us);

@@ -524,6 +524,15 @@ async fn ws(
         )
         .into_response();
     }
+    if filter.final_only {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            "since= with after=final is not supported yet: replay with after=stored and keep \
+             the records whose upstream_id starts with `final:`"
+                .into(),
+        )
+        .into_response();
+    }
     let start = match LogStart::parse(since, crate::clock::now_us()) {
         Ok(start) => start,
         Err(message) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),

@@ -148,8 +148,9 @@ pub(super) async fn openapi() -> Json<Value> {
         filter("stream", "streams"),
         filter("key", "keys"),
         {"name": "after", "in": "query", "required": false,
-            "schema": {"type": "string", "enum": ["decoded", "stored"]},
-            "description": "When records reach the subscriber: as soon as decoded (default) or once stored"},
+            "schema": {"type": "string", "enum": ["decoded", "stored", "final"]},
+            "description": "When records reach the subscriber: as soon as decoded (default), once stored, \
+                or (`final`) once stored and only the irreversible records of a chain (not with `since`)"},
         {"name": "since", "in": "query", "required": false, "schema": {"type": "string"},
             "description": "Resume from the durable log: `earliest`, `now`, a UTC time (2026-12-03T10:00:00Z), \
                 a time ago (-5m) or the `position` of the last record received. Stored records are \

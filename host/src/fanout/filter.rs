@@ -1,10 +1,11 @@
 //! What the fan-out is told: its bounds (`[fanout]`), and what each subscriber wants.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
+use crate::record::{Fork, Record};
 
 /// Fan-out bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,30 +78,66 @@ pub struct Filter {
     /// When records are delivered: `decoded` (default) or `stored`.
     #[serde(skip_serializing_if = "Stage::is_decoded")]
     pub after: Stage,
+    /// Only irreversible records (`after=final`: stored, and final on their chain; see
+    /// [`Fork`]); records of sources that never take anything back are not marked final.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub final_only: bool,
+}
+
+/// The fields of a record a filter looks at, as read off its JSON (a relayed record, the
+/// outbox) or taken from a [`Record`].
+#[derive(Debug, Deserialize)]
+pub struct Parts<'a> {
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(borrow)]
+    pub stream: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub upstream_id: Option<Cow<'a, str>>,
 }
 
 impl Filter {
     /// Whether `record`, reaching `stage`, passes.
     pub fn matches(&self, record: &Record, stage: Stage) -> bool {
-        self.matches_parts(&record.source, &record.stream, record.key.as_deref(), stage)
+        self.admits(
+            &record.source,
+            &record.stream,
+            record.key.as_deref(),
+            record.upstream_id.as_deref(),
+            stage,
+        )
     }
 
-    /// Whether a record of `source`, `stream` and `key`, reaching `stage`, passes.
-    pub fn matches_parts(
+    /// Whether a record with these `parts`, reaching `stage`, passes.
+    pub fn matches_parts(&self, parts: &Parts<'_>, stage: Stage) -> bool {
+        self.admits(
+            &parts.source,
+            &parts.stream,
+            parts.key.as_deref(),
+            parts.upstream_id.as_deref(),
+            stage,
+        )
+    }
+
+    fn admits(
         &self,
         source: &str,
         stream: &str,
         key: Option<&str>,
+        upstream_id: Option<&str>,
         stage: Stage,
     ) -> bool {
         self.after == stage
             && (self.sources.is_empty() || self.sources.contains(source))
             && (self.streams.is_empty() || self.streams.contains(stream))
             && (self.keys.is_empty() || key.is_some_and(|k| self.keys.contains(k)))
+            && (!self.final_only || Fork::of(upstream_id).is_final())
     }
 
     /// From comma-separated query values (`source=a,b&stream=trades&key=BTC.USDT`) and
-    /// `after=decoded|stored`.
+    /// `after=decoded|stored|final`.
     pub fn from_query(query: &HashMap<String, String>) -> Result<Self, String> {
         let set = |name: &str| -> HashSet<String> {
             query
@@ -114,13 +151,15 @@ impl Filter {
                 })
                 .unwrap_or_default()
         };
-        let after = match query.get("after").map(|a| a.trim()) {
-            None | Some("" | "decoded") => Stage::Decoded,
-            Some("stored") => Stage::Stored,
+        let (after, final_only) = match query.get("after").map(|a| a.trim()) {
+            None | Some("" | "decoded") => (Stage::Decoded, false),
+            Some("stored") => (Stage::Stored, false),
+            Some("final") => (Stage::Stored, true),
             Some(other) => {
                 return Err(format!(
                     "after=`{other}` is not a stage: use `after=decoded` (the default, as soon \
-                     as records are decoded) or `after=stored` (once the store has them)"
+                     as records are decoded), `after=stored` (once the store has them) or \
+                     `after=final` (stored and irreversible on their chain)"
                 ));
             }
         };
@@ -129,6 +168,7 @@ impl Filter {
             streams: set("stream"),
             keys: set("key"),
             after,
+            final_only,
         })
     }
 }

@@ -23,7 +23,7 @@ use crate::sync::lock;
 
 mod filter;
 mod outbox;
-pub use filter::{FanoutSettings, Filter, Stage};
+pub use filter::{FanoutSettings, Filter, Parts, Stage};
 use outbox::Outbox;
 pub use outbox::{LinkPosition, Missed};
 
@@ -374,15 +374,7 @@ impl Hub {
 
     /// Offer a record another node ingested (as JSON, with the fields filters look at) to
     /// this node's clients. Never waits.
-    pub fn publish_relayed(
-        &self,
-        id: &RecordId,
-        source: &str,
-        stream: &str,
-        key: Option<&str>,
-        stage: Stage,
-        json: Arc<str>,
-    ) {
+    pub fn publish_relayed(&self, id: &RecordId, parts: &Parts<'_>, stage: Stage, json: Arc<str>) {
         if !self.first_time(stage, id) {
             return;
         }
@@ -391,7 +383,7 @@ impl Hub {
         self.offer(
             &clients,
             stage,
-            |f| f.matches_parts(source, stream, key, stage),
+            |f| f.matches_parts(parts, stage),
             0,
             || json.clone(),
         );

@@ -9,9 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-use super::filter::{Filter, Stage};
+use super::filter::{Filter, Parts, Stage};
 
 /// A position in one node's outbox: the process (`epoch`) and the last record number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +46,6 @@ pub(super) struct Outbox {
     /// When a peer link was last attached: the outbox keeps filling for `max_age` after,
     /// so a link that dropped can resume.
     linked_at: Option<Instant>,
-}
-
-/// The fields filters look at.
-#[derive(Deserialize)]
-struct Parts<'a> {
-    #[serde(borrow)]
-    source: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    stream: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    key: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Outbox {
@@ -146,11 +133,8 @@ impl Outbox {
             .entries
             .range(start..)
             .filter(|e| {
-                serde_json::from_str::<Parts>(&e.json).is_ok_and(|p| {
-                    filters
-                        .iter()
-                        .any(|f| f.matches_parts(&p.source, &p.stream, p.key.as_deref(), e.stage))
-                })
+                serde_json::from_str::<Parts>(&e.json)
+                    .is_ok_and(|p| filters.iter().any(|f| f.matches_parts(&p, e.stage)))
             })
             .map(|e| (e.seq, e.stage, e.json.clone()))
             .collect();

@@ -106,14 +106,13 @@ async fn a_stored_subscriber_sees_records_only_once_stored() {
     hub.publish(&[record("a", 1)], Stage::Stored);
     let relayed = record("a", 2);
     for _ in 0..2 {
-        hub.publish_relayed(
-            &relayed.id,
-            "a",
-            "trades",
-            Some("BTC.USDT"),
-            Stage::Stored,
-            relayed.to_json().into(),
-        );
+        let parts = Parts {
+            source: "a".into(),
+            stream: "trades".into(),
+            key: Some("BTC.USDT".into()),
+            upstream_id: None,
+        };
+        hub.publish_relayed(&relayed.id, &parts, Stage::Stored, relayed.to_json().into());
     }
     assert!(matches!(stored.next().await, Delivery::Record { .. }));
     assert!(stored.records.try_recv().is_err());

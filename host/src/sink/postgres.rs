@@ -38,6 +38,8 @@ const SCHEMA_LOCK: i64 = 0x616e_6f64_6530;
 /// created when missing). Times are µs since the epoch; the payload is `jsonb`. Version 2
 /// added the log position: `tx`, the id of the transaction that stored the row, and `seq`,
 /// its number (see [`super::log`]); a version 1 table gains both when a node connects.
+/// `canonical` (added the same way) is false for a record an undo or a final version took
+/// back (see [`crate::record::Fork`]): `WHERE canonical` is the chain as it stands.
 pub(crate) fn schema_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -51,7 +53,8 @@ pub(crate) fn schema_sql() -> String {
             node text NOT NULL,
             payload jsonb NOT NULL,
             tx bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
-            seq bigserial
+            seq bigserial,
+            canonical boolean NOT NULL DEFAULT true
         );
         DO $$ BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_attribute
@@ -59,6 +62,10 @@ pub(crate) fn schema_sql() -> String {
                 ALTER TABLE {TABLE}
                     ADD COLUMN tx bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
                     ADD COLUMN seq bigserial;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                           WHERE attrelid = '{TABLE}'::regclass AND attname = 'canonical') THEN
+                ALTER TABLE {TABLE} ADD COLUMN canonical boolean NOT NULL DEFAULT true;
             END IF;
         END $$;
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
@@ -400,6 +407,7 @@ impl Backend for Postgres {
             if !states.is_empty() {
                 keep_states(&tx, states).await?;
             }
+            retire(&tx, batch).await?;
             if !dead.is_empty() {
                 add_dead(&tx, dead, bounds).await?;
             }
@@ -661,6 +669,23 @@ fn dead_params(
 }
 
 /// Set the sources' steps' states in the batch's transaction.
+/// Mark what the batch's undos and final versions take back as no longer canonical, in
+/// the batch's transaction (after the earlier batch committed, so its rows are seen).
+async fn retire(tx: &Transaction<'_>, batch: &[Record]) -> Result<(), WriteError> {
+    let retired: Vec<RecordId> = batch.iter().flat_map(Record::retires).collect();
+    if retired.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&[u8]> = retired.iter().map(|id| &id.0[..]).collect();
+    tx.execute(
+        &format!("UPDATE {TABLE} SET canonical = false WHERE id = ANY($1) AND canonical"),
+        &[&ids],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
 async fn keep_states(
     tx: &Transaction<'_>,
     states: &[(Arc<str>, StepState)],

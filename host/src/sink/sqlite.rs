@@ -149,8 +149,26 @@ fn checkpoint_in_background(
         .map_err(|e| failed("cannot set the log hook", e))
 }
 
+/// A table made before `canonical` existed gains it (every row canonical, as nothing was
+/// ever taken back then).
+fn add_canonical(connection: &Connection) -> rusqlite::Result<()> {
+    let present: i64 = connection.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{TABLE}') WHERE name = 'canonical'"),
+        [],
+        |row| row.get(0),
+    )?;
+    if present == 0 {
+        connection.execute_batch(&format!(
+            "ALTER TABLE {TABLE} ADD COLUMN canonical INTEGER NOT NULL DEFAULT 1"
+        ))?;
+    }
+    Ok(())
+}
+
 /// The layout: rows in log order (`seq` is the row id, so a batch is appended at the end of
 /// the table), a unique index on `id` for idempotency, and one on `(source, ingest_time_us)`.
+/// `canonical` is 0 for a record an undo or a final version took back (see
+/// [`crate::record::Fork`]): `WHERE canonical` is the chain as it stands.
 /// Keyed by `id` itself (the layout before), every insert landed on a random page of the
 /// whole table: each record rewrote a page of its own in the WAL and read one back, and the
 /// store took half the rows per second it takes now.
@@ -166,7 +184,8 @@ fn schema_sql() -> String {
             event_time_us INTEGER,
             ingest_time_us INTEGER NOT NULL,
             node TEXT NOT NULL,
-            payload TEXT NOT NULL
+            payload TEXT NOT NULL,
+            canonical INTEGER NOT NULL DEFAULT 1
         );
         CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_id ON {TABLE} (id);
         CREATE INDEX IF NOT EXISTS {TABLE}_source_time ON {TABLE} (source, ingest_time_us);
@@ -366,6 +385,7 @@ impl Backend for Sqlite {
             connection
                 .execute_batch(&schema_sql())
                 .map_err(|e| failed("cannot create the schema", e))?;
+            add_canonical(&connection).map_err(|e| failed("cannot add the canonical column", e))?;
             if let Some(counts) = checkpoints {
                 connection
                     .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB};"))
@@ -444,6 +464,14 @@ impl Backend for Sqlite {
                     upsert
                         .execute(params![&**source, cursor, now])
                         .map_err(classify)?;
+                }
+                let mut retire = tx
+                    .prepare_cached(&format!(
+                        "UPDATE {TABLE} SET canonical = 0 WHERE id = ?1 AND canonical"
+                    ))
+                    .map_err(|e| failed("prepare", e))?;
+                for id in rows.iter().flat_map(Record::retires) {
+                    retire.execute(params![&id.0[..]]).map_err(classify)?;
                 }
                 if !states.is_empty() {
                     let mut keep = tx

@@ -23,13 +23,15 @@ pub enum Stored {
 }
 
 impl Stored {
+    /// Rows per source in the canonical view (`WHERE canonical`): a block and its
+    /// irreversible version count once, an undone block not at all.
     pub async fn counts(&self) -> HashMap<String, u64> {
         match self {
             Stored::Postgres(db) => db
                 .client()
                 .await
                 .query(
-                    "SELECT source, count(*) FROM anode_records GROUP BY source",
+                    "SELECT source, count(*) FROM anode_records WHERE canonical GROUP BY source",
                     &[],
                 )
                 .await
@@ -45,9 +47,10 @@ impl Stored {
                     let Ok(db) = rusqlite::Connection::open(&path) else {
                         return HashMap::new();
                     };
-                    let Ok(mut q) =
-                        db.prepare("SELECT source, count(*) FROM anode_records GROUP BY source")
-                    else {
+                    let Ok(mut q) = db.prepare(
+                        "SELECT source, count(*) FROM anode_records WHERE canonical \
+                             GROUP BY source",
+                    ) else {
                         return HashMap::new();
                     };
                     q.query_map([], |r| {
@@ -114,30 +117,41 @@ impl Stored {
         }
     }
 
-    /// The numeric tail of every stored upstream id of `source` (`BTC.USDT:42` → 42).
+    /// The number in every upstream id of `source` in the canonical view (`WHERE canonical`,
+    /// which is every row but for chains): a trade's numeric tail (`BTC.USDT:42` → 42), a
+    /// block's or log's block number (`19000045:0x9cfd…`, `final:19000045:0x9cfd…` → 19000045).
+    /// One per row: a number twice is a record stored twice.
     pub async fn ids(&self, source: &str) -> Vec<u64> {
-        self.upstream_ids(source)
+        self.upstream_ids_where(source, true)
             .await
             .iter()
             .map(|u| {
-                u.rsplit(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("upstream id {u}"))
+                let id = u.strip_prefix("final:").unwrap_or(u);
+                let mut parts = id.split(':');
+                let number = match (parts.next(), parts.next()) {
+                    (Some(block), Some(hash)) if hash.starts_with("0x") => block,
+                    _ => id.rsplit(':').next().unwrap(),
+                };
+                number.parse().unwrap_or_else(|_| panic!("upstream id {u}"))
             })
             .collect()
     }
 
     /// Every stored upstream id of `source`.
     pub async fn upstream_ids(&self, source: &str) -> Vec<String> {
+        self.upstream_ids_where(source, false).await
+    }
+
+    /// Every stored upstream id of `source`, or only the canonical ones.
+    async fn upstream_ids_where(&self, source: &str, canonical: bool) -> Vec<String> {
         let upstream: Vec<String> = match self {
             Stored::Postgres(db) => db
                 .client()
                 .await
                 .query(
-                    "SELECT upstream_id FROM anode_records WHERE source = $1",
-                    &[&source],
+                    "SELECT upstream_id FROM anode_records \
+                     WHERE source = $1 AND (canonical OR NOT $2)",
+                    &[&source, &canonical],
                 )
                 .await
                 .unwrap()
@@ -149,12 +163,17 @@ impl Stored {
                 tokio::task::spawn_blocking(move || {
                     let db = rusqlite::Connection::open(&path).unwrap();
                     let mut q = db
-                        .prepare("SELECT upstream_id FROM anode_records WHERE source = ?1")
+                        .prepare(
+                            "SELECT upstream_id FROM anode_records \
+                             WHERE source = ?1 AND (canonical OR NOT ?2)",
+                        )
                         .unwrap();
-                    q.query_map([source], |r| r.get::<_, String>(0))
-                        .unwrap()
-                        .flatten()
-                        .collect()
+                    q.query_map(rusqlite::params![source, canonical], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .unwrap()
+                    .flatten()
+                    .collect()
                 })
                 .await
                 .unwrap()
@@ -332,12 +351,13 @@ pub async fn every_generated_id_stored_once(
                 let head = report.streams[&format!("evm/{chain}/blocks")]
                     .generated
                     .map_or(0, |(_, last)| last);
-                let blocks: BTreeSet<u64> = stored.ids(id).await.into_iter().collect();
+                let canonical = stored.ids(id).await;
+                let rows = canonical.len() as u64;
+                let blocks: BTreeSet<u64> = canonical.into_iter().collect();
                 let (Some(&low), Some(&high)) = (blocks.first(), blocks.last()) else {
                     wrong.push(format!("{id}: no blocks"));
                     continue;
                 };
-                let rows = counts.get(id).copied().unwrap_or(0);
                 if high != head || blocks.len() as u64 != high - low + 1 || rows != high - low + 1 {
                     wrong.push(format!(
                         "{id}: blocks {low}..={high} ({} of them, {rows} rows), head {head}",

@@ -321,12 +321,12 @@ async fn run_link(
                     if let Some((seq, id, head, stage, record)) = numbered(text) {
                         reached.seq.store(seq, Relaxed);
                         stats.records_relayed_in.fetch_add(1, Relaxed);
-                        hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
+                        hub.publish_relayed(&id, &head.parts(), stage, Arc::from(record));
                     } else if let Some((id, head, stage, record)) = relayed(text) {
                         // A peer of an older version: its link is up, but cannot resume.
                         reached.opened(LinkPosition { epoch: 0, seq: 0 });
                         stats.records_relayed_in.fetch_add(1, Relaxed);
-                        hub.publish_relayed(&id, &head.source, &head.stream, head.key.as_deref(), stage, Arc::from(record));
+                        hub.publish_relayed(&id, &head.parts(), stage, Arc::from(record));
                     } else {
                         peer_word(state, peer, reached, asked, text, (&confirmed, &confirmations));
                     }

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::fanout::{Filter, Stage};
+use crate::fanout::{Filter, Parts, Stage};
 use crate::record::RecordId;
 
 #[derive(Deserialize)]
@@ -71,6 +71,20 @@ pub(super) struct Head<'a> {
     pub(super) stream: Cow<'a, str>,
     #[serde(borrow, default)]
     pub(super) key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(super) upstream_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> Head<'a> {
+    /// What filters look at.
+    pub(super) fn parts(self) -> Parts<'a> {
+        Parts {
+            source: self.source,
+            stream: self.stream,
+            key: self.key,
+            upstream_id: self.upstream_id,
+        }
+    }
 }
 
 /// A stored record, as a peer link sends it; a decoded one goes bare.
