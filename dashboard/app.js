@@ -314,8 +314,9 @@
       setText(c[7], fmtInt(s.errors));
       setText(c[8], fmtInt(s.reconnects));
       setText(c[9], fmtAge(s.last_event_age_ms));
-      setText(c[10], s.last_error || '');
-      setAttr(c[10], 'title', s.last_error || '');
+      const said = s.last_error || (s.last_warning ? 'warning: ' + s.last_warning : '');
+      setText(c[10], said);
+      setAttr(c[10], 'title', said);
       c[7].classList.toggle('warn', s.errors > 0);
       setText(r.pause, s.paused ? 'resume' : 'pause');
       r.pause.dataset.act = s.paused ? 'resume' : 'pause';
@@ -325,7 +326,7 @@
       if (state && stateOf(s) !== state) return false;
       if (owner && s.owner !== owner && !(s.owners || []).includes(owner)) return false;
       if (!terms.length) return true;
-      const hay = (s.id + ' ' + s.plugin + ' ' + s.target + ' ' + (s.owner || '') + ' ' + stateOf(s) + ' ' + (s.last_error || '')).toLowerCase();
+      const hay = (s.id + ' ' + s.plugin + ' ' + s.target + ' ' + (s.owner || '') + ' ' + stateOf(s) + ' ' + (s.last_error || '') + ' ' + (s.last_warning || '')).toLowerCase();
       return terms.every((t) => hay.includes(t));
     }
 

@@ -18,6 +18,7 @@ const FIRST_PARTY: &[&str] = &[
     "kraken-ticker",
     "http-json",
     "evm-blocks",
+    "evm-logs",
     "filter",
     "candles",
 ];

@@ -3,8 +3,8 @@
 # components, CLI tests, ingestion tests against the feed simulator and a real PostgreSQL, the
 # dashboard in a headless Chromium, the API against schemathesis. Installs what it can (the
 # wasm32-wasip2 target, PostgreSQL, NATS with JetStream, Chromium, a Python virtualenv with the
-# contract tools and componentize-py, componentize-js from npm) and says clearly what is missing
-# otherwise.
+# contract tools and componentize-py, componentize-js and ganache (a real EVM node) from npm,
+# mdbook from crates.io for the book in docs/) and says clearly what is missing otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -163,6 +163,39 @@ if [ -z "${ANODE_TEST_NODE_MODULES:-}" ]; then
         echo "$js_want" > "$js_tools/.installed"
     fi
     export ANODE_TEST_NODE_MODULES="$js_tools/node_modules"
+fi
+
+# mdbook, pinned, from crates.io: the book test (host/tests/book.rs) builds the book in docs/
+# with it and checks every link of the book and of README.md.
+mdbook_tools="$PWD/target/test-tools/mdbook"
+mdbook_version="0.5.4"
+mdbook_want="mdbook@$mdbook_version"
+if [ -z "${ANODE_MDBOOK:-}" ]; then
+    if [ "$(cat "$mdbook_tools/.installed" 2>/dev/null)" != "$mdbook_want" ] || [ ! -x "$mdbook_tools/bin/mdbook" ]; then
+        say "installing $mdbook_want into $mdbook_tools (it compiles, a few minutes)"
+        cargo install --quiet --locked mdbook --version "$mdbook_version" --root "$mdbook_tools" \
+            || die "could not install $mdbook_want from crates.io; check the network or set ANODE_MDBOOK to an mdbook binary"
+        echo "$mdbook_want" > "$mdbook_tools/.installed"
+    fi
+    export ANODE_MDBOOK="$mdbook_tools/bin/mdbook"
+fi
+
+# ganache, pinned: a real EVM node (JSON-RPC) the chain tests start, reorganise
+# (evm_snapshot / evm_revert / evm_mine) and compare the stored chain with.
+ganache_tools="$PWD/target/test-tools/ganache"
+ganache_want="ganache@7.9.2"
+if [ -z "${ANODE_GANACHE:-}" ]; then
+    if [ "$(cat "$ganache_tools/.installed" 2>/dev/null)" != "$ganache_want" ]; then
+        command -v npm >/dev/null || die "node and npm are missing: install Node.js 20+ (Debian: apt-get install nodejs npm)"
+        say "installing $ganache_want into $ganache_tools"
+        rm -rf "$ganache_tools"
+        mkdir -p "$ganache_tools"
+        (cd "$ganache_tools" && echo '{"private":true}' > package.json \
+            && npm install --no-audit --no-fund --loglevel=error "$ganache_want" >/dev/null) \
+            || die "could not install $ganache_want from npm; check the network or set ANODE_GANACHE to a ganache 7 command"
+        echo "$ganache_want" > "$ganache_tools/.installed"
+    fi
+    export ANODE_GANACHE="$ganache_tools/node_modules/.bin/ganache"
 fi
 
 # The corpus of frames real venues and Ethereum nodes sent (kept beside the project, never in

@@ -60,8 +60,8 @@ fn install_list_inspect_remove() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&ok(dir, &["plugin", "list", "--json"])).unwrap();
-    // The seven first-party plugins and the fixture.
-    assert_eq!(json.as_array().unwrap().len(), 8);
+    // The eight first-party plugins and the fixture.
+    assert_eq!(json.as_array().unwrap().len(), 9);
 
     let inspected: serde_json::Value =
         serde_json::from_str(&ok(dir, &["plugin", "inspect", "binance-trades"])).unwrap();

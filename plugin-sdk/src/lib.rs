@@ -32,6 +32,7 @@ mod batch;
 mod connector;
 pub mod host;
 pub mod json;
+pub mod jsonrpc;
 pub mod symbol;
 pub mod testing;
 pub mod time;
@@ -56,7 +57,7 @@ pub mod prelude {
     pub use crate::{
         Connector, Event, Frame, Heartbeat, HttpPlan, HttpRequest, HttpResponse, Manifest, Output,
         Plan, PluginError, Transform, WebSocketPlan, export_connector, export_transform, json,
-        symbol, time,
+        jsonrpc, symbol, time,
     };
     pub use serde::{Deserialize, Serialize};
     pub use serde_json::{Value, json};

@@ -157,13 +157,21 @@ impl SourceCtx {
         let decoded = self
             .connector
             .worker
-            .call(move |connector| match &*given {
-                Input::Frames(frames) => connector.on_frames(session, frames),
-                Input::Responses(responses) => connector.on_responses(session, responses),
+            .call(move |connector| {
+                let decoded = match &*given {
+                    Input::Frames(frames) => connector.on_frames(session, frames),
+                    Input::Responses(responses) => connector.on_responses(session, responses),
+                };
+                decoded.map(|decoded| (decoded, connector.take_warnings()))
             })
             .await;
         let decoded = match decoded {
-            Ok(decoded) => decoded,
+            Ok((decoded, warnings)) => {
+                if let Some(warning) = warnings.into_iter().last() {
+                    self.status.warn(warning);
+                }
+                decoded
+            }
             Err(error) => {
                 return Outcome {
                     problem: Some(self.call_problem(error)),

@@ -88,6 +88,7 @@ impl CallCtx<'_> {
             let _ = store.set_fuel(self.runtime.limits.fuel_per_call);
         }
         store.data_mut().log_budget = self.runtime.limits.log_lines_per_call;
+        store.data_mut().warnings.clear();
         let started = Instant::now();
         let result = f(store);
         self.metrics.call(items_in, started.elapsed());
@@ -389,6 +390,16 @@ impl ConnectorInstance {
             session.cursor = Some(cursor.clone());
         }
         Ok(decoded)
+    }
+
+    /// What the plugin logged as warnings or errors during the last call (a connector with
+    /// several endpoints setting one aside, say), for the source's status.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.0
+            .live
+            .as_mut()
+            .map(|live| std::mem::take(&mut live.store.data_mut().warnings))
+            .unwrap_or_default()
     }
 
     /// The last cursor the session reported.

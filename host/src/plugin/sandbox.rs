@@ -25,6 +25,9 @@ pub(crate) struct Sandbox {
     plugin: Arc<str>,
     /// Log lines the plugin may still write during the current call.
     pub(crate) log_budget: u32,
+    /// The warnings (and errors) the plugin logged during the current call, for the status
+    /// of the source it was called for.
+    pub(crate) warnings: Vec<String>,
     log_line_max: usize,
 }
 
@@ -58,6 +61,7 @@ impl Sandbox {
             stderr,
             plugin,
             log_budget: limits.log_lines_per_call,
+            warnings: Vec::new(),
             log_line_max: limits.log_line_max,
         }
     }
@@ -96,6 +100,9 @@ impl Host for Sandbox {
             LogLevel::Info => tracing::info!(plugin, "{message}"),
             LogLevel::Warn => tracing::warn!(plugin, "{message}"),
             LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+        if matches!(level, LogLevel::Warn | LogLevel::Error) {
+            self.warnings.push(message);
         }
     }
 

@@ -31,7 +31,14 @@ pub(crate) async fn run(
             () = ctx.cancel().cancelled() => return None,
             _ = interval.tick() => {}
         }
-        if let Err(problem) = follow(ctx, plan.requests.clone(), Failed::Stop).await {
+        // A poll of several requests (one per endpoint, say): one that fails is answered at
+        // once, so the connector goes on with the others.
+        let failed = if plan.requests.len() > 1 {
+            Failed::AnswerAtOnce
+        } else {
+            Failed::Stop
+        };
+        if let Err(problem) = follow(ctx, plan.requests.clone(), failed).await {
             return problem;
         }
         backoff.reset();
@@ -46,6 +53,9 @@ pub(crate) enum Failed {
     /// Hand the connector a `503` response whose body is the error, so it decides (the
     /// follow-ups of a WebSocket source: the live stream goes on).
     Answer,
+    /// The same without retrying first, for the first round only (a poll of several
+    /// endpoints: one that cannot be reached must not hold up the others); later rounds stop.
+    AnswerAtOnce,
 }
 
 /// Make `requests`, hand the responses to the connector, and make the follow-up requests it
@@ -58,6 +68,7 @@ pub(crate) async fn follow(
 ) -> Result<(), Option<Problem>> {
     let settings = &ctx.settings();
     let mut pending = requests;
+    let mut failed = failed;
     let mut rounds = 0usize;
     while !pending.is_empty() {
         rounds += 1;
@@ -79,6 +90,9 @@ pub(crate) async fn follow(
             pending.truncate(settings.http_max_requests_per_round);
         }
         let responses = fetch_all(ctx, pending, failed).await?;
+        if failed == Failed::AnswerAtOnce {
+            failed = Failed::Stop;
+        }
         let outcome = ctx.ingest(Input::Responses(responses)).await;
         if let Some(problem) = outcome.problem {
             return Err(Some(problem));
@@ -98,7 +112,7 @@ async fn fetch_all(
     for chunk in requests.chunks(ctx.settings().http_concurrency.max(1)) {
         let results = tokio::select! {
             () = ctx.cancel().cancelled() => return Err(None),
-            r = join_all(chunk.iter().map(|r| fetch(ctx, r))) => r,
+            r = join_all(chunk.iter().map(|r| fetch(ctx, r, failed != Failed::AnswerAtOnce))) => r,
         };
         for (request, result) in chunk.iter().zip(results) {
             match (result, failed) {
@@ -106,19 +120,26 @@ async fn fetch_all(
                 (Err(problem @ Problem::Fatal(_)), _) | (Err(problem), Failed::Stop) => {
                     return Err(Some(problem));
                 }
-                (Err(Problem::Retry(message)), Failed::Answer) => responses.push(HttpResponse {
-                    tag: request.tag.clone(),
-                    status: 503,
-                    body: message.into_bytes(),
-                    received_at: now_us(),
-                }),
+                (Err(Problem::Retry(message)), Failed::Answer | Failed::AnswerAtOnce) => responses
+                    .push(HttpResponse {
+                        tag: request.tag.clone(),
+                        status: 503,
+                        body: message.into_bytes(),
+                        received_at: now_us(),
+                    }),
             }
         }
     }
     Ok(responses)
 }
 
-async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, Problem> {
+/// Make one request, retrying a failure (`sources.http_attempts` in all) unless `retry` is
+/// false.
+async fn fetch(
+    ctx: &impl Feed,
+    request: &HttpRequest,
+    retry: bool,
+) -> Result<HttpResponse, Problem> {
     let settings = &ctx.settings();
     // A URL the egress policy refuses stops the source: an operator must allow it, or fix
     // the source (or the plugin that asked for it).
@@ -187,6 +208,9 @@ async fn fetch(ctx: &impl Feed, request: &HttpRequest) -> Result<HttpResponse, P
             Err(e) => (format!("{}: {e}", request.url), None),
         };
         let (message, retry_after) = failure;
+        if !retry {
+            return Err(Problem::Retry(message));
+        }
         let wait = retry_after
             .map(|d| d.min(Duration::from_millis(settings.reconnect_max_ms)))
             .unwrap_or_else(|| backoff.fail());

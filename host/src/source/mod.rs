@@ -172,6 +172,7 @@ pub struct SourceStatus {
 struct StatusInner {
     state: SourceState,
     last_error: Option<String>,
+    last_warning: Option<String>,
     last_event_us: Option<i64>,
     target: String,
     cursor: Option<String>,
@@ -187,6 +188,8 @@ pub struct SourceReport {
     pub target: String,
     pub state: SourceState,
     pub last_error: Option<String>,
+    /// The last warning its connector logged (an endpoint set aside, say).
+    pub last_warning: Option<String>,
     pub inputs: u64,
     pub events: u64,
     /// Records the store has committed.
@@ -223,6 +226,7 @@ impl Default for SourceStatus {
             inner: Mutex::new(StatusInner {
                 state: SourceState::Starting,
                 last_error: None,
+                last_warning: None,
                 last_event_us: None,
                 target: String::new(),
                 cursor: None,
@@ -253,6 +257,11 @@ impl SourceStatus {
         let mut inner = self.inner();
         inner.state = state;
         inner.last_error = Some(error.into());
+    }
+
+    /// What the connector last warned about (it logged a warning or an error).
+    pub(crate) fn warn(&self, warning: String) {
+        self.inner().last_warning = Some(warning);
     }
 
     /// Count an error that does not change the state.
@@ -312,6 +321,7 @@ impl SourceStatus {
             target: inner.target.clone(),
             state: inner.state,
             last_error: inner.last_error.clone(),
+            last_warning: inner.last_warning.clone(),
             inputs: self.inputs.load(Relaxed),
             events: self.events.load(Relaxed),
             stored: self.stored.load(Relaxed),

@@ -4,39 +4,21 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ganache;
 pub mod netns;
 pub mod proxy;
 pub mod store;
 
-use std::future::Future;
+mod poll;
+pub use poll::until;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anode::config::Config;
 use anode::node::NodeHandle;
-
-/// Poll `check` until it returns `Some`, or fail after `limit` saying what was awaited and
-/// the last state seen.
-pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(state) => {
-                if Instant::now() >= deadline {
-                    panic!("timed out after {limit:?} waiting for {what}; last state: {state}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The PostgreSQL server the test command provides (`ANODE_TEST_PG`, default the local one).
 pub fn pg_server() -> String {

@@ -15,7 +15,7 @@ fn answered(number: u64, body: &str) -> Output {
         r#"{{"url":"http://127.0.0.1:8545","chain":"ethereum","start_block":{number}}}"#
     ));
     let head = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{number:#x}"}}"#);
-    let out = testing::responses(&mut c, &[HttpResponse::ok(HEAD_TAG, &head)]);
+    let out = testing::responses(&mut c, &[HttpResponse::ok("head", &head)]);
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let tag = format!("{BLOCK_TAG_PREFIX}{number}");
     assert!(

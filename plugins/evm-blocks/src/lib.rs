@@ -1,28 +1,51 @@
-//! Blocks of an EVM chain (Ethereum and compatible) over JSON-RPC, as `blocks` events, each
-//! block exactly once and in order.
+//! Blocks of an EVM chain (Ethereum and compatible) over JSON-RPC, as `blocks` events, in
+//! order, following the chain by hash: a block that leaves the chain in a reorganisation is
+//! taken back with an `undo` event, and a block `finality_depth` below the head is confirmed
+//! with an `irreversible` one.
 //!
 //! Every `interval_ms` the host asks for the head (`eth_blockNumber`, tag `head`). The answer
 //! tells the connector which blocks are new; it asks for each (`eth_getBlockByNumber`, tag
 //! `block:<n>`), at most `max_blocks_per_poll` past the last block done.
 //!
-//! State, and why nothing is skipped or repeated:
+//! **Following the chain.** The connector keeps the hashes of the last `keep_blocks` blocks it
+//! emitted. A new block must name the last one as its parent. When it does not, the last
+//! block left the chain: the connector emits an `undo` for it, steps back one block and asks
+//! for that height again, until a block's parent is one it kept (the fork point); then the
+//! new branch follows, block by block. When there is no new block, it asks for the block at
+//! its own tip again, so a branch that replaced the tip without growing past it is found too.
 //!
-//! - `next`: the first block not yet emitted. Everything below it has been emitted, and the
-//!   cursor (the last block emitted, `next - 1`) moves in the same output as those events, so a
-//!   restart resumes right after them.
-//! - `held`: blocks that arrived ahead of a missing one (answers out of order, an RPC error, a
-//!   block the node does not have yet). They wait until the gap fills, so events leave in block
-//!   order and never ahead of the cursor. Only blocks within `max_blocks_per_poll` of `next`
-//!   are asked for, which bounds this buffer.
-//! - `in_flight`: blocks asked for and not answered. The next head poll asks again for any of
-//!   them still missing, so a lost request or an error costs one interval, not a block.
+//! **Fork steps.** Every event's payload says `fork_step`:
 //!
-//! A JSON-RPC `error` is retryable; a `null` block (the node is not there yet) is simply asked
-//! for again. Without a cursor the connector starts at `start_block`, or else at the head it
-//! first sees (only new blocks). Reorganisations are not detected: the upstream id is the block
-//! number, so a block replaced by a reorg keeps the first version stored.
+//! - `new`: a block on the chain as it stands; upstream id `<number>:<hash>` (with `:<n>`
+//!   after a reorganisation, `n` counting the undos, so a block that leaves and comes back is
+//!   a new record each time);
+//! - `undo`: that block left the chain (upstream id `undo:<n>:<the block's upstream id>`;
+//!   stores take the block off their canonical view, subscribers get `{"type":"undo",…}`);
+//! - `irreversible`: the block is `finality_depth` blocks deep (upstream id
+//!   `final:<the block's upstream id>`); a block already that deep when first seen (a
+//!   backfill) comes only as `irreversible`. With `final_only`, only irreversible blocks are
+//!   emitted: nothing is ever undone. A reorganisation deeper than `finality_depth` stops the
+//!   source with a fatal error saying so, rather than take back what it called irreversible.
+//!
+//! **State, and why nothing is skipped or repeated.** The cursor is JSON:
+//! `{"next":N,"generation":G,"final_next":F,"kept":[["<hash>",g],…]}`: `next`, the first
+//! block not emitted; `kept`, the hashes of the blocks just below it (with the generation of
+//! each one's upstream id); `final_next`, the first block not yet emitted as irreversible. It
+//! moves in the same output as the events it passed, so a restart (or another node taking the
+//! source over) resumes right after them with the hashes to check the chain against. A plain
+//! number (the cursor of earlier versions) is read as the last block emitted, with no hashes.
+//! `held`: blocks that arrived ahead of a missing one wait until the gap fills, so events
+//! leave in order; only blocks within `max_blocks_per_poll` of `next` are asked for, which
+//! bounds it. A JSON-RPC `error` is retryable; a `null` block (the node is not there yet) is
+//! simply asked for again. Without a cursor the connector starts at `start_block`, or else at
+//! the head it first sees (only new blocks).
+//!
+//! With `finalized_tag`, the node is also asked for its `finalized` block at every head, and
+//! blocks up to it are irreversible even when less than `finality_depth` deep (a node that
+//! does not know the tag leaves finality to depth; some test nodes answer it with the head,
+//! hence off by default). `url` may be a list: see `jsonrpc::Endpoints` in the SDK.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use anode_plugin_sdk::prelude::*;
 use serde::de::IgnoredAny;
@@ -30,7 +53,11 @@ use serde::de::IgnoredAny;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    url: String,
+    url: jsonrpc::Urls,
+    #[serde(default = "default_max_lag_blocks")]
+    max_lag_blocks: u64,
+    #[serde(default = "default_aside_polls")]
+    aside_polls: u32,
     #[serde(default = "default_chain")]
     chain: String,
     #[serde(default = "default_interval_ms")]
@@ -38,6 +65,14 @@ struct Config {
     start_block: Option<u64>,
     #[serde(default = "default_max_blocks_per_poll")]
     max_blocks_per_poll: u32,
+    #[serde(default = "default_finality_depth")]
+    finality_depth: u32,
+    #[serde(default = "default_keep_blocks")]
+    keep_blocks: u32,
+    #[serde(default)]
+    final_only: bool,
+    #[serde(default)]
+    finalized_tag: bool,
 }
 
 fn default_chain() -> String {
@@ -52,8 +87,27 @@ fn default_max_blocks_per_poll() -> u32 {
     20
 }
 
-const HEAD_TAG: &str = "head";
+/// An endpoint whose head is further behind the highest is set aside.
+fn default_max_lag_blocks() -> u64 {
+    5
+}
+
+/// Head polls a set-aside endpoint sits out.
+fn default_aside_polls() -> u32 {
+    10
+}
+
+/// Ethereum's proof-of-stake finality is two epochs (64 blocks) behind the head.
+fn default_finality_depth() -> u32 {
+    64
+}
+
+fn default_keep_blocks() -> u32 {
+    128
+}
+
 const BLOCK_TAG_PREFIX: &str = "block:";
+const FINAL_TAG_PREFIX: &str = "final:";
 
 /// A block as `eth_getBlockByNumber(n, false)` returns it; quantities are hex strings.
 #[derive(Deserialize)]
@@ -86,37 +140,53 @@ struct BlockRecord<'a> {
     /// Wei, as decimal text (it may outgrow 64 bits).
     base_fee_per_gas: Option<String>,
     transaction_count: usize,
+    fork_step: &'static str,
 }
 
-/// The `result` of a JSON-RPC reply: an `error` object is retryable, a reply with neither is
-/// bad input. `what` names the call in messages.
-fn rpc_result<'v>(body: &'v Value, what: &str) -> Result<&'v Value, PluginError> {
-    if let Some(error) = body.get("error").filter(|e| !e.is_null()) {
-        let code = error.get("code").map(Value::to_string).unwrap_or_default();
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        return Err(PluginError::retryable(format!(
-            "{what}: JSON-RPC error {code}: {message}"
-        )));
+/// The payload of an `undo`: which block left the chain.
+#[derive(Serialize)]
+struct UndoRecord<'a> {
+    chain: &'a str,
+    number: u64,
+    hash: &'a str,
+    fork_step: &'static str,
+}
+
+/// A block as answered, checked and converted.
+struct Block {
+    number: u64,
+    hash: String,
+    parent_hash: String,
+    timestamp: u64,
+    miner: String,
+    gas_used: u64,
+    gas_limit: u64,
+    base_fee_per_gas: Option<String>,
+    transaction_count: usize,
+}
+
+/// A block emitted and still on the chain, as the cursor keeps it: its hash and the
+/// generation its upstream id carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Kept(String, u64);
+
+/// The cursor, as stored.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cursor {
+    next: u64,
+    generation: u64,
+    final_next: u64,
+    kept: Vec<Kept>,
+}
+
+/// The upstream id of block `number` with `hash`, emitted in `generation`.
+fn block_id(number: u64, hash: &str, generation: u64) -> String {
+    if generation == 0 {
+        format!("{number}:{hash}")
+    } else {
+        format!("{number}:{hash}:{generation}")
     }
-    body.get("result").ok_or_else(|| {
-        PluginError::bad_input(format!("{what}: reply has neither result nor error"))
-    })
-}
-
-/// A hex quantity string, or bad input naming it.
-fn quantity(value: &Value, what: &str) -> Result<u64, PluginError> {
-    let text = value
-        .as_str()
-        .ok_or_else(|| PluginError::bad_input(format!("{what} is not a hex string")))?;
-    json::hex_u64(text)
-}
-
-/// The body of a JSON-RPC 2.0 call.
-fn rpc_call(id: u64, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
 /// The connector.
@@ -124,43 +194,91 @@ pub struct EvmBlocks {
     config: Config,
     /// The first block not yet emitted; `None` until the first head when starting at the head.
     next: Option<u64>,
-    /// Blocks received ahead of a missing one, with their events.
-    held: BTreeMap<u64, Event>,
+    /// The blocks just below `next`, oldest first: at least the last `keep_blocks`, and every
+    /// one not yet irreversible.
+    kept: VecDeque<Kept>,
+    /// Undos made so far: the generation of the upstream ids of blocks emitted now.
+    generation: u64,
+    /// The first block not yet emitted as irreversible.
+    final_next: u64,
+    /// Blocks received ahead of a missing one.
+    held: BTreeMap<u64, Block>,
     /// Blocks asked for and not answered yet.
     in_flight: BTreeSet<u64>,
+    /// Blocks asked for again to be emitted as irreversible, received ahead of a missing one.
+    finals: BTreeMap<u64, Block>,
+    /// The head the node answered last (0 before any).
+    last_head: u64,
+    /// The highest block the node called `finalized` (with `finalized_tag`).
+    finalized: u64,
+    /// The endpoints, the one with the highest head serving.
+    endpoints: jsonrpc::Endpoints,
 }
 
 impl EvmBlocks {
-    fn head_request(&self) -> HttpRequest {
-        let body = rpc_call(1, "eth_blockNumber", json!([]));
-        HttpRequest::post_json(&self.config.url, &body, HEAD_TAG)
-    }
-
-    fn block_request(&self, number: u64) -> HttpRequest {
+    fn block_request(&self, number: u64, tag_prefix: &str) -> HttpRequest {
         let params = json!([format!("{number:#x}"), false]);
-        let body = rpc_call(number, "eth_getBlockByNumber", params);
-        HttpRequest::post_json(
-            &self.config.url,
-            &body,
-            format!("{BLOCK_TAG_PREFIX}{number}"),
-        )
+        let body = jsonrpc::call(number, "eth_getBlockByNumber", params);
+        let url = self.endpoints.best();
+        HttpRequest::post_json(url, &body, format!("{tag_prefix}{number}"))
     }
 
-    /// The head is known: ask for the blocks from `next` up to it, within the window.
-    fn on_head(&mut self, body: &Value, out: &mut Output) -> Result<(), PluginError> {
-        let head = quantity(
-            rpc_result(body, "eth_blockNumber")?,
-            "the head block number",
-        )?;
+    fn depth(&self) -> u64 {
+        u64::from(self.config.finality_depth)
+    }
+
+    /// The highest block that is irreversible: `finality_depth` below the head, or the node's
+    /// `finalized` block if it is higher (with `finalized_tag`).
+    fn final_head(&self) -> u64 {
+        self.last_head
+            .saturating_sub(self.depth())
+            .max(self.finalized.min(self.last_head))
+    }
+
+    fn window(&self) -> u64 {
+        u64::from(self.config.max_blocks_per_poll)
+    }
+
+    /// The kept block at `number`, if it is kept.
+    fn kept_at(&self, number: u64) -> Option<&Kept> {
+        let next = self.next?;
+        let first = next.checked_sub(self.kept.len() as u64)?;
+        let index = number.checked_sub(first)?;
+        self.kept.get(usize::try_from(index).ok()?)
+    }
+
+    fn cursor(&self, next: u64) -> String {
+        let cursor = Cursor {
+            next,
+            generation: self.generation,
+            final_next: self.final_next,
+            kept: self.kept.iter().cloned().collect(),
+        };
+        serde_json::to_string(&cursor).unwrap_or_default()
+    }
+
+    /// The head is known: ask for the blocks from `next` up to it (or up to the depth of
+    /// finality, with `final_only`), within the window; ask for the tip again when nothing
+    /// is new, and for the blocks that became irreversible.
+    fn on_head(&mut self, head: u64, out: &mut Output) -> Result<(), PluginError> {
+        self.last_head = head;
+        if self.config.finalized_tag {
+            out.request(jsonrpc::finalized_request(self.endpoints.best()));
+        }
+        let final_head = self.final_head();
+        let target = if self.config.final_only {
+            final_head
+        } else {
+            head
+        };
         let next = match self.next {
             Some(next) => next,
             None => {
-                // Only new blocks: start at this head; the cursor says everything before it
-                // is done, so a restart before the head block arrives does not skip it.
-                if let Some(before) = head.checked_sub(1) {
-                    out.set_cursor(before.to_string());
-                }
-                *self.next.insert(head)
+                // Only new blocks: start here; the cursor says everything before is done, so
+                // a restart before this block arrives does not skip it.
+                self.final_next = target;
+                out.set_cursor(self.cursor(target));
+                *self.next.insert(target)
             }
         };
         if !self.in_flight.is_empty() {
@@ -173,17 +291,53 @@ impl EvmBlocks {
             );
             self.in_flight.clear();
         }
-        let last = head.min(next.saturating_add(u64::from(self.config.max_blocks_per_poll) - 1));
-        for number in next..=last {
-            if !self.held.contains_key(&number) {
-                out.request(self.block_request(number));
-                self.in_flight.insert(number);
+        if target >= next {
+            self.ask_ahead(out);
+        } else if !self.config.final_only && !self.kept.is_empty() {
+            // Nothing new: is the block at our tip (or at the node's head, if it is behind
+            // us) still the one we emitted?
+            let check = target.min(next - 1);
+            if self.kept_at(check).is_some() {
+                out.request(self.block_request(check, BLOCK_TAG_PREFIX));
+                self.in_flight.insert(check);
+            }
+        }
+        if !self.config.final_only {
+            let last = final_head
+                .min(next.saturating_sub(1))
+                .min(self.final_next.saturating_add(self.window() - 1));
+            for number in self.final_next..=last {
+                if !self.finals.contains_key(&number) && self.kept_at(number).is_some() {
+                    out.request(self.block_request(number, FINAL_TAG_PREFIX));
+                }
             }
         }
         Ok(())
     }
 
-    /// Block `number` answered: hold it, then emit every block that is now contiguous.
+    /// The highest block to emit now: the head, or with `final_only` the deepest final block.
+    fn target(&self) -> u64 {
+        if self.config.final_only {
+            self.final_head()
+        } else {
+            self.last_head
+        }
+    }
+
+    /// Ask for the blocks from `next` up to the target, within the window, that are neither
+    /// held nor asked for already.
+    fn ask_ahead(&mut self, out: &mut Output) {
+        let Some(next) = self.next else { return };
+        let last = self.target().min(next.saturating_add(self.window() - 1));
+        for number in next..=last {
+            if !self.held.contains_key(&number) && self.in_flight.insert(number) {
+                out.request(self.block_request(number, BLOCK_TAG_PREFIX));
+            }
+        }
+    }
+
+    /// Block `number` answered: a block to emit (held until it is next), or a check of one
+    /// emitted already.
     fn on_block(&mut self, number: u64, body: &Value, out: &mut Output) -> Result<(), PluginError> {
         self.in_flight.remove(&number);
         let Some(next) = self.next else {
@@ -191,37 +345,167 @@ impl EvmBlocks {
                 "block {number} answered before any head"
             )));
         };
-        if number < next || self.held.contains_key(&number) {
-            // A second answer for a block already handled (the request was repeated).
-            return Ok(());
-        }
-        if number - next >= u64::from(self.config.max_blocks_per_poll) {
-            // Never asked for (requests stay within the window): holding it would let the
-            // buffer grow without bound.
-            return Err(PluginError::bad_input(format!(
-                "block {number} was not asked for (next block is {next})"
-            )));
-        }
-        let result = rpc_result(body, &format!("eth_getBlockByNumber({number})"))?;
+        let result = jsonrpc::result(body, &format!("eth_getBlockByNumber({number})"))?;
         if result.is_null() {
             // The node does not have it yet; the next head poll asks again.
             return Ok(());
         }
-        let event = self.block_event(number, result)?;
-        self.held.insert(number, event);
-        let mut next = next;
-        while let Some(event) = self.held.remove(&next) {
-            out.emit(event);
-            next += 1;
+        let block = self.parse_block(number, result)?;
+        let before = (next, self.final_next, self.generation);
+        if number < next {
+            // A block emitted already: still the same, or did the chain change below us?
+            match self.kept_at(number) {
+                Some(kept) if kept.0 != block.hash => {
+                    while self.next.is_some_and(|n| n > number) {
+                        self.undo_tip(out)?;
+                    }
+                    self.held.clear();
+                    self.in_flight.clear();
+                    self.held.insert(number, block);
+                }
+                _ => return Ok(()),
+            }
+        } else if number - next >= self.window() {
+            // Never asked for, or asked for before a reorganisation moved `next` back:
+            // holding it would let the buffer grow without bound. Asked for again in time.
+            host::log(
+                LogLevel::Debug,
+                &format!("block {number} is past the window (next block is {next}); dropped"),
+            );
+            return Ok(());
+        } else {
+            self.held.entry(number).or_insert(block);
         }
-        if Some(next) != self.next {
-            self.next = Some(next);
-            out.set_cursor((next - 1).to_string());
+        self.emit_held(out)?;
+        // Go on without waiting for the next head: a backfill, or the branch after a fork.
+        self.ask_ahead(out);
+        let next = self.next.unwrap_or(next);
+        if (next, self.final_next, self.generation) != before {
+            out.set_cursor(self.cursor(next));
         }
         Ok(())
     }
 
-    fn block_event(&self, number: u64, result: &Value) -> Result<Event, PluginError> {
+    /// Emit every held block that is next in line and whose parent is our tip; at a block
+    /// whose parent is not, undo the tip and ask for its height again.
+    fn emit_held(&mut self, out: &mut Output) -> Result<(), PluginError> {
+        while let Some(next) = self.next {
+            let Some(block) = self.held.remove(&next) else {
+                break;
+            };
+            if let Some(tip) = self.kept.back()
+                && tip.0 != block.parent_hash
+            {
+                // Asked for again by `ask_ahead`, with the rest of the branch.
+                self.undo_tip(out)?;
+                self.held.clear();
+                self.in_flight.clear();
+                break;
+            }
+            self.emit_new(block, out);
+            self.next = Some(next + 1);
+        }
+        self.trim();
+        Ok(())
+    }
+
+    /// Emit `block`, on the chain: irreversible if it is deep enough and everything before it
+    /// is, else new.
+    fn emit_new(&mut self, block: Block, out: &mut Output) {
+        let id = block_id(block.number, &block.hash, self.generation);
+        let deep = self.config.final_only
+            || (self.final_next == block.number && block.number <= self.final_head());
+        let event = if deep {
+            self.final_next = block.number + 1;
+            self.event(&block, "irreversible").irreversible(&id)
+        } else {
+            self.event(&block, "new").upstream_id(id)
+        };
+        out.emit(event);
+        self.kept.push_back(Kept(block.hash, self.generation));
+    }
+
+    /// The block at our tip left the chain: say so, and step back one block.
+    fn undo_tip(&mut self, out: &mut Output) -> Result<(), PluginError> {
+        let Some(next) = self.next else {
+            return Ok(());
+        };
+        let number = next - 1;
+        if number < self.final_next {
+            return Err(PluginError::fatal(format!(
+                "the chain reorganised at block {number}, which was emitted as irreversible \
+                 (finality_depth {}): raise `finality_depth`",
+                self.config.finality_depth
+            )));
+        }
+        let Some(Kept(hash, generation)) = self.kept.pop_back() else {
+            return Err(PluginError::fatal(format!(
+                "the chain reorganised below the {} blocks kept (at block {number}): raise \
+                 `keep_blocks`",
+                self.config.keep_blocks
+            )));
+        };
+        self.generation += 1;
+        let undo = UndoRecord {
+            chain: &self.config.chain,
+            number,
+            hash: &hash,
+            fork_step: "undo",
+        };
+        out.emit(
+            Event::new("blocks", &undo)
+                .key(&self.config.chain)
+                .undoes(self.generation, &block_id(number, &hash, generation)),
+        );
+        self.next = Some(number);
+        Ok(())
+    }
+
+    /// Forget kept blocks beyond `keep_blocks` that are irreversible already.
+    fn trim(&mut self) {
+        let Some(next) = self.next else { return };
+        while self.kept.len() > self.config.keep_blocks as usize
+            && next - (self.kept.len() as u64) < self.final_next
+        {
+            self.kept.pop_front();
+        }
+    }
+
+    /// Block `number`, asked for again as it became irreversible, answered.
+    fn on_final(&mut self, number: u64, body: &Value, out: &mut Output) -> Result<(), PluginError> {
+        let result = jsonrpc::result(body, &format!("eth_getBlockByNumber({number})"))?;
+        if result.is_null() || number < self.final_next {
+            return Ok(());
+        }
+        let block = self.parse_block(number, result)?;
+        if number - self.final_next < self.window() {
+            self.finals.insert(number, block);
+        }
+        let before = self.final_next;
+        while let Some(block) = self.finals.remove(&self.final_next) {
+            let Some(kept) = self.kept_at(block.number) else {
+                break;
+            };
+            if kept.0 != block.hash {
+                // Not the block we emitted: the chain changed under it. The tip checks find
+                // the fork point; nothing is called irreversible meanwhile.
+                self.finals.clear();
+                break;
+            }
+            let id = block_id(block.number, &block.hash, kept.1);
+            out.emit(self.event(&block, "irreversible").irreversible(&id));
+            self.final_next += 1;
+        }
+        if self.final_next != before {
+            self.trim();
+            if let Some(next) = self.next {
+                out.set_cursor(self.cursor(next));
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_block(&self, number: u64, result: &Value) -> Result<Block, PluginError> {
         let block = RpcBlock::deserialize(result).map_err(|e| {
             PluginError::bad_input(format!("block {number}: unexpected block: {e}"))
         })?;
@@ -231,14 +515,9 @@ impl EvmBlocks {
                 "asked for block {number}, got block {found}"
             )));
         }
-        let timestamp = json::hex_u64(&block.timestamp)?;
-        let record = BlockRecord {
-            chain: &self.config.chain,
+        Ok(Block {
             number,
-            hash: &block.hash,
-            parent_hash: &block.parent_hash,
-            timestamp,
-            miner: &block.miner,
+            timestamp: json::hex_u64(&block.timestamp)?,
             gas_used: json::hex_u64(&block.gas_used)?,
             gas_limit: json::hex_u64(&block.gas_limit)?,
             base_fee_per_gas: block
@@ -247,14 +526,32 @@ impl EvmBlocks {
                 .map(json::hex_decimal)
                 .transpose()?,
             transaction_count: block.transactions.len(),
+            hash: block.hash,
+            parent_hash: block.parent_hash,
+            miner: block.miner,
+        })
+    }
+
+    fn event(&self, block: &Block, fork_step: &'static str) -> Event {
+        let record = BlockRecord {
+            chain: &self.config.chain,
+            number: block.number,
+            hash: &block.hash,
+            parent_hash: &block.parent_hash,
+            timestamp: block.timestamp,
+            miner: &block.miner,
+            gas_used: block.gas_used,
+            gas_limit: block.gas_limit,
+            base_fee_per_gas: block.base_fee_per_gas.clone(),
+            transaction_count: block.transaction_count,
+            fork_step,
         };
-        let time_us = i64::try_from(timestamp)
-            .map_err(|_| PluginError::bad_input(format!("block {number}: timestamp out of range")))?
+        let time_us = i64::try_from(block.timestamp)
+            .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000);
-        Ok(Event::new("blocks", &record)
+        Event::new("blocks", &record)
             .key(&self.config.chain)
-            .upstream_id(number.to_string())
-            .at(time_us))
+            .at(time_us)
     }
 }
 
@@ -263,15 +560,20 @@ impl Connector for EvmBlocks {
         Manifest::new(
             "evm-blocks",
             env!("CARGO_PKG_VERSION"),
-            "Blocks of an EVM chain over JSON-RPC (eth_blockNumber, eth_getBlockByNumber), \
-             each once and in order, resuming from the last block stored",
+            "Blocks of an EVM chain over JSON-RPC (eth_blockNumber, eth_getBlockByNumber), in \
+             order, following the chain by hash: a block that leaves the chain is undone, one \
+             finality_depth deep is confirmed irreversible; resumes from the last block stored",
         )
         .schema(json!({
             "type": "object",
             "required": ["url"],
             "additionalProperties": false,
             "properties": {
-                "url": {"type": "string", "pattern": "^https?://"},
+                "url": jsonrpc::urls_schema(),
+                "max_lag_blocks": {"type": "integer", "minimum": 0, "default": default_max_lag_blocks(),
+                    "description": "with several urls: one whose head is further behind the highest is set aside"},
+                "aside_polls": {"type": "integer", "minimum": 1, "default": default_aside_polls(),
+                    "description": "head polls a set-aside endpoint sits out"},
                 "chain": {"type": "string", "minLength": 1, "default": default_chain()},
                 "interval_ms": {"type": "integer", "minimum": 1, "default": default_interval_ms()},
                 "start_block": {
@@ -283,6 +585,28 @@ impl Connector for EvmBlocks {
                     "type": "integer",
                     "minimum": 1,
                     "default": default_max_blocks_per_poll()
+                },
+                "finality_depth": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": default_finality_depth(),
+                    "description": "blocks this far below the head are irreversible"
+                },
+                "keep_blocks": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "default": default_keep_blocks(),
+                    "description": "hashes of the last blocks kept to find a fork point; more than finality_depth"
+                },
+                "final_only": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "emit only irreversible blocks: nothing is ever undone"
+                },
+                "finalized_tag": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "also ask the node for its `finalized` block: blocks up to it are irreversible even when less deep than finality_depth"
                 }
             }
         }))
@@ -290,18 +614,18 @@ impl Connector for EvmBlocks {
             "url": "http://127.0.0.1:9100/evm",
             "chain": "ethereum",
             "interval_ms": 2000,
-            "max_blocks_per_poll": 20
+            "max_blocks_per_poll": 20,
+            "finality_depth": 64
         }))
     }
 
     fn open(config: &str, cursor: Option<&str>) -> Result<Self, PluginError> {
         let config: Config = json::config(config)?;
-        if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-            return Err(PluginError::fatal(format!(
-                "invalid config: `url` is `{}`; it must start with http:// or https://",
-                config.url
-            )));
-        }
+        let endpoints = jsonrpc::Endpoints::from_config(
+            config.url.clone(),
+            config.max_lag_blocks,
+            config.aside_polls.max(1),
+        )?;
         if config.chain.is_empty() {
             return Err(PluginError::fatal("invalid config: `chain` is empty"));
         }
@@ -310,29 +634,62 @@ impl Connector for EvmBlocks {
                 "invalid config: `interval_ms` and `max_blocks_per_poll` must be at least 1",
             ));
         }
-        let next = match cursor {
-            Some(cursor) => {
-                let done: u64 = cursor.parse().map_err(|_| {
-                    PluginError::fatal(format!(
-                        "invalid cursor `{cursor}`: expected the number of the last block stored"
-                    ))
-                })?;
-                Some(done.saturating_add(1))
-            }
-            None => config.start_block,
-        };
-        Ok(EvmBlocks {
-            config,
-            next,
+        if config.keep_blocks <= config.finality_depth {
+            return Err(PluginError::fatal(format!(
+                "invalid config: `keep_blocks` ({}) must be more than `finality_depth` ({}), \
+                 or a reorganisation that finality allows could not be followed",
+                config.keep_blocks, config.finality_depth
+            )));
+        }
+        let mut connector = EvmBlocks {
+            next: None,
+            kept: VecDeque::new(),
+            generation: 0,
+            final_next: config.start_block.unwrap_or(0),
             held: BTreeMap::new(),
             in_flight: BTreeSet::new(),
-        })
+            finals: BTreeMap::new(),
+            last_head: 0,
+            finalized: 0,
+            endpoints,
+            config,
+        };
+        match cursor {
+            None => connector.next = connector.config.start_block,
+            Some(text) => {
+                if let Ok(done) = text.parse::<u64>() {
+                    // An earlier version's cursor: the last block emitted, no hashes.
+                    connector.next = Some(done.saturating_add(1));
+                    connector.final_next = done.saturating_add(1);
+                } else {
+                    let cursor: Cursor = serde_json::from_str(text).map_err(|e| {
+                        PluginError::fatal(format!(
+                            "invalid cursor `{text}`: {e}; expected \
+                             {{\"next\":…,\"generation\":…,\"final_next\":…,\"kept\":[…]}} \
+                             or the number of the last block stored"
+                        ))
+                    })?;
+                    if cursor.final_next > cursor.next || (cursor.kept.len() as u64) > cursor.next {
+                        return Err(PluginError::fatal(format!(
+                            "invalid cursor `{text}`: `final_next` or `kept` reach past `next`"
+                        )));
+                    }
+                    connector.next = Some(cursor.next);
+                    connector.generation = cursor.generation;
+                    connector.final_next = cursor.final_next;
+                    connector.kept = cursor.kept.into();
+                }
+            }
+        }
+        Ok(connector)
     }
 
     fn plan(&self) -> Plan {
-        Plan::http(self.config.interval_ms)
-            .request(self.head_request())
-            .into()
+        let mut plan = Plan::http(self.config.interval_ms);
+        for request in self.endpoints.head_requests() {
+            plan = plan.request(request);
+        }
+        plan.into()
     }
 
     fn on_response(
@@ -340,30 +697,38 @@ impl Connector for EvmBlocks {
         response: &HttpResponse,
         out: &mut Output,
     ) -> Result<(), PluginError> {
-        let block = match response.tag.strip_prefix(BLOCK_TAG_PREFIX) {
-            Some(n) => Some(n.parse::<u64>().map_err(|_| {
-                PluginError::bad_input(format!("response with unknown tag `{}`", response.tag))
-            })?),
-            None if response.tag == HEAD_TAG => None,
-            None => {
-                return Err(PluginError::bad_input(format!(
-                    "response with unknown tag `{}`",
-                    response.tag
-                )));
+        let tag = response.tag.as_str();
+        if let Some(index) = self.endpoints.head_index(tag) {
+            return match self.endpoints.answer_head(index, response)? {
+                Some(head) => self.on_head(head, out),
+                None => Ok(()),
+            };
+        }
+        if tag == jsonrpc::FINALIZED_TAG {
+            if let Some(number) = jsonrpc::finalized_number(response)? {
+                self.finalized = self.finalized.max(number);
             }
-        };
+            return Ok(());
+        }
+        let unknown = || PluginError::bad_input(format!("response with unknown tag `{tag}`"));
+        let (kind, number) = [BLOCK_TAG_PREFIX, FINAL_TAG_PREFIX]
+            .into_iter()
+            .find_map(|kind| Some((kind, tag.strip_prefix(kind)?)))
+            .ok_or_else(unknown)?;
+        let number: u64 = number.parse().map_err(|_| unknown())?;
         let body = match json::response(response) {
             Ok(body) => body,
             Err(error) => {
-                if let Some(number) = block {
+                if kind == BLOCK_TAG_PREFIX {
                     self.in_flight.remove(&number);
                 }
                 return Err(error);
             }
         };
-        match block {
-            Some(number) => self.on_block(number, &body, out),
-            None => self.on_head(&body, out),
+        if kind == BLOCK_TAG_PREFIX {
+            self.on_block(number, &body, out)
+        } else {
+            self.on_final(number, &body, out)
         }
     }
 }
@@ -379,6 +744,7 @@ mod tests {
     use anode_plugin_sdk::testing;
 
     const URL: &str = "http://127.0.0.1:8545";
+    const HEAD_TAG: &str = "head";
 
     fn open(config: &str, cursor: Option<&str>) -> EvmBlocks {
         match EvmBlocks::open(config, cursor) {
@@ -396,13 +762,26 @@ mod tests {
         HttpResponse::ok(HEAD_TAG, &body.to_string())
     }
 
+    /// The hash of block `number` on `branch` (`a`, the first, or another letter).
+    fn hash(branch: char, number: u64) -> String {
+        match branch {
+            'a' => format!("0x{number:064x}"),
+            other => format!("0x{:02x}{number:062x}", other as u8),
+        }
+    }
+
     /// A block as a node returns it, with made-up but well-formed hashes.
     fn block_body(number: u64) -> Value {
-        let hash = |n: u64| format!("0x{n:064x}");
+        branch_body(number, 'a', u64::MAX)
+    }
+
+    /// Block `number` of a branch that left branch `a` after block `fork`.
+    fn branch_body(number: u64, branch: char, fork: u64) -> Value {
+        let on = |n: u64| if n > fork { branch } else { 'a' };
         json!({"jsonrpc": "2.0", "id": number, "result": {
             "number": format!("{number:#x}"),
-            "hash": hash(number),
-            "parentHash": hash(number - 1),
+            "hash": hash(on(number), number),
+            "parentHash": hash(on(number - 1), number - 1),
             "timestamp": format!("{:#x}", 1_700_000_000 + 12 * number),
             "miner": "0x95222290dd7278aa3ddd389cc1e1d165cc4bafe5",
             "gasUsed": "0x1c9c380",
@@ -420,6 +799,33 @@ mod tests {
         HttpResponse::ok(&format!("block:{number}"), &block_body(number).to_string())
     }
 
+    fn branch(number: u64, branch: char, fork: u64) -> HttpResponse {
+        let body = branch_body(number, branch, fork).to_string();
+        HttpResponse::ok(&format!("block:{number}"), &body)
+    }
+
+    fn final_answer(number: u64, branch: char, fork: u64) -> HttpResponse {
+        let body = branch_body(number, branch, fork).to_string();
+        HttpResponse::ok(&format!("final:{number}"), &body)
+    }
+
+    /// The cursor's `next`.
+    fn next_of(out: &Output) -> u64 {
+        let cursor: Value = serde_json::from_str(out.cursor.as_deref().unwrap()).unwrap();
+        cursor["next"].as_u64().unwrap()
+    }
+
+    /// Each event's fork step and block number, with the hash for undos.
+    fn steps(out: &Output) -> Vec<String> {
+        testing::payloads(&out.events)
+            .iter()
+            .map(|p| match p["fork_step"].as_str().unwrap() {
+                "undo" => format!("undo {} {}", p["number"], &p["hash"].as_str().unwrap()[..4]),
+                step => format!("{step} {}", p["number"]),
+            })
+            .collect()
+    }
+
     fn reply(tag: &str, body: Value) -> HttpResponse {
         HttpResponse::ok(tag, &body.to_string())
     }
@@ -434,7 +840,7 @@ mod tests {
                 assert_eq!(body["method"], "eth_getBlockByNumber");
                 assert_eq!(body["params"][1], false);
                 let n = json::hex_u64(body["params"][0].as_str().unwrap()).unwrap();
-                assert_eq!(r.tag, format!("block:{n}"));
+                assert!(r.tag == format!("block:{n}") || r.tag == format!("final:{n}"));
                 n
             })
             .collect()
@@ -470,11 +876,14 @@ mod tests {
         let out = testing::responses(&mut c, &[block(100), block(101), block(102)]);
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert_eq!(numbers(&out), [100, 101, 102]);
-        assert_eq!(out.cursor.as_deref(), Some("102"));
+        assert_eq!(next_of(&out), 103);
         let event = &out.events[0];
         assert_eq!(event.stream, "blocks");
         assert_eq!(event.key.as_deref(), Some("ethereum"));
-        assert_eq!(event.upstream_id.as_deref(), Some("100"));
+        assert_eq!(
+            event.upstream_id.as_deref(),
+            Some(format!("100:{}", hash('a', 100)).as_str())
+        );
         assert_eq!(event.event_time, Some(1_700_001_200_000_000));
         assert_eq!(
             testing::payloads(&out.events)[0],
@@ -488,14 +897,18 @@ mod tests {
                 "gas_used": 30_000_000u64,
                 "gas_limit": 30_000_000u64,
                 "base_fee_per_gas": "1000000000",
-                "transaction_count": 2
+                "transaction_count": 2,
+                "fork_step": "new"
             })
         );
 
-        // Nothing new: nothing asked for.
+        // Nothing new: only the tip, to see that it is still on the chain.
         let out = testing::responses(&mut c, &[head(102)]);
-        assert!(out.requests.is_empty() && out.events.is_empty());
-        // A head behind the cursor (another node lagging) asks for nothing either.
+        assert_eq!(asked(&out), [102]);
+        assert!(out.events.is_empty());
+        let out = testing::responses(&mut c, &[block(102)]);
+        assert!(out.events.is_empty() && out.cursor.is_none());
+        // A head below every block kept (another node lagging) asks for nothing.
         assert!(testing::responses(&mut c, &[head(90)]).requests.is_empty());
         assert_eq!(asked(&testing::responses(&mut c, &[head(103)])), [103]);
     }
@@ -506,9 +919,9 @@ mod tests {
         let out = testing::responses(&mut c, &[head(0x12a05f2)]);
         assert_eq!(asked(&out), [0x12a05f2]);
         // A restart before the head block arrives resumes at it.
-        assert_eq!(out.cursor, Some((0x12a05f2 - 1).to_string()));
+        assert_eq!(next_of(&out), 0x12a05f2);
         let out = testing::responses(&mut c, &[block(0x12a05f2)]);
-        assert_eq!(out.cursor, Some(0x12a05f2.to_string()));
+        assert_eq!(next_of(&out), 0x12a05f2 + 1);
         assert_eq!(out.events[0].key.as_deref(), Some("sepolia"));
         assert_eq!(testing::payloads(&out.events)[0]["chain"], "sepolia");
     }
@@ -520,7 +933,7 @@ mod tests {
         let out = testing::responses(&mut c, &[block(103), block(101), block(100), block(102)]);
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert_eq!(numbers(&out), [100, 101, 102, 103]);
-        assert_eq!(out.cursor.as_deref(), Some("103"));
+        assert_eq!(next_of(&out), 104);
     }
 
     #[test]
@@ -535,7 +948,7 @@ mod tests {
         );
         // 103 never answered at all.
         assert_eq!(numbers(&out), [100]);
-        assert_eq!(out.cursor.as_deref(), Some("100"));
+        assert_eq!(next_of(&out), 101);
         assert_eq!(
             out.errors,
             vec![PluginError::retryable(
@@ -547,10 +960,10 @@ mod tests {
         assert_eq!(asked(&out), [101, 103, 104]);
         let out = testing::responses(&mut c, &[block(104), block(101)]);
         assert_eq!(numbers(&out), [101, 102]);
-        assert_eq!(out.cursor.as_deref(), Some("102"));
+        assert_eq!(next_of(&out), 103);
         let out = testing::responses(&mut c, &[block(103)]);
         assert_eq!(numbers(&out), [103, 104]);
-        assert_eq!(out.cursor.as_deref(), Some("104"));
+        assert_eq!(next_of(&out), 105);
     }
 
     #[test]
@@ -573,7 +986,12 @@ mod tests {
         assert_eq!(asked(&out), [501, 502]);
         assert!(out.cursor.is_none());
         let out = testing::responses(&mut c, &[block(501), block(502)]);
-        assert_eq!(out.cursor.as_deref(), Some("502"));
+        assert_eq!(next_of(&out), 503);
+        // The new cursor carries the hashes: a reopened connector sees a fork below it.
+        let mut again = open(&config(""), out.cursor.as_deref());
+        testing::responses(&mut again, &[head(503)]);
+        let out = testing::responses(&mut again, &[branch(503, 'b', 501)]);
+        assert_eq!(steps(&out), ["undo 502 0x00"]);
     }
 
     #[test]
@@ -587,9 +1005,9 @@ mod tests {
         let out = testing::responses(&mut c, &[block(1)]);
         assert_eq!(numbers(&out), [1, 2, 3]);
         assert_eq!(asked(&testing::responses(&mut c, &[head(100)])), [4, 5, 6]);
-        // An answer far past the window was never asked for and is not held.
+        // An answer far past the window (never asked for) is not held.
         let out = testing::responses(&mut c, &[block(50)]);
-        assert!(matches!(out.errors[..], [PluginError::BadInput(_)]));
+        assert!(out.events.is_empty() && out.errors.is_empty());
         assert!(c.held.is_empty());
     }
 
@@ -707,6 +1125,8 @@ mod tests {
             r#"{"url":"http://h","start_block":-1}"#,
             r#"{"url":"http://h","start_block":"0x10"}"#,
             r#"{"url":"http://h","confirmations":3}"#,
+            r#"{"url":"http://h","finality_depth":128}"#,
+            r#"{"url":"http://h","finality_depth":10,"keep_blocks":5}"#,
         ] {
             match EvmBlocks::open(config, None) {
                 Err(PluginError::Fatal(m)) => assert!(m.starts_with("invalid config"), "{m}"),
@@ -714,9 +1134,209 @@ mod tests {
                 Ok(_) => panic!("{config} was accepted"),
             }
         }
-        match EvmBlocks::open(&config(""), Some("0x10")) {
-            Err(PluginError::Fatal(m)) => assert!(m.starts_with("invalid cursor"), "{m}"),
-            other => panic!("{:?}", other.err()),
+        for cursor in [
+            "0x10",
+            r#"{"next":5}"#,
+            r#"{"next":5,"generation":0,"final_next":9,"kept":[]}"#,
+            r#"{"next":1,"generation":0,"final_next":0,"kept":[["0x1",0],["0x2",0]]}"#,
+        ] {
+            match EvmBlocks::open(&config(""), Some(cursor)) {
+                Err(PluginError::Fatal(m)) => assert!(m.starts_with("invalid cursor"), "{m}"),
+                other => panic!("{cursor}: {:?}", other.err()),
+            }
+        }
+    }
+
+    /// A connector that emitted blocks 1..=5 of branch `a` (not final: depth 3, head 5).
+    fn on_branch_a() -> EvmBlocks {
+        let mut c = open(&config(r#","start_block":1,"finality_depth":3"#), None);
+        testing::responses(&mut c, &[head(5)]);
+        let out = testing::responses(&mut c, &[block(1), block(2), block(3), block(4), block(5)]);
+        // 1 and 2 were already 3 deep: irreversible from the start.
+        assert_eq!(
+            steps(&out),
+            [
+                "irreversible 1",
+                "irreversible 2",
+                "new 3",
+                "new 4",
+                "new 5"
+            ]
+        );
+        c
+    }
+
+    #[test]
+    fn a_longer_branch_is_followed_back_to_the_fork_point() {
+        let mut c = on_branch_a();
+        // Branch b left a after block 3 and reached 7.
+        let out = testing::responses(&mut c, &[head(7)]);
+        assert!(asked(&out).starts_with(&[6, 7]), "{:?}", asked(&out));
+        // 6's parent is not our 5: 5 is undone and its height asked for again.
+        let out = testing::responses(&mut c, &[branch(6, 'b', 3), branch(7, 'b', 3)]);
+        assert_eq!(steps(&out), ["undo 5 0x00"]);
+        assert_eq!(asked(&out), [5, 6, 7]);
+        let undo = &out.events[0];
+        assert_eq!(
+            undo.upstream_id.as_deref(),
+            Some(format!("undo:1:5:{}", hash('a', 5)).as_str())
+        );
+        let out = testing::responses(&mut c, &[branch(5, 'b', 3)]);
+        assert_eq!(steps(&out), ["undo 4 0x00"]);
+        assert_eq!(next_of(&out), 4);
+        // 4' names our 3: the fork point; the branch follows in order.
+        let out = testing::responses(
+            &mut c,
+            &[
+                branch(4, 'b', 3),
+                branch(5, 'b', 3),
+                branch(6, 'b', 3),
+                branch(7, 'b', 3),
+            ],
+        );
+        assert_eq!(steps(&out), ["new 4", "new 5", "new 6", "new 7"]);
+        // Upstream ids after two undos carry the generation: a block that comes back is a
+        // new record.
+        assert_eq!(
+            out.events[1].upstream_id.as_deref(),
+            Some(format!("5:{}:2", hash('b', 5)).as_str())
+        );
+        assert_eq!(next_of(&out), 8);
+    }
+
+    #[test]
+    fn a_branch_that_replaces_the_tip_without_growing_is_found() {
+        let mut c = on_branch_a();
+        // Same height, another tip: the check of the tip finds it.
+        let out = testing::responses(&mut c, &[head(5)]);
+        assert_eq!(asked(&out), [5]);
+        let out = testing::responses(&mut c, &[branch(5, 'b', 4)]);
+        assert_eq!(steps(&out), ["undo 5 0x00", "new 5"]);
+        assert_eq!(next_of(&out), 6);
+    }
+
+    #[test]
+    fn blocks_deep_enough_are_confirmed_irreversible_once() {
+        let mut c = on_branch_a();
+        let out = testing::responses(&mut c, &[head(7)]);
+        // 6 and 7 are new; 3 and 4 are now 3 deep and asked for again.
+        let tags: Vec<&str> = out.requests.iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(tags, ["block:6", "block:7", "final:3", "final:4"]);
+        // Out of order: 4 waits for 3.
+        let out = testing::responses(&mut c, &[final_answer(4, 'a', 99)]);
+        assert!(out.events.is_empty());
+        let out = testing::responses(
+            &mut c,
+            &[final_answer(3, 'a', 99), final_answer(3, 'a', 99)],
+        );
+        assert_eq!(steps(&out), ["irreversible 3", "irreversible 4"]);
+        assert_eq!(
+            out.events[0].upstream_id.as_deref(),
+            Some(format!("final:3:{}", hash('a', 3)).as_str())
+        );
+        // Undoing an irreversible block is never done: a fork that deep stops the source.
+        let out = testing::responses(&mut c, &[branch(4, 'b', 2)]);
+        assert!(
+            matches!(&out.errors[..], [PluginError::Fatal(m)] if m.contains("finality_depth")),
+            "{:?}",
+            out.errors
+        );
+    }
+
+    #[test]
+    fn final_only_emits_irreversible_blocks_and_nothing_else() {
+        let mut c = open(
+            &config(r#","start_block":1,"finality_depth":3,"final_only":true"#),
+            None,
+        );
+        let out = testing::responses(&mut c, &[head(5)]);
+        assert_eq!(asked(&out), [1, 2]);
+        let out = testing::responses(&mut c, &[block(1), block(2)]);
+        assert_eq!(steps(&out), ["irreversible 1", "irreversible 2"]);
+        // No tip check: final blocks do not change.
+        assert!(testing::responses(&mut c, &[head(5)]).requests.is_empty());
+    }
+
+    #[test]
+    fn the_nodes_finalized_block_is_irreversible_with_finalized_tag() {
+        let mut c = open(&config(r#","start_block":90,"finalized_tag":true"#), None);
+        let out = testing::responses(&mut c, &[head(100)]);
+        let tags: Vec<&str> = out.requests.iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(tags[0], "finalized");
+        let finalized = json!({"jsonrpc":"2.0","id":1,"result":block_body(95)["result"]});
+        testing::responses(&mut c, &[reply("finalized", finalized)]);
+        let blocks: Vec<HttpResponse> = (90..=100).map(block).collect();
+        let out = testing::responses(&mut c, &blocks);
+        let steps: Vec<&str> = testing::payloads(&out.events)
+            .iter()
+            .map(|p| {
+                if p["fork_step"] == "irreversible" {
+                    "final"
+                } else {
+                    "new"
+                }
+            })
+            .collect();
+        // 90..=95 are final by the node's word, though far less than 64 deep.
+        assert_eq!(steps, [["final"; 6].as_slice(), &["new"; 5]].concat());
+        // A node without the tag leaves finality to depth.
+        let unknown =
+            json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"unknown block"}});
+        let out = testing::responses(&mut c, &[reply("finalized", unknown)]);
+        assert!(out.errors.is_empty());
+    }
+
+    #[test]
+    fn with_several_endpoints_the_highest_head_serves_and_a_failing_one_sits_out() {
+        let mut c = open(
+            r#"{"url":["http://a","http://b"],"start_block":100,"max_lag_blocks":2,"aside_polls":2}"#,
+            None,
+        );
+        let Plan::Http(plan) = c.plan() else {
+            panic!("expected an HTTP plan")
+        };
+        let heads: Vec<(&str, &str)> = plan
+            .requests
+            .iter()
+            .map(|r| (r.url.as_str(), r.tag.as_str()))
+            .collect();
+        assert_eq!(heads, [("http://a", "head:0"), ("http://b", "head:1")]);
+        let head_of = |i: usize, n: u64| {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": format!("{n:#x}")});
+            HttpResponse::ok(&format!("head:{i}"), &body.to_string())
+        };
+        let urls =
+            |out: &Output| -> Vec<String> { out.requests.iter().map(|r| r.url.clone()).collect() };
+        // a answers first and serves; b's higher head moves the calls to b.
+        let out = testing::responses(&mut c, &[head_of(0, 100)]);
+        assert_eq!(urls(&out), ["http://a"]);
+        let out = testing::responses(&mut c, &[head_of(1, 101)]);
+        assert_eq!(urls(&out), ["http://b", "http://b"]);
+        // b fails: no error for the source (a serves), and the next blocks come from a.
+        let down = HttpResponse {
+            status: 503,
+            ..HttpResponse::ok("head:1", "busy")
+        };
+        let out = testing::responses(&mut c, &[down, head_of(0, 101)]);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert!(
+            urls(&out).iter().all(|u| u == "http://a"),
+            "{:?}",
+            urls(&out)
+        );
+        // A lagging endpoint does not serve either.
+        let out = testing::responses(&mut c, &[head_of(1, 90), head_of(0, 102)]);
+        assert!(
+            urls(&out).iter().all(|u| u == "http://a"),
+            "{:?}",
+            urls(&out)
+        );
+        // An empty list or a bad url is refused.
+        for config in [r#"{"url":[]}"#, r#"{"url":["http://a","ws://b"]}"#] {
+            assert!(
+                matches!(EvmBlocks::open(config, None), Err(PluginError::Fatal(_))),
+                "{config}"
+            );
         }
     }
 

@@ -51,6 +51,8 @@ class Record:
     ingest_time_us: int
     node: str
     payload: Any
+    #: For an undo (a chain took a record back): the id of the record undone; else ``None``.
+    undoes: Optional[str] = None
 
     @staticmethod
     def from_json(value: dict) -> "Record":
@@ -65,6 +67,7 @@ class Record:
             ingest_time_us=value["ingest_time_us"],
             node=value["node"],
             payload=value.get("payload"),
+            undoes=value.get("undoes"),
         )
 
 
