@@ -108,6 +108,9 @@ fn default_keep_blocks() -> u32 {
 
 const BLOCK_TAG_PREFIX: &str = "block:";
 const FINAL_TAG_PREFIX: &str = "final:";
+/// Windows of blocks asked for as follow-ups between two heads: well below the host's
+/// default of 50 rounds per poll.
+const FOLLOW_UP_ROUNDS: u64 = 20;
 
 /// A block as `eth_getBlockByNumber(n, false)` returns it; quantities are hex strings.
 #[derive(Deserialize)]
@@ -209,6 +212,10 @@ pub struct EvmBlocks {
     finals: BTreeMap<u64, Block>,
     /// The head the node answered last (0 before any).
     last_head: u64,
+    /// Blocks that may still be asked for as follow-ups before the next head: a long backfill
+    /// goes on at the next head rather than exceed the host's rounds per poll
+    /// (`sources.http_max_rounds`).
+    ahead: u64,
     /// The highest block the node called `finalized` (with `finalized_tag`).
     finalized: u64,
     /// The endpoints, the one with the highest head serving.
@@ -262,6 +269,7 @@ impl EvmBlocks {
     /// is new, and for the blocks that became irreversible.
     fn on_head(&mut self, head: u64, out: &mut Output) -> Result<(), PluginError> {
         self.last_head = head;
+        self.ahead = FOLLOW_UP_ROUNDS * self.window();
         if self.config.finalized_tag {
             out.request(jsonrpc::finalized_request(self.endpoints.best()));
         }
@@ -377,8 +385,14 @@ impl EvmBlocks {
             self.held.entry(number).or_insert(block);
         }
         self.emit_held(out)?;
-        // Go on without waiting for the next head: a backfill, or the branch after a fork.
-        self.ask_ahead(out);
+        // Go on without waiting for the next head: a backfill, or the branch after a fork,
+        // within the follow-up budget.
+        if self.ahead > 0 {
+            let asked = self.in_flight.len();
+            self.ask_ahead(out);
+            let more = (self.in_flight.len() - asked) as u64;
+            self.ahead = self.ahead.saturating_sub(more);
+        }
         let next = self.next.unwrap_or(next);
         if (next, self.final_next, self.generation) != before {
             out.set_cursor(self.cursor(next));
@@ -650,6 +664,7 @@ impl Connector for EvmBlocks {
             in_flight: BTreeSet::new(),
             finals: BTreeMap::new(),
             last_head: 0,
+            ahead: 0,
             finalized: 0,
             endpoints,
             config,
@@ -1284,6 +1299,23 @@ mod tests {
             json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"unknown block"}});
         let out = testing::responses(&mut c, &[reply("finalized", unknown)]);
         assert!(out.errors.is_empty());
+    }
+
+    #[test]
+    fn a_long_backfill_asks_ahead_within_a_budget_and_goes_on_at_the_next_head() {
+        let mut c = open(&config(r#","start_block":1,"max_blocks_per_poll":2"#), None);
+        let out = testing::responses(&mut c, &[head(1000)]);
+        let mut pending = asked(&out);
+        let mut follow_ups = 0;
+        while !pending.is_empty() {
+            let answers: Vec<HttpResponse> = pending.iter().map(|&n| block(n)).collect();
+            let out = testing::responses(&mut c, &answers);
+            pending = asked(&out);
+            follow_ups += pending.len();
+        }
+        // 20 windows of 2 blocks, then the next head.
+        assert_eq!(follow_ups, 40);
+        assert_eq!(asked(&testing::responses(&mut c, &[head(1000)])), [43, 44]);
     }
 
     #[test]

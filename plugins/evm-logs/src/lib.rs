@@ -123,6 +123,10 @@ fn default_keep_blocks() -> u32 {
     128
 }
 
+/// Follow-up requests between two heads, per range asked for at once: well below the host's
+/// default of 50 rounds per poll.
+const FOLLOW_UPS_PER_HEAD: u64 = 20;
+
 /// `keccak256("Transfer(address,address,uint256)")`: ERC-20 and ERC-721.
 const TRANSFER: &str = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
 /// `keccak256("Approval(address,address,uint256)")`: ERC-20 and ERC-721.
@@ -348,6 +352,10 @@ pub struct EvmLogs {
     ranges: BTreeMap<u64, Range>,
     /// Blocks per range now: `max_range`, halved at each refusal.
     range_size: u64,
+    /// Requests that may still be made as follow-ups before the next head: a long backfill
+    /// goes on at the next head rather than exceed the host's rounds per poll
+    /// (`sources.http_max_rounds`).
+    ahead: u64,
     /// The header accepted whose logs are asked for: (number, hash, parent hash).
     awaiting: Option<(u64, String, String)>,
     /// The endpoints, the one with the highest head serving.
@@ -428,13 +436,15 @@ impl EvmLogs {
             self.next = Some(start);
             self.final_next = start;
         }
-        // Ranges that failed are asked for again; the logs of an accepted header too.
+        self.ahead = FOLLOW_UPS_PER_HEAD * u64::from(self.config.parallel);
+        // Ranges that failed or got no answer (a round the host cut short) are asked for
+        // again; the logs of an accepted header too. A repeated answer is dropped.
         let failed: Vec<(u64, u64)> = self
             .ranges
             .iter()
             .filter_map(|(&from, r)| match r {
-                Range::Failed(to) => Some((from, *to)),
-                _ => None,
+                Range::Failed(to) | Range::Asked(to) => Some((from, *to)),
+                Range::Done(..) => None,
             })
             .collect();
         for (from, to) in failed {
@@ -449,8 +459,9 @@ impl EvmLogs {
     }
 
     /// Ask for what comes next: backfill ranges while the blocks are final, else the next
-    /// header (or, with `check_tip` and nothing new, the tip's).
-    fn go_on(&mut self, out: &mut Output, check_tip: bool) {
+    /// header (or, at a head with nothing new, the tip's). Away from a head (a follow-up)
+    /// within the follow-up budget.
+    fn go_on(&mut self, out: &mut Output, at_head: bool) {
         let Some(next) = self.next else { return };
         let final_head = self.final_head();
         // Backfill while everything emitted is final and the next block is too.
@@ -460,7 +471,13 @@ impl EvmLogs {
             });
             // At most `parallel` ranges asked for or waiting for an earlier one: memory
             // stays bounded when the first range is slow.
-            while self.ranges.len() < self.config.parallel as usize && frontier <= final_head {
+            while self.ranges.len() < self.config.parallel as usize
+                && frontier <= final_head
+                && (at_head || self.ahead > 0)
+            {
+                if !at_head {
+                    self.ahead -= 1;
+                }
                 let to = final_head.min(frontier + self.range_size - 1);
                 self.ranges.insert(frontier, Range::Asked(to));
                 out.request(self.logs_request(Tag::Range(frontier, to)));
@@ -472,8 +489,14 @@ impl EvmLogs {
             return;
         }
         if next <= self.last_head {
+            if !at_head {
+                if self.ahead == 0 {
+                    return;
+                }
+                self.ahead -= 1;
+            }
             out.request(self.header_request(next));
-        } else if check_tip && !self.kept.is_empty() {
+        } else if at_head && !self.kept.is_empty() {
             let check = self.last_head.min(next - 1);
             if self.kept_at(check).is_some() {
                 out.request(self.header_request(check));
@@ -921,6 +944,7 @@ impl Connector for EvmLogs {
             finalized: 0,
             ranges: BTreeMap::new(),
             range_size: u64::from(config.max_range),
+            ahead: 0,
             awaiting: None,
             endpoints,
             abis,
