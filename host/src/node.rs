@@ -83,10 +83,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let egress =
         crate::source::Egress::new(&config.sources.allow, &config.sources.deny, Some(addr))
             .map_err(NodeError::Startup)?;
-    // Node-to-node requests.
+    // Node-to-node requests; no proxy from the environment (nor for sources, below).
     let http = reqwest::Client::builder()
         .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .build()
         .map_err(|e| startup("HTTP client", &e))?;
     // Sources' requests: names resolve only to addresses the egress policy allows (checked
@@ -96,8 +97,18 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         .user_agent(concat!("anode/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(egress.resolver())
-        .build()
-        .map_err(|e| startup("HTTP client", &e))?;
+        .no_proxy();
+    // A proxy only from the configuration (`sources.proxy`), never from the environment.
+    let source_http = match &config.sources.proxy {
+        None => source_http,
+        Some(url) => source_http.proxy(reqwest::Proxy::all(url).map_err(|e| {
+            NodeError::Startup(format!(
+                "sources.proxy `{url}` is not a proxy URL ({e}): give http://host:port"
+            ))
+        })?),
+    }
+    .build()
+    .map_err(|e| startup("HTTP client", &e))?;
     let ingest = Arc::new(Ingest {
         node: node_id.clone(),
         store,

@@ -14,11 +14,13 @@
 //! - sources pointed at loopback outside the allow list, a link-local metadata address or the
 //!   node's own API fail with a clear error and fetch nothing;
 //! - with `plugins.trusted_keys`, unsigned and tampered plugins are refused at upload and at
-//!   fetch from a peer, while a signed one is taken and spread with its signature.
+//!   fetch from a peer, while a signed one is taken and spread with its signature;
+//! - proxy variables in the environment change nothing; `sources.proxy` is used.
 
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anode::cluster::{Envelope, Keys};
@@ -728,4 +730,80 @@ async fn unsigned_and_tampered_plugins_are_refused_where_keys_are_trusted() {
         names.contains(&"hostile") && !names.contains(&"legacy-ticks"),
         "{names:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_come_from_the_configuration_never_from_the_environment() {
+    // A "proxy" that only counts the connections made to it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(socket);
+            }
+        }
+    });
+    let count = || connections.load(std::sync::atomic::Ordering::Relaxed);
+    let sim = support::simulator(20.0).await;
+    let url = format!("{}/binance/api/v3/ticker/price", sim.http_url());
+    let root = tempfile::tempdir().unwrap();
+
+    // Every proxy variable set: the source reaches the venue directly, the proxy sees nothing.
+    let env = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .map(|name| (name.to_owned(), proxy.clone()))
+    .to_vec();
+    let node = NodeProc::start(
+        root.path(),
+        "proxy-env",
+        &NodeOptions {
+            env,
+            ..NodeOptions::default()
+        },
+    );
+    let spec = json!({"id": "direct", "plugin": "http-json", "config": {"url": url}});
+    support::cluster::post(&format!("{}/api/v1/sources", node.api), &spec).await;
+    until(
+        "the source to fetch past the proxy variables",
+        SETTLE,
+        || async {
+            match source_state(&node.api, "direct").await {
+                (state, _, inputs) if state == "live" && inputs > 0 => Ok(()),
+                (state, error, inputs) => Err(format!("{state}, {inputs} inputs, {error}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(count(), 0, "a proxy from the environment was used");
+
+    // `sources.proxy` is used (here through its environment override of the configuration).
+    let configured = NodeProc::start(
+        root.path(),
+        "proxy-conf",
+        &NodeOptions {
+            env: vec![("ANODE_SOURCES__PROXY".to_owned(), proxy.clone())],
+            ..NodeOptions::default()
+        },
+    );
+    let spec = json!({"id": "proxied", "plugin": "http-json", "config": {"url": url}});
+    support::cluster::post(&format!("{}/api/v1/sources", configured.api), &spec).await;
+    until("the configured proxy to be asked", SETTLE, || async {
+        if count() > 0 {
+            Ok(())
+        } else {
+            Err("no connection yet".to_owned())
+        }
+    })
+    .await;
+    sim.shutdown().await;
 }

@@ -35,6 +35,42 @@ pub fn result<'v>(body: &'v Value, what: &str) -> Result<&'v Value, PluginError>
     })
 }
 
+/// Where a connector that follows a chain by hash has got to, as its cursor keeps it:
+/// `{"next":N,"generation":G,"final_next":F,"kept":[…]}`: the first block not emitted, the
+/// undos made so far, the first block not yet irreversible, and what it keeps of the blocks
+/// just below `next` (their hashes, and whatever else it needs to undo them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainCursor<K> {
+    pub next: u64,
+    pub generation: u64,
+    pub final_next: u64,
+    pub kept: Vec<K>,
+}
+
+impl<K: serde::Serialize + serde::de::DeserializeOwned> ChainCursor<K> {
+    /// A stored cursor, checked: fatal when it is not one (a hand-edited store, another
+    /// plugin's cursor), saying what was expected.
+    pub fn parse(text: &str) -> Result<Self, PluginError> {
+        let cursor: Self = serde_json::from_str(text).map_err(|e| {
+            PluginError::fatal(format!(
+                "invalid cursor `{text}`: {e}; expected \
+                 {{\"next\":…,\"generation\":…,\"final_next\":…,\"kept\":[…]}}"
+            ))
+        })?;
+        if cursor.final_next > cursor.next || cursor.kept.len() as u64 > cursor.next {
+            return Err(PluginError::fatal(format!(
+                "invalid cursor `{text}`: `final_next` or `kept` reach past `next`"
+            )));
+        }
+        Ok(cursor)
+    }
+
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// The tag of a [`finalized_request`].
 pub const FINALIZED_TAG: &str = "finalized";
 

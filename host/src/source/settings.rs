@@ -62,6 +62,11 @@ pub struct SourceSettings {
     pub allow: Vec<String>,
     /// What sources may never reach, in the same forms; deny wins over allow.
     pub deny: Vec<String>,
+    /// An HTTP proxy for sources' HTTP requests (`http://proxy:3128`); none by default.
+    /// Proxies are taken from here only: `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` in the
+    /// environment are ignored, so they cannot route around the egress policy. WebSocket
+    /// sources connect directly.
+    pub proxy: Option<String>,
 }
 
 impl Default for SourceSettings {
@@ -89,6 +94,7 @@ impl Default for SourceSettings {
             transform_retry_ms: 200,
             allow: Vec::new(),
             deny: Vec::new(),
+            proxy: None,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct NodeProc {
     /// Bearer tokens this test sends: reads (`api.read_token`) and changes (`api.token`).
     read_token: Option<String>,
     write_token: Option<String>,
+    /// Environment variables the process gets besides the test's own.
+    env: Vec<(String, String)>,
 }
 
 /// The cluster key of test nodes unless a test gives its own.
@@ -58,6 +60,8 @@ pub struct NodeOptions {
     pub read_token: Option<String>,
     /// The bearer token [`NodeProc::post`] sends (the node's `api.token`).
     pub write_token: Option<String>,
+    /// Environment variables for the process (`ANODE_*` overrides, proxies, …).
+    pub env: Vec<(String, String)>,
 }
 
 /// Three nodes `<prefix>1`, `<prefix>2`, `<prefix>3` on one PostgreSQL, the others joining the
@@ -135,6 +139,7 @@ impl NodeProc {
             netns: options.netns.clone(),
             read_token: options.read_token.clone(),
             write_token: options.write_token.clone(),
+            env: options.env.clone(),
         };
         node.spawn();
         node
@@ -161,6 +166,7 @@ impl NodeProc {
             .arg(&self.config)
             .arg("up")
             .env("ANODE_LOG", "warn,anode=info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

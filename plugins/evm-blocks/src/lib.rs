@@ -174,14 +174,7 @@ struct Block {
 struct Kept(String, u64);
 
 /// The cursor, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Cursor {
-    next: u64,
-    generation: u64,
-    final_next: u64,
-    kept: Vec<Kept>,
-}
+type Cursor = jsonrpc::ChainCursor<Kept>;
 
 /// The upstream id of block `number` with `hash`, emitted in `generation`.
 fn block_id(number: u64, hash: &str, generation: u64) -> String {
@@ -261,7 +254,7 @@ impl EvmBlocks {
             final_next: self.final_next,
             kept: self.kept.iter().cloned().collect(),
         };
-        serde_json::to_string(&cursor).unwrap_or_default()
+        cursor.render()
     }
 
     /// The head is known: ask for the blocks from `next` up to it (or up to the depth of
@@ -677,18 +670,8 @@ impl Connector for EvmBlocks {
                     connector.next = Some(done.saturating_add(1));
                     connector.final_next = done.saturating_add(1);
                 } else {
-                    let cursor: Cursor = serde_json::from_str(text).map_err(|e| {
-                        PluginError::fatal(format!(
-                            "invalid cursor `{text}`: {e}; expected \
-                             {{\"next\":…,\"generation\":…,\"final_next\":…,\"kept\":[…]}} \
-                             or the number of the last block stored"
-                        ))
-                    })?;
-                    if cursor.final_next > cursor.next || (cursor.kept.len() as u64) > cursor.next {
-                        return Err(PluginError::fatal(format!(
-                            "invalid cursor `{text}`: `final_next` or `kept` reach past `next`"
-                        )));
-                    }
+                    // (or the number of the last block stored, above)
+                    let cursor = Cursor::parse(text)?;
                     connector.next = Some(cursor.next);
                     connector.generation = cursor.generation;
                     connector.final_next = cursor.final_next;

@@ -243,14 +243,7 @@ struct UndoRecord<'a> {
 struct Kept(String, u64, Vec<(u64, String)>);
 
 /// The cursor, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Cursor {
-    next: u64,
-    generation: u64,
-    final_next: u64,
-    kept: Vec<Kept>,
-}
+type Cursor = jsonrpc::ChainCursor<Kept>;
 
 /// A backfill range.
 #[derive(Debug)]
@@ -415,7 +408,7 @@ impl EvmLogs {
             final_next: self.final_next,
             kept: self.kept.iter().cloned().collect(),
         };
-        serde_json::to_string(&cursor).ok()
+        Some(cursor.render())
     }
 
     fn state(&self) -> (Option<u64>, u64, u64) {
@@ -951,17 +944,7 @@ impl Connector for EvmLogs {
             config,
         };
         if let Some(text) = cursor {
-            let cursor: Cursor = serde_json::from_str(text).map_err(|e| {
-                PluginError::fatal(format!(
-                    "invalid cursor `{text}`: {e}; expected \
-                     {{\"next\":…,\"generation\":…,\"final_next\":…,\"kept\":[…]}}"
-                ))
-            })?;
-            if cursor.final_next > cursor.next || cursor.kept.len() as u64 > cursor.next {
-                return Err(PluginError::fatal(format!(
-                    "invalid cursor `{text}`: `final_next` or `kept` reach past `next`"
-                )));
-            }
+            let cursor = Cursor::parse(text)?;
             connector.next = Some(cursor.next);
             connector.generation = cursor.generation;
             connector.final_next = cursor.final_next;

@@ -394,10 +394,19 @@ fn an_event_named_in_the_configuration_is_decoded_by_its_signature() {
 
 #[test]
 fn a_range_that_got_no_answer_is_asked_again_at_the_next_head_and_follow_ups_are_bounded() {
-    let mut c = open(r#","start_block":0,"max_range":1,"parallel":2,"finality_depth":0,"keep_blocks":8"#, None);
-    assert_eq!(tags(&testing::responses(&mut c, &[head(1000)])), ["range:0:0", "range:1:1"]);
+    let mut c = open(
+        r#","start_block":0,"max_range":1,"parallel":2,"finality_depth":0,"keep_blocks":8"#,
+        None,
+    );
+    assert_eq!(
+        tags(&testing::responses(&mut c, &[head(1000)])),
+        ["range:0:0", "range:1:1"]
+    );
     // The round was cut short: no answer. The next head asks for both again.
-    assert_eq!(tags(&testing::responses(&mut c, &[head(1000)])), ["range:0:0", "range:1:1"]);
+    assert_eq!(
+        tags(&testing::responses(&mut c, &[head(1000)])),
+        ["range:0:0", "range:1:1"]
+    );
     // Each answer asks for one more range, up to 20 per range at once (40) before a head.
     let mut asked = 0;
     let mut pending = vec!["range:0:0".to_owned(), "range:1:1".to_owned()];
@@ -407,7 +416,11 @@ fn a_range_that_got_no_answer_is_asked_again_at_the_next_head_and_follow_ups_are
         pending.extend(tags(&out));
     }
     assert_eq!(asked, 40);
-    assert_eq!(tags(&testing::responses(&mut c, &[head(1000)])).len(), 2, "a head goes on");
+    assert_eq!(
+        tags(&testing::responses(&mut c, &[head(1000)])).len(),
+        2,
+        "a head goes on"
+    );
 }
 
 #[test]
