@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::error::{ApiError, AppState};
 use crate::deadletter::{DeadQuery, DeadStage};
 use crate::supervisor::ReplayRequest;
 
