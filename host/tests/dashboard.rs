@@ -569,8 +569,10 @@ async fn the_dashboard_shows_a_live_node_in_headless_chromium() {
         .await
         .as_f64()
         .unwrap();
+    // A bound that catches rendering every row (seconds for 1,224 of them), not a speed
+    // figure: the machine is shared, and one render took 264 ms on a loaded run.
     assert!(
-        render_ms < 250.0,
+        render_ms < 1000.0,
         "a snapshot of {} sources took {render_ms:.0} ms to render",
         MANY + 24
     );
